@@ -1,0 +1,74 @@
+"""The `exaone-edge` command: parses, calls a stage function, prints. Stages import heavy libraries lazily."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from exaone_edge.errors import ExaoneEdgeError
+
+app = typer.Typer(
+    name="exaone-edge",
+    help="EXAONE 4.5 from a Hugging Face checkpoint to a private document-AI service on one GPU.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+def emit(result: Any, as_json: bool, text: str) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+@app.command()
+def inspect(
+    model_dir: Annotated[Path, typer.Argument(help="Hugging Face EXAONE 4.5 checkpoint directory.")],
+    json_output: JsonFlag = False,
+) -> None:
+    """Check a checkpoint directory and print its sizes, attention pattern and memory at each precision."""
+    from exaone_edge.inspect_model import inspect_checkpoint, render_text
+
+    report = inspect_checkpoint(model_dir)
+    emit(report, json_output, render_text(report))
+
+
+@app.command("tiny-model")
+def tiny_model(
+    out: Annotated[Path, typer.Argument(help="Directory to write the checkpoint to.")],
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Write a small random EXAONE 4.5 checkpoint (64-layer decoder, MTP head, 4-block vision tower)."""
+    from exaone_edge.tiny_model import build_tiny_model
+
+    result = build_tiny_model(out, seed=seed, overwrite=overwrite)
+    emit(
+        {"path": str(result.path), "parameters": result.parameters, "bytes": result.bytes_on_disk},
+        json_output,
+        f"wrote {result.path} ({result.parameters:,} parameters, {result.bytes_on_disk / 2**20:.1f} MiB)",
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except ExaoneEdgeError as error:
+        sys.stderr.write(f"error: {error}\n")
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

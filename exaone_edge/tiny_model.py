@@ -1,0 +1,186 @@
+"""Build a small random EXAONE 4.5 checkpoint with the real transformers classes, offline.
+
+The decoder keeps the structure that matters to every stage: exactly 64 layers (llama.cpp turns on
+sliding-window attention only at 64), the LLLG pattern, llama3 rope, QK-norm, an MTP head, rows of
+256 so K-quants apply. The vision tower keeps GQA, window and full-attention blocks and the merger.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from exaone_edge.errors import require
+from exaone_edge.files import atomic_dir
+from exaone_edge.tiny_tokenizer import chat_template, special_tokens, train_tokenizer
+
+# Sizes of the tiny model: small enough to build in seconds, shaped like the real one.
+TEXT = dict(
+    hidden_size=256,
+    intermediate_size=256,
+    num_hidden_layers=64,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    head_dim=64,
+    sliding_window=32,
+    sliding_window_pattern=4,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
+    num_nextn_predict_layers=1,
+    rope_parameters=dict(
+        rope_type="llama3",
+        rope_theta=1_000_000.0,
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=512,
+    ),
+)
+VISION = dict(
+    depth=4,
+    hidden_size=64,
+    intermediate_size=128,
+    num_heads=4,
+    num_key_value_heads=2,
+    patch_size=16,  # not Qwen's 14: nothing downstream may assume a patch size
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=64,
+    fullatt_block_indexes=[1, 3],
+    hidden_act="silu",
+)
+IMAGE = dict(min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 256)
+VOCAB_SIZE = 2048
+NORM_JITTER = 0.2  # norms away from 1.0 so a swapped or dropped norm changes every output
+
+
+@dataclass(frozen=True)
+class TinyModelResult:
+    path: Path
+    parameters: int
+    bytes_on_disk: int
+
+
+def build_tiny_model(out: Path, seed: int = 0, overwrite: bool = False) -> TinyModelResult:
+    require("torch", "export")
+    require("transformers", "export")
+    import torch
+    from transformers import (
+        Exaone4_5_Config,
+        Exaone4_5_ForConditionalGeneration,
+        PreTrainedTokenizerFast,
+    )
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = _hf_tokenizer(PreTrainedTokenizerFast)
+    vocab = len(tokenizer)
+    config = Exaone4_5_Config(
+        text_config=dict(
+            model_type="exaone4",
+            vocab_size=vocab,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=False,
+            **TEXT,
+        ),
+        vision_config=dict(out_hidden_size=TEXT["hidden_size"], **VISION),
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<vision>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("</vision>"),
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Exaone4_5_ForConditionalGeneration(config).to(torch.bfloat16).eval()
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if _is_norm(name):
+                param.copy_(1.0 + NORM_JITTER * torch.randn(param.shape, generator=generator))
+            elif name.endswith(".bias"):
+                param.copy_(0.02 * torch.randn(param.shape, generator=generator))
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=VISION["patch_size"],
+        temporal_patch_size=VISION["temporal_patch_size"],
+        merge_size=VISION["spatial_merge_size"],
+        size={"shortest_edge": IMAGE["min_pixels"], "longest_edge": IMAGE["max_pixels"]},
+    )
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp, max_shard_size="20MB")
+        # Exaone4_5_Processor cannot be built without torchvision (its video processor), so its
+        # parts are saved the way the published checkpoint ships them.
+        tokenizer.save_pretrained(tmp)
+        image_processor.save_pretrained(tmp)
+        (tmp / "chat_template.jinja").write_text(chat_template(), encoding="utf-8")
+        (tmp / "processor_config.json").write_text(json.dumps({"processor_class": "Exaone4_5_Processor"}) + "\n")
+        mtp_params = _add_mtp_head(tmp, config.text_config, generator)
+        size = sum(f.stat().st_size for f in tmp.iterdir() if f.is_file())
+    params = sum(p.numel() for p in model.parameters()) + mtp_params
+    return TinyModelResult(path=Path(out), parameters=params, bytes_on_disk=size)
+
+
+def _is_norm(name: str) -> bool:
+    module = name.rsplit(".", 2)[-2]
+    return name.endswith(".weight") and ("norm" in module or module.startswith("ln_"))
+
+
+def _hf_tokenizer(tokenizer_class):
+    tokenizer = tokenizer_class(
+        tokenizer_object=train_tokenizer(VOCAB_SIZE),
+        bos_token="[BOS]",
+        eos_token="[|endofturn|]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        model_max_length=TEXT["max_position_embeddings"],
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": special_tokens()[4:]})
+    return tokenizer
+
+
+def _add_mtp_head(directory: Path, text_config, generator) -> int:
+    """transformers does not model the MTP head, so write its tensors as the real checkpoint has them."""
+    import torch
+    from safetensors.torch import save_file
+
+    hidden = text_config.hidden_size
+    q_out = text_config.num_attention_heads * text_config.head_dim
+    kv_out = text_config.num_key_value_heads * text_config.head_dim
+    inter = text_config.intermediate_size
+    head = text_config.head_dim
+
+    def weight(*shape: int) -> torch.Tensor:
+        return (0.02 * torch.randn(shape, generator=generator)).to(torch.bfloat16)
+
+    def norm(size: int) -> torch.Tensor:
+        return (1.0 + NORM_JITTER * torch.randn(size, generator=generator)).to(torch.bfloat16)
+
+    layer = "mtp.layers.0."
+    tensors = {
+        "mtp.fc.weight": weight(hidden, 2 * hidden),
+        "mtp.pre_fc_norm_embedding.weight": norm(hidden),
+        "mtp.pre_fc_norm_hidden.weight": norm(hidden),
+        "mtp.norm.weight": norm(hidden),
+        layer + "self_attn.q_proj.weight": weight(q_out, hidden),
+        layer + "self_attn.k_proj.weight": weight(kv_out, hidden),
+        layer + "self_attn.v_proj.weight": weight(kv_out, hidden),
+        layer + "self_attn.o_proj.weight": weight(hidden, q_out),
+        layer + "self_attn.q_norm.weight": norm(head),
+        layer + "self_attn.k_norm.weight": norm(head),
+        layer + "mlp.gate_proj.weight": weight(inter, hidden),
+        layer + "mlp.up_proj.weight": weight(inter, hidden),
+        layer + "mlp.down_proj.weight": weight(hidden, inter),
+        layer + "post_attention_layernorm.weight": norm(hidden),
+        layer + "post_feedforward_layernorm.weight": norm(hidden),
+    }
+    shard = "model-mtp.safetensors"
+    save_file(tensors, str(directory / shard), metadata={"format": "pt"})
+    index_path = directory / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    index["weight_map"].update({name: shard for name in tensors})
+    index_path.write_text(json.dumps(index, indent=2))
+    return sum(t.numel() for t in tensors.values())

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: system fonts/documents, a virtual environment, and the project.
+# Re-running is cheap: the llama-cpp-python wheel (a 5-minute compile) is cached in ~/.cache/exaone-edge.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+WHEELS=${EXAONE_EDGE_WHEELS:-$HOME/.cache/exaone-edge/wheels}
+LLAMA_VERSION=0.3.36
+# Portable x86-64 build (AVX2/FMA/F16C) so a cached wheel runs on any recent server CPU.
+LLAMA_CMAKE_ARGS=${LLAMA_CMAKE_ARGS:--DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}
+
+# Hangul fonts and real documents for the document generator and tests (Debian packages).
+APT_PACKAGES="fonts-nanum fonts-dejavu-core debian-reference-en"
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  missing=""
+  for pkg in $APT_PACKAGES; do dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"; done
+  if [ -n "$missing" ]; then
+    echo "setup: installing system packages:$missing" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  fi
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+
+mkdir -p "$WHEELS"
+if ! ls "$WHEELS"/llama_cpp_python-$LLAMA_VERSION-*.whl >/dev/null 2>&1; then
+  echo "setup: compiling llama-cpp-python $LLAMA_VERSION (about 5 minutes on 2 cores, cached afterwards)" >&2
+  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$VENV/bin/python" -m pip wheel -q --no-deps "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS"
+fi
+
+"$VENV/bin/python" -m pip install -q --find-links "$WHEELS" -e ".[all]"
+echo "setup: ready ($VENV)" >&2

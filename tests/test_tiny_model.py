@@ -1,0 +1,75 @@
+"""The shared fixture: a real-class EXAONE 4.5 checkpoint with the structure every stage depends on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from exaone_edge.checkpoint import open_checkpoint
+from exaone_edge.files import sha256_file
+from exaone_edge.tiny_model import build_tiny_model
+
+
+def test_structure_matches_what_llama_cpp_and_the_stages_need(tiny_model_dir):
+    checkpoint = open_checkpoint(tiny_model_dir)
+    decoder, vision = checkpoint.spec.decoder, checkpoint.spec.vision
+    assert decoder.num_layers == 64  # llama.cpp enables sliding-window attention only at 64
+    assert decoder.pattern == "LLLG" * 16
+    assert decoder.hidden_size % 256 == 0 and decoder.intermediate_size % 256 == 0
+    assert decoder.num_heads * decoder.head_dim % 256 == 0
+    assert decoder.rope["rope_type"] == "llama3"
+    assert decoder.nextn_layers == 1 and "mtp.layers.0.self_attn.q_proj.weight" in checkpoint.tensors
+    assert not decoder.tie_word_embeddings
+    assert vision.num_kv_heads < vision.num_heads and vision.depth >= 3
+    assert 0 < len(vision.fullatt_block_indexes) < vision.depth
+    assert checkpoint.image.patch_size == vision.patch_size != 14
+    assert sum(path.stat().st_size for path in tiny_model_dir.iterdir()) < 60 * 2**20
+
+
+def test_norms_are_randomised_so_swaps_show(tiny_model_dir):
+    from safetensors import safe_open
+
+    checkpoint = open_checkpoint(tiny_model_dir)
+    name = "model.language_model.layers.0.post_attention_layernorm.weight"
+    with safe_open(checkpoint.tensors[name].file, framework="pt") as shard:
+        weight = shard.get_tensor(name).float()
+    assert weight.std() > 0.05
+
+
+def test_tokenizer_has_exaone_special_tokens_and_hangul(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert tokenizer.convert_tokens_to_ids("<|image_pad|>") == config["image_token_id"] == 67
+    assert tokenizer.convert_tokens_to_ids("<vision>") == config["vision_start_token_id"] == 73
+    assert tokenizer.eos_token == "[|endofturn|]" and tokenizer.eos_token_id == 53
+    text = "합계 금액 1,823,250원 — Total due 18,232.50"
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "합계는?"}]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert rendered == "[|user|]<vision><|image_pad|></vision>합계는?[|endofturn|]\n[|assistant|]<think>\n\n</think>\n\n"
+
+
+def test_loads_and_runs_in_transformers(tiny_model_dir):
+    import torch
+    from transformers import Exaone4_5_ForConditionalGeneration
+
+    model = Exaone4_5_ForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[1, 200, 300, 400]])).logits
+    assert logits.shape == (1, 4, model.config.text_config.vocab_size)
+    assert torch.isfinite(logits).all() and logits[0, -1].std() > 0
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_same_seed_gives_identical_files(tiny_model_dir, tmp_path, seed):
+    again = build_tiny_model(tmp_path / "again", seed=seed).path
+    names = sorted(p.name for p in tiny_model_dir.iterdir())
+    assert names == sorted(p.name for p in again.iterdir())
+    for name in names:
+        assert sha256_file(tiny_model_dir / name) == sha256_file(again / name), name
