@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from exaone_edge.errors import ExaoneEdgeError
+from exaone_edge.errors import ExaoneEdgeError, InputError
 
 app = typer.Typer(
     name="exaone-edge",
@@ -57,6 +57,25 @@ def tiny_model(
         json_output,
         f"wrote {result.path} ({result.parameters:,} parameters, {result.bytes_on_disk / 2**20:.1f} MiB)",
     )
+
+
+@app.command()
+def plan(
+    model: Annotated[Path, typer.Argument(help="Checkpoint directory or bundle.")],
+    gpu: Annotated[str, typer.Option(help="rtx4090, a10g, a100-40, a100-80, or a size such as 48GiB.")] = "rtx4090",
+    context: Annotated[int | None, typer.Option(help="Context length in tokens (default: min(model max, 32768)).")] = None,
+    kv_type: Annotated[str, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = "f16",
+    level: Annotated[str | None, typer.Option(help="Decoder level (default: the bundle's, else Q4_K_M).")] = None,
+    vision_on: Annotated[str, typer.Option(help="Where the vision encoder runs: gpu or cpu.")] = "gpu",
+    json_output: JsonFlag = False,
+) -> None:
+    """Predict GPU memory for a deployment and find the largest context and best level that fit."""
+    from exaone_edge.plan import plan as make_plan, plan_dict, render_text
+
+    if vision_on not in ("gpu", "cpu"):
+        raise InputError(f"--vision-on must be gpu or cpu, got '{vision_on}'")
+    result = make_plan(model, gpu=gpu, context=context, kv_type=kv_type, level=level, vision_on_gpu=vision_on == "gpu")
+    emit(plan_dict(result), json_output, render_text(result))
 
 
 def main() -> None:

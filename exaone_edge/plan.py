@@ -1,0 +1,216 @@
+"""`exaone-edge plan`: will it fit? GPU memory for decoder, vision encoder and KV cache at a context.
+
+Weights come from the real artifact when a bundle is given (file sizes), otherwise from the
+checkpoint's parameter counts at each level's bits per weight. KV cache follows llama.cpp's layout:
+global layers hold the whole context, sliding-window layers at most the window (padded as llama.cpp
+pads it). Compute buffers and the runtimes' CUDA overhead are allowances, labelled as such.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from exaone_edge.errors import InputError
+from exaone_edge.levels import LEVELS, estimated_bytes
+from exaone_edge.spec import DecoderSpec, ModelSpec, image_spec, model_spec
+
+MIB = 2**20
+GIB = 2**30
+# Best quality first: the planner recommends the first level that fits.
+QUALITY_ORDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "IQ4_XS")
+KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+UBATCH = 512  # llama.cpp's default micro-batch; sizes the compute buffer and the SWA cache padding
+RUNTIME_OVERHEAD = 800 * MIB  # two CUDA contexts (ONNX Runtime + llama.cpp) with their BLAS workspaces
+HEADROOM = 0.05  # fragmentation and driver reserve
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    memory_bytes: int
+    bandwidth_gbs: float | None
+
+
+GPUS: dict[str, Gpu] = {
+    gpu.name: gpu
+    for gpu in (
+        Gpu("rtx4090", 24564 * MIB, 1008.0),
+        Gpu("a10g", 23028 * MIB, 600.0),
+        Gpu("a100-40", 40960 * MIB, 1555.0),
+        Gpu("a100-80", 81920 * MIB, 2039.0),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    gpu: str
+    gpu_bytes: int
+    context: int
+    kv_type: str
+    level: str
+    components: dict[str, int]
+    total_bytes: int
+    fits: bool
+    max_context: int  # largest context that fits at this level (0 if none)
+    best_level: str | None  # best-quality level that fits the requested context
+    vision_on_gpu: bool
+    decode_tokens_per_s_ceiling: float | None
+    weights_measured: bool  # decoder/vision sizes are real file sizes, not estimates
+
+
+def parse_gpu(value: str) -> Gpu:
+    key = value.strip().lower()
+    if key in GPUS:
+        return GPUS[key]
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*gi?b", key)
+    if match:
+        return Gpu(f"{match.group(1)}GiB", int(float(match.group(1)) * GIB), None)
+    raise InputError(
+        f"unknown GPU '{value}'", fix=f"Use one of {', '.join(GPUS)} or a size such as 48GiB."
+    )
+
+
+def kv_cache_bytes(decoder: DecoderSpec, context: int, kv_type: str) -> int:
+    per_token_layer = 2 * decoder.num_kv_heads * decoder.head_dim * KV_BYTES_PER_ELEMENT[kv_type]
+    window = decoder.sliding_window or context
+    swa_tokens = min(context, -(-(window + UBATCH) // 256) * 256)
+    tokens = sum(context if kind == "G" else swa_tokens for kind in decoder.pattern)
+    return int(tokens * per_token_layer)
+
+
+def compute_buffer_bytes(decoder: DecoderSpec) -> int:
+    """Logits and FFN activations for one micro-batch (flash attention on: no KQ matrix)."""
+    return UBATCH * (decoder.vocab_size + 3 * decoder.intermediate_size + 4 * decoder.hidden_size) * 4
+
+
+def vision_activation_bytes(spec: ModelSpec, max_pixels: int) -> int:
+    """Peak of one full-attention block on the largest page: ONNX Runtime materialises the scores."""
+    vision = spec.vision
+    patches = max_pixels // vision.patch_size**2
+    rows = patches * (4 * vision.hidden_size + 3 * vision.intermediate_size) * 4
+    scores = vision.num_heads * patches * patches * 4
+    return rows + scores
+
+
+@dataclass(frozen=True)
+class _Source:
+    spec: ModelSpec
+    max_pixels: int
+    decoder_params: int
+    vision_params: int
+    measured_level: str | None
+    measured_decoder_bytes: int | None
+    measured_vision_bytes: int | None
+
+
+def _load_source(path: Path) -> _Source:
+    from exaone_edge.checkpoint import open_checkpoint, read_json
+    from exaone_edge.inspect_model import counts_from_config
+
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if manifest_path.is_file():
+        from exaone_edge.manifest import read_manifest
+
+        manifest = read_manifest(path, kind="bundle", verify=False)
+        config_path = path / "config.json"
+        spec = model_spec(read_json(config_path, "config.json"), config_path)
+        image = image_spec(read_json(path / "preprocessor_config.json", "image processor config"), path)
+        decoder_file = path / "decoder.gguf"
+        vision_bytes = sum(f.stat().st_size for f in (path / "vision").glob("vision.onnx*"))
+        return _Source(
+            spec, image.max_pixels,
+            spec.decoder.body_params + spec.decoder.embedding_params, spec.vision.params,
+            manifest.details.get("decoder", {}).get("level"),
+            decoder_file.stat().st_size if decoder_file.is_file() else None,
+            vision_bytes or None,
+        )
+    checkpoint = open_checkpoint(path, read_weights=False)
+    counts = counts_from_config(checkpoint)
+    return _Source(
+        checkpoint.spec, checkpoint.image.max_pixels, counts.decoder + counts.embeddings, counts.vision,
+        None, None, None,
+    )
+
+
+def _components(
+    source: _Source, level: str, context: int, kv_type: str, vision_on_gpu: bool
+) -> tuple[dict[str, int], bool]:
+    decoder = source.spec.decoder
+    measured = source.measured_level == level and source.measured_decoder_bytes is not None
+    weights = source.measured_decoder_bytes if measured else estimated_bytes(source.decoder_params, level)
+    vision = source.measured_vision_bytes or source.vision_params * 2
+    components = {
+        "decoder_weights": int(weights),
+        "kv_cache": kv_cache_bytes(decoder, context, kv_type),
+        "decoder_compute_buffer": compute_buffer_bytes(decoder),
+        "vision_weights": int(vision) if vision_on_gpu else 0,
+        "vision_activations": vision_activation_bytes(source.spec, source.max_pixels) if vision_on_gpu else 0,
+        "runtime_overhead": RUNTIME_OVERHEAD if vision_on_gpu else RUNTIME_OVERHEAD // 2,
+    }
+    return components, measured
+
+
+def _total(components: dict[str, int], gpu: Gpu) -> int:
+    return sum(components.values()) + int(HEADROOM * gpu.memory_bytes)
+
+
+def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: str = "f16",
+         level: str | None = None, vision_on_gpu: bool = True) -> Plan:
+    if kv_type not in KV_BYTES_PER_ELEMENT:
+        raise InputError(f"unknown KV cache type '{kv_type}'", fix=f"Use one of {', '.join(KV_BYTES_PER_ELEMENT)}.")
+    card = parse_gpu(gpu)
+    source = _load_source(path)
+    decoder = source.spec.decoder
+    context = context or min(decoder.max_position_embeddings, 32768)
+    if not 0 < context <= decoder.max_position_embeddings:
+        raise InputError(
+            f"context {context} is outside 1..{decoder.max_position_embeddings} (the model's limit)",
+            fix="Pass a smaller --context.",
+        )
+    level = level or source.measured_level or "Q4_K_M"
+    if level not in LEVELS:
+        raise InputError(f"unknown level '{level}'", fix=f"Use one of {', '.join(LEVELS)}.")
+
+    def fits(lvl: str, ctx: int) -> bool:
+        return _total(_components(source, lvl, ctx, kv_type, vision_on_gpu)[0], card) <= card.memory_bytes
+
+    components, measured = _components(source, level, context, kv_type, vision_on_gpu)
+    total = _total(components, card)
+    low, high = 0, decoder.max_position_embeddings
+    while low < high:  # largest context that fits, to a multiple of 256
+        mid = (low + high + 256) // 512 * 256
+        if mid <= low:
+            break
+        low, high = (mid, high) if fits(level, mid) else (low, mid - 256)
+    best = next((lvl for lvl in QUALITY_ORDER if fits(lvl, context)), None)
+    bytes_per_token = components["decoder_weights"] + components["kv_cache"]
+    ceiling = card.bandwidth_gbs * 1e9 / bytes_per_token if card.bandwidth_gbs else None
+    return Plan(
+        gpu=card.name, gpu_bytes=card.memory_bytes, context=context, kv_type=kv_type, level=level,
+        components=components, total_bytes=total, fits=total <= card.memory_bytes, max_context=low,
+        best_level=best, vision_on_gpu=vision_on_gpu, decode_tokens_per_s_ceiling=ceiling, weights_measured=measured,
+    )
+
+
+def plan_dict(result: Plan) -> dict:
+    return json.loads(json.dumps(asdict(result)))
+
+
+def render_text(result: Plan) -> str:
+    gib = lambda n: f"{n / GIB:6.2f} GiB"  # noqa: E731
+    lines = [f"{result.gpu} ({gib(result.gpu_bytes).strip()}), {result.level}, context {result.context}, "
+             f"KV {result.kv_type}, vision on {'GPU' if result.vision_on_gpu else 'CPU'}" + ("" if result.weights_measured else " — weights estimated from bits per weight")]
+    for name, size in result.components.items():
+        lines.append(f"  {name:<24}{gib(size)}")
+    lines.append(f"  {'headroom (5%)':<24}{gib(int(HEADROOM * result.gpu_bytes))}")
+    lines.append(f"  {'total':<24}{gib(result.total_bytes)}  {'fits' if result.fits else 'DOES NOT FIT'}")
+    lines.append(f"largest context at {result.level}: {result.max_context or 'none'}")
+    lines.append(f"best level for context {result.context}: {result.best_level or 'none fits'}")
+    if result.decode_tokens_per_s_ceiling:
+        lines.append(f"decode ceiling (bandwidth / bytes per token): {result.decode_tokens_per_s_ceiling:.1f} tokens/s")
+    return "\n".join(lines)
