@@ -1,0 +1,93 @@
+"""Accuracy metrics shared by validation and benchmarks: logit fidelity and document-QA scores."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+
+ANLS_THRESHOLD = 0.5  # DocVQA's convention: similarities below it count as zero
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+@dataclass(frozen=True)
+class LogitFidelity:
+    positions: int
+    kl_mean: float
+    kl_p99: float
+    kl_max: float
+    top1_agreement: float
+    ppl_reference: float | None
+    ppl_candidate: float | None
+
+    @property
+    def ppl_ratio(self) -> float | None:
+        if self.ppl_reference is None or self.ppl_candidate is None:
+            return None
+        return self.ppl_candidate / self.ppl_reference
+
+
+def logit_fidelity(reference: np.ndarray, candidate: np.ndarray, targets: np.ndarray | None = None) -> LogitFidelity:
+    """KL(reference ‖ candidate) per position, top-1 agreement, and perplexity on `targets` if given."""
+    reference, candidate = np.asarray(reference), np.asarray(candidate)
+    if reference.shape != candidate.shape or reference.ndim != 2:
+        raise ValueError(f"logits must be [positions, vocab] of one shape, got {reference.shape} and {candidate.shape}")
+    ref_logp, cand_logp = log_softmax(reference), log_softmax(candidate)
+    kl = (np.exp(ref_logp) * (ref_logp - cand_logp)).sum(axis=-1)
+    kl = np.maximum(kl, 0.0)  # rounding can give -1e-17
+    agreement = float((reference.argmax(-1) == candidate.argmax(-1)).mean())
+    ppl_ref = ppl_cand = None
+    if targets is not None:
+        rows = np.arange(len(targets))
+        ppl_ref = float(np.exp(-ref_logp[rows, targets].mean()))
+        ppl_cand = float(np.exp(-cand_logp[rows, targets].mean()))
+    return LogitFidelity(
+        positions=len(kl),
+        kl_mean=float(kl.mean()),
+        kl_p99=float(np.percentile(kl, 99)),
+        kl_max=float(kl.max()),
+        top1_agreement=agreement,
+        ppl_reference=ppl_ref,
+        ppl_candidate=ppl_cand,
+    )
+
+
+def normalize_answer(text: str) -> str:
+    """Case, width and whitespace folded; thousands separators and currency words kept as they are."""
+    text = unicodedata.normalize("NFKC", text).casefold().strip()
+    return " ".join(text.split()).rstrip(".")
+
+
+def levenshtein(a: str, b: str) -> int:
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1]
+
+
+def anls(prediction: str, answers: list[str], threshold: float = ANLS_THRESHOLD) -> float:
+    """Average Normalized Levenshtein Similarity against the best-matching reference answer."""
+    pred = normalize_answer(prediction)
+    best = 0.0
+    for answer in answers:
+        gold = normalize_answer(answer)
+        longest = max(len(pred), len(gold)) or 1
+        similarity = 1.0 - levenshtein(pred, gold) / longest
+        best = max(best, similarity if similarity >= threshold else 0.0)
+    return best
+
+
+def exact_match(prediction: str, answers: list[str]) -> bool:
+    pred = normalize_answer(prediction)
+    return any(pred == normalize_answer(answer) for answer in answers)
