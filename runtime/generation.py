@@ -1,0 +1,108 @@
+"""What a caller asks of the engine and what comes back: parameters, streamed chunks, usage, timings.
+
+This is the contract between the engine and its callers (`exaone-edge run`, the HTTP server).
+Messages are OpenAI-style dicts; an image part is `{"type": "image", "image": PIL.Image.Image}`
+(`"image_url"` parts are accepted too when they carry the decoded image under `"image"`).
+
+    engine = Engine.load(bundle_dir, n_ctx=8192, n_gpu_layers=-1)   # exaone_edge.runtime.engine
+    for chunk in engine.generate(messages, GenerationParams(max_tokens=256)):
+        ...  # chunk.text; the last chunk has finish_reason, usage and timings
+
+One generation runs at a time per Engine (it holds a lock); callers decide their own concurrency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from exaone_edge.errors import InputError
+
+
+class PromptTooLong(InputError):
+    """The prompt (text tokens plus vision rows) does not fit the context window."""
+
+
+class ImageRejected(InputError):
+    """An image or PDF page is unreadable, too large, or otherwise unusable."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int = 512
+    temperature: float = 0.0  # 0 → greedy (argmax); > 0 samples
+    top_p: float = 1.0
+    top_k: int = 0  # 0 → off
+    min_p: float = 0.0  # 0 → off
+    seed: int | None = None  # None → a fresh random seed per request
+    stop: tuple[str, ...] = ()
+    # Extra variables for the chat template (e.g. {"enable_thinking": True}), as vLLM's chat_template_kwargs.
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = (
+            (self.max_tokens >= 1, "max_tokens must be at least 1"),
+            (self.temperature >= 0.0, "temperature must be >= 0"),
+            (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+            (self.top_k >= 0, "top_k must be >= 0"),
+            (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int  # prompt positions, vision rows included
+    completion_tokens: int
+    cached_tokens: int  # prompt positions reused from the KV cache (not decoded again)
+    image_rows: int  # vision rows in the prompt
+    vision_runs: int  # vision-encoder runs this request needed (0 when every image was cached)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Timings:
+    vision_s: float  # running the vision encoder (0 on cache hits)
+    prefill_s: float  # decoding the prompt positions that were not cached
+    ttft_s: float  # request start → first generated token
+    decode_s: float  # first token → last token
+    total_s: float
+    tokens_per_s: float | None  # generation speed after the first token (None with fewer than two)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str
+    finish_reason: str | None = None  # None while streaming; "stop" or "length" on the last chunk
+    usage: Usage | None = None  # set on the last chunk
+    timings: Timings | None = None  # set on the last chunk
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    finish_reason: str
+    usage: Usage
+    timings: Timings
+
+
+def collect(chunks) -> GenerationResult:
+    """Fold a stream of chunks into one result."""
+    parts: list[str] = []
+    last: Chunk | None = None
+    for chunk in chunks:
+        parts.append(chunk.text)
+        last = chunk
+    if last is None or last.finish_reason is None or last.usage is None or last.timings is None:
+        raise RuntimeError("generation stream ended without a final chunk")
+    return GenerationResult("".join(parts), last.finish_reason, last.usage, last.timings)
