@@ -1,0 +1,171 @@
+"""Images and PDF pages into RGB PIL images, with limits that stop decompression bombs early.
+
+Pixel counts are checked from the file header before any pixel is decoded. PDF pages are rendered
+at the resolution the vision encoder will use anyway (its `max_pixels` budget), never more.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from exaone_edge.errors import InputError
+from exaone_edge.runtime.generation import ImageRejected
+
+IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP")
+PDF_MAGIC = b"%PDF-"
+MAX_RENDER_DPI = 300.0  # beyond this a page only gets bigger, not sharper for the encoder
+POINTS_PER_INCH = 72.0
+
+
+@dataclass(frozen=True)
+class DocumentLimits:
+    max_image_pixels: int = 64_000_000  # decoded pixels per image (a 8000×8000 scan); bombs are far larger
+    max_pdf_pages: int = 32  # pages per PDF request
+    max_file_bytes: int = 256 * 2**20
+
+
+def open_image(source: Path | bytes, limits: DocumentLimits = DocumentLimits(), *, name: str = "image") -> Image.Image:
+    """Decode a PNG/JPEG/TIFF/WebP to RGB (EXIF orientation applied, transparency on white, as HF does)."""
+    data = _read(source, limits)
+    label = str(source) if isinstance(source, Path) else name
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit below is the guard; Pillow's warning threshold would only add noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        with image:
+            width, height = image.size  # from the header; nothing decoded yet
+            if width * height > limits.max_image_pixels:
+                raise ImageRejected(
+                    f"{label}: {width}×{height} = {width * height:,} pixels exceeds the limit of "
+                    f"{limits.max_image_pixels:,}",
+                    fix="Downscale the image, or raise the pixel limit if it is trusted.",
+                )
+            if width == 0 or height == 0:
+                raise ImageRejected(f"{label}: the image is empty ({width}×{height})")
+            image.load()
+            return to_rgb(ImageOps.exif_transpose(image))
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(f"{label}: rejected as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's errors for unknown or broken files
+        raise ImageRejected(
+            f"{label}: not a readable image ({type(exc).__name__}: {exc})",
+            fix=f"Use one of {', '.join(IMAGE_FORMATS)}, or a PDF.",
+        ) from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def is_pdf(source: Path | bytes) -> bool:
+    if isinstance(source, Path):
+        with open(source, "rb") as handle:
+            return handle.read(len(PDF_MAGIC)) == PDF_MAGIC
+    return source[: len(PDF_MAGIC)] == PDF_MAGIC
+
+
+def parse_pages(spec: str | None, page_count: int) -> list[int]:
+    """'1-3,5' → [0, 1, 2, 4] (1-based in, 0-based out); None → every page."""
+    if spec is None or spec.strip().lower() in ("", "all"):
+        return list(range(page_count))
+    pages: list[int] = []
+    for part in spec.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match:
+            raise InputError(f"page selection {spec!r} is not like '1-3,5'")
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) else first
+        if first < 1 or last < first or last > page_count:
+            raise InputError(f"pages {part.strip()} are outside 1-{page_count} (the document has {page_count} pages)")
+        pages.extend(page for page in range(first - 1, last) if page not in pages)
+    return pages
+
+
+def render_pdf(
+    source: Path | bytes,
+    pages: str | None = None,
+    *,
+    max_pixels: int,
+    limits: DocumentLimits = DocumentLimits(),
+    name: str = "document.pdf",
+) -> list[Image.Image]:
+    """Render the chosen pages at a DPI that fills, but does not exceed, the vision pixel budget."""
+    import pypdfium2 as pdfium
+
+    data = _read(source, limits)
+    label = str(source) if isinstance(source, Path) else name
+    try:
+        pdf = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as exc:
+        raise ImageRejected(f"{label}: not a readable PDF ({exc})") from None
+    try:
+        selected = parse_pages(pages, len(pdf))
+        if len(selected) > limits.max_pdf_pages:
+            raise InputError(
+                f"{label}: {len(selected)} pages selected, the limit is {limits.max_pdf_pages}",
+                fix="Choose fewer pages (e.g. --pages 1-3).",
+            )
+        images = []
+        for index in selected:
+            page = pdf[index]
+            try:
+                width_pt, height_pt = page.get_size()
+                scale = render_scale(width_pt, height_pt, max_pixels)
+                images.append(to_rgb(page.render(scale=scale).to_pil()))
+            finally:
+                page.close()
+        return images
+    finally:
+        pdf.close()
+
+
+def render_scale(width_pt: float, height_pt: float, max_pixels: int) -> float:
+    """Pixels per point so the rendered page holds at most `max_pixels` (and at most 300 DPI)."""
+    if width_pt <= 0 or height_pt <= 0:
+        raise ImageRejected(f"a PDF page has no area ({width_pt}×{height_pt} pt)")
+    scale = min(MAX_RENDER_DPI / POINTS_PER_INCH, math.sqrt(max_pixels / (width_pt * height_pt)))
+    # pdfium rounds the bitmap size up; step down until the rounded size is inside the budget.
+    while math.ceil(width_pt * scale) * math.ceil(height_pt * scale) > max_pixels and scale > 0:
+        scale *= 0.999
+    return scale
+
+
+def load_document(
+    path: Path, pages: str | None = None, *, max_pixels: int, limits: DocumentLimits = DocumentLimits()
+) -> list[Image.Image]:
+    """An image file → one image; a PDF → its chosen pages."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=path)
+    if is_pdf(path):
+        return render_pdf(path, pages, max_pixels=max_pixels, limits=limits)
+    if pages is not None:
+        raise InputError("--pages applies to PDFs only", path=path)
+    return [open_image(path, limits)]
+
+
+def _read(source: Path | bytes, limits: DocumentLimits) -> bytes:
+    if isinstance(source, Path):
+        size = source.stat().st_size
+        if size > limits.max_file_bytes:
+            raise ImageRejected(f"{source}: {size:,} bytes exceeds the limit of {limits.max_file_bytes:,}")
+        return source.read_bytes()
+    if len(source) > limits.max_file_bytes:
+        raise ImageRejected(f"{len(source):,} bytes exceeds the limit of {limits.max_file_bytes:,}")
+    return bytes(source)

@@ -1,0 +1,225 @@
+"""The engine: a bundle's vision encoder (ONNX Runtime) and decoder (llama.cpp) answering conversations.
+
+    engine = Engine.load("bundle/", n_ctx=8192)
+    for chunk in engine.generate(messages, GenerationParams(max_tokens=256)):
+        print(chunk.text, end="")
+
+Images are encoded once and their rows cached (content hash + preprocessing); the decoded prefix of
+the previous request stays in the KV cache, so a follow-up on the same page only decodes what is new.
+One generation runs at a time (a lock); closing the iterator early stops generation and frees it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from exaone_edge.errors import ArtifactError, InputError
+from exaone_edge.runtime.bundle import Bundle, load_bundle
+from exaone_edge.runtime.documents import to_rgb
+from exaone_edge.runtime.generation import Chunk, GenerationParams, ImageRejected, Timings, Usage
+from exaone_edge.runtime.llama import EmbeddingSegment, LlamaContext, LlamaOptions, Segment, TextSegment
+from exaone_edge.runtime.prompt import ChatFormat, Prompt, message_images
+from exaone_edge.runtime.textstream import Detokenizer, StopScanner
+from exaone_edge.runtime.vision_cache import VisionCache, image_key
+
+DEFAULT_CONTEXT = 8192
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    n_ctx: int | None = None  # None: min(model maximum, 8192)
+    n_gpu_layers: int = -1
+    n_threads: int | None = None
+    n_batch: int = 512
+    flash_attn: bool | None = None  # None: llama.cpp decides; False for exact parity on CPU
+    kv_type: str = "f16"
+    swa_full: bool = False
+    providers: tuple[str, ...] | None = None  # ONNX Runtime providers; None: TensorRT → CUDA → CPU
+    vision_cache_entries: int = 64
+    vision_cache_bytes: int = 1 << 30
+    verify: bool = True  # hash every bundle file on load
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    prompt: Prompt
+    segments: list[Segment]
+    image_rows: int
+    vision_runs: int
+    vision_s: float
+
+
+class Engine:
+    def __init__(self, bundle: Bundle, options: EngineOptions) -> None:
+        from exaone_edge.vision import VisionEncoder
+
+        self.bundle = bundle
+        self.options = options
+        self.chat = ChatFormat.from_files(bundle.path, bundle.spec.image_token_id)
+        self.vision = VisionEncoder(bundle.vision_dir, providers=list(options.providers) if options.providers else None)
+        n_ctx = options.n_ctx or min(bundle.spec.decoder.max_position_embeddings, DEFAULT_CONTEXT)
+        self.llama = LlamaContext(
+            bundle.decoder_path,
+            LlamaOptions(
+                n_ctx=n_ctx,
+                n_gpu_layers=options.n_gpu_layers,
+                n_threads=options.n_threads,
+                n_batch=options.n_batch,
+                flash_attn=options.flash_attn,
+                kv_type=options.kv_type,
+                swa_full=options.swa_full,
+                verbose=options.verbose,
+            ),
+        )
+        if self.llama.n_embd != bundle.spec.decoder.hidden_size:
+            raise ArtifactError(
+                f"decoder.gguf has width {self.llama.n_embd}, config.json says {bundle.spec.decoder.hidden_size}",
+                path=bundle.decoder_path,
+                fix="Re-create the bundle.",
+            )
+        self.cache = VisionCache(options.vision_cache_entries, options.vision_cache_bytes)
+        self.vision_runs = 0  # vision-encoder runs since load
+        self.requests = 0
+        self._stop_ids = bundle.eos_token_ids
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, bundle_dir: Path | str, **options: Any) -> Engine:
+        known = {f.name for f in fields(EngineOptions)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InputError(f"unknown engine option(s): {', '.join(unknown)}", fix=f"Known: {', '.join(sorted(known))}.")
+        engine_options = EngineOptions(**options)
+        return cls(load_bundle(bundle_dir, verify=engine_options.verify), engine_options)
+
+    @property
+    def model_id(self) -> str:
+        return self.bundle.name
+
+    @property
+    def n_ctx(self) -> int:
+        return self.llama.n_ctx
+
+    def generate(self, messages: Sequence[Mapping[str, Any]], params: GenerationParams = GenerationParams()) -> Iterator[Chunk]:
+        """Stream the assistant's reply; the last chunk carries finish_reason, usage and timings."""
+        if not isinstance(params, GenerationParams):
+            raise InputError("params must be a GenerationParams")
+        return self._generate(list(messages), params)
+
+    def next_token_logits(
+        self, messages: Sequence[Mapping[str, Any]], template_kwargs: Mapping[str, Any] | None = None
+    ) -> np.ndarray:
+        """Logits for the first token of the reply (what parity checks compare against transformers)."""
+        with self._lock:
+            prepared = self._prepare(list(messages), template_kwargs or {})
+            self.llama.prefill(prepared.segments)
+            return self.llama.logits()
+
+    def encode_prompt(
+        self, messages: Sequence[Mapping[str, Any]], template_kwargs: Mapping[str, Any] | None = None
+    ) -> Prompt:
+        """The token ids and image positions the engine would decode (vision rows cached on the way)."""
+        with self._lock:
+            return self._prepare(list(messages), template_kwargs or {}).prompt
+
+    def close(self) -> None:
+        with self._lock:
+            self.llama.close()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _generate(self, messages: list[Mapping[str, Any]], params: GenerationParams) -> Iterator[Chunk]:
+        with self._lock:
+            self.requests += 1
+            start = time.perf_counter()
+            prepared = self._prepare(messages, params.template_kwargs)
+            stats = self.llama.prefill(prepared.segments)
+            prefilled = time.perf_counter()
+            detokenizer = Detokenizer(self.chat.decode)
+            scanner = StopScanner(params.stop)
+            completion, finish, first = 0, "length", None
+            seed = params.seed if params.seed is not None else secrets.randbits(32)
+            with self.llama.sampler(
+                temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p, seed=seed
+            ) as sampler:
+                while True:
+                    token = sampler.sample()
+                    first = first or time.perf_counter()
+                    if token in self._stop_ids or self.llama.is_end_of_generation(token):
+                        finish = "stop"
+                        break
+                    completion += 1
+                    text = scanner.feed(detokenizer.add(token))
+                    if text:
+                        yield Chunk(text)
+                    if scanner.stopped:
+                        finish = "stop"
+                        break
+                    if completion >= params.max_tokens or self.llama.n_past >= self.llama.n_ctx:
+                        break
+                    self.llama.append(token)
+            tail = scanner.feed(detokenizer.flush()) + scanner.finish()
+            end = time.perf_counter()
+            first = first or end
+            usage = Usage(
+                prompt_tokens=stats.positions,
+                completion_tokens=completion,
+                cached_tokens=stats.reused,
+                image_rows=prepared.image_rows,
+                vision_runs=prepared.vision_runs,
+            )
+            timings = Timings(
+                vision_s=prepared.vision_s,
+                prefill_s=prefilled - start - prepared.vision_s,
+                ttft_s=first - start,
+                decode_s=end - first,
+                total_s=end - start,
+                tokens_per_s=(completion - 1) / (end - first) if completion > 1 and end > first else None,
+            )
+            yield Chunk(tail, finish_reason=finish, usage=usage, timings=timings)
+
+    def _prepare(self, messages: list[Mapping[str, Any]], template_kwargs: Mapping[str, Any]) -> PreparedPrompt:
+        images = message_images(messages)
+        started = time.perf_counter()
+        rows_per_image, keys, runs = [], [], 0
+        for index, image in enumerate(images):
+            if not isinstance(image, Image.Image):
+                raise ImageRejected(f"image {index + 1} is a {type(image).__name__}, not a decoded PIL image")
+            image = to_rgb(image)
+            key = image_key(image, self.bundle.preprocessing_id)
+            rows = self.cache.get(key)
+            if rows is None:
+                rows = np.asarray(self.vision.encode(image), dtype=np.float32)
+                runs += 1
+                self.vision_runs += 1
+                self.cache.put(key, rows)
+            rows_per_image.append(rows)
+            keys.append(key)
+        vision_s = time.perf_counter() - started
+        prompt = self.chat.encode(messages, [len(rows) for rows in rows_per_image], template_kwargs=template_kwargs)
+        segments: list[Segment] = []
+        position = 0
+        for slot in prompt.images:
+            if slot.start > position:
+                segments.append(TextSegment(prompt.ids[position : slot.start]))
+            segments.append(EmbeddingSegment(keys[slot.index], rows_per_image[slot.index]))
+            position = slot.start + slot.rows
+        if position < len(prompt.ids):
+            segments.append(TextSegment(prompt.ids[position:]))
+        return PreparedPrompt(
+            prompt=prompt,
+            segments=segments,
+            image_rows=sum(len(rows) for rows in rows_per_image),
+            vision_runs=runs,
+            vision_s=vision_s,
+        )

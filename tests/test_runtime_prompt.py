@@ -1,0 +1,127 @@
+"""The runtime's prompt assembly equals the Hugging Face processor's `input_ids`, token for token."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from exaone_edge.errors import InputError
+from exaone_edge.runtime.prompt import ChatFormat, message_images
+
+
+def _image(width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def hf_processor(tiny_model_dir):
+    from transformers import AutoTokenizer, Exaone4_5_Processor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    class ImageOnlyProcessor(Exaone4_5_Processor):
+        # The stock class insists on a video processor, which needs torchvision; images never use it.
+        def check_argument_for_proper_class(self, attribute_name, arg):
+            return None
+
+    return ImageOnlyProcessor(
+        image_processor=Qwen2VLImageProcessorPil.from_pretrained(tiny_model_dir),
+        tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir),
+        video_processor=None,
+        chat_template=(tiny_model_dir / "chat_template.jinja").read_text(encoding="utf-8"),
+    )
+
+
+@pytest.fixture(scope="module")
+def chat(tiny_model_dir):
+    import json
+
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    return ChatFormat.from_files(tiny_model_dir, config["image_token_id"])
+
+
+def _rows(processor, images) -> list[int]:
+    """Vision rows per image: t·h·w / merge² from the HF image processor's grid."""
+    if not images:
+        return []
+    grid = processor.image_processor(images=images, return_tensors="np")["image_grid_thw"]
+    merge = processor.image_processor.merge_size
+    return [int(np.prod(thw)) // merge**2 for thw in grid]
+
+
+def _hf_ids(processor, messages) -> list[int]:
+    out = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="np"
+    )
+    return out["input_ids"][0].tolist()
+
+
+CONVERSATIONS = {
+    "text-only": [{"role": "user", "content": "What is the total on invoice 2024-117? 합계는 얼마입니까?"}],
+    "one-image": [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": _image(100, 70, 0)}, {"type": "text", "text": "What is this?"}],
+        }
+    ],
+    "two-images": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Compare page one"},
+                {"type": "image", "image": _image(64, 200, 1)},
+                {"type": "text", "text": "with page two:"},
+                {"type": "image", "image": _image(333, 121, 2)},
+            ],
+        }
+    ],
+    "multi-turn": [
+        {"role": "system", "content": "You read contracts. 계약서를 읽습니다."},
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": _image(96, 96, 3)}, {"type": "text", "text": "Who signs?"}],
+        },
+        {"role": "assistant", "content": "The lessee, Kim Min-jun."},
+        {"role": "user", "content": [{"type": "text", "text": "And the date?"}]},
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+def test_token_ids_and_image_positions_match_hf_processor(name, chat, hf_processor):
+    messages = CONVERSATIONS[name]
+    images = message_images(messages)
+    prompt = chat.encode(messages, _rows(hf_processor, images))
+    expected = _hf_ids(hf_processor, messages)
+    assert prompt.ids == expected
+    image_id = hf_processor.image_token_id
+    hf_positions = [i for i, token in enumerate(expected) if token == image_id]
+    ours = [slot.start + r for slot in prompt.images for r in range(slot.rows)]
+    assert ours == hf_positions
+    assert len(prompt.images) == len(images)
+
+
+def test_rendering_matches_tokenizer_template(chat, hf_processor):
+    messages = CONVERSATIONS["multi-turn"]
+    expected = hf_processor.tokenizer.apply_chat_template(
+        [{**m, "content": m["content"]} for m in messages], add_generation_prompt=True, tokenize=False
+    )
+    assert chat.render(messages) == expected
+    assert chat.render(messages, template_kwargs={"enable_thinking": True}).endswith("[|assistant|]")
+
+
+def test_user_text_cannot_forge_image_placeholders(chat):
+    with pytest.raises(InputError, match="reserved image placeholder"):
+        chat.encode([{"role": "user", "content": "look: <|image_pad|>"}], [])
+
+
+def test_image_part_without_image_is_rejected():
+    with pytest.raises(InputError, match="no decoded image"):
+        message_images([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
+
+
+def test_decode_round_trip(chat):
+    text = "Net revenue rose 12% to ₩3.4조."
+    ids = chat.tokenizer.encode(text, add_special_tokens=False).ids
+    assert chat.decode(ids) == text
