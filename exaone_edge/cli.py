@@ -78,6 +78,59 @@ def plan(
     emit(plan_dict(result), json_output, render_text(result))
 
 
+
+@app.command()
+def run(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `exaone-edge quantize`.")],
+    question: Annotated[str, typer.Argument(help="The question about the document.")],
+    image: Annotated[list[Path] | None, typer.Option("--image", help="An image (PNG/JPEG/TIFF/WebP); repeat for more.")] = None,
+    pdf: Annotated[Path | None, typer.Option(help="A PDF; its pages (see --pages) are rendered for the vision encoder.")] = None,
+    pages: Annotated[str | None, typer.Option(help="PDF pages, 1-based: '1-3,5' (default: all).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 512,
+    temperature: Annotated[float, typer.Option(help="0 is greedy; above 0 samples.")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Sample among the k likeliest tokens (0: off).")] = 0,
+    min_p: Annotated[float, typer.Option(help="Drop tokens below min_p × the top probability (0: off).")] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed (default: random).")] = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop when this text appears; repeatable.")] = None,
+    ctx: Annotated[int | None, typer.Option("--ctx", help="Context length (default: min(model max, 8192)).")] = None,
+    gpu_layers: Annotated[int, typer.Option(help="Decoder layers on the GPU (-1: all).")] = -1,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    flash_attn: Annotated[str, typer.Option(help="Flash attention: auto, on or off.")] = "auto",
+    kv_type: Annotated[str, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = "f16",
+    verify: Annotated[bool, typer.Option(help="Hash every bundle file before loading (--no-verify: sizes only).")] = True,
+    json_output: JsonFlag = False,
+) -> None:
+    """Ask a question about images or PDF pages; the answer streams to stdout, timings go to stderr."""
+    from exaone_edge.progress import log
+    from exaone_edge.runtime.ask import ask, result_dict, stats_line
+    from exaone_edge.runtime.generation import GenerationParams, collect
+
+    modes = {"auto": None, "on": True, "off": False}
+    if flash_attn not in modes:
+        raise InputError(f"--flash-attn must be auto, on or off, got '{flash_attn}'")
+    params = GenerationParams(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
+        stop=tuple(stop or ()),
+    )
+    chunks = ask(
+        bundle, question, images=image or [], pdf=pdf, pages=pages, params=params, n_ctx=ctx,
+        n_gpu_layers=gpu_layers, n_threads=threads, flash_attn=modes[flash_attn], kv_type=kv_type, verify=verify,
+    )
+    if json_output:
+        emit(result_dict(collect(chunks)), True, "")
+        return
+
+    def streamed():
+        for chunk in chunks:
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            yield chunk
+
+    result = collect(streamed())
+    sys.stdout.write("\n")
+    log(stats_line(result))
+
 def main() -> None:
     try:
         app()

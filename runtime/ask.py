@@ -1,0 +1,71 @@
+"""`exaone-edge run`: one question about images and PDF pages, answered by a bundle, streamed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from exaone_edge.errors import InputError
+from exaone_edge.runtime.documents import DocumentLimits, load_document
+from exaone_edge.runtime.generation import Chunk, GenerationParams, GenerationResult
+
+
+def question_messages(question: str, images: Sequence[Any]) -> list[dict[str, Any]]:
+    """One user turn: the pages first, then the question (how the model card prompts documents)."""
+    if not question.strip():
+        raise InputError("the question is empty")
+    parts: list[dict[str, Any]] = [{"type": "image", "image": image} for image in images]
+    parts.append({"type": "text", "text": question})
+    return [{"role": "user", "content": parts}]
+
+
+def ask(
+    bundle_dir: Path,
+    question: str,
+    *,
+    images: Sequence[Path] = (),
+    pdf: Path | None = None,
+    pages: str | None = None,
+    params: GenerationParams = GenerationParams(),
+    limits: DocumentLimits = DocumentLimits(),
+    **engine_options: Any,
+) -> Iterator[Chunk]:
+    """Load the documents and the bundle, then stream the answer."""
+    from exaone_edge.runtime.bundle import load_bundle
+    from exaone_edge.runtime.engine import Engine, EngineOptions
+
+    if pages is not None and pdf is None:
+        raise InputError("--pages needs --pdf")
+    options = EngineOptions(**engine_options)
+    bundle = load_bundle(bundle_dir, verify=options.verify)
+    pictures = []
+    for path in images:
+        pictures.extend(load_document(Path(path), max_pixels=bundle.image.max_pixels, limits=limits))
+    if pdf is not None:
+        pictures.extend(load_document(Path(pdf), pages, max_pixels=bundle.image.max_pixels, limits=limits))
+    engine = Engine(bundle, options)
+    try:
+        yield from engine.generate(question_messages(question, pictures), params)
+    finally:
+        engine.close()
+
+
+def result_dict(result: GenerationResult) -> dict[str, Any]:
+    return {
+        "text": result.text,
+        "finish_reason": result.finish_reason,
+        "usage": asdict(result.usage),
+        "timings": asdict(result.timings),
+    }
+
+
+def stats_line(result: GenerationResult) -> str:
+    usage, timings = result.usage, result.timings
+    speed = f"{timings.tokens_per_s:.1f} tokens/s" if timings.tokens_per_s else "n/a tokens/s"
+    return (
+        f"prompt {usage.prompt_tokens} positions ({usage.image_rows} vision rows, {usage.cached_tokens} cached), "
+        f"{usage.vision_runs} vision-encoder run(s) {timings.vision_s:.2f} s; TTFT {timings.ttft_s:.2f} s; "
+        f"{usage.completion_tokens} tokens, {speed}; finish: {result.finish_reason}"
+    )
