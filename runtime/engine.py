@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -59,14 +59,22 @@ class PreparedPrompt:
     vision_s: float
 
 
-class Engine:
-    def __init__(self, bundle: Bundle, options: EngineOptions) -> None:
-        from exaone_edge.vision import VisionEncoder
+class ImageEncoder(Protocol):
+    def encode(self, image: Image.Image) -> np.ndarray: ...  # [rows, decoder width] float32
 
+
+class Engine:
+    def __init__(self, bundle: Bundle, options: EngineOptions, vision: ImageEncoder | None = None) -> None:
+        """`vision` defaults to the bundle's ONNX encoder (`exaone_edge.vision.VisionEncoder`)."""
         self.bundle = bundle
         self.options = options
         self.chat = ChatFormat.from_files(bundle.path, bundle.spec.image_token_id)
-        self.vision = VisionEncoder(bundle.vision_dir, providers=list(options.providers) if options.providers else None)
+        if vision is None:
+            from exaone_edge.vision import VisionEncoder
+
+            providers = list(options.providers) if options.providers else None
+            vision = VisionEncoder(bundle.vision_dir, providers=providers)
+        self.vision = vision
         n_ctx = options.n_ctx or min(bundle.spec.decoder.max_position_embeddings, DEFAULT_CONTEXT)
         self.llama = LlamaContext(
             bundle.decoder_path,
