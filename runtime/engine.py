@@ -25,7 +25,7 @@ from PIL import Image
 from exaone_edge.errors import ArtifactError, InputError
 from exaone_edge.runtime.bundle import Bundle, load_bundle
 from exaone_edge.runtime.documents import to_rgb
-from exaone_edge.runtime.generation import Chunk, GenerationParams, ImageRejected, Timings, Usage
+from exaone_edge.runtime.generation import Chunk, GenerationParams, ImageRejected, PromptTooLong, Timings, Usage
 from exaone_edge.runtime.llama import EmbeddingSegment, LlamaContext, LlamaOptions, Segment, TextSegment
 from exaone_edge.runtime.prompt import ChatFormat, Prompt, message_images
 from exaone_edge.runtime.textstream import Detokenizer, StopScanner
@@ -61,6 +61,8 @@ class PreparedPrompt:
 
 class ImageEncoder(Protocol):
     def encode(self, image: Image.Image) -> np.ndarray: ...  # [rows, decoder width] float32
+
+    def rows_for(self, image_size: tuple[int, int]) -> int: ...  # rows `encode` will return, (width, height)
 
 
 class Engine:
@@ -124,6 +126,26 @@ class Engine:
             raise InputError("params must be a GenerationParams")
         return self._generate(list(messages), params)
 
+    def check(self, messages: Sequence[Mapping[str, Any]], params: GenerationParams = GenerationParams()) -> int:
+        """Validate a request without running anything heavy; returns its prompt length in positions.
+
+        Raises the errors `generate` would raise for the messages (InputError, ImageRejected,
+        PromptTooLong), so a server can answer 4xx before it starts streaming.
+        """
+        images = message_images(messages)
+        for index, image in enumerate(images):
+            if not isinstance(image, Image.Image):
+                raise ImageRejected(f"image {index + 1} is a {type(image).__name__}, not a decoded PIL image")
+        rows = [self.vision.rows_for(image.size) for image in images]
+        prompt = self.chat.encode(messages, rows, template_kwargs=params.template_kwargs)
+        if len(prompt.ids) >= self.n_ctx:
+            raise PromptTooLong(
+                f"the prompt takes {len(prompt.ids)} positions ({sum(rows)} of them vision rows), "
+                f"the context holds {self.n_ctx}",
+                fix="Ask about fewer or smaller pages or a shorter conversation, or use a larger context.",
+            )
+        return len(prompt.ids)
+
     def next_token_logits(
         self, messages: Sequence[Mapping[str, Any]], template_kwargs: Mapping[str, Any] | None = None
     ) -> np.ndarray:
@@ -155,7 +177,8 @@ class Engine:
             prefilled = time.perf_counter()
             detokenizer = Detokenizer(self.chat.decode)
             scanner = StopScanner(params.stop)
-            completion, finish, first = 0, "length", None
+            generated: list[int] = []
+            finish, first = "length", None
             seed = params.seed if params.seed is not None else secrets.randbits(32)
             with self.llama.sampler(
                 temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p, seed=seed
@@ -166,19 +189,20 @@ class Engine:
                     if token in self._stop_ids or self.llama.is_end_of_generation(token):
                         finish = "stop"
                         break
-                    completion += 1
+                    generated.append(token)
                     text = scanner.feed(detokenizer.add(token))
                     if text:
                         yield Chunk(text)
                     if scanner.stopped:
                         finish = "stop"
                         break
-                    if completion >= params.max_tokens or self.llama.n_past >= self.llama.n_ctx:
+                    if len(generated) >= params.max_tokens or self.llama.n_past >= self.llama.n_ctx:
                         break
                     self.llama.append(token)
             tail = scanner.feed(detokenizer.flush()) + scanner.finish()
             end = time.perf_counter()
             first = first or end
+            completion = len(generated)
             usage = Usage(
                 prompt_tokens=stats.positions,
                 completion_tokens=completion,
@@ -194,7 +218,7 @@ class Engine:
                 total_s=end - start,
                 tokens_per_s=(completion - 1) / (end - first) if completion > 1 and end > first else None,
             )
-            yield Chunk(tail, finish_reason=finish, usage=usage, timings=timings)
+            yield Chunk(tail, finish_reason=finish, usage=usage, timings=timings, token_ids=tuple(generated))
 
     def _prepare(self, messages: list[Mapping[str, Any]], template_kwargs: Mapping[str, Any]) -> PreparedPrompt:
         images = message_images(messages)

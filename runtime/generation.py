@@ -86,6 +86,7 @@ class Chunk:
     finish_reason: str | None = None  # None while streaming; "stop" or "length" on the last chunk
     usage: Usage | None = None  # set on the last chunk
     timings: Timings | None = None  # set on the last chunk
+    token_ids: tuple[int, ...] = ()  # the whole completion's token ids, on the last chunk
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class GenerationResult:
     finish_reason: str
     usage: Usage
     timings: Timings
+    token_ids: tuple[int, ...] = ()
 
 
 def collect(chunks) -> GenerationResult:
@@ -105,4 +107,4 @@ def collect(chunks) -> GenerationResult:
         last = chunk
     if last is None or last.finish_reason is None or last.usage is None or last.timings is None:
         raise RuntimeError("generation stream ended without a final chunk")
-    return GenerationResult("".join(parts), last.finish_reason, last.usage, last.timings)
+    return GenerationResult("".join(parts), last.finish_reason, last.usage, last.timings, last.token_ids)

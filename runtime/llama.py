@@ -134,16 +134,20 @@ class LlamaContext:
         keep = min(keep, len(keys) - 1)  # the last position is always decoded again, for its logits
         keep = self._truncate(keep)
         position = 0
-        for segment in segments:
-            length = len(segment.ids) if isinstance(segment, TextSegment) else len(segment.rows)
-            start = max(keep - position, 0)
-            if start < length:
-                last = position + length == len(keys)
-                if isinstance(segment, TextSegment):
-                    self._decode_tokens(list(segment.ids)[start:], position + start, logits_last=last)
-                else:
-                    self._decode_embeddings(segment.rows[start:], position + start, logits_last=last)
-            position += length
+        try:
+            for segment in segments:
+                length = len(segment.ids) if isinstance(segment, TextSegment) else len(segment.rows)
+                start = max(keep - position, 0)
+                if start < length:
+                    last = position + length == len(keys)
+                    if isinstance(segment, TextSegment):
+                        self._decode_tokens(list(segment.ids)[start:], position + start, logits_last=last)
+                    else:
+                        self._decode_embeddings(segment.rows[start:], position + start, logits_last=last)
+                position += length
+        except BaseException:
+            self.reset()  # the cache holds part of this prompt: forget it rather than trust it
+            raise
         self._keys = keys
         return PrefillStats(positions=len(keys), reused=keep, decoded=len(keys) - keep)
 
