@@ -4,33 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from exaone_edge.errors import InputError
 from exaone_edge.runtime.prompt import ChatFormat, message_images
+from runtime_fixtures import hf_processor as make_hf_processor, noise_image
 
 
-def _image(width: int, height: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+_image = noise_image
 
 
 @pytest.fixture(scope="module")
 def hf_processor(tiny_model_dir):
-    from transformers import AutoTokenizer, Exaone4_5_Processor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    class ImageOnlyProcessor(Exaone4_5_Processor):
-        # The stock class insists on a video processor, which needs torchvision; images never use it.
-        def check_argument_for_proper_class(self, attribute_name, arg):
-            return None
-
-    return ImageOnlyProcessor(
-        image_processor=Qwen2VLImageProcessorPil.from_pretrained(tiny_model_dir),
-        tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir),
-        video_processor=None,
-        chat_template=(tiny_model_dir / "chat_template.jinja").read_text(encoding="utf-8"),
-    )
+    return make_hf_processor(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
