@@ -1,0 +1,154 @@
+"""Checkpoint → GGUF: llama.cpp's logits, tokenizer and chat template against transformers on the tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gguf_fixtures import TEXT_PROMPTS, converted, hf_model, hf_tokenizer, image_inputs, page_image
+
+# llama.cpp's CPU matmul rounds activations to F16 for F16 weights (measured ~2e-3 on the tiny
+# model); the F16 weights themselves are checked exact against the checkpoint below.
+TOLERANCE = {"F32": 1e-3, "F16": 5e-3}
+
+
+@pytest.fixture(scope="module")
+def gguf_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("gguf")
+
+
+def _runner(path):
+    from exaone_edge.quantize.llama_eval import LlamaRunner
+
+    return LlamaRunner(path, n_ctx=512)
+
+
+@pytest.mark.parametrize("out_type", ["F32", "F16"])
+def test_text_logits_match_transformers(tiny_model_dir, gguf_dir, out_type):
+    import torch
+
+    path = converted(tiny_model_dir, out_type, gguf_dir)
+    model, tokenizer = hf_model(tiny_model_dir), hf_tokenizer(tiny_model_dir)
+    with _runner(path) as runner:
+        for prompt in TEXT_PROMPTS:
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                reference = model(input_ids=torch.tensor([ids])).logits[0].numpy()
+            diff = np.abs(runner.logits([ids]) - reference).max()
+            assert diff <= TOLERANCE[out_type], f"{out_type} max abs diff {diff:.2e} on {prompt[:30]!r}"
+
+
+@pytest.mark.parametrize("out_type", ["F32", "F16"])
+def test_image_rows_fed_as_embeddings_match_transformers(tiny_model_dir, gguf_dir, out_type):
+    """HF runs the real path (pixels → vision → placeholders); llama.cpp gets the rows as embeddings."""
+    import torch
+
+    path = converted(tiny_model_dir, out_type, gguf_dir)
+    model, tokenizer = hf_model(tiny_model_dir), hf_tokenizer(tiny_model_dir)
+    inputs, rows = image_inputs(tiny_model_dir, page_image(1, size=(320, 256)))
+    image_token = model.config.image_token_id
+    before = tokenizer("[|user|]<vision>", add_special_tokens=False)["input_ids"]
+    after = tokenizer("</vision>What is the total of item 2?[|endofturn|]\n[|assistant|]",
+                      add_special_tokens=False)["input_ids"]
+    ids = before + [image_token] * len(rows) + after
+    assert len(ids) > 2 * model.config.text_config.sliding_window  # the window is exercised
+    with torch.no_grad():
+        reference = model(input_ids=torch.tensor([ids]), pixel_values=inputs["pixel_values"],
+                          image_grid_thw=inputs["image_grid_thw"]).logits[0].numpy()
+    with _runner(path) as runner:
+        logits = runner.logits([before, rows, after])
+    diff = np.abs(logits - reference).max()
+    assert diff <= TOLERANCE[out_type], f"{out_type} max abs diff {diff:.2e}"
+
+
+def test_f16_weights_are_the_checkpoint_weights(tiny_model_dir, gguf_dir):
+    from gguf import GGUFReader
+    from safetensors import safe_open
+
+    reader = GGUFReader(converted(tiny_model_dir, "F16", gguf_dir))
+    tensors = {t.name: t for t in reader.tensors}
+    assert "blk.64.attn_q.weight" not in tensors  # MTP head dropped
+    assert len([n for n in tensors if n.endswith("attn_q.weight")]) == 64
+    pairs = {
+        "blk.5.ffn_down.weight": "model.language_model.layers.5.mlp.down_proj.weight",
+        "blk.63.post_ffw_norm.weight": "model.language_model.layers.63.post_feedforward_layernorm.weight",
+        "output.weight": "lm_head.weight",
+    }
+    from exaone_edge.checkpoint import open_checkpoint
+
+    checkpoint = open_checkpoint(tiny_model_dir)
+    for gguf_name, hf_name in pairs.items():
+        with safe_open(checkpoint.tensors[hf_name].file, framework="pt") as shard:
+            source = shard.get_tensor(hf_name).float().numpy()
+        stored = np.asarray(tensors[gguf_name].data).reshape(source.shape)
+        expected = source if gguf_name.endswith("_norm.weight") else source.astype(np.float16)
+        assert stored.dtype == expected.dtype and np.array_equal(stored, expected), gguf_name
+
+
+def test_metadata_records_swa_pattern_rope_and_provenance(tiny_model_dir, gguf_dir):
+    from exaone_edge import __version__
+    from exaone_edge.checkpoint import open_checkpoint
+    from exaone_edge.quantize.gguf_convert import checkpoint_hash
+
+    with _runner(converted(tiny_model_dir, "F16", gguf_dir)) as runner:
+        assert runner.meta("general.architecture") == "exaone4"
+        assert runner.meta("exaone4.block_count") == "64"
+        assert runner.meta("exaone4.attention.sliding_window") == "32"
+        assert runner.meta("tokenizer.ggml.pre") == "exaone4"
+        assert runner.meta("exaone_edge.toolkit_version") == __version__
+        assert runner.meta("exaone_edge.source_checkpoint_sha256") == checkpoint_hash(open_checkpoint(tiny_model_dir))
+        assert runner.meta("exaone_edge.mtp_policy") == "dropped"
+
+
+TOKENIZER_TEXTS = [
+    "The quick brown fox jumps over the lazy dog. Revenue grew 12.5% year-over-year.",
+    "대한민국 헌법 제1조 ① 대한민국은 민주공화국이다. 합계 금액: 1,823,250원",
+    "0 1 12 123 1234 12345 123456 3.14159 -42 1e-5 2024-12-31 ₩1,000,000 $18,232.50",
+    "| 항목 | 수량 | 단가 |\n|---|---:|---:|\n| Widget | 3 | 1,200 |\n\n\tindented\t\ttabs   spaces",
+    "[|user|]<vision><|image_pad|><|image_pad|></vision>합계는?[|endofturn|]\n[|assistant|]<think>\n\n</think>\n\n",
+    "  leading spaces, émojis 🚀📄, mixed 한국어English123 and 'quotes' \"double\" don't",
+]
+
+
+@pytest.mark.parametrize("text", TOKENIZER_TEXTS, ids=["english", "korean", "digits", "table", "special", "mixed"])
+def test_tokenization_is_identical_to_hf(tiny_model_dir, gguf_dir, text):
+    tokenizer = hf_tokenizer(tiny_model_dir)
+    with _runner(converted(tiny_model_dir, "F16", gguf_dir)) as runner:
+        assert runner.tokenize(text, add_special=False) == tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert runner.tokenize(text, add_special=True) == tokenizer(text)["input_ids"]
+
+
+def test_chat_template_renders_like_hf(tiny_model_dir, gguf_dir):
+    tokenizer = hf_tokenizer(tiny_model_dir)
+    with _runner(converted(tiny_model_dir, "F16", gguf_dir)) as runner:
+        template = runner.chat_template()
+    conversations = [
+        [{"role": "user", "content": "What is the invoice total?"}],
+        [
+            {"role": "system", "content": "Answer from the document only."},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "계약 기간은?"}]},
+            {"role": "assistant", "content": "2년입니다."},
+            {"role": "user", "content": "And the penalty?"},
+        ],
+    ]
+    for messages in conversations:
+        expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        rendered = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                 add_generation_prompt=True)
+        assert rendered == expected
+
+
+def test_bad_inputs_are_typed_errors(tiny_model_dir, tmp_path):
+    import shutil
+
+    from exaone_edge.errors import CheckpointError, InputError
+    from exaone_edge.quantize.gguf_convert import convert_to_gguf
+
+    with pytest.raises(InputError, match="not one of"):
+        convert_to_gguf(tiny_model_dir, tmp_path / "x.gguf", "Q3")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    next(broken.glob("model-0000*.safetensors")).unlink()
+    with pytest.raises(CheckpointError, match="missing shard"):
+        convert_to_gguf(broken, tmp_path / "x.gguf", "F16")
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*partial"))
