@@ -1,0 +1,164 @@
+"""Decoder → GPTQ (GPTQModel) with document calibration, for vLLM / transformers on GPU servers.
+
+The language model is quantized layer by layer on document pages *with their images* run through the
+full VLM; the vision tower and the MTP head stay as they are (a `dynamic` rule tells loaders so).
+The output is a GPTQ v1 checkpoint with `quantize_config.json`, the processor files beside it, and a
+manifest whose validation block holds the KL divergence against the source model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from exaone_edge.checkpoint import open_checkpoint
+from exaone_edge.errors import InputError, require
+from exaone_edge.files import atomic_dir
+from exaone_edge.manifest import Manifest, write_manifest
+from exaone_edge.progress import log
+
+GPTQ_BITS = (4, 8)
+MIN_CALIBRATION = 4  # GPTQ's Hessians need several documents; real models want 128+
+# Loaders (vLLM, transformers) must not expect quantized weights here.
+KEEP_UNQUANTIZED = {"-:.*visual.*": {}, "-:.*mtp.*": {}}
+PROCESSOR_FILES = ("preprocessor_config.json", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json")
+Conversation = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class GptqResult:
+    path: Path
+    bits: int
+    group_size: int
+    calibration_samples: int
+    kl_mean: float
+    top1_agreement: float
+    bytes: int
+    seconds: float
+
+
+def check_options(bits: int, group_size: int, in_features: list[int]) -> None:
+    if bits not in GPTQ_BITS:
+        raise InputError(f"--bits {bits} is not supported for GPTQ", fix="Use --bits 4 or --bits 8.")
+    if group_size != -1 and group_size <= 0:
+        raise InputError(
+            f"--group-size {group_size} is invalid", fix="Use a positive group size such as 128, or -1 for per-channel."
+        )
+    bad = sorted({width for width in in_features if group_size > 0 and width % group_size})
+    if bad:
+        raise InputError(
+            f"--group-size {group_size} does not divide the decoder's input widths {bad}",
+            fix="Choose a group size that divides every projection's input width (e.g. 32, 64 or 128).",
+        )
+
+
+def document_conversations(documents) -> list[Conversation]:
+    """One chat per document page with QA (question → reference answer), else page + its text."""
+    conversations: list[Conversation] = []
+    for doc in documents:
+        if doc.qa:
+            for qa in doc.qa:
+                image = doc.page_image(qa.page)
+                conversations.append(_chat(image, qa.question, qa.answers[0] if qa.answers else ""))
+        elif doc.page_count:
+            text = (doc.text or "").strip()[:2000]
+            conversations.append(_chat(doc.page_image(0), "Transcribe this document page.", text))
+    return conversations
+
+
+def _chat(image, question: str, answer: str) -> Conversation:
+    return [
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+    ]
+
+
+def _decoder_in_features(model_dir: Path) -> list[int]:
+    checkpoint = open_checkpoint(model_dir, read_weights=True)
+    return sorted({
+        info.shape[1]
+        for name, info in checkpoint.tensors.items()
+        if name.startswith("model.language_model.layers.") and name.endswith("proj.weight") and len(info.shape) == 2
+    })
+
+
+def quantize_gptq(
+    model_dir: Path,
+    out: Path,
+    calibration: list[Conversation],
+    evaluation: list[Conversation],
+    bits: int = 4,
+    group_size: int = 128,
+    calibration_hash: str | None = None,
+    overwrite: bool = False,
+) -> GptqResult:
+    check_options(bits, group_size, _decoder_in_features(model_dir))
+    if len(calibration) < MIN_CALIBRATION:
+        raise InputError(
+            f"the calibration set gives {len(calibration)} samples; GPTQ needs at least {MIN_CALIBRATION}",
+            fix="Pass a larger --calibration set (documents with page images; 128+ for a real model).",
+        )
+    require("gptqmodel", "gptq")
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
+    from gptqmodel import GPTQModel, QuantizeConfig
+
+    started = time.perf_counter()
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        config = QuantizeConfig(
+            bits=bits, group_size=group_size, desc_act=False, sym=True, dynamic=KEEP_UNQUANTIZED,
+            offload_to_disk=True, offload_to_disk_path=str(tmp / ".offload"),
+        )
+        log(f"gptq: loading {model_dir} for {bits}-bit, group size {group_size}, {len(calibration)} samples")
+        model = GPTQModel.load(str(model_dir), config)
+        model.quantize(calibration, batch_size=1)
+        model.save(str(tmp))
+        del model
+        shutil.rmtree(tmp / ".offload", ignore_errors=True)
+        for name in PROCESSOR_FILES:
+            if not (tmp / name).exists() and (Path(model_dir) / name).exists():
+                shutil.copy2(Path(model_dir) / name, tmp / name)
+        fidelity = gptq_fidelity(Path(model_dir), tmp, evaluation)
+        log(f"gptq: KL vs source {fidelity['kl_mean']:.4g}, top-1 agreement {fidelity['top1_agreement']:.3f}")
+        manifest = Manifest(
+            kind="gptq",
+            inputs={"source": str(model_dir), "calibration_sha256": calibration_hash},
+            details={"bits": bits, "group_size": group_size, "format": "gptq", "calibration_samples": len(calibration),
+                     "unquantized": list(KEEP_UNQUANTIZED)},
+            validation=fidelity,
+        )
+        write_manifest(tmp, manifest)
+        size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+    return GptqResult(
+        path=Path(out), bits=bits, group_size=group_size, calibration_samples=len(calibration),
+        kl_mean=fidelity["kl_mean"], top1_agreement=fidelity["top1_agreement"], bytes=size,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def gptq_fidelity(source: Path, quantized: Path, conversations: list[Conversation]) -> dict[str, Any]:
+    """Reload both in transformers; KL and top-1 agreement over every position of each chat, images included."""
+    import numpy as np
+    import torch
+    from transformers import AutoProcessor, Exaone4_5_ForConditionalGeneration
+
+    from exaone_edge.metrics import logit_fidelity
+
+    if not conversations:
+        raise InputError("no evaluation samples for the GPTQ fidelity check", fix="Use a set with at least 2 documents.")
+    processor = AutoProcessor.from_pretrained(source)
+    reference = Exaone4_5_ForConditionalGeneration.from_pretrained(source, dtype=torch.float32).eval()
+    candidate = Exaone4_5_ForConditionalGeneration.from_pretrained(
+        quantized, dtype=torch.float32, device_map="cpu"
+    ).eval()
+    ref_rows, cand_rows = [], []
+    with torch.no_grad():
+        for chat in conversations:
+            inputs = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_tensors="pt")
+            ref_rows.append(reference(**inputs).logits[0].float().numpy())
+            cand_rows.append(candidate(**inputs).logits[0].float().numpy())
+    result = logit_fidelity(np.concatenate(ref_rows), np.concatenate(cand_rows))
+    return {key: value for key, value in asdict(result).items() if not key.startswith("ppl")}
