@@ -8,6 +8,7 @@ manifest whose validation block holds the KL divergence against the source model
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -106,18 +107,23 @@ def quantize_gptq(
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
     from gptqmodel import GPTQModel, QuantizeConfig
 
+    model_dir = Path(model_dir).resolve()
     started = time.perf_counter()
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        scratch = tmp / ".scratch"
+        scratch.mkdir()
         config = QuantizeConfig(
             bits=bits, group_size=group_size, desc_act=False, sym=True, dynamic=KEEP_UNQUANTIZED,
-            offload_to_disk=True, offload_to_disk_path=str(tmp / ".offload"),
+            offload_to_disk=True, offload_to_disk_path=str(scratch / "offload"),
         )
         log(f"gptq: loading {model_dir} for {bits}-bit, group size {group_size}, {len(calibration)} samples")
-        model = GPTQModel.load(str(model_dir), config)
-        model.quantize(calibration, batch_size=1)
-        model.save(str(tmp))
+        # GPTQModel writes its per-layer logs to ./logs; keep them out of the user's working directory.
+        with contextlib.chdir(scratch):
+            model = GPTQModel.load(str(model_dir), config)
+            model.quantize(calibration, batch_size=1)
+            model.save(str(tmp))
         del model
-        shutil.rmtree(tmp / ".offload", ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
         for name in PROCESSOR_FILES:
             if not (tmp / name).exists() and (Path(model_dir) / name).exists():
                 shutil.copy2(Path(model_dir) / name, tmp / name)
