@@ -1,0 +1,61 @@
+"""Report rendering and the regression gate on hand-made reports."""
+
+from __future__ import annotations
+
+import copy
+
+from exaone_edge.validate.gate import compare, thresholds_for
+from exaone_edge.validate.render import render_html, render_markdown
+
+
+def _report() -> dict:
+    artifact = lambda name, bits, kl, top1, anls, size: {  # noqa: E731
+        "name": name, "kind": "bundle", "bits": bits, "bytes": size,
+        "decoder": {"kl_mean": kl, "kl_p99": kl * 4, "top1_agreement": top1, "ppl_ratio": 1 + kl},
+        "task": {"anls": anls, "exact_match": anls, "recovery": anls / 0.8, "flip_rate": 0.1,
+                 "flips": [{"question": "총액은?", "reference_answer": "1,823,250원", "answer": "1,823,205원",
+                            "change": "correct → wrong"}]},
+        "vision": {"cosine_min": 0.9999, "max_abs": 1e-5},
+        "speed": {"ttft_s": 0.2, "decode_tokens_per_s": 40.0, "peak_rss_bytes": 2**30},
+    }
+    return {
+        "schema": 1, "toolkit_version": "0.1.0", "created_at": "2026-11-23T00:00:00+00:00",
+        "machine": {"cpu": "test", "cores": 2, "memory_bytes": 24 * 2**30, "platform": "linux"},
+        "reference": {"path": "/models/ref"},
+        "eval_set": {"path": "/sets/eval", "sha256": "ab" * 32, "documents": 3, "questions": 9},
+        "reference_task": {"anls": 0.8, "exact_match": 0.7},
+        "artifacts": [artifact("F16", 16, 1e-6, 1.0, 0.8, 60 * 2**30), artifact("Q8_0", 8, 0.002, 0.99, 0.79, 32 * 2**30),
+                      artifact("Q4_K_M", 4, 0.03, 0.95, 0.75, 18 * 2**30)],
+    }
+
+
+def test_identical_reports_pass_the_gate():
+    report = _report()
+    assert compare(report, copy.deepcopy(report)) == []
+
+
+def test_a_broken_artifact_is_flagged_with_what_regressed():
+    baseline, report = _report(), _report()
+    report["artifacts"][2]["decoder"].update(kl_mean=2.5, top1_agreement=0.2)
+    report["artifacts"][2]["task"]["anls"] = 0.1
+    found = {(r.artifact, r.metric) for r in compare(report, baseline)}
+    assert found == {("Q4_K_M", "decoder.kl_mean"), ("Q4_K_M", "decoder.top1_agreement"), ("Q4_K_M", "task.anls")}
+
+
+def test_thresholds_are_per_bit_width_and_overridable():
+    baseline, report = _report(), _report()
+    report["artifacts"][1]["decoder"]["kl_mean"] += 0.05  # beyond the 8-bit allowance, within the 4-bit one
+    report["artifacts"][2]["decoder"]["kl_mean"] += 0.05
+    assert [r.artifact for r in compare(report, baseline)] == ["Q8_0"]
+    assert compare(report, baseline, overrides={"kl_mean_increase": 0.1}) == []
+    assert thresholds_for(16).kl_mean_increase < thresholds_for(8).kl_mean_increase < thresholds_for(4).kl_mean_increase
+
+
+def test_markdown_and_self_contained_html():
+    report = _report()
+    markdown = render_markdown(report, regressions=["Q4_K_M: decoder.kl_mean 0.03 → 2.5 (allowed change 0.1)"])
+    assert "| Q4_K_M | bundle |" in markdown and "✗ Q4_K_M" in markdown and "1,823,205원" in markdown
+    page = render_html(report, regressions=[])
+    assert page.count("<svg") == 2 and "rtx4090" in page and "a100-80" in page
+    assert "<script" not in page and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "✓ nothing regressed" in page

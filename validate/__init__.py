@@ -1,0 +1,1 @@
+"""Accuracy-regression reports per quantization level, and the regression gate."""
