@@ -131,6 +131,63 @@ def run(
     sys.stdout.write("\n")
     log(stats_line(result))
 
+@app.command()
+def quantize(
+    model_dir: Annotated[Path, typer.Argument(help="Hugging Face EXAONE 4.5 checkpoint directory.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Bundle directory to write.")],
+    bits: Annotated[int | None, typer.Option(help="4 (Q4_K_M, imatrix) or 8 (Q8_0); default 4.")] = None,
+    recipe: Annotated[str | None, typer.Option(help="Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_K_S or IQ4_XS.")] = None,
+    format: Annotated[str, typer.Option("--format", help="gguf (llama.cpp bundle) or gptq.")] = "gguf",
+    calibration: Annotated[Path | None, typer.Option(help="Document set or folder for the importance matrix.")] = None,
+    vision: Annotated[Path | None, typer.Option(help="Vision export dir (`exaone-edge export`) to bundle.")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Where intermediates live (default: beside -o).")] = None,
+    keep_work: Annotated[bool, typer.Option(help="Keep the F16 GGUF and imatrix for later runs.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Quantize the decoder: GGUF at 4/8 bits with a document-calibrated importance matrix, as a bundle."""
+    from exaone_edge.quantize.calibration import load_calibration
+    from exaone_edge.quantize.recipes import choose_recipe
+
+    if format not in ("gguf", "gptq"):
+        raise InputError(f"--format must be gguf or gptq, got '{format}'")
+    if format == "gptq":
+        return _quantize_gptq(model_dir, out, bits or 4, calibration, overwrite, json_output)
+    chosen = choose_recipe(bits, recipe)  # bad --bits/--recipe fail before any loading
+    calib = load_calibration(calibration) if chosen.uses_imatrix else None
+    from exaone_edge.quantize.pipeline import quantize_checkpoint
+
+    result = quantize_checkpoint(
+        model_dir, out, recipe=chosen.level, calibration=calib.calibration if calib else None,
+        evaluation=calib.evaluation if calib else None, calibration_hash=calib.content_hash if calib else None,
+        vision_dir=vision, work_dir=work_dir, keep_work=keep_work, overwrite=overwrite, threads=threads,
+    )
+    payload = {"bundle": str(result.bundle), "level": result.level, "bits_per_weight": result.bits_per_weight,
+               "decoder_bytes": result.decoder_bytes, "imatrix": str(result.imatrix) if result.imatrix else None,
+               "seconds": round(result.seconds, 2), "peak_rss_bytes": result.peak_rss_bytes,
+               "fidelity": result.fidelity, "reused": result.reused}
+    emit(payload, json_output, result.summary())
+
+
+def _quantize_gptq(model_dir: Path, out: Path, bits: int, calibration: Path | None, overwrite: bool,
+                   json_output: bool) -> None:
+    from dataclasses import asdict
+
+    try:
+        from exaone_edge.docs import generate_set, load_documents
+    except ImportError:
+        raise InputError("GPTQ calibration needs the documents package (exaone_edge.docs), not installed") from None
+    from exaone_edge.quantize.gptq import document_conversations, quantize_gptq
+
+    documents = load_documents(calibration) if calibration else generate_set(8, ["en", "ko"], 0)
+    calib, evals = documents.split(eval_fraction=0.25, seed=0)
+    result = quantize_gptq(model_dir, out, document_conversations(calib.documents),
+                           document_conversations(evals.documents), bits=bits,
+                           calibration_hash=documents.content_hash, overwrite=overwrite)
+    emit(asdict(result), json_output, f"{result.path}: GPTQ {result.bits}-bit, KL vs source {result.kl_mean:.3g}")
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,180 @@
+"""Calibration prompts from document pages: chat-formatted questions with the page's vision rows inside.
+
+Vision rows come from the checkpoint's own vision tower in PyTorch (only `model.visual.*` is loaded,
+so a 33B checkpoint needs ~5 GB here, not 65). The decoder then sees exactly what it sees when
+serving: the chat template, `<vision>`, one row per merged patch, `</vision>`, the question.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exaone_edge.checkpoint import Checkpoint
+from exaone_edge.errors import InputError
+from exaone_edge.progress import log
+
+DEFAULT_QUESTION = "Read this page and summarise its key facts, numbers and tables."
+MAX_ANSWER_CHARS = 1500  # page text carried as the assistant turn, so answer tokens get statistics too
+
+
+@dataclass(frozen=True)
+class CalibrationSample:
+    image: Any | None  # PIL.Image.Image (RGB) or None for a text-only prompt
+    question: str
+    answer: str | None = None
+    source: str = ""  # e.g. "doc-17 p1", for logs
+
+
+def samples_from_documents(document_set: Any, pages_per_document: int = 1) -> list[CalibrationSample]:
+    """Pages of an `exaone_edge.docs.DocumentSet` with their questions (or a generic one) and text."""
+    samples: list[CalibrationSample] = []
+    for document in document_set.documents:
+        for page in range(min(document.page_count, pages_per_document)):
+            questions = [qa for qa in document.qa if qa.page == page] or [None]
+            qa = questions[0]
+            answer = (qa.answers[0] if qa and qa.answers else None) or (document.text or "")[:MAX_ANSWER_CHARS] or None
+            samples.append(CalibrationSample(document.page_image(page), qa.question if qa else DEFAULT_QUESTION,
+                                             answer, f"{document.id} p{page + 1}"))
+    if not samples:
+        raise InputError("the calibration set has no pages", fix="Pass a document set with at least one page.")
+    return samples
+
+
+def samples_hash(samples: Sequence[CalibrationSample]) -> str:
+    digest = hashlib.sha256()
+    for sample in samples:
+        for part in (sample.question, sample.answer or ""):
+            digest.update(part.encode() + b"\0")
+        if sample.image is not None:
+            buffer = io.BytesIO()
+            sample.image.convert("RGB").save(buffer, format="PNG")
+            digest.update(hashlib.sha256(buffer.getvalue()).digest())
+    return digest.hexdigest()
+
+
+class VisionRows:
+    """The checkpoint's vision tower (float32, CPU) and image processor: image → decoder rows."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        import torch
+        from transformers import Exaone4_5_Config
+        from transformers.models.exaone4_5.modeling_exaone4_5 import Exaone4_5_VisionModel
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        from exaone_edge.quantize.safetensors_stream import read_f32, read_layout
+
+        config = Exaone4_5_Config.from_pretrained(checkpoint.path)
+        self.model = Exaone4_5_VisionModel._from_config(config.vision_config, dtype=torch.float32).eval()
+        state: dict[str, Any] = {}
+        for shard in checkpoint.shards:
+            for name, tensor in read_layout(shard).items():
+                for prefix in ("model.visual.", "visual."):
+                    if name.startswith(prefix):
+                        state[name[len(prefix):]] = torch.from_numpy(read_f32(tensor))
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise InputError(f"vision tower weights do not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})",
+                             path=checkpoint.path)
+        self.processor = Qwen2VLImageProcessorPil.from_pretrained(checkpoint.path)
+        self._torch = torch
+
+    def __call__(self, image: Any) -> np.ndarray:
+        inputs = self.processor(images=[image.convert("RGB")], return_tensors="pt")
+        with self._torch.no_grad():
+            out = self.model(inputs["pixel_values"].float(), grid_thw=inputs["image_grid_thw"])
+        return out.pooler_output.float().numpy()
+
+
+class PromptBuilder:
+    """Chat-formats samples with the checkpoint's template and tokenizer; images become row segments."""
+
+    def __init__(self, checkpoint: Checkpoint, vision: VisionRows | None) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
+        self.image_token = self.tokenizer.convert_ids_to_tokens(checkpoint.spec.image_token_id)
+        self.vision = vision
+
+    def segments(self, sample: CalibrationSample) -> list[Any]:
+        content: list[dict[str, str]] = [{"type": "image"}] if sample.image is not None else []
+        content.append({"type": "text", "text": sample.question})
+        messages = [{"role": "user", "content": content}]
+        if sample.answer:
+            messages.append({"role": "assistant", "content": sample.answer})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not sample.answer)
+        pieces = text.split(self.image_token)
+        if len(pieces) != (2 if sample.image is not None else 1):
+            raise InputError("the chat template did not place exactly one image placeholder for the page",
+                             fix="Use the chat template shipped with the checkpoint.")
+        segments: list[Any] = [self.tokenizer(pieces[0], add_special_tokens=False)["input_ids"]]
+        if sample.image is not None:
+            if self.vision is None:
+                raise InputError("an image sample needs the vision tower")
+            segments.append(self.vision(sample.image))
+            segments.append(self.tokenizer(pieces[1], add_special_tokens=False)["input_ids"])
+        return [s for s in segments if len(s)]
+
+
+def build_prompts(builder: PromptBuilder, samples: Iterable[CalibrationSample], max_positions: int) -> list[list[Any]]:
+    prompts = []
+    for sample in samples:
+        segments = builder.segments(sample)
+        length = sum(len(s) for s in segments)
+        if length > max_positions:
+            log(f"calibration: {sample.source or 'sample'} has {length} positions, truncated to {max_positions}")
+            segments = _truncate(segments, max_positions)
+        prompts.append(segments)
+    return prompts
+
+
+def _truncate(segments: list[Any], limit: int) -> list[Any]:
+    kept, used = [], 0
+    for segment in segments:
+        if used >= limit:
+            break
+        kept.append(segment[: limit - used])
+        used += len(kept[-1])
+    return kept
+
+
+def images_in_folder(folder: Path) -> list[CalibrationSample]:
+    """A plain folder of page images, for when the documents package is not installed."""
+    from PIL import Image
+
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})
+    if not paths:
+        raise InputError("no page images (.png/.jpg/.jpeg/.webp) in the calibration folder", path=folder)
+    return [CalibrationSample(Image.open(p).convert("RGB"), DEFAULT_QUESTION, None, p.name) for p in paths]
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    calibration: list[CalibrationSample]
+    evaluation: list[CalibrationSample] | None  # None: the pipeline holds out its own
+    content_hash: str
+    description: str
+
+
+def load_calibration(path: Path | None, eval_fraction: float = 0.25, builtin_documents: int = 8) -> CalibrationSet:
+    """A document set (`exaone_edge.docs`) split into calibration and held-out pages; without a path, the
+    built-in synthetic set. Without the documents package, a plain folder of page images."""
+    try:
+        from exaone_edge.docs import generate_set, load_documents
+    except ImportError:
+        if path is None:
+            raise InputError("no calibration set given and the built-in document generator is not installed",
+                             fix="Pass --calibration DIR (a folder of page images).") from None
+        samples = images_in_folder(Path(path))
+        return CalibrationSet(samples, None, samples_hash(samples), f"{len(samples)} page images in {path}")
+    documents = load_documents(Path(path)) if path is not None else generate_set(builtin_documents, ["en", "ko"], 0)
+    calib, evals = documents.split(eval_fraction=eval_fraction, seed=0)
+    where = str(path) if path is not None else "built-in synthetic set"
+    return CalibrationSet(samples_from_documents(calib), samples_from_documents(evals) if evals.documents else None,
+                          documents.content_hash, f"{len(documents.documents)} documents ({where})")

@@ -1,0 +1,242 @@
+"""`exaone-edge quantize`: checkpoint → F16 GGUF → importance matrix on documents → llama.cpp quant → bundle.
+
+Intermediates live in a work directory beside the output, each with a sidecar recording the hash
+of its inputs and of itself: a rerun reuses a valid F16 GGUF or imatrix made from the same inputs,
+and redoes one that is partial, corrupt or stale. Every final file is written under a temporary
+name and renamed, so an interrupted run never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exaone_edge import __version__
+from exaone_edge.checkpoint import open_checkpoint
+from exaone_edge.errors import InputError, ValidationFailed, require
+from exaone_edge.files import atomic_dir, sha256_file, write_json
+from exaone_edge.levels import estimated_bytes
+from exaone_edge.progress import log
+from exaone_edge.quantize.calibration import CalibrationSample, samples_hash
+from exaone_edge.quantize.recipes import Recipe, choose_recipe
+
+IMATRIX_SETTINGS = {"collector": "cb_eval Σx² per column (llama-imatrix rule)", "max_positions": 4096, "version": 1}
+EVAL_MAX_POSITIONS = 2048  # per prompt, for the KL check against F16
+BUILTIN_EVAL = [  # text-only fallback when no held-out documents are given
+    CalibrationSample(None, "What is the total amount due on invoice INV-2024-0042, including VAT?"),
+    CalibrationSample(None, "계약서 제3조에 따른 위약금과 지급 기한을 표로 정리해 주세요."),
+    CalibrationSample(None, "Summarise the balance sheet: total assets 1,234,567; liabilities 456,789; equity?"),
+]
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    bundle: Path
+    level: str
+    bits_per_weight: float
+    decoder_bytes: int
+    imatrix: Path | None
+    seconds: float
+    peak_rss_bytes: int
+    fidelity: dict[str, Any]
+    reused: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        kl = self.fidelity.get("kl_mean")
+        return (f"{self.bundle}: {self.level} {self.decoder_bytes / 2**20:.1f} MiB, {self.bits_per_weight:.2f} bits/weight, "
+                f"KL vs F16 {kl:.2e}, {self.seconds:.1f} s, peak RSS {self.peak_rss_bytes / 2**30:.2f} GiB")
+
+
+def quantize_checkpoint(
+    checkpoint_dir: Path,
+    out: Path,
+    *,
+    bits: int | None = None,
+    recipe: str | None = None,
+    calibration: Sequence[CalibrationSample] | None = None,
+    evaluation: Sequence[CalibrationSample] | None = None,
+    calibration_hash: str | None = None,
+    vision_dir: Path | None = None,
+    work_dir: Path | None = None,
+    keep_work: bool = False,
+    overwrite: bool = False,
+    threads: int | None = None,
+) -> QuantizeResult:
+    require("gguf", "quantize")
+    require("llama_cpp", "quantize")
+    from exaone_edge.quantize.bundle import check_vision_dir, directory_bytes, write_bundle
+    from exaone_edge.quantize.gguf_convert import checkpoint_hash, ensure_free_space, plan_tensors
+
+    started = time.monotonic()
+    chosen = choose_recipe(bits, recipe)
+    checkpoint = open_checkpoint(Path(checkpoint_dir))
+    out = Path(out)
+    if out.exists() and not overwrite and any(out.iterdir()):
+        raise InputError("output directory exists and is not empty", path=out, fix="Choose a new path or pass --overwrite.")
+    if vision_dir is not None:
+        check_vision_dir(vision_dir)
+    if chosen.uses_imatrix and not calibration:
+        raise InputError(f"{chosen.level} is calibrated with an importance matrix, but no calibration pages were given",
+                         fix="Pass --calibration SET (a document set or a folder of page images).")
+    if evaluation is None:
+        calibration, evaluation = split_samples(calibration)
+    work = Path(work_dir) if work_dir else out.parent / f".{out.name}.work"
+    source_hash = checkpoint_hash(checkpoint)
+    f16_path, f16_inputs = work / "decoder-F16.gguf", {"checkpoint": source_hash, "toolkit": __version__}
+    f16_bytes = sum(t.nbytes for t in plan_tensors(checkpoint, "F16"))
+    params = f16_bytes // 2
+    f16_ready = _valid(f16_path, f16_inputs)
+    needed = estimated_bytes(params, chosen.level) + directory_bytes(vision_dir) + (0 if f16_ready else f16_bytes)
+    ensure_free_space(out, needed)
+    reused: list[str] = []
+
+    vision = _VisionOnce(checkpoint)
+    f16 = _cached(f16_path, f16_inputs, lambda tmp: _convert(checkpoint.path, tmp), "F16 GGUF", reused, f16_ready)
+    imatrix_path = None
+    calib_hash = calibration_hash or (samples_hash(calibration) if calibration else None)
+    if chosen.uses_imatrix:
+        assert calibration is not None and calib_hash is not None
+        imatrix_inputs = {"decoder": _sidecar(f16)["sha256"], "calibration": calib_hash, **IMATRIX_SETTINGS}
+        imatrix_path = _cached(work / "imatrix.gguf", imatrix_inputs,
+                               lambda tmp: _collect(checkpoint, vision, f16, calibration, calib_hash, tmp, threads),
+                               "importance matrix", reused)
+    log(f"quantize: {chosen.level} with llama.cpp{' and the importance matrix' if imatrix_path else ''}")
+    quantized = work / f"decoder-{chosen.level}.gguf"
+    _quantize(f16, quantized, chosen, imatrix_path, threads)
+    fidelity = _fidelity(checkpoint, vision, f16, quantized, evaluation)
+    if not np.isfinite(fidelity["kl_mean"]):
+        raise ValidationFailed(f"{chosen.level} decoder produces non-finite logits", path=quantized)
+    decoder_bytes = quantized.stat().st_size
+    details = {
+        "decoder": {"level": chosen.level, "bits_per_weight": round(decoder_bytes * 8 / params, 3), "bytes": decoder_bytes,
+                    "format": "gguf", "arch": "exaone4", "mtp": "dropped", "imatrix": imatrix_path is not None},
+    }
+    inputs = {"checkpoint_sha256": source_hash, "calibration_sha256": calib_hash if imatrix_path else None,
+              "toolkit_version": __version__}
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_bundle(tmp, checkpoint, quantized, imatrix_path, vision_dir, details, inputs,
+                     {"decoder_vs_f16": fidelity})
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    result = QuantizeResult(out, chosen.level, details["decoder"]["bits_per_weight"], decoder_bytes,
+                            out / "imatrix.gguf" if imatrix_path else None, time.monotonic() - started,
+                            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, fidelity, reused)
+    log(result.summary())
+    return result
+
+
+# -- cached intermediates ---------------------------------------------------------------------------
+
+def _sidecar(path: Path) -> dict[str, Any]:
+    return json.loads(path.with_suffix(path.suffix + ".json").read_text(encoding="utf-8"))
+
+
+def _valid(path: Path, inputs: dict[str, Any]) -> bool:
+    """True when `path` exists, was made from `inputs`, and still has the bytes recorded when it was made."""
+    try:
+        record = _sidecar(path)
+    except (OSError, json.JSONDecodeError):
+        return False
+    if record.get("inputs") != _inputs_hash(inputs) or not path.is_file():
+        return False
+    return path.stat().st_size == record.get("bytes") and sha256_file(path) == record.get("sha256")
+
+
+def _cached(path: Path, inputs: dict[str, Any], make: Callable[[Path], None], what: str, reused: list[str],
+            known_valid: bool | None = None) -> Path:
+    if known_valid if known_valid is not None else _valid(path, inputs):
+        log(f"reusing {what}: {path} (same inputs, checksum verified)")
+        reused.append(what)
+        return path
+    from exaone_edge.files import atomic_path
+
+    sidecar = path.with_suffix(path.suffix + ".json")
+    sidecar.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        make(tmp)
+    write_json(sidecar, {"inputs": _inputs_hash(inputs), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+    return path
+
+
+def _inputs_hash(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+# -- stages -----------------------------------------------------------------------------------------
+
+def _convert(checkpoint_dir: Path, tmp: Path) -> None:
+    from exaone_edge.quantize.gguf_convert import convert_to_gguf
+
+    log("convert: checkpoint → F16 GGUF")
+    convert_to_gguf(checkpoint_dir, tmp, "F16")
+
+
+def split_samples(samples: Sequence[CalibrationSample] | None) -> tuple[list[CalibrationSample] | None, list[CalibrationSample]]:
+    """Hold out every 4th sample (at least one) for the KL check; too few samples: built-in text prompts."""
+    if not samples or len(samples) < 2:
+        return (list(samples) if samples else None), list(BUILTIN_EVAL)
+    held = set(range(3, len(samples), 4)) or {len(samples) - 1}
+    return [s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held]
+
+
+class _VisionOnce:
+    """The vision tower, loaded on first use and shared by calibration and evaluation."""
+
+    def __init__(self, checkpoint) -> None:
+        self.checkpoint, self._rows = checkpoint, None
+
+    def builder(self, samples: Sequence[CalibrationSample]):
+        from exaone_edge.quantize.calibration import PromptBuilder, VisionRows
+
+        if self._rows is None and any(sample.image is not None for sample in samples):
+            self._rows = VisionRows(self.checkpoint)
+        return PromptBuilder(self.checkpoint, self._rows)
+
+
+def _collect(checkpoint, vision: _VisionOnce, f16: Path, samples, calib_hash: str, tmp: Path, threads: int | None) -> None:
+    from exaone_edge.quantize.calibration import build_prompts
+    from exaone_edge.quantize.imatrix import collect_imatrix, save_imatrix
+
+    with_images = sum(sample.image is not None for sample in samples)
+    log(f"imatrix: {len(samples)} calibration prompts ({with_images} with page images)")
+    prompts = build_prompts(vision.builder(samples), samples, IMATRIX_SETTINGS["max_positions"])
+    imatrix = collect_imatrix(f16, prompts, [f"exaone-edge documents sha256:{calib_hash[:16]}"], threads)
+    save_imatrix(imatrix, tmp, chunk_size=max(sum(len(s) for s in p) for p in prompts))
+
+
+def _quantize(f16: Path, target: Path, recipe: Recipe, imatrix_path: Path | None, threads: int | None) -> None:
+    from exaone_edge.quantize.imatrix import load_imatrix
+    from exaone_edge.quantize.llama_quantize import quantize_gguf
+
+    values = load_imatrix(imatrix_path).values() if imatrix_path else None
+    quantize_gguf(f16, target, recipe, values, threads)
+
+
+def _fidelity(checkpoint, vision: _VisionOnce, f16: Path, quantized: Path,
+              samples: Sequence[CalibrationSample]) -> dict[str, Any]:
+    """KL(F16 ‖ quantized) over every position of held-out prompts (page rows included)."""
+    from exaone_edge.metrics import logit_fidelity
+    from exaone_edge.quantize.calibration import build_prompts
+    from exaone_edge.quantize.llama_eval import LlamaRunner
+
+    with_images = sum(sample.image is not None for sample in samples)
+    log(f"validate: KL of the quantized decoder vs F16 on {len(samples)} held-out prompts ({with_images} with images)")
+    prompts = build_prompts(vision.builder(samples), samples, EVAL_MAX_POSITIONS)
+    n_ctx = (max(sum(len(s) for s in p) for p in prompts) + 255) // 256 * 256
+    logits: dict[str, list[np.ndarray]] = {}
+    for name, path in (("reference", f16), ("candidate", quantized)):
+        with LlamaRunner(path, n_ctx=n_ctx) as runner:
+            logits[name] = [runner.logits(prompt) for prompt in prompts]
+    result = logit_fidelity(np.concatenate(logits["reference"]), np.concatenate(logits["candidate"]))
+    return {"reference": "F16", "prompts": len(prompts), "prompts_with_images": with_images,
+            "positions": result.positions, "kl_mean": result.kl_mean, "kl_p99": result.kl_p99,
+            "kl_max": result.kl_max, "top1_agreement": result.top1_agreement}

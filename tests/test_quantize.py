@@ -1,0 +1,216 @@
+"""`exaone-edge quantize`: llama.cpp quants with a document imatrix (image rows included), bundle, resume, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from gguf_fixtures import converted, hf_model, image_inputs, page_image
+
+QUESTIONS = [
+    ("What is the invoice total?", "The total is 1,234.56 USD."),
+    ("합계 금액은 얼마입니까?", "합계 금액은 1,823,250원입니다."),
+    ("Which item costs the most?", "Item 2 at 871.40."),
+    ("계약 기간은?", "2년"),
+    ("What is the due date?", "2024-12-31"),
+]
+
+
+def _samples():
+    from exaone_edge.quantize.calibration import CalibrationSample
+
+    return [CalibrationSample(page_image(i, size=(256, 192)), q, a, f"page {i}") for i, (q, a) in enumerate(QUESTIONS)]
+
+
+@pytest.fixture(scope="module")
+def q4(tiny_model_dir, tmp_path_factory):
+    from exaone_edge.quantize.pipeline import quantize_checkpoint
+
+    root = tmp_path_factory.mktemp("q4")
+    result = quantize_checkpoint(tiny_model_dir, root / "bundle", bits=4, calibration=_samples(),
+                                 work_dir=root / "work", keep_work=True)
+    return result, root
+
+
+def test_recipes_and_bits():
+    from exaone_edge.errors import InputError
+    from exaone_edge.quantize.recipes import RECIPES, choose_recipe
+
+    assert choose_recipe(None, None).level == "Q4_K_M" == choose_recipe(4, None).level
+    assert choose_recipe(8, None).level == "Q8_0" and not RECIPES["Q8_0"].uses_imatrix
+    assert {"Q6_K", "Q5_K_M", "Q4_K_S", "IQ4_XS"} <= set(RECIPES)
+    assert choose_recipe(4, "iq4_xs").level == "IQ4_XS"
+    for bits, recipe in ((3, None), (None, "Q3_K_L"), (8, "Q4_K_M")):
+        with pytest.raises(InputError):
+            choose_recipe(bits, recipe)
+
+
+def test_q4_bundle_is_complete_and_verified(q4):
+    from exaone_edge.manifest import read_manifest
+
+    result, _ = q4
+    manifest = read_manifest(result.bundle, kind="bundle", verify=True)
+    for name in ("decoder.gguf", "imatrix.gguf", "config.json", "tokenizer.json", "tokenizer_config.json",
+                 "chat_template.jinja", "preprocessor_config.json"):
+        assert name in manifest.files, name
+    decoder = manifest.details["decoder"]
+    assert decoder["level"] == "Q4_K_M" and decoder["imatrix"] and 4.5 < decoder["bits_per_weight"] < 5.5
+    assert decoder["bytes"] == (result.bundle / "decoder.gguf").stat().st_size
+    assert manifest.inputs["checkpoint_sha256"] and manifest.inputs["calibration_sha256"]
+    fidelity = manifest.validation["decoder_vs_f16"]
+    assert fidelity["prompts_with_images"] >= 1 and 0 < fidelity["kl_mean"] < 0.1
+
+
+def test_imatrix_covers_every_quantized_tensor(q4):
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    from exaone_edge.quantize.imatrix import load_imatrix
+
+    result, _ = q4
+    imatrix = load_imatrix(result.bundle / "imatrix.gguf")
+    tensors = GGUFReader(result.bundle / "decoder.gguf").tensors
+    quantized = {t.name for t in tensors if t.tensor_type not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16)}
+    # token_embd is a row lookup, not a matmul: no activations enter it, llama-imatrix has no entry either.
+    assert quantized - {"token_embd.weight"} == set(imatrix.sums)
+    assert len(imatrix.sums) == 64 * 7 + 1
+    assert all(imatrix.counts[name] == imatrix.counts["blk.0.attn_q.weight"] for name in imatrix.sums)
+    assert imatrix.chunks == 4  # four calibration pages; one of five is held out for the KL check
+    reader = GGUFReader(result.bundle / "imatrix.gguf")
+    assert bytes(reader.fields["general.type"].parts[-1]).decode() == "imatrix"
+    assert "imatrix.datasets" in reader.fields and "imatrix.chunk_size" in reader.fields
+
+
+def test_imatrix_changes_q4_k_m_weights(q4, tmp_path):
+    from gguf import GGUFReader
+
+    from exaone_edge.quantize.llama_quantize import quantize_gguf
+    from exaone_edge.quantize.recipes import RECIPES
+
+    result, root = q4
+    plain = quantize_gguf(root / "work" / "decoder-F16.gguf", tmp_path / "plain.gguf", RECIPES["Q4_K_M"])
+    with_imatrix = {t.name: np.asarray(t.data) for t in GGUFReader(result.bundle / "decoder.gguf").tensors}
+    without = {t.name: np.asarray(t.data) for t in GGUFReader(plain).tensors}
+    changed = {name for name in with_imatrix if not np.array_equal(with_imatrix[name], without[name])}
+    assert {f"blk.{i}.{w}.weight" for i in (0, 31, 63) for w in ("attn_q", "ffn_gate", "ffn_down")} <= changed
+    assert len(changed) >= 0.9 * (64 * 7 + 1)
+    assert not any(name.endswith("_norm.weight") for name in changed)
+
+
+def test_imatrix_with_image_rows_matches_pytorch_hooks(tiny_model_dir, tmp_path):
+    """Σx² from llama.cpp's eval callback == Σx² at the inputs of the HF nn.Linear layers, image rows included."""
+    import torch
+
+    from exaone_edge.quantize.imatrix import collect_imatrix
+
+    model = hf_model(tiny_model_dir)
+    inputs, rows = image_inputs(tiny_model_dir, page_image(3, size=(256, 192)))
+    before, after = [5, 73], [74, 200, 300, 400, 53, 6]
+    ids = before + [model.config.image_token_id] * len(rows) + after
+    layers = model.model.language_model.layers
+    watched = {"blk.0.attn_q.weight": layers[0].self_attn.q_proj, "blk.17.attn_output.weight": layers[17].self_attn.o_proj,
+               "blk.40.ffn_down.weight": layers[40].mlp.down_proj, "output.weight": model.lm_head}
+    sums: dict[str, np.ndarray] = {}
+    hooks = [module.register_forward_hook(
+        lambda mod, args, out, name=name: sums.__setitem__(name, (args[0][0].double() ** 2).sum(0).numpy()))
+        for name, module in watched.items()]
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.tensor([ids]), pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    imatrix = collect_imatrix(converted(tiny_model_dir, "F32", tmp_path), [[before, rows, after]], ["test"])
+    for name in watched:
+        assert imatrix.counts[name] == len(ids)
+        np.testing.assert_allclose(imatrix.sums[name], sums[name], rtol=1e-3, err_msg=name)
+
+
+def test_q8_0_and_q4_k_m_kl_vs_f16(q4, tiny_model_dir, tmp_path):
+    from exaone_edge.quantize.pipeline import quantize_checkpoint
+
+    q4_result, root = q4
+    q8_result = quantize_checkpoint(tiny_model_dir, tmp_path / "q8", bits=8, calibration=_samples(),
+                                    work_dir=root / "work", keep_work=True)
+    assert q8_result.imatrix is None and "F16 GGUF" in q8_result.reused
+    kl8, kl4 = q8_result.fidelity["kl_mean"], q4_result.fidelity["kl_mean"]
+    print(f"mean KL vs F16: Q8_0 {kl8:.3e}, Q4_K_M {kl4:.3e}")
+    assert 0 < kl8 < kl4 < 0.1
+    assert q8_result.fidelity["top1_agreement"] > 0.8
+
+
+def test_rerun_reuses_valid_intermediates_and_redoes_corrupt_ones(q4, tiny_model_dir, tmp_path):
+    from exaone_edge.quantize.pipeline import quantize_checkpoint
+
+    _, root = q4
+    again = quantize_checkpoint(tiny_model_dir, tmp_path / "again", bits=4, calibration=_samples(),
+                                work_dir=root / "work", keep_work=True)
+    assert set(again.reused) == {"F16 GGUF", "importance matrix"}
+    imatrix = root / "work" / "imatrix.gguf"
+    original = imatrix.read_bytes()
+    imatrix.write_bytes(original[: len(original) // 2])  # a half-written file from a crash
+    redone = quantize_checkpoint(tiny_model_dir, tmp_path / "redone", bits=4, calibration=_samples(),
+                                 work_dir=root / "work", keep_work=True)
+    assert redone.reused == ["F16 GGUF"] and imatrix.read_bytes() == original
+    other = _samples()[:2] + _samples()[3:]
+    changed = quantize_checkpoint(tiny_model_dir, tmp_path / "changed", bits=4, calibration=other,
+                                  work_dir=tmp_path / "work2", keep_work=False)
+    assert changed.reused == [] and not (tmp_path / "work2").exists()
+
+
+def test_interrupted_run_leaves_no_final_files(tiny_model_dir, tmp_path, monkeypatch):
+    from exaone_edge.quantize import llama_quantize
+    from exaone_edge.quantize.pipeline import quantize_checkpoint
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(llama_quantize, "_run_quantizer", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        quantize_checkpoint(tiny_model_dir, tmp_path / "out", bits=8, work_dir=tmp_path / "work")
+    assert not (tmp_path / "out").exists()
+    leftovers = sorted(p.name for p in (tmp_path / "work").iterdir())
+    assert leftovers == ["decoder-F16.gguf", "decoder-F16.gguf.json"]  # finished, verified, reusable
+
+
+def test_no_disk_space_is_checked_up_front(tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from exaone_edge.errors import InputError
+    from exaone_edge.quantize.pipeline import quantize_checkpoint
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 20, 9 << 20, 1 << 20))
+    with pytest.raises(InputError, match="not enough disk space"):
+        quantize_checkpoint(tiny_model_dir, tmp_path / "out", bits=8, work_dir=tmp_path / "work")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_bad_inputs_are_one_line_errors(tiny_model_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    next(broken.glob("model-0000*.safetensors")).unlink()
+    cases = [
+        (["quantize", str(tiny_model_dir), "--bits", "3", "-o", str(tmp_path / "a")], "--bits 3"),
+        (["quantize", str(tiny_model_dir), "--recipe", "Q3_K_XL", "-o", str(tmp_path / "b")], "unknown recipe"),
+        (["quantize", str(broken), "--bits", "8", "-o", str(tmp_path / "c")], "missing shard"),
+    ]
+    for args, expected in cases:
+        result = run_cli(*args)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], result.stderr
+    assert not any(p.name in ("a", "b", "c") for p in tmp_path.iterdir())
+
+
+def test_cli_quantize_8bit_json(tiny_model_dir, tmp_path):
+    result = run_cli("quantize", str(tiny_model_dir), "--bits", "8", "-o", str(tmp_path / "q8"), "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["level"] == "Q8_0" and payload["imatrix"] is None and payload["fidelity"]["kl_mean"] > 0
+    assert (tmp_path / "q8" / "decoder.gguf").is_file() and not (tmp_path / ".q8.work").exists()
