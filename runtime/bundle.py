@@ -43,6 +43,11 @@ class Bundle:
         return self.path / "vision"
 
     @property
+    def has_vision(self) -> bool:
+        """False for a text-only bundle (made without `--vision`)."""
+        return any(name.startswith("vision/") for name in self.manifest.files)
+
+    @property
     def name(self) -> str:
         return self.path.resolve().name
 
@@ -69,8 +74,6 @@ def load_bundle(directory: Path | str, *, verify: bool = True) -> Bundle:
     for name in REQUIRED:
         if name not in manifest.files:
             raise ArtifactError(f"manifest.json does not list '{name}'", path=directory, fix=FIX)
-    if not any(name.startswith("vision/") for name in manifest.files):
-        raise ArtifactError("manifest.json lists no vision encoder files (vision/)", path=directory, fix=FIX)
     if verify:
         verify_files(directory, manifest)
     else:

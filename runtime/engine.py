@@ -71,7 +71,7 @@ class Engine:
         self.bundle = bundle
         self.options = options
         self.chat = ChatFormat.from_files(bundle.path, bundle.spec.image_token_id)
-        if vision is None:
+        if vision is None and bundle.has_vision:
             from exaone_edge.vision import VisionEncoder
 
             providers = list(options.providers) if options.providers else None
@@ -132,10 +132,7 @@ class Engine:
         Raises the errors `generate` would raise for the messages (InputError, ImageRejected,
         PromptTooLong), so a server can answer 4xx before it starts streaming.
         """
-        images = message_images(messages)
-        for index, image in enumerate(images):
-            if not isinstance(image, Image.Image):
-                raise ImageRejected(f"image {index + 1} is a {type(image).__name__}, not a decoded PIL image")
+        images = self._images(messages)
         rows = [self.vision.rows_for(image.size) for image in images]
         prompt = self.chat.encode(messages, rows, template_kwargs=params.template_kwargs)
         if len(prompt.ids) >= self.n_ctx:
@@ -220,13 +217,23 @@ class Engine:
             )
             yield Chunk(tail, finish_reason=finish, usage=usage, timings=timings, token_ids=tuple(generated))
 
-    def _prepare(self, messages: list[Mapping[str, Any]], template_kwargs: Mapping[str, Any]) -> PreparedPrompt:
+    def _images(self, messages: Sequence[Mapping[str, Any]]) -> list[Image.Image]:
         images = message_images(messages)
-        started = time.perf_counter()
-        rows_per_image, keys, runs = [], [], 0
         for index, image in enumerate(images):
             if not isinstance(image, Image.Image):
                 raise ImageRejected(f"image {index + 1} is a {type(image).__name__}, not a decoded PIL image")
+        if images and self.vision is None:
+            raise InputError(
+                "this bundle has no vision encoder, so it cannot read images",
+                fix="Re-create the bundle with `exaone-edge quantize ... --vision EXPORT_DIR`.",
+            )
+        return images
+
+    def _prepare(self, messages: list[Mapping[str, Any]], template_kwargs: Mapping[str, Any]) -> PreparedPrompt:
+        images = self._images(messages)
+        started = time.perf_counter()
+        rows_per_image, keys, runs = [], [], 0
+        for image in images:
             image = to_rgb(image)
             key = image_key(image, self.bundle.preprocessing_id)
             rows = self.cache.get(key)
