@@ -102,7 +102,6 @@ def run(
     json_output: JsonFlag = False,
 ) -> None:
     """Ask a question about images or PDF pages; the answer streams to stdout, timings go to stderr."""
-    from exaone_edge.progress import log
     from exaone_edge.runtime.ask import ask, result_dict, stats_line
     from exaone_edge.runtime.generation import GenerationParams, collect
 
@@ -129,7 +128,7 @@ def run(
 
     result = collect(streamed())
     sys.stdout.write("\n")
-    log(stats_line(result))
+    sys.stderr.write(stats_line(result) + "\n")  # one unwrapped line, for people and for grep
 
 @app.command()
 def quantize(
@@ -186,6 +185,35 @@ def _quantize_gptq(model_dir: Path, out: Path, bits: int, calibration: Path | No
                            document_conversations(evals.documents), bits=bits,
                            calibration_hash=documents.content_hash, overwrite=overwrite)
     emit(asdict(result), json_output, f"{result.path}: GPTQ {result.bits}-bit, KL vs source {result.kl_mean:.3g}")
+
+
+@app.command()
+def validate(
+    artifacts: Annotated[list[Path], typer.Argument(help="Bundles, GPTQ checkpoints or vision exports.")],
+    reference: Annotated[Path, typer.Option(help="The original Hugging Face checkpoint.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Report directory (report.json, .md, .html).")],
+    eval_set: Annotated[Path | None, typer.Option("--eval", help="Document set or folder with qa.jsonl.")] = None,
+    baseline: Annotated[Path | None, typer.Option(help="An earlier report.json: exit 1 if anything regressed.")] = None,
+    max_questions: Annotated[int, typer.Option(help="Questions to evaluate.")] = 12,
+    kl_threshold: Annotated[float | None, typer.Option(help="Override the allowed KL increase.")] = None,
+    no_speed: Annotated[bool, typer.Option("--no-speed", help="Skip the speed/memory probe.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Accuracy-regression report per artifact: vision/decoder fidelity, document-QA accuracy, speed, memory."""
+    from exaone_edge.validate.collect import ValidateOptions, validate as collect
+    from exaone_edge.validate.report import write_report
+
+    report = collect(reference, artifacts, eval_set, ValidateOptions(max_questions=max_questions, measure_speed=not no_speed))
+    overrides = {"kl_mean_increase": kl_threshold} if kl_threshold is not None else None
+    result = write_report(out, report, baseline, overrides)
+    lines = [f"{a['name']}: KL {((a.get('decoder') or {}).get('kl_mean'))}, ANLS {((a.get('task') or {}).get('anls'))}"
+             for a in report["artifacts"]]
+    lines.append(f"report: {result.directory / 'report.html'}")
+    if result.regressions:
+        lines += [f"REGRESSION {r}" for r in result.regressions]
+    emit(result.report, json_output, "\n".join(lines))
+    if result.regressions:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -56,11 +56,12 @@ def open_image(source: Path | bytes, limits: DocumentLimits = DocumentLimits(), 
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected(f"{label}: rejected as a decompression bomb ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's errors for unknown or broken files
+    except Image.UnidentifiedImageError:
         raise ImageRejected(
-            f"{label}: not a readable image ({type(exc).__name__}: {exc})",
-            fix=f"Use one of {', '.join(IMAGE_FORMATS)}, or a PDF.",
+            f"{label}: not a readable image (not {', '.join(IMAGE_FORMATS)})", fix="Use one of these formats, or a PDF."
         ) from None
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's errors for truncated or corrupt files
+        raise ImageRejected(f"{label}: not a readable image (damaged: {exc})", fix="Re-export or re-scan it.") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
