@@ -1,0 +1,113 @@
+"""What is validated: a bundle (llama.cpp + ONNX as deployed), a GPTQ checkpoint, or a vision export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exaone_edge.errors import ArtifactError
+from exaone_edge.manifest import read_manifest
+from exaone_edge.validate.reference import HFModel, Question
+
+LEVEL_BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8, "Q6_K": 6, "Q5_K_M": 5, "Q4_K_M": 4, "Q4_K_S": 4, "IQ4_XS": 4}
+VISION_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
+
+
+def _directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+class BundleCandidate:
+    """The deployed pipeline: the bundle's own template, tokenizer, ONNX vision and GGUF decoder."""
+
+    kind = "bundle"
+
+    def __init__(self, path: Path) -> None:
+        from exaone_edge.runtime.engine import Engine
+
+        self.path = Path(path)
+        # f32 KV and no flash attention: measure the weights' error, not the cache's rounding.
+        self.engine = Engine.load(self.path, flash_attn=False, kv_type="f32", n_ctx=4096)
+        decoder = self.engine.bundle.manifest.details.get("decoder", {})
+        level = decoder.get("level", "?")
+        self.name = level + (" +imatrix" if decoder.get("imatrix") else "")
+        self.bits = LEVEL_BITS.get(level)
+        self.bytes = _directory_bytes(self.path)
+
+    def teacher_forced(self, question: Question, answer_ids: list[int]) -> np.ndarray:
+        messages = question.user_message({"type": "image", "image": question.image})
+        rows = [self.engine.next_token_logits(messages)]
+        for token in answer_ids[:-1]:
+            self.engine.llama.append(token)
+            rows.append(self.engine.llama.logits())
+        return np.stack(rows)
+
+    def generate(self, question: Question, max_tokens: int) -> str:
+        from exaone_edge.runtime.generation import GenerationParams
+
+        messages = question.user_message({"type": "image", "image": question.image})
+        chunks = self.engine.generate(messages, GenerationParams(max_tokens=max_tokens, temperature=0.0))
+        return "".join(chunk.text for chunk in chunks).strip()
+
+    def vision_rows(self, image) -> np.ndarray | None:
+        return self.engine.vision.encode(image) if self.engine.vision is not None else None
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class GptqCandidate:
+    kind = "gptq"
+
+    def __init__(self, path: Path, reference_dir: Path) -> None:
+        self.path = Path(path)
+        manifest = read_manifest(self.path, kind="gptq")
+        self.bits = manifest.details["bits"]
+        self.name = f"GPTQ {self.bits}-bit"
+        self.bytes = _directory_bytes(self.path)
+        self.model = HFModel(self.path, reference_dir)
+
+    def teacher_forced(self, question: Question, answer_ids: list[int]) -> np.ndarray:
+        return self.model.teacher_forced(question, answer_ids)
+
+    def generate(self, question: Question, max_tokens: int) -> str:
+        return self.model.generate(question, max_tokens)
+
+    def vision_rows(self, image) -> np.ndarray | None:
+        return None  # the vision tower is copied byte for byte (checked when it is made)
+
+    def close(self) -> None:
+        del self.model
+
+
+class VisionCandidate:
+    kind = "vision-onnx"
+
+    def __init__(self, path: Path) -> None:
+        from exaone_edge.vision import VisionEncoder
+
+        self.path = Path(path)
+        manifest = read_manifest(self.path, kind="vision-onnx")
+        precision = manifest.details.get("precision", "?")
+        self.name = f"vision {precision}"
+        self.bits = VISION_BITS.get(precision)
+        self.bytes = _directory_bytes(self.path)
+        self.encoder = VisionEncoder(self.path)
+
+    def vision_rows(self, image) -> np.ndarray:
+        return self.encoder.encode(image)
+
+    def close(self) -> None:
+        pass
+
+
+def open_candidate(path: Path, reference_dir: Path) -> Any:
+    manifest = read_manifest(Path(path), verify=False)
+    kinds = {"bundle": lambda: BundleCandidate(path), "gptq": lambda: GptqCandidate(path, reference_dir),
+             "vision-onnx": lambda: VisionCandidate(path)}
+    if manifest.kind not in kinds:
+        raise ArtifactError(f"cannot validate an artifact of kind '{manifest.kind}'", path=path,
+                            fix="Pass bundles (quantize), GPTQ checkpoints or vision exports.")
+    return kinds[manifest.kind]()

@@ -1,0 +1,153 @@
+"""`exaone-edge validate`: every artifact against transformers on the same document pages and questions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exaone_edge import __version__
+from exaone_edge.errors import InputError
+from exaone_edge.metrics import ANLS_THRESHOLD, anls, exact_match, logit_fidelity
+from exaone_edge.progress import log
+from exaone_edge.validate.reference import HFModel, Question, row_cosines
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    max_questions: int = 12
+    max_new_tokens: int = 24
+    measure_speed: bool = True
+
+
+def questions_from(documents, limit: int) -> list[Question]:
+    found = [Question(doc.id, doc.page_image(qa.page), qa.question, list(qa.answers))
+             for doc in documents.documents for qa in doc.qa if qa.answers]
+    if not found:
+        raise InputError("the evaluation set has no questions with answers",
+                         fix="Use a set made by `exaone-edge docs make`, or add a qa.jsonl to your folder.")
+    return found[:limit]
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("llama_cpp_python", "onnxruntime", "torch", "transformers", "gptqmodel"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+            "platform": platform.platform(), "python": platform.python_version(), "versions": versions}
+
+
+def _correct(answer: str, gold: list[str]) -> bool:
+    return anls(answer, gold) >= ANLS_THRESHOLD
+
+
+def evaluate_artifact(candidate, reference: HFModel, questions: list[Question], reference_answers: list[str],
+                      reference_logits: list[np.ndarray], options: ValidateOptions, pages_dir: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {"name": candidate.name, "kind": candidate.kind, "path": str(candidate.path),
+                              "bits": candidate.bits, "bytes": candidate.bytes,
+                              "vision": None, "decoder": None, "task": None, "speed": None}
+    cosines, max_abs = [], 0.0
+    for question in questions:
+        rows = candidate.vision_rows(question.image)
+        if rows is None:
+            break
+        expected = reference.vision_rows(question.image)
+        cosines.append(row_cosines(expected, rows))
+        max_abs = max(max_abs, float(np.abs(expected - rows).max()))
+    if cosines:
+        every = np.concatenate(cosines)
+        result["vision"] = {"cosine_min": float(every.min()), "cosine_mean": float(every.mean()), "max_abs": max_abs}
+    if not hasattr(candidate, "teacher_forced"):
+        return result
+
+    log(f"validate: {candidate.name}: teacher-forced logits on {len(questions)} answers")
+    candidate_logits = [candidate.teacher_forced(q, reference.answer_ids(q.answers[0])) for q in questions]
+    targets = np.concatenate([reference.answer_ids(q.answers[0]) for q in questions])
+    fidelity = logit_fidelity(np.concatenate(reference_logits), np.concatenate(candidate_logits), targets)
+    result["decoder"] = {"kl_mean": fidelity.kl_mean, "kl_p99": fidelity.kl_p99, "kl_max": fidelity.kl_max,
+                         "top1_agreement": fidelity.top1_agreement, "ppl_ratio": fidelity.ppl_ratio,
+                         "positions": fidelity.positions}
+
+    log(f"validate: {candidate.name}: answering {len(questions)} questions")
+    answers = [candidate.generate(q, options.max_new_tokens) for q in questions]
+    scores = [anls(a, q.answers) for a, q in zip(answers, questions)]
+    matches = [exact_match(a, q.answers) for a, q in zip(answers, questions)]
+    flips = []
+    for q, ref_answer, answer in zip(questions, reference_answers, answers):
+        before, after = _correct(ref_answer, q.answers), _correct(answer, q.answers)
+        if before != after:
+            flips.append({"question": q.question, "reference_answer": ref_answer, "answer": answer,
+                          "change": "correct → wrong" if before else "wrong → correct"})
+    reference_anls = float(np.mean([anls(a, q.answers) for a, q in zip(reference_answers, questions)]))
+    result["task"] = {
+        "anls": float(np.mean(scores)), "exact_match": float(np.mean(matches)),
+        "recovery": float(np.mean(scores)) / reference_anls if reference_anls > 0 else None,
+        "flip_rate": len(flips) / len(questions), "flips": flips,
+        "same_answer_as_reference": float(np.mean([a == r for a, r in zip(answers, reference_answers)])),
+    }
+    if options.measure_speed and candidate.kind == "bundle":
+        from exaone_edge.validate.probe import probe
+
+        page = pages_dir / "probe.png"
+        questions[0].image.save(page)
+        result["speed"] = probe(candidate.path, page, questions[0].question)
+    return result
+
+
+def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
+             options: ValidateOptions = ValidateOptions()) -> dict[str, Any]:
+    from exaone_edge.docs import generate_set, load_documents
+    from exaone_edge.validate.candidates import open_candidate
+
+    if not artifacts:
+        raise InputError("no artifacts to validate", fix="Pass one or more bundles, GPTQ checkpoints or vision exports.")
+    documents = load_documents(eval_set) if eval_set else generate_set(6, ["en", "ko"], 1)
+    questions = questions_from(documents, options.max_questions)
+    log(f"validate: reference {reference_dir} on {len(questions)} questions")
+    reference = HFModel(reference_dir, reference_dir)
+    reference_answers = [reference.generate(q, options.max_new_tokens) for q in questions]
+    reference_logits = [reference.teacher_forced(q, reference.answer_ids(q.answers[0])) for q in questions]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="exaone-edge-validate-") as scratch:
+        for path in artifacts:
+            candidate = open_candidate(Path(path), Path(reference_dir))
+            try:
+                results.append(evaluate_artifact(candidate, reference, questions, reference_answers,
+                                                 reference_logits, options, Path(scratch)))
+            finally:
+                candidate.close()
+    return {
+        "schema": SCHEMA_VERSION,
+        "toolkit_version": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "reference": {"path": str(reference_dir)},
+        "eval_set": {"path": str(eval_set) if eval_set else "built-in (6 documents, seed 1)",
+                     "sha256": documents.content_hash, "documents": len(documents.documents),
+                     "questions": len(questions)},
+        "reference_task": {
+            "anls": float(np.mean([anls(a, q.answers) for a, q in zip(reference_answers, questions)])),
+            "exact_match": float(np.mean([exact_match(a, q.answers) for a, q in zip(reference_answers, questions)])),
+        },
+        "artifacts": results,
+    }

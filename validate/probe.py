@@ -1,0 +1,50 @@
+"""Speed and memory of one bundle, measured in a fresh process so other models don't pollute its RSS.
+
+    python -m exaone_edge.validate.probe BUNDLE PAGE.png "question" → one JSON line on stdout
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def measure(bundle: Path, page: Path, question: str, max_tokens: int = 32) -> dict[str, Any]:
+    from PIL import Image
+
+    from exaone_edge.runtime.engine import Engine
+    from exaone_edge.runtime.generation import GenerationParams
+
+    engine = Engine.load(bundle, n_ctx=4096)
+    messages = [{"role": "user", "content": [{"type": "image", "image": Image.open(page).convert("RGB")},
+                                             {"type": "text", "text": question}]}]
+    # min_tokens is not a llama.cpp sampler option: a random model may stop early, so count what came.
+    last = None
+    for last in engine.generate(messages, GenerationParams(max_tokens=max_tokens)):
+        pass
+    timings = last.timings
+    return {
+        "ttft_s": timings.ttft_s,
+        "decode_tokens_per_s": timings.tokens_per_s,
+        "prompt_tokens": last.usage.prompt_tokens,
+        "completion_tokens": last.usage.completion_tokens,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def probe(bundle: Path, page: Path, question: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "exaone_edge.validate.probe", str(bundle), str(page), question],
+        capture_output=True, text=True, timeout=600,
+    )
+    if result.returncode != 0:
+        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "probe failed"}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])))
