@@ -94,7 +94,7 @@ def convert_to_gguf(checkpoint_dir: Path, out_path: Path, out_type: str = "F16")
         for tensor in track(plan, f"convert → {out_type}", total=len(plan)):
             writer.write_padding(handle, handle.tell())
             for chunk in _tensor_chunks(tensor, decoder):
-                handle.write(chunk.tobytes())
+                handle.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
             writer.write_padding(handle, tensor.nbytes)
         handle.flush()
         writer.close()

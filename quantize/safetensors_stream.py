@@ -68,7 +68,9 @@ def iter_f32_chunks(tensor: StoredTensor, chunk_bytes: int = CHUNK_BYTES) -> Ite
                                       fix="Download the shard again.")
             remaining -= count
             if tensor.dtype == "BF16":
-                yield (raw.astype(np.uint32) << 16).view(np.float32)
+                wide = raw.astype(np.uint32)
+                wide <<= 16  # in place: one f32-sized buffer per chunk
+                yield wide.view(np.float32)
             else:
                 yield raw.astype(np.float32, copy=False)
 
