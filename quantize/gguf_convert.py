@@ -99,8 +99,9 @@ def convert_to_gguf(checkpoint_dir: Path, out_path: Path, out_type: str = "F16")
         handle.flush()
         writer.close()
     size = out_path.stat().st_size
-    log(f"wrote {out_path} ({out_type}, {len(plan)} tensors, {size / 2**20:.1f} MiB, MTP head dropped)")
-    return ConvertResult(out_path, out_type, len(plan), size, source_hash, time.monotonic() - started, "dropped")
+    log(f"converted: {out_type}, {len(plan)} tensors, {size / 2**20:.1f} MiB, MTP head {'dropped' if decoder.nextn_layers else 'absent'}")
+    return ConvertResult(out_path, out_type, len(plan), size, source_hash, time.monotonic() - started,
+                         "dropped" if decoder.nextn_layers else "none")
 
 
 def _padded(n: int, align: int = 32) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -152,3 +154,26 @@ def test_bad_inputs_are_typed_errors(tiny_model_dir, tmp_path):
     with pytest.raises(CheckpointError, match="missing shard"):
         convert_to_gguf(broken, tmp_path / "x.gguf", "F16")
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*partial"))
+
+
+def test_sliding_window_depth_rule(tiny_model_dir, tmp_path):
+    """The real 33B config converts (64 layers once the MTP head is dropped); any other depth with sliding
+    layers is refused, because llama.cpp would silently run every layer as global attention."""
+    import json
+    import shutil
+
+    from exaone_edge.errors import CheckpointError
+    from exaone_edge.quantize.gguf_convert import check_swa_depth, convert_to_gguf
+    from exaone_edge.spec import decoder_spec
+
+    real = json.loads((Path(__file__).parent / "data" / "exaone45_33b_config.json").read_text())["text_config"]
+    check_swa_depth(decoder_spec(real, Path("config.json")), Path("config.json"))
+    shallow = tmp_path / "shallow"
+    shutil.copytree(tiny_model_dir, shallow)
+    config = json.loads((shallow / "config.json").read_text())
+    config["text_config"]["num_hidden_layers"] = 60
+    config["text_config"]["layer_types"] = config["text_config"]["layer_types"][:60]
+    (shallow / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="exactly 64 layers"):
+        convert_to_gguf(shallow, tmp_path / "x.gguf", "F16")
+    assert not (tmp_path / "x.gguf").exists()
