@@ -181,7 +181,7 @@ def collect_imatrix(gguf_path: Path, prompts: list[list], datasets: list[str], t
     n_ctx = (longest + 255) // 256 * 256
     with LlamaRunner(gguf_path, n_ctx=n_ctx, threads=threads, cb_eval=collector) as runner:
         for prompt in track(prompts, "imatrix: calibration prompts", total=len(prompts)):
-            runner.logits(prompt)
+            runner.run(prompt)
             if collector.error:
                 raise RuntimeError(f"imatrix collection failed: {collector.error}")
             collector.imatrix.chunks += 1

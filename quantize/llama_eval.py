@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -71,22 +71,29 @@ class LlamaRunner:
 
     def logits(self, segments: Sequence[Segment]) -> np.ndarray:
         """Logits at every position of the prompt [n_positions, n_vocab], from an empty context."""
+        out = np.empty((sum(len(s) for s in segments), self.n_vocab), dtype=np.float32)
+        self.run(segments, lambda start, rows: out.__setitem__(slice(start, start + len(rows)), rows))
+        return out
+
+    def run(self, segments: Sequence[Segment], on_logits: Callable[[int, np.ndarray], None] | None = None) -> int:
+        """Decode a prompt from an empty context with logits at every position (so every layer sees every
+        row); `on_logits(first_position, rows)` gets each batch's logits, a view valid during the call."""
         lib = self._lib
         lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
         total = sum(len(s) for s in segments)
         if total > self.n_ctx:
             raise InputError(f"the prompt has {total} positions, the context holds {self.n_ctx}")
-        out = np.empty((total, self.n_vocab), dtype=np.float32)
         position = 0
         for segment in segments:
             rows = np.asarray(segment)
             for start in range(0, len(rows), self.n_batch):
                 part = rows[start:start + self.n_batch]
                 self._decode(part, position)
-                pointer = lib.llama_get_logits(self._ctx)
-                out[position:position + len(part)] = np.ctypeslib.as_array(pointer, shape=(len(part), self.n_vocab))
+                if on_logits is not None:
+                    pointer = lib.llama_get_logits(self._ctx)
+                    on_logits(position, np.ctypeslib.as_array(pointer, shape=(len(part), self.n_vocab)))
                 position += len(part)
-        return out
+        return position
 
     def _decode(self, part: np.ndarray, position: int) -> None:
         lib = self._lib

@@ -239,3 +239,17 @@ def test_bundle_carries_a_verified_vision_export_and_loads_in_the_runtime(tiny_m
     with pytest.raises(ArtifactError, match="checksum"):
         quantize_checkpoint(tiny_model_dir, tmp_path / "again", bits=8, vision_dir=export, work_dir=tmp_path / "w2")
     assert not (tmp_path / "again").exists() and not (tmp_path / "w2").exists()
+
+
+def test_cli_quantize_4bit_with_a_folder_of_pages(tiny_model_dir, tmp_path):
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for index in range(5):
+        page_image(10 + index, size=(256, 192)).save(pages / f"page-{index}.png")
+    result = run_cli("quantize", str(tiny_model_dir), "--bits", "4", "--calibration", str(pages),
+                     "-o", str(tmp_path / "q4"), "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["level"] == "Q4_K_M" and payload["imatrix"].endswith("imatrix.gguf")
+    assert payload["fidelity"]["prompts_with_images"] >= 1
+    assert "imatrix: calibration prompts" in result.stderr and "bits/weight" in result.stderr
