@@ -1,0 +1,10 @@
+"""Document sets for calibration and evaluation: the user's PDFs and images, or synthetic business pages.
+
+Torch-free: the runtime may import it.
+"""
+
+from exaone_edge.docs.generate import KINDS, generate_set
+from exaone_edge.docs.ingest import LoadOptions, load_documents
+from exaone_edge.docs.model import QA, Document, DocumentSet, Skipped
+
+__all__ = ["KINDS", "QA", "Document", "DocumentSet", "LoadOptions", "Skipped", "generate_set", "load_documents"]

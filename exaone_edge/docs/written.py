@@ -1,0 +1,49 @@
+"""Read back a set written by `exaone-edge docs make`: manifest verified, pages from its PNGs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from exaone_edge.docs.model import QA, Document, DocumentSet, files_hash
+from exaone_edge.errors import ArtifactError
+from exaone_edge.manifest import read_manifest
+
+SET_KIND = "document-set"
+
+
+def load_written_set(root: Path, verify: bool = True) -> DocumentSet:
+    manifest = read_manifest(root, kind=SET_KIND, verify=verify)
+    digest = files_hash((name, entry["sha256"]) for name, entry in manifest.files.items())
+    if digest != manifest.details.get("content_hash"):
+        raise ArtifactError("the content hash in manifest.json does not match its file list", path=root,
+                            fix="Re-create the set with `exaone-edge docs make`.")
+    try:
+        records = [json.loads(line) for line in (root / "documents.jsonl").read_text(encoding="utf-8").splitlines()]
+        questions = [json.loads(line) for line in (root / "qa.jsonl").read_text(encoding="utf-8").splitlines()]
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"documents.jsonl or qa.jsonl is unreadable ({exc})", path=root) from None
+    documents: list[Document] = []
+    by_id: dict[str, Document] = {}
+    for record in records:
+        pages = [root / name for name in record["pages"]]
+
+        def render(index: int, pages: list[Path] = pages) -> Image.Image:
+            with Image.open(pages[index], formats=["PNG"]) as image:
+                return image.convert("RGB")
+
+        document = Document(record["id"], record["kind"], record.get("lang"), len(pages), record.get("text"), [],
+                            str(root), render)
+        documents.append(document)
+        by_id[document.id] = document
+    for row in questions:
+        document = by_id.get(row["doc"])
+        if document is None:
+            raise ArtifactError(f"qa.jsonl names document '{row['doc']}', which the set does not have", path=root)
+        pages = [f"pages/{document.id}-p{i + 1}.png" for i in range(document.page_count)]
+        document.qa.append(QA(row["question"], list(row["answers"]), pages.index(row["image"])))
+    result = DocumentSet(documents, str(root))
+    result._hash = digest
+    return result
