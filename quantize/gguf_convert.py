@@ -22,7 +22,7 @@ from exaone_edge.checkpoint import Checkpoint, open_checkpoint
 from exaone_edge.errors import CheckpointError, InputError, require
 from exaone_edge.files import atomic_path
 from exaone_edge.progress import log, track
-from exaone_edge.quantize.gguf_vocab import PRE_TOKENIZER, read_vocab
+from exaone_edge.quantize.gguf_vocab import read_vocab
 from exaone_edge.quantize.safetensors_stream import StoredTensor, iter_f32_chunks, read_layout
 from exaone_edge.spec import DecoderSpec
 
@@ -35,6 +35,12 @@ META_MTP = "exaone_edge.mtp_policy"
 _DECODER_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
 _SKIPPED_PREFIXES = ("model.visual.", "visual.", "mtp.", "model.mtp.")
 _HEADROOM = 64 << 20  # bytes of free disk kept beyond the estimate
+TOKENIZER_PROBES = (  # checked against the HF tokenizer after every conversion
+    "Invoice INV-2024-0042: total due $18,232.50 (VAT 10%) by 2024-12-31.",
+    "대한민국 헌법 제1조 ① 대한민국은 민주공화국이다. 합계 금액: 1,823,250원",
+    "| 항목 | 수량 | 단가 |\n|---|---:|---:|\n| Widget | 3 | 1,200 |\n\n\tindented  spaces 0 12 123 1234 12345",
+    "émojis 🚀📄 'quotes' \"double\" don't I'VE 3.14159 -42 ₩1,000,000",
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class ConvertResult:
     source_hash: str
     seconds: float
     mtp_policy: str
+    tokenizer_check: dict
 
 
 def convert_to_gguf(checkpoint_dir: Path, out_path: Path, out_type: str = "F16") -> ConvertResult:
@@ -98,10 +105,32 @@ def convert_to_gguf(checkpoint_dir: Path, out_path: Path, out_type: str = "F16")
             writer.write_padding(handle, tensor.nbytes)
         handle.flush()
         writer.close()
+        tokenizer_check = check_tokenizer(tmp, checkpoint)
     size = out_path.stat().st_size
     log(f"converted: {out_type}, {len(plan)} tensors, {size / 2**20:.1f} MiB, MTP head {'dropped' if decoder.nextn_layers else 'absent'}")
     return ConvertResult(out_path, out_type, len(plan), size, source_hash, time.monotonic() - started,
-                         "dropped" if decoder.nextn_layers else "none")
+                         "dropped" if decoder.nextn_layers else "none", tokenizer_check)
+
+
+def check_tokenizer(gguf_path: Path, checkpoint: Checkpoint) -> dict:
+    """The written vocabulary must tokenize like the checkpoint's tokenizer.json (special tokens included)."""
+    require("tokenizers", "quantize")
+    from tokenizers import Tokenizer
+
+    from exaone_edge.errors import ValidationFailed
+    from exaone_edge.quantize.llama_eval import tokenize_with_gguf
+
+    reference = Tokenizer.from_file(str(checkpoint.tokenizer_file))
+    specials = [t.content for t in reference.get_added_tokens_decoder().values() if t.special][:12]
+    texts = [*TOKENIZER_PROBES, "".join(f"{token}x " for token in specials)]
+    ours = tokenize_with_gguf(gguf_path, texts)
+    for text, ids in zip(texts, ours):
+        expected = reference.encode(text, add_special_tokens=False).ids
+        if ids != expected:
+            raise ValidationFailed(f"llama.cpp tokenizes {text[:40]!r} differently from tokenizer.json "
+                                   f"({len(ids)} vs {len(expected)} tokens)", path=checkpoint.tokenizer_file,
+                                   fix="The pre-tokenizer mapping in quantize/gguf_vocab.py does not fit this tokenizer.")
+    return {"texts": len(texts), "identical": True}
 
 
 def _padded(n: int, align: int = 32) -> int:
@@ -278,7 +307,7 @@ def _write_metadata(writer, gguf, checkpoint: Checkpoint, out_type: str, source_
 
 def _write_vocab(writer, vocab) -> None:
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(PRE_TOKENIZER)
+    writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)
     writer.add_token_merges(vocab.merges)

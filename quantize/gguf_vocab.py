@@ -14,8 +14,15 @@ from exaone_edge.checkpoint import Checkpoint
 from exaone_edge.errors import CheckpointError
 
 # EXAONE 4.x splits text with the GPT-2 regex; llama.cpp knows it under this name. Its hash is not
-# in llama.cpp's table for EXAONE 4.5, so the name is written explicitly (tests check parity with HF).
+# in llama.cpp's table for EXAONE 4.5, so the name is chosen from tokenizer.json's own split regex
+# (the converter then checks tokenization against the HF tokenizer on real text).
 PRE_TOKENIZER = "exaone4"
+_GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_KNOWN_SPLITS = {  # tokenizer.json Split regex → llama.cpp pre-tokenizer name (src/llama-vocab.cpp)
+    _GPT2_REGEX: PRE_TOKENIZER,
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]?|\s*[\r\n]|\s+(?!\S)|\s+": "exaone-moe",
+}
 
 # gguf TokenType values
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
@@ -25,6 +32,7 @@ NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 class Vocab:
     tokens: list[str]
     types: list[int]
+    pre: str  # llama.cpp pre-tokenizer name
     merges: list[str]
     special_ids: dict[str, int]  # bos/eos/unk/pad → id
     add_bos: bool
@@ -72,7 +80,27 @@ def read_vocab(checkpoint: Checkpoint) -> Vocab:
     if isinstance(eos, int):
         special_ids["eos"] = eos  # the model config decides where generation stops
     add_bos, add_eos = _post_processor_adds(data.get("post_processor"), special_ids)
-    return Vocab(tokens, types, merges, special_ids, add_bos, add_eos, checkpoint.chat_template)
+    pre = pre_tokenizer_name(data.get("pre_tokenizer"), path)
+    return Vocab(tokens, types, pre, merges, special_ids, add_bos, add_eos, checkpoint.chat_template)
+
+
+def pre_tokenizer_name(pre_tokenizer: Any, path: Path) -> str:
+    """llama.cpp's name for the way tokenizer.json splits text before BPE; unknown splits are refused."""
+    steps = pre_tokenizer.get("pretokenizers", []) if isinstance(pre_tokenizer, dict) and \
+        pre_tokenizer.get("type") == "Sequence" else [pre_tokenizer]
+    splits = [step for step in steps if isinstance(step, dict) and step.get("type") == "Split"]
+    byte_level = [step for step in steps if isinstance(step, dict) and step.get("type") == "ByteLevel"]
+    if not byte_level:
+        raise CheckpointError("the tokenizer is not byte-level BPE (no ByteLevel pre-tokenizer)", path=path)
+    if not splits and byte_level[0].get("use_regex", True):
+        return PRE_TOKENIZER  # ByteLevel's built-in split is the GPT-2 regex
+    if len(splits) == 1 and not byte_level[0].get("use_regex", True):
+        regex = (splits[0].get("pattern") or {}).get("Regex")
+        if regex in _KNOWN_SPLITS:
+            return _KNOWN_SPLITS[regex]
+        raise CheckpointError(f"tokenizer.json splits text with a regex llama.cpp has no name for: {regex!r}", path=path,
+                              fix="Add its llama.cpp pre-tokenizer name to quantize/gguf_vocab.py after checking parity.")
+    raise CheckpointError("tokenizer.json has a pre-tokenizer layout this converter does not know", path=path)
 
 
 def _tokenizer_config(directory: Path) -> dict[str, Any]:

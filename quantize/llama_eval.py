@@ -31,6 +31,29 @@ def _quiet(llama_cpp) -> None:
         llama_cpp.llama_backend_init()
 
 
+def tokenize_with_gguf(gguf_path: Path, texts: Sequence[str]) -> list[list[int]]:
+    """llama.cpp's tokenization of `texts` (special tokens parsed, none added), loading only the vocabulary."""
+    import llama_cpp
+
+    _quiet(llama_cpp)
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), params)
+    if not model:
+        raise ArtifactError("llama.cpp cannot load this GGUF's vocabulary", path=gguf_path, fix="Re-create it.")
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        out = []
+        for text in texts:
+            data = text.encode("utf-8")
+            buffer = (llama_cpp.llama_token * (len(data) + 16))()
+            count = llama_cpp.llama_tokenize(vocab, data, len(data), buffer, len(buffer), False, True)
+            out.append(list(buffer[:max(count, 0)]))
+        return out
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
 class LlamaRunner:
     """One model and one context for reference runs: flash attention off (on CPU it computes in F16)
     and an F32 KV cache (llama.cpp's default F16 cache alone moves logits by ~1e-3)."""

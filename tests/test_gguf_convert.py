@@ -177,3 +177,30 @@ def test_sliding_window_depth_rule(tiny_model_dir, tmp_path):
     with pytest.raises(CheckpointError, match="exactly 64 layers"):
         convert_to_gguf(shallow, tmp_path / "x.gguf", "F16")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_a_wrong_pre_tokenizer_fails_validation_and_leaves_no_file(tiny_model_dir, tmp_path, monkeypatch):
+    from exaone_edge.errors import ValidationFailed
+    from exaone_edge.quantize import gguf_vocab
+    from exaone_edge.quantize.gguf_convert import convert_to_gguf
+
+    monkeypatch.setattr(gguf_vocab, "PRE_TOKENIZER", "llama-bpe")  # splits digits in threes, unlike GPT-2
+    with pytest.raises(ValidationFailed, match="tokenizes"):
+        convert_to_gguf(tiny_model_dir, tmp_path / "x.gguf", "F16")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pre_tokenizer_is_read_from_tokenizer_json():
+    from exaone_edge.errors import CheckpointError
+    from exaone_edge.quantize.gguf_vocab import _GPT2_REGEX, pre_tokenizer_name
+
+    def split(regex):
+        return {"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": regex}},
+                                                      {"type": "ByteLevel", "use_regex": False}]}
+
+    assert pre_tokenizer_name({"type": "ByteLevel", "use_regex": True}, Path("t")) == "exaone4"
+    assert pre_tokenizer_name(split(_GPT2_REGEX), Path("t")) == "exaone4"
+    with pytest.raises(CheckpointError, match="no name for"):
+        pre_tokenizer_name(split(r"\p{L}+|\d"), Path("t"))
+    with pytest.raises(CheckpointError, match="byte-level"):
+        pre_tokenizer_name({"type": "Metaspace"}, Path("t"))
