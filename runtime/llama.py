@@ -120,6 +120,7 @@ class LlamaContext:
 
     def prefill(self, segments: Sequence[Segment]) -> PrefillStats:
         """Make the sequence equal to `segments`, reusing the common prefix; logits end up at the last position."""
+        self._require_open()
         keys = _keys(segments)
         if not keys:
             raise InputError("the prompt is empty")
@@ -153,6 +154,7 @@ class LlamaContext:
 
     def append(self, token: int) -> None:
         """Decode one generated token at the end of the sequence."""
+        self._require_open()
         if len(self._keys) >= self.n_ctx:
             raise InputError("the context is full")
         self._decode_tokens([token], len(self._keys), logits_last=True)
@@ -176,6 +178,7 @@ class LlamaContext:
         return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
 
     def sampler(self, *, temperature: float, top_k: int, top_p: float, min_p: float, seed: int) -> Sampler:
+        self._require_open()
         return Sampler(self, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
 
     def close(self) -> None:
@@ -196,6 +199,10 @@ class LlamaContext:
             pass
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if not getattr(self, "_ctx", None):
+            raise RuntimeError("the llama.cpp context is closed")  # a programming error, not bad input
 
     def _truncate(self, keep: int) -> int:
         """Drop positions ≥ keep; fall back to an empty sequence when llama.cpp cannot keep the prefix."""
