@@ -216,6 +216,42 @@ def validate(
         raise typer.Exit(1)
 
 
+docs_app = typer.Typer(help="Document sets for calibration and evaluation.", no_args_is_help=True)
+app.add_typer(docs_app, name="docs")
+
+
+@docs_app.command("make")
+def docs_make(
+    out: Annotated[Path, typer.Argument(help="Directory to write the set to.")],
+    n: Annotated[int, typer.Option("--n", help="Number of documents.")] = 200,
+    lang: Annotated[str, typer.Option("--lang", help="Languages, comma-separated: ko, en.")] = "ko,en",
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical pages.")] = 0,
+    pdf: Annotated[bool, typer.Option("--pdf", help="Also write each document as a PDF with a text layer.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Write a synthetic set of invoices, receipts, statements, tables, charts and forms with QA pairs."""
+    from exaone_edge.docs import generate_set
+
+    result = generate_set(n, lang, seed, out, overwrite=overwrite, pdf=pdf)
+    summary = {**result.summary(), "path": str(out)}
+    emit(summary, json_output, f"wrote {out}: {summary['documents']} documents, {summary['pages']} pages, "
+         f"{summary['questions']} questions (content hash {summary['content_hash'][:16]})")
+
+
+@docs_app.command("show")
+def docs_show(
+    set_path: Annotated[Path, typer.Argument(metavar="SET", help="A set from `docs make`, or a folder of PDFs/images.")],
+    json_output: JsonFlag = False,
+) -> None:
+    """Summarize a document set: documents, pages, questions, kinds, languages, skipped files."""
+    from exaone_edge.docs import load_documents
+    from exaone_edge.docs.summary import render_text
+
+    summary = load_documents(set_path).summary()
+    emit(summary, json_output, render_text(summary))
+
+
 def main() -> None:
     try:
         app()

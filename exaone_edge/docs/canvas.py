@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +133,7 @@ def rasterize(canvas: Canvas, scan: Scan) -> Image.Image:
 
 def _scan_effects(image: Image.Image, scan: Scan) -> Image.Image:
     if scan.rotation:
-        image = image.rotate(scan.rotation, resample=Image.Resampling.BICUBIC, fillcolor=scan.paper)
+        image = image.rotate(scan.rotation, resample=Image.Resampling.BILINEAR, fillcolor=scan.paper)
     if scan.blur:
         image = image.filter(ImageFilter.GaussianBlur(scan.blur))
     if scan.noise or scan.speckles:
@@ -150,10 +151,16 @@ def _scan_effects(image: Image.Image, scan: Scan) -> Image.Image:
 
 def write_pdf(pages: list[Canvas], path: Path) -> None:
     """A PDF with a real text layer (fonts embedded), laid out exactly like the raster pages."""
+    import logging
+
+    from exaone_edge.errors import require
+
+    require("fpdf", "docs")
     from fpdf import FPDF
 
+    logging.getLogger("fontTools.subset").setLevel(logging.ERROR)  # one line per dropped font table otherwise
     pdf = FPDF(unit="pt", format=(pages[0].width, pages[0].height))
-    pdf.set_creation_date(False)  # no timestamp: the same pages give the same bytes
+    pdf.set_creation_date(datetime(2000, 1, 1, tzinfo=timezone.utc))  # fixed: the same pages give the same bytes
     pdf.set_auto_page_break(False)
     fonts = font_index()
     added: set[str] = set()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from exaone_edge.docs.model import Document, DocumentSet, files_hash
 from exaone_edge.errors import InputError
 
 GENERATOR_VERSION = 1  # bump when the same seed would draw different pages
+PARALLEL_FROM = 24  # documents; below this, worker start-up costs more than it saves
+MAX_WORKERS = 4
 from exaone_edge.docs.written import SET_KIND
 
 
@@ -51,12 +55,12 @@ class Generated:
 
 
 def _scan(rng: random.Random) -> Scan:
-    noisy = rng.random() < 0.5
+    noisy = rng.random() < 0.35
     return Scan(
         dpi=rng.choice([100, 110, 120, 130, 144]),
         rotation=round(rng.uniform(-1.5, 1.5), 2) if rng.random() < 0.5 else 0.0,
         blur=round(rng.uniform(0.4, 0.9), 2) if rng.random() < 0.3 else 0.0,
-        noise=round(rng.uniform(3, 10), 1) if noisy else 0.0,
+        noise=round(rng.uniform(2, 6), 1) if noisy else 0.0,
         speckles=rng.randint(100, 800) if noisy else 0,
         paper=rng.choice([(255, 255, 255), (250, 248, 242), (244, 244, 244)]),
         seed=rng.randrange(2**32),
@@ -76,30 +80,30 @@ def generate_documents(n: int, langs: list[str] | str, seed: int) -> list[Genera
     if n < 1:
         raise InputError(f"--n must be at least 1, got {n}")
     codes = parse_langs(langs)
-    fonts = {code: lang_fonts(LANGS[code]) for code in codes}
+    return [generate_document(i, codes, seed) for i in range(n)]
+
+
+def generate_document(i: int, codes: list[str], seed: int) -> Generated:
+    code = codes[i % len(codes)]
     names = list(KINDS)
-    out = []
-    for i in range(n):
-        code = codes[i % len(codes)]
-        kind = names[(i // len(codes) + seed) % len(names)]
-        rng = random.Random(f"exaone-edge-docs/{GENERATOR_VERSION}/{seed}/{i}")
-        font, bold = pick(rng, LANGS[code], fonts[code])
-        built = KINDS[kind].build(Ctx(rng, LANGS[code], font, bold, rng.choice([9.0, 10.0, 10.5, 11.0, 12.0])))
-        scans = [_scan(rng) for _ in built.pages]
-        pages, doc_id = built.pages, f"doc-{i:04d}"
-        text = "\n\n".join(page_text(p.ops) for p in pages)
+    kind = names[(i // len(codes) + seed) % len(names)]
+    rng = random.Random(f"exaone-edge-docs/{GENERATOR_VERSION}/{seed}/{i}")
+    font, bold = pick(rng, LANGS[code], lang_fonts(LANGS[code]))
+    built = KINDS[kind].build(Ctx(rng, LANGS[code], font, bold, rng.choice([9.0, 10.0, 10.5, 11.0, 12.0])))
+    scans = [_scan(rng) for _ in built.pages]
+    pages = built.pages
+    text = "\n\n".join(page_text(p.ops) for p in pages)
 
-        def render(index: int, pages: list[Canvas] = pages, scans: list[Scan] = scans) -> Image.Image:
-            return rasterize(pages[index], scans[index])
+    def render(index: int) -> Image.Image:
+        return rasterize(pages[index], scans[index])
 
-        document = Document(doc_id, kind, code, len(pages), text, built.qa, f"synthetic seed {seed}", render)
-        out.append(Generated(document, pages, scans))
-    return out
+    document = Document(f"doc-{i:04d}", kind, code, len(pages), text, built.qa, f"synthetic seed {seed}", render)
+    return Generated(document, pages, scans)
 
 
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=6)  # fixed settings, no metadata: same pixels, same bytes
+    image.save(buffer, format="PNG", compress_level=3)  # fixed settings, no metadata: same pixels, same bytes
     return buffer.getvalue()
 
 
@@ -107,16 +111,35 @@ def page_name(doc_id: str, page: int) -> str:
     return f"pages/{doc_id}-p{page + 1}.png"
 
 
-def set_files(documents: list[Document], progress: bool = False) -> Iterator[tuple[str, bytes]]:
+def _pngs_in_process(job: tuple[int, list[str], int]) -> list[bytes]:
+    document = generate_document(*job).document
+    return [png_bytes(document.page_image(p)) for p in range(document.page_count)]
+
+
+def _page_pngs(documents: list[Document], codes: list[str], seed: int) -> Iterator[list[bytes]]:
+    """Encoded pages per document; large sets render in worker processes (pages are rebuilt from the seed)."""
+    workers = min(os.cpu_count() or 1, MAX_WORKERS)
+    if len(documents) < PARALLEL_FROM or workers < 2:
+        for document in documents:
+            yield [png_bytes(document.page_image(p)) for p in range(document.page_count)]
+        return
+    jobs = [(int(d.id.split("-")[1]), codes, seed) for d in documents]
+    with ProcessPoolExecutor(workers) as pool:
+        yield from pool.map(_pngs_in_process, jobs, chunksize=4)
+
+
+def set_files(documents: list[Document], codes: list[str], seed: int, progress: bool = False
+              ) -> Iterator[tuple[str, bytes]]:
     """Every file of the written set except manifest.json, in a fixed order."""
     from exaone_edge.progress import track
 
     records, questions = [], []
+    encoded = _page_pngs(documents, codes, seed)
     items = track(documents, "docs: rendering pages", total=len(documents)) if progress else documents
-    for document in items:
+    for document, pngs in zip(items, encoded):
         pages = [page_name(document.id, p) for p in range(document.page_count)]
-        for index, name in enumerate(pages):
-            yield name, png_bytes(document.page_image(index))
+        for name, data in zip(pages, pngs):
+            yield name, data
         records.append({"id": document.id, "kind": document.kind, "lang": document.lang, "pages": pages,
                         "text": document.text, "source": document.source})
         questions += [{"doc": document.id, "image": pages[qa.page], "page": 1, "question": qa.question,
@@ -130,24 +153,33 @@ def _jsonl(rows: list[dict]) -> bytes:
 
 
 def generate_set(n: int, langs: list[str] | str, seed: int, out: Path | None = None, *,
-                 overwrite: bool = False) -> DocumentSet:
-    """n synthetic documents in memory (pages render on demand), or written to `out` with a manifest."""
-    documents = [g.document for g in generate_documents(n, langs, seed)]
+                 overwrite: bool = False, pdf: bool = False) -> DocumentSet:
+    """n synthetic documents in memory (pages render on demand), or written to `out` with a manifest
+    (and with `pdf`, each document also as a PDF with a text layer under pdf/)."""
+    generated = generate_documents(n, langs, seed)
+    documents = [g.document for g in generated]
     codes = parse_langs(langs)
     source = f"synthetic (n={n}, langs={','.join(codes)}, seed={seed})"
     if out is None:
         def content_hash() -> str:
-            return files_hash((name, hashlib.sha256(data).hexdigest()) for name, data in set_files(documents))
+            return files_hash((name, hashlib.sha256(data).hexdigest()) for name, data in set_files(documents, codes, seed))
 
         return DocumentSet(documents, source, hasher=content_hash)
     from exaone_edge.files import atomic_dir
+    from exaone_edge.docs.canvas import write_pdf
     from exaone_edge.manifest import Manifest, write_manifest
+    from exaone_edge.progress import track
 
     with atomic_dir(Path(out), overwrite=overwrite) as tmp:
-        for name, data in set_files(documents, progress=True):
+        for name, data in set_files(documents, codes, seed, progress=True):
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(data)
-        manifest = Manifest(kind=SET_KIND, inputs={"generator": GENERATOR_VERSION, "seed": seed, "langs": codes, "n": n})
+        if pdf:
+            (tmp / "pdf").mkdir()
+            for item in track(generated, "docs: writing PDFs"):
+                write_pdf(item.pages, tmp / "pdf" / f"{item.document.id}.pdf")
+        manifest = Manifest(kind=SET_KIND, inputs={"generator": GENERATOR_VERSION, "seed": seed, "langs": codes, "n": n,
+                                                      "pdf": pdf})
         digest = files_hash((name, hashlib.sha256((tmp / name).read_bytes()).hexdigest())
                             for name in _listing(tmp))
         manifest.details = {
