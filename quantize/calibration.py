@@ -21,6 +21,7 @@ from exaone_edge.errors import InputError
 from exaone_edge.progress import log
 
 DEFAULT_QUESTION = "Read this page and summarise its key facts, numbers and tables."
+DEFAULT_QUESTIONS = {"ko": "이 페이지의 핵심 내용과 숫자, 표를 정리해 주세요.", "en": DEFAULT_QUESTION}
 MAX_ANSWER_CHARS = 1500  # page text carried as the assistant turn, so answer tokens get statistics too
 
 
@@ -32,16 +33,22 @@ class CalibrationSample:
     source: str = ""  # e.g. "doc-17 p1", for logs
 
 
-def samples_from_documents(document_set: Any, pages_per_document: int = 1) -> list[CalibrationSample]:
-    """Pages of an `exaone_edge.docs.DocumentSet` with their questions (or a generic one) and text."""
+def samples_from_documents(document_set: Any, pages_per_document: int = 2, questions_per_page: int = 2
+                           ) -> list[CalibrationSample]:
+    """Pages of an `exaone_edge.docs.DocumentSet`: each question on a page with its answer, and the page's
+    text as a transcription (so the statistics cover long answers too), or a generic request."""
     samples: list[CalibrationSample] = []
     for document in document_set.documents:
         for page in range(min(document.page_count, pages_per_document)):
-            questions = [qa for qa in document.qa if qa.page == page] or [None]
-            qa = questions[0]
-            answer = (qa.answers[0] if qa and qa.answers else None) or (document.text or "")[:MAX_ANSWER_CHARS] or None
-            samples.append(CalibrationSample(document.page_image(page), qa.question if qa else DEFAULT_QUESTION,
-                                             answer, f"{document.id} p{page + 1}"))
+            image = document.page_image(page)  # rendered once, shared by the page's samples
+            where = f"{document.id} p{page + 1}"
+            for qa in [qa for qa in document.qa if qa.page == page][:questions_per_page]:
+                samples.append(CalibrationSample(image, qa.question, qa.answers[0] if qa.answers else None, where))
+            request = DEFAULT_QUESTIONS.get(document.lang or "en", DEFAULT_QUESTION)
+            if page == 0 and document.text:
+                samples.append(CalibrationSample(image, request, document.text[:MAX_ANSWER_CHARS], where))
+            elif not any(sample.image is image for sample in samples):
+                samples.append(CalibrationSample(image, request, None, where))
     if not samples:
         raise InputError("the calibration set has no pages", fix="Pass a document set with at least one page.")
     return samples
@@ -101,6 +108,7 @@ class PromptBuilder:
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
         self.image_token = self.tokenizer.convert_ids_to_tokens(checkpoint.spec.image_token_id)
         self.vision = vision
+        self._rows: dict[int, tuple[Any, np.ndarray]] = {}  # id(image) → (image, rows): pages shared by samples
 
     def segments(self, sample: CalibrationSample) -> list[Any]:
         content: list[dict[str, str]] = [{"type": "image"}] if sample.image is not None else []
@@ -117,7 +125,10 @@ class PromptBuilder:
         if sample.image is not None:
             if self.vision is None:
                 raise InputError("an image sample needs the vision tower")
-            segments.append(self.vision(sample.image))
+            cached = self._rows.get(id(sample.image))
+            if cached is None or cached[0] is not sample.image:
+                cached = self._rows[id(sample.image)] = (sample.image, self.vision(sample.image))
+            segments.append(cached[1])
             segments.append(self.tokenizer(pieces[1], add_special_tokens=False)["input_ids"])
         return [s for s in segments if len(s)]
 

@@ -25,7 +25,7 @@ from exaone_edge.checkpoint import open_checkpoint
 from exaone_edge.errors import InputError, ValidationFailed, require
 from exaone_edge.files import atomic_dir, sha256_file, write_json
 from exaone_edge.levels import estimated_bytes
-from exaone_edge.progress import log, stderr
+from exaone_edge.progress import log
 from exaone_edge.quantize.calibration import CalibrationSample, samples_hash
 from exaone_edge.quantize.recipes import Recipe, choose_recipe
 
@@ -130,8 +130,7 @@ def quantize_checkpoint(
     result = QuantizeResult(out, chosen.level, details["decoder"]["bits_per_weight"], decoder_bytes,
                             out / "imatrix.gguf" if imatrix_path else None, time.monotonic() - started,
                             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, fidelity, reused)
-    stderr.print(result.summary(), markup=False, soft_wrap=True)  # the one summary line, unwrapped
-    return result
+    return result  # the CLI prints result.summary() as the one summary line
 
 
 # -- cached intermediates ---------------------------------------------------------------------------

@@ -252,4 +252,19 @@ def test_cli_quantize_4bit_with_a_folder_of_pages(tiny_model_dir, tmp_path):
     payload = json.loads(result.stdout)
     assert payload["level"] == "Q4_K_M" and payload["imatrix"].endswith("imatrix.gguf")
     assert payload["fidelity"]["prompts_with_images"] >= 1
-    assert "imatrix: calibration prompts" in result.stderr and "bits/weight" in result.stderr
+    assert "imatrix: calibration prompts" in result.stderr
+
+
+def test_calibration_from_a_document_set_keeps_pages_and_holds_out_documents():
+    from exaone_edge.docs import generate_set
+    from exaone_edge.quantize.calibration import load_calibration, samples_from_documents
+
+    documents = generate_set(4, ["en", "ko"], 0)
+    samples = samples_from_documents(documents)
+    assert all(sample.image is not None and sample.image.mode == "RGB" for sample in samples)
+    assert any(sample.answer and any("\uac00" <= ch <= "\ud7a3" for ch in sample.question) for sample in samples)
+    assert len({id(sample.image) for sample in samples}) == len(documents.documents)  # one render per page
+    calibration = load_calibration(None, builtin_documents=4)
+    held_out = {s.source.split()[0] for s in calibration.evaluation}
+    assert held_out and held_out.isdisjoint({s.source.split()[0] for s in calibration.calibration})
+    assert calibration.content_hash == documents.content_hash
