@@ -95,8 +95,14 @@ def quantize_checkpoint(
     f16_bytes = sum(t.nbytes for t in plan_tensors(checkpoint, "F16"))
     params = f16_bytes // 2
     f16_ready = _valid(f16_path, f16_inputs)
-    needed = estimated_bytes(params, chosen.level) + directory_bytes(vision_dir) + (0 if f16_ready else f16_bytes)
-    ensure_free_space(out, needed)
+    quantized_bytes = estimated_bytes(params, chosen.level)
+    work_needs = quantized_bytes + (0 if f16_ready else f16_bytes)
+    out_needs = directory_bytes(vision_dir) + quantized_bytes
+    if _device(work) == _device(out):
+        ensure_free_space(out, work_needs + out_needs - quantized_bytes)  # the decoder is renamed, not copied
+    else:
+        ensure_free_space(work / "x", work_needs)
+        ensure_free_space(out, out_needs)
     reused: list[str] = []
 
     vision = _VisionOnce(checkpoint)
@@ -164,6 +170,14 @@ def _cached(path: Path, inputs: dict[str, Any], make: Callable[[Path], None], wh
         make(tmp)
     write_json(sidecar, {"inputs": _inputs_hash(inputs), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
     return path
+
+
+def _device(path: Path) -> int:
+    """The filesystem a path is (or will be) on: that of its nearest existing ancestor."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate.stat().st_dev
+    return -1
 
 
 def _inputs_hash(inputs: dict[str, Any]) -> str:
