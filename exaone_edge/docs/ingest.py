@@ -140,7 +140,9 @@ def _image_document(file: Path, name: str, fmt: str, options: LoadOptions) -> Do
             with Image.open(file, formats=[fmt]) as image:
                 width, height = image.size  # from the header: nothing decoded yet
                 frames = getattr(image, "n_frames", 1)
-    except (Image.UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own header check, for sizes far beyond ours
+        raise _Skip(f"rejected as a decompression bomb ({exc})") from None
+    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise _Skip(f"not a readable {fmt} image ({exc})") from None
     if width * height > options.max_pixels:
         raise _Skip(f"{width}×{height} = {width * height:,} pixels exceeds the limit of {options.max_pixels:,}")
