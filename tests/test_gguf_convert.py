@@ -204,3 +204,23 @@ def test_pre_tokenizer_is_read_from_tokenizer_json():
         pre_tokenizer_name(split(r"\p{L}+|\d"), Path("t"))
     with pytest.raises(CheckpointError, match="byte-level"):
         pre_tokenizer_name({"type": "Metaspace"}, Path("t"))
+
+
+def test_bf16_weights_are_the_checkpoint_bytes_and_run(tiny_model_dir, gguf_dir):
+    from gguf import GGUFReader
+    from safetensors import safe_open
+
+    from exaone_edge.checkpoint import open_checkpoint
+
+    path = converted(tiny_model_dir, "BF16", gguf_dir)
+    tensors = {t.name: t for t in GGUFReader(path).tensors}
+    checkpoint = open_checkpoint(tiny_model_dir)
+    name = "model.language_model.layers.5.mlp.down_proj.weight"
+    import torch
+
+    with safe_open(checkpoint.tensors[name].file, framework="pt") as shard:
+        source = shard.get_tensor(name).view(torch.uint16).numpy()
+    stored = np.asarray(tensors["blk.5.ffn_down.weight"].data).view(np.uint16).reshape(source.shape)
+    assert np.array_equal(stored, source)
+    with _runner(path) as runner:
+        assert np.isfinite(runner.logits([[5, 6, 7, 8]])).all()
