@@ -250,7 +250,11 @@ def _tensor_chunks(tensor: PlannedTensor, decoder: DecoderSpec):
         if tensor.qtype == "F32":
             yield chunk
         elif tensor.qtype == "F16":
-            yield chunk.astype(np.float16)
+            half = chunk.astype(np.float16)
+            if not np.isfinite(half).all() and np.isfinite(chunk).all():
+                raise CheckpointError(f"'{tensor.source.name}' has values beyond F16's range (±65504)",
+                                      path=tensor.source.file, fix="Convert with out_type BF16 or F32.")
+            yield half
         else:  # BF16, rounded to nearest even like ggml
             bits = chunk.view(np.uint32)
             rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16

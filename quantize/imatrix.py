@@ -49,6 +49,10 @@ def _ggml_base():
     lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
     lib.ggml_op_name.restype, lib.ggml_op_name.argtypes = ctypes.c_char_p, [ctypes.c_int]
     lib.ggml_tensor_overhead.restype = ctypes.c_size_t
+    lib.ggml_backend_buffer_is_host.restype, lib.ggml_backend_buffer_is_host.argtypes = ctypes.c_bool, [ctypes.c_void_p]
+    lib.ggml_nbytes.restype, lib.ggml_nbytes.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
+    lib.ggml_backend_tensor_get.restype = None
+    lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
     return lib
 
 
@@ -81,6 +85,7 @@ class ImatrixCollector:
         # ggml_tensor_overhead() = sizeof(ggml_object) (32) + sizeof(ggml_tensor): guards the layout above.
         if lib.ggml_tensor_overhead() != ctypes.sizeof(GgmlTensor) + 32:
             raise RuntimeError("ggml_tensor layout differs from the pinned llama-cpp-python; imatrix cannot be read")
+        self._lib = lib
         self._mul_mat = _mul_mat_op(lib)
         self._include_output = include_output
         self.imatrix = Imatrix()
@@ -98,19 +103,26 @@ class ImatrixCollector:
             name = _weight_name(weight.name)
             if ask:
                 return self._wanted(name) and activations.type == GGML_TYPE_F32
-            self._accumulate(name, weight, activations)
+            self._accumulate(name, weight, activations, tensor.src[1])
         except Exception as exc:  # an exception must not cross into C; report it after decode
             self.error = f"{type(exc).__name__}: {exc}"
         return True
 
-    def _accumulate(self, name: str, weight: GgmlTensor, x: GgmlTensor) -> None:
+    def _accumulate(self, name: str, weight: GgmlTensor, x: GgmlTensor, x_ptr) -> None:
         ne, nb = list(x.ne), list(x.nb)
         if nb[0] != 4:
             raise ValueError(f"activations of {name} are not contiguous rows")
         if weight.ne[2] * weight.ne[3] != 1:
             raise ValueError(f"{name} is a stacked (expert) weight; not supported for exaone4")
         extent = (sum((n - 1) * s for n, s in zip(ne, nb)) + 4) // 4  # floats spanned (strides are multiples of 4)
-        flat = np.ctypeslib.as_array((ctypes.c_float * extent).from_address(x.data))
+        address = ctypes.cast(x_ptr, ctypes.c_void_p)
+        if x.buffer and not self._lib.ggml_backend_buffer_is_host(x.buffer):
+            # activations in GPU memory (a CUDA build offloading the matmul): copy them to the host first
+            host = np.empty(self._lib.ggml_nbytes(address) // 4, dtype=np.float32)
+            self._lib.ggml_backend_tensor_get(address, host.ctypes.data, 0, host.nbytes)
+            flat = host
+        else:
+            flat = np.ctypeslib.as_array((ctypes.c_float * extent).from_address(x.data))
         rows = np.lib.stride_tricks.as_strided(flat, shape=(ne[3], ne[2], ne[1], ne[0]), strides=(nb[3], nb[2], nb[1], nb[0]))
         rows = rows.reshape(-1, ne[0]).astype(np.float64)
         if not np.isfinite(rows).all():
