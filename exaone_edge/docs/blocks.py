@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import random
 from dataclasses import dataclass, field
 
@@ -22,9 +23,14 @@ class Ctx:
         width, height = A4
         return Canvas(height, width) if landscape else Canvas(width, height)
 
-    def date(self) -> tuple[str, int, int, int]:
-        year, month, day = self.rng.randint(2019, 2025), self.rng.randint(1, 12), self.rng.randint(1, 28)
-        return self.lang.date(year, month, day, self.rng.randint(0, 1)), year, month, day
+    def date(self, years: tuple[int, int] = (2019, 2025), after: datetime.date | None = None,
+             days: int = 30) -> tuple[str, datetime.date]:
+        """A formatted date (ISO or spelled out), or one `days` after `after`."""
+        if after is not None:
+            value = after + datetime.timedelta(days=days)
+        else:
+            value = datetime.date(self.rng.randint(*years), self.rng.randint(1, 12), self.rng.randint(1, 28))
+        return self.lang.date(value.year, value.month, value.day, self.rng.randint(0, 1)), value
 
     def accent(self) -> Color:
         return self.rng.choice([(31, 78, 121), (120, 40, 40), (40, 100, 60), (70, 70, 70), (90, 60, 130)])

@@ -39,6 +39,7 @@ KINDS: dict[str, Kind] = {
     "receipt": Kind(kinds_business.receipt, "till receipt on an 80 mm roll"),
     "balance_sheet": Kind(kinds_finance.balance_sheet, "balance sheet, two years, with footnotes"),
     "income_statement": Kind(kinds_finance.income_statement, "income statement, two years, with footnotes"),
+    "annual_report": Kind(kinds_finance.annual_report, "two pages: balance sheet and income statement of one year"),
     "table": Kind(kinds_finance.merged_table, "table with merged year headers"),
     "bar_chart": Kind(kinds_charts.bar_chart, "bar chart with value labels"),
     "line_chart": Kind(kinds_charts.line_chart, "line chart with value labels"),

@@ -20,8 +20,8 @@ def invoice(ctx: Ctx) -> Built:
     margin = rng.choice([40.0, 50.0, 60.0])
     seller, buyer = rng.sample(lang.companies, 2)
     number = f"{rng.choice(['INV', 'TX', 'B'])}-{rng.randint(2019, 2025)}-{rng.randint(1000, 99999):05d}"
-    issued, *_ = ctx.date()
-    due, *_ = ctx.date()
+    issued, issued_on = ctx.date()
+    due, _ = ctx.date(after=issued_on, days=rng.choice([14, 30, 45, 60]))
     accent = ctx.accent()
     page.rect(0, 0, page.width, 70, fill=accent, stroke=None)
     page.text(margin, 46, lang.w("invoice"), ctx.bold, ctx.size * 2.2, color=(255, 255, 255))
@@ -72,7 +72,7 @@ def receipt(ctx: Ctx) -> Built:
     store = rng.choice(lang.companies)
     page.text(113, 40, store, ctx.bold, size * 1.3, align="center")
     page.text(113, 40 + size * 1.6, rng.choice(lang.cities), ctx.font, size * 0.85, align="center")
-    issued, *_ = ctx.date()
+    issued, _ = ctx.date()
     clock = f"{rng.randint(8, 21):02d}:{rng.randint(0, 59):02d}"
     page.text(14, 90, f"{lang.w('date')}: {issued} {clock}", ctx.font, size * 0.85)
     cashier = rng.choice(lang.people)
@@ -105,7 +105,7 @@ def form(ctx: Ctx) -> Built:
     bank = rng.choice(lang.companies)
     page.text(page.width / 2, 70, lang.w("form_title"), ctx.bold, ctx.size * 1.8, align="center")
     page.text(page.width / 2, 70 + ctx.size * 2.2, bank, ctx.font, ctx.size, align="center")
-    birth, *_ = ctx.date()
+    birth, _ = ctx.date(years=(1950, 2003))
     phone = f"010-{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}"
     fields = {"name": rng.choice(lang.people), "birth": birth, "phone": phone, "address": rng.choice(lang.cities),
               "branch": rng.choice(lang.cities).split()[-1]}
@@ -130,7 +130,7 @@ def form(ctx: Ctx) -> Built:
             page.line(x + ctx.size - 1, y - ctx.size * 0.8 + 1, x + 1, y - 1, 1.0)
         page.text(x + ctx.size * 1.5, y, kind, ctx.font, ctx.size)
         x += 110
-    signed, *_ = ctx.date()
+    signed, _ = ctx.date()
     page.text(margin, page.height - 120, f"{lang.w('date')}: {signed}", ctx.font, ctx.size)
     page.text(page.width - margin - 200, page.height - 120, f"{lang.w('signature')}:", ctx.font, ctx.size)
     page.line(page.width - margin - 120, page.height - 118, page.width - margin, page.height - 118)

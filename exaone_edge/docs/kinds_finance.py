@@ -25,11 +25,11 @@ def _footnotes(ctx: Ctx, page, y: float, notes: list[str]) -> None:
         page.text(50, y, f"{number}) {note}", ctx.font, ctx.size * 0.8, color=(60, 60, 60))
 
 
-def balance_sheet(ctx: Ctx) -> Built:
+def balance_sheet(ctx: Ctx, company: str | None = None, year: int | None = None) -> Built:
     lang, rng = ctx.lang, ctx.rng
     page = ctx.page()
-    company = rng.choice(lang.companies)
-    year = rng.randint(2019, 2025)
+    company = company or rng.choice(lang.companies)
+    year = year or rng.randint(2019, 2025)
     prior = year - 1
     period = f"{lang.w('as_of')} {lang.date(year, 12, 31, rng.randint(0, 1))}"
     y = _statement_header(ctx, page, lang.w("balance_sheet"), company, period)
@@ -67,11 +67,11 @@ def balance_sheet(ctx: Ctx) -> Built:
     return Built([page], qa)
 
 
-def income_statement(ctx: Ctx) -> Built:
+def income_statement(ctx: Ctx, company: str | None = None, year: int | None = None) -> Built:
     lang, rng = ctx.lang, ctx.rng
     page = ctx.page()
-    company = rng.choice(lang.companies)
-    year = rng.randint(2019, 2025)
+    company = company or rng.choice(lang.companies)
+    year = year or rng.randint(2019, 2025)
     period = f"{lang.w('for_year')} {lang.date(year, 12, 31, rng.randint(0, 1))}"
     y = _statement_header(ctx, page, lang.w("income_statement"), company, period)
     revenue = [rng.randint(20000, 500000) for _ in range(2)]
@@ -101,6 +101,14 @@ def income_statement(ctx: Ctx) -> Built:
           QA("차입금의 연 이자율은 얼마입니까?" if ko else "What interest rate do the notes give for borrowings?",
              [f"{rate}%"], 0)]
     return Built([page], qa)
+
+
+def annual_report(ctx: Ctx) -> Built:
+    """Two pages of one company's year: the balance sheet, then the income statement."""
+    company, year = ctx.rng.choice(ctx.lang.companies), ctx.rng.randint(2019, 2025)
+    first, second = balance_sheet(ctx, company, year), income_statement(ctx, company, year)
+    moved = [QA(qa.question, qa.answers, 1) for qa in second.qa]
+    return Built(first.pages + second.pages, first.qa + moved)
 
 
 def merged_table(ctx: Ctx) -> Built:
