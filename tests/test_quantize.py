@@ -268,3 +268,46 @@ def test_calibration_from_a_document_set_keeps_pages_and_holds_out_documents():
     held_out = {s.source.split()[0] for s in calibration.evaluation}
     assert held_out and held_out.isdisjoint({s.source.split()[0] for s in calibration.calibration})
     assert calibration.content_hash == documents.content_hash
+
+
+def test_imatrix_file_reads_in_ggml_the_way_llama_quantize_loads_it(q4):
+    """llama-quantize --imatrix uses ggml's gguf reader and requires u32 chunk keys, a string-array dataset
+    list and F32 `.in_sum2` / `.counts` pairs; read our file with that same C reader."""
+    import ctypes
+    import os
+
+    import llama_cpp
+
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
+
+    class InitParams(ctypes.Structure):
+        _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
+
+    lib.gguf_init_from_file.restype, lib.gguf_init_from_file.argtypes = ctypes.c_void_p, [ctypes.c_char_p, InitParams]
+    for name, restype, argtypes in (
+        ("gguf_find_key", ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p]),
+        ("gguf_get_kv_type", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64]),
+        ("gguf_get_arr_type", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64]),
+        ("gguf_get_val_u32", ctypes.c_uint32, [ctypes.c_void_p, ctypes.c_int64]),
+        ("gguf_get_n_tensors", ctypes.c_int64, [ctypes.c_void_p]),
+        ("gguf_find_tensor", ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p]),
+        ("gguf_get_tensor_type", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64]),
+        ("gguf_free", None, [ctypes.c_void_p]),
+    ):
+        getattr(lib, name).restype, getattr(lib, name).argtypes = restype, argtypes
+    result, _ = q4
+    ctx = lib.gguf_init_from_file(str(result.bundle / "imatrix.gguf").encode(), InitParams(True, None))
+    assert ctx
+    try:
+        uint32, string, array, f32 = 4, 8, 9, 0
+        datasets = lib.gguf_find_key(ctx, b"imatrix.datasets")
+        assert lib.gguf_get_kv_type(ctx, datasets) == array and lib.gguf_get_arr_type(ctx, datasets) == string
+        for key in (b"imatrix.chunk_count", b"imatrix.chunk_size"):
+            assert lib.gguf_get_kv_type(ctx, lib.gguf_find_key(ctx, key)) == uint32
+        assert lib.gguf_get_val_u32(ctx, lib.gguf_find_key(ctx, b"imatrix.chunk_count")) == 4
+        assert lib.gguf_get_n_tensors(ctx) == 2 * (64 * 7 + 1)
+        for suffix in (b".in_sum2", b".counts"):
+            tensor = lib.gguf_find_tensor(ctx, b"blk.63.ffn_down.weight" + suffix)
+            assert tensor >= 0 and lib.gguf_get_tensor_type(ctx, tensor) == f32
+    finally:
+        lib.gguf_free(ctx)
