@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import resource
 import shutil
 import time
@@ -92,8 +93,9 @@ def quantize_checkpoint(
     work = Path(work_dir) if work_dir else out.parent / f".{out.name}.work"
     source_hash = checkpoint_hash(checkpoint)
     f16_path, f16_inputs = work / "decoder-F16.gguf", {"checkpoint": source_hash, "toolkit": __version__}
-    f16_bytes = sum(t.nbytes for t in plan_tensors(checkpoint, "F16"))
-    params = f16_bytes // 2
+    plan = plan_tensors(checkpoint, "F16")
+    f16_bytes = sum(t.nbytes for t in plan)
+    params = sum(math.prod(t.shape) for t in plan)
     f16_ready = _valid(f16_path, f16_inputs)
     quantized_bytes = estimated_bytes(params, chosen.level)
     work_needs = quantized_bytes + (0 if f16_ready else f16_bytes)
@@ -124,7 +126,8 @@ def quantize_checkpoint(
     decoder_bytes = quantized.stat().st_size
     details = {
         "decoder": {"level": chosen.level, "bits_per_weight": round(decoder_bytes * 8 / params, 3), "bytes": decoder_bytes,
-                    "format": "gguf", "arch": "exaone4", "mtp": "dropped", "imatrix": imatrix_path is not None},
+                    "format": "gguf", "arch": "exaone4", "imatrix": imatrix_path is not None,
+                    "mtp": "dropped" if checkpoint.spec.decoder.nextn_layers else "none"},
     }
     inputs = {"checkpoint_sha256": source_hash, "calibration_sha256": calib_hash if imatrix_path else None,
               "toolkit_version": __version__}
