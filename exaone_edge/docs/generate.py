@@ -190,9 +190,7 @@ def generate_set(n: int, langs: list[str] | str, seed: int, out: Path | None = N
             "langs": dict(sorted(Counter(d.lang for d in documents).items())),
         }
         write_manifest(tmp, manifest)
-    result = DocumentSet(documents, source)
-    result._hash = digest
-    return result
+    return DocumentSet(documents, source, _hash=digest)
 
 
 def _listing(directory: Path) -> list[str]:

@@ -73,9 +73,7 @@ def load_folder(root: Path, options: LoadOptions = LoadOptions()) -> DocumentSet
     if skipped:
         log(f"docs: {len(skipped)} item(s) skipped in {root} (see above)")
     digest = files_hash(hashes)
-    result = DocumentSet(list(documents.values()), str(root), skipped)
-    result._hash = digest
-    return result
+    return DocumentSet(list(documents.values()), str(root), skipped, _hash=digest)
 
 
 class _Skip(Exception):

@@ -50,8 +50,8 @@ class DocumentSet:
     documents: list[Document]
     source: str
     skipped: list[Skipped] = field(default_factory=list)
-    hasher: Callable[[], str] | None = field(default=None, repr=False)
-    _hash: str | None = field(default=None, repr=False)
+    hasher: Callable[[], str] | None = field(default=None, repr=False)  # computes the hash on first use
+    _hash: str | None = field(default=None, repr=False)  # a hash already known (from a manifest or a folder scan)
 
     @property
     def content_hash(self) -> str:

@@ -44,6 +44,4 @@ def load_written_set(root: Path, verify: bool = True) -> DocumentSet:
             raise ArtifactError(f"qa.jsonl names document '{row['doc']}', which the set does not have", path=root)
         pages = [f"pages/{document.id}-p{i + 1}.png" for i in range(document.page_count)]
         document.qa.append(QA(row["question"], list(row["answers"]), pages.index(row["image"])))
-    result = DocumentSet(documents, str(root))
-    result._hash = digest
-    return result
+    return DocumentSet(documents, str(root), _hash=digest)
