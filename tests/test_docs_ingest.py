@@ -162,3 +162,12 @@ def test_real_multipage_pdf(tmp_path):
     assert "Debian" in document.text and "apt" in document.text
     page = np.asarray(document.page_image(document.page_count // 2))
     assert page.shape[0] > page.shape[1] > 500 and page.std() > 5  # a portrait page with something on it
+
+
+def test_every_tiff_page_is_checked_against_the_pixel_limit(tmp_path):
+    frames = [Image.new("L", (50, 50), 255), Image.new("L", (200, 200), 0)]
+    frames[0].save(tmp_path / "mixed.tif", save_all=True, append_images=frames[1:])
+    Image.new("L", (60, 60), 128).save(tmp_path / "small.tif")
+    documents = load_documents(tmp_path, LoadOptions(max_pixels=100 * 100))
+    assert [d.id for d in documents.documents] == ["small.tif"]
+    assert documents.skipped[0].path == "mixed.tif" and "(page 2) exceeds the limit of 10,000" in documents.skipped[0].reason

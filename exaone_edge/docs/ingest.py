@@ -122,6 +122,8 @@ def _pdf_document(file: Path, name: str, options: LoadOptions) -> Document:
             scale = options.dpi / 72.0
             limit = (options.max_pixels / max(1.0, width * height)) ** 0.5
             return page.render(scale=min(scale, limit)).to_pil().convert("RGB")
+        except pdfium.PdfiumError as exc:
+            raise InputError(f"page {index + 1} could not be rendered ({exc})", path=file) from None
         finally:
             document.close()
 
@@ -136,23 +138,31 @@ def _image_document(file: Path, name: str, fmt: str, options: LoadOptions) -> Do
             # Our own limit below is the guard; Pillow's bomb warning would only add noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(file, formats=[fmt]) as image:
-                width, height = image.size  # from the header: nothing decoded yet
                 frames = getattr(image, "n_frames", 1)
+                sizes = []
+                for index in range(frames):  # every TIFF page has its own header, and its own size
+                    image.seek(index)
+                    sizes.append(image.size)  # from the header: nothing decoded yet
     except Image.DecompressionBombError as exc:  # Pillow's own header check, for sizes far beyond ours
         raise _Skip(f"rejected as a decompression bomb ({exc})") from None
-    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise _Skip(f"not a readable {fmt} image ({exc})") from None
-    if width * height > options.max_pixels:
-        raise _Skip(f"{width}×{height} = {width * height:,} pixels exceeds the limit of {options.max_pixels:,}")
-    if width == 0 or height == 0:
-        raise _Skip(f"the image is empty ({width}×{height})")
+    for index, (width, height) in enumerate(sizes):
+        where = f" (page {index + 1})" if frames > 1 else ""
+        if width * height > options.max_pixels:
+            raise _Skip(f"{width}×{height} = {width * height:,} pixels{where} exceeds the limit of {options.max_pixels:,}")
+        if width == 0 or height == 0:
+            raise _Skip(f"the image is empty ({width}×{height}){where}")
     try:
         _decode(file, fmt, 0)  # a truncated file fails here, at load, not halfway through a stage
     except (OSError, SyntaxError, ValueError) as exc:
         raise _Skip(f"damaged {fmt} image ({exc})") from None
 
     def render(index: int) -> Image.Image:
-        return _decode(file, fmt, index)
+        try:
+            return _decode(file, fmt, index)
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise InputError(f"page {index + 1} could not be decoded ({exc})", path=file) from None
 
     return Document(name, "image", None, frames, None, [], name, render)
 
