@@ -209,12 +209,12 @@ class LlamaContext:
         if keep == len(self._keys):
             return keep
         lib = self._lib
-        ok = lib.llama_memory_seq_rm(self._memory, SEQ, keep, -1)
-        # A sliding-window cache may already have evicted positions the kept prefix still needs.
+        # A sliding-window cache evicts old positions as the sequence grows; the next position needs
+        # the n_swa before it. Ask before removing anything: afterwards an emptied cache reports -1.
         pos_min = lib.llama_memory_seq_pos_min(self._memory, SEQ)
-        if ok and keep > 0 and self.n_swa > 0 and pos_min > max(0, keep - self.n_swa):
-            ok = False
-        if not ok or keep == 0:
+        ok = not (self.n_swa > 0 and pos_min > max(0, keep - self.n_swa))
+        ok = ok and keep > 0 and lib.llama_memory_seq_rm(self._memory, SEQ, keep, -1)
+        if not ok:
             lib.llama_memory_clear(self._memory, True)
             keep = 0
         self._keys = self._keys[:keep]

@@ -172,3 +172,20 @@ def test_engine_import_stays_free_of_torch():
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; sys.exit(1 if bad else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_prefix_reuse_falls_back_when_the_sliding_window_cache_has_moved_on(tiny_bundle, engine):
+    # A small micro-batch keeps llama.cpp's sliding-window cache at 256 cells; a long answer then
+    # evicts positions that a request diverging early would still need (window 32 in the tiny model).
+    small = _engine(tiny_bundle, engine.vision, n_batch=32)
+    try:
+        page = noise_image(200, 150, seed=21)
+        collect(small.generate(_page_messages(page), GenerationParams(max_tokens=300)))
+        other = _page_messages(page, "Which currency?")
+        logits = small.next_token_logits(other)
+        small.llama.reset()
+        np.testing.assert_allclose(logits, small.next_token_logits(other), atol=1e-4)
+        again = collect(small.generate(other, GenerationParams(max_tokens=2)))
+        assert again.usage.cached_tokens == again.usage.prompt_tokens - 1  # an identical prompt reuses all but one
+    finally:
+        small.close()
