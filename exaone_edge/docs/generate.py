@@ -20,12 +20,12 @@ from exaone_edge.docs.blocks import Built, Ctx
 from exaone_edge.docs.canvas import Canvas, Scan, page_text, rasterize
 from exaone_edge.docs.langs import LANGS, lang_fonts, pick
 from exaone_edge.docs.model import Document, DocumentSet, files_hash
+from exaone_edge.docs.written import SET_KIND
 from exaone_edge.errors import InputError
 
 GENERATOR_VERSION = 1  # bump when the same seed would draw different pages
 PARALLEL_FROM = 24  # documents; below this, worker start-up costs more than it saves
 MAX_WORKERS = 4
-from exaone_edge.docs.written import SET_KIND
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from exaone_edge.docs.fonts import pick_fonts
+from exaone_edge.docs.fonts import font_index, pick_fonts
 
 MONTHS_EN = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
              "November", "December")
@@ -118,10 +118,4 @@ def pick(rng: random.Random, lang: Lang, usable: list[str]) -> tuple[str, str]:
     """A (regular, bold) font pair for one document."""
     regular = rng.choice(usable)
     bold = lang.bold.get(regular, regular)
-    return regular, bold if bold in _installed() else regular
-
-
-def _installed() -> set[str]:
-    from exaone_edge.docs.fonts import font_index
-
-    return set(font_index())
+    return regular, bold if bold in font_index() else regular
