@@ -157,11 +157,16 @@ def quantize(
     calib = load_calibration(calibration) if chosen.uses_imatrix else None
     from exaone_edge.quantize.pipeline import quantize_checkpoint
 
-    result = quantize_checkpoint(
-        model_dir, out, recipe=chosen.level, calibration=calib.calibration if calib else None,
-        evaluation=calib.evaluation if calib else None, calibration_hash=calib.content_hash if calib else None,
-        vision_dir=vision, work_dir=work_dir, keep_work=keep_work, overwrite=overwrite, threads=threads,
-    )
+    try:
+        result = quantize_checkpoint(
+            model_dir, out, recipe=chosen.level, calibration=calib.calibration if calib else None,
+            evaluation=calib.evaluation if calib else None, calibration_hash=calib.content_hash if calib else None,
+            vision_dir=vision, work_dir=work_dir, keep_work=keep_work, overwrite=overwrite, threads=threads,
+        )
+    except KeyboardInterrupt:
+        work = work_dir or out.parent / f".{out.name}.work"
+        sys.stderr.write(f"interrupted: {out} was not written; finished steps in {work} are reused by the next run\n")
+        raise
     payload = {"bundle": str(result.bundle), "level": result.level, "bits_per_weight": result.bits_per_weight,
                "decoder_bytes": result.decoder_bytes, "imatrix": str(result.imatrix) if result.imatrix else None,
                "seconds": round(result.seconds, 2), "peak_rss_bytes": result.peak_rss_bytes,
