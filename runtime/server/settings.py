@@ -1,0 +1,76 @@
+"""One settings model for the server: CLI flags override `EXAONE_EDGE_*` environment variables override defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from exaone_edge.errors import InputError
+from exaone_edge.runtime.documents import DocumentLimits
+
+ENV_PREFIX = "EXAONE_EDGE_"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)  # 0: any free port (printed on stderr)
+    api_key: str | None = None  # clients send `Authorization: Bearer KEY`; None: no key
+    model_name: str | None = None  # the id clients must send (default: the bundle's directory name)
+    allow_dir: tuple[Path, ...] = ()  # local image/PDF paths are read only from under these
+    allow_remote_urls: bool = False  # fetch http(s) image URLs; off: nothing is fetched from the network
+    max_body_bytes: int = Field(32 * 2**20, ge=1024)
+    max_images: int = Field(8, ge=0)  # images per request, PDF pages included
+    max_pdf_pages: int = Field(8, ge=1)  # PDF pages per request
+    max_image_pixels: int = Field(DocumentLimits().max_image_pixels, ge=1)  # header check, before decoding
+    max_file_bytes: int = Field(DocumentLimits().max_file_bytes, ge=1)
+    remote_timeout_s: float = Field(10.0, gt=0)
+    max_queue: int = Field(8, ge=0)  # requests waiting for the engine beyond the running one; more → 429
+    default_max_tokens: int = Field(512, ge=1)
+    # Engine options (EngineOptions), passed through by `serve`.
+    ctx: int | None = Field(None, ge=16)
+    gpu_layers: int = -1
+    threads: int | None = Field(None, ge=1)
+    flash_attn: Literal["auto", "on", "off"] = "auto"
+    kv_type: str = "f16"
+    verify: bool = True
+
+    @classmethod
+    def resolve(cls, flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> ServerSettings:
+        """Flags (None: not given) over `EXAONE_EDGE_<FIELD>` variables over defaults; bad values → InputError."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw:
+                values[name] = tuple(p for p in raw.split(os.pathsep) if p) if name == "allow_dir" else raw
+        values.update({k: v for k, v in (flags or {}).items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            raise InputError(f"server setting '{field}': {first['msg']}") from None
+
+    @property
+    def limits(self) -> DocumentLimits:
+        return DocumentLimits(
+            max_image_pixels=self.max_image_pixels, max_pdf_pages=self.max_pdf_pages, max_file_bytes=self.max_file_bytes
+        )
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in LOOPBACK
+
+    def engine_options(self) -> dict[str, Any]:
+        flash = {"auto": None, "on": True, "off": False}[self.flash_attn]
+        return dict(
+            n_ctx=self.ctx, n_gpu_layers=self.gpu_layers, n_threads=self.threads, flash_attn=flash,
+            kv_type=self.kv_type, verify=self.verify,
+        )
