@@ -157,6 +157,22 @@ def test_written_set_loads_back_and_detects_tampering(tmp_path):
         load_documents(tmp_path / "set")
 
 
+def test_written_set_with_remade_manifest_around_a_bad_qa_line_is_refused(tmp_path):
+    from exaone_edge.docs.model import files_hash
+    from exaone_edge.manifest import read_manifest, write_manifest
+
+    generate_set(2, "en", 2, tmp_path / "set")
+    qa = tmp_path / "set" / "qa.jsonl"
+    rows = [json.loads(line) for line in qa.read_text().splitlines()]
+    rows[0]["image"] = "pages/doc-0000-p9.png"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = write_manifest(tmp_path / "set", read_manifest(tmp_path / "set", verify=False))  # new checksums
+    manifest.details["content_hash"] = files_hash((n, e["sha256"]) for n, e in manifest.files.items())
+    write_manifest(tmp_path / "set", manifest)
+    with pytest.raises(ArtifactError, match="does not match the set's pages"):
+        load_documents(tmp_path / "set")
+
+
 def test_split_never_shares_a_document():
     documents = generate_set(40, "ko,en", 0)  # pages are not rendered: splitting needs none
     for fraction in (0.1, 0.25, 0.5, 0.9):

@@ -25,6 +25,14 @@ def load_written_set(root: Path, verify: bool = True) -> DocumentSet:
         questions = [json.loads(line) for line in (root / "qa.jsonl").read_text(encoding="utf-8").splitlines()]
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"documents.jsonl or qa.jsonl is unreadable ({exc})", path=root) from None
+    try:
+        return DocumentSet(_documents(root, records, questions), str(root), _hash=digest)
+    except (KeyError, TypeError, ValueError) as exc:  # a manifest re-made around hand-edited files
+        raise ArtifactError(f"documents.jsonl or qa.jsonl does not match the set's pages ({exc!r})", path=root,
+                            fix="Re-create the set with `exaone-edge docs make`.") from None
+
+
+def _documents(root: Path, records: list[dict], questions: list[dict]) -> list[Document]:
     documents: list[Document] = []
     by_id: dict[str, Document] = {}
     for record in records:
@@ -44,4 +52,4 @@ def load_written_set(root: Path, verify: bool = True) -> DocumentSet:
             raise ArtifactError(f"qa.jsonl names document '{row['doc']}', which the set does not have", path=root)
         pages = [f"pages/{document.id}-p{i + 1}.png" for i in range(document.page_count)]
         document.qa.append(QA(row["question"], list(row["answers"]), pages.index(row["image"])))
-    return DocumentSet(documents, str(root), _hash=digest)
+    return documents
