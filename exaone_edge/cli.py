@@ -130,6 +130,41 @@ def run(
     sys.stdout.write("\n")
     sys.stderr.write(stats_line(result) + "\n")  # one unwrapped line, for people and for grep
 
+
+@app.command()
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `exaone-edge quantize`.")],
+    host: Annotated[str | None, typer.Option(help="Address to bind [env EXAONE_EDGE_HOST; default 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one [EXAONE_EDGE_PORT; 8000].")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer KEY' [EXAONE_EDGE_API_KEY].")] = None,
+    model_name: Annotated[str | None, typer.Option(help="Model id clients send (default: the bundle's name).")] = None,
+    allow_dir: Annotated[list[Path] | None, typer.Option("--allow-dir", help="Local image/PDF paths are read only under this; repeatable.")] = None,
+    allow_remote_urls: Annotated[bool | None, typer.Option("--allow-remote-urls", help="Fetch http(s) image URLs (off: refused).")] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(help="Largest request body [32 MiB].")] = None,
+    max_images: Annotated[int | None, typer.Option(help="Images per request, PDF pages included [8].")] = None,
+    max_pdf_pages: Annotated[int | None, typer.Option(help="PDF pages per request [8].")] = None,
+    max_image_pixels: Annotated[int | None, typer.Option(help="Pixels per image, checked before decoding [64M].")] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Requests waiting beyond the running one; more get 429 [8].")] = None,
+    default_max_tokens: Annotated[int | None, typer.Option(help="max_tokens when a request gives none [512].")] = None,
+    ctx: Annotated[int | None, typer.Option("--ctx", help="Context length (default: min(model max, 8192)).")] = None,
+    gpu_layers: Annotated[int | None, typer.Option(help="Decoder layers on the GPU (-1: all).")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    flash_attn: Annotated[str | None, typer.Option(help="Flash attention: auto, on or off.")] = None,
+    kv_type: Annotated[str | None, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = None,
+    verify: Annotated[bool | None, typer.Option(help="Hash every bundle file before loading.")] = None,
+) -> None:
+    """OpenAI-compatible server (/v1/chat/completions, /v1/models, /health, /metrics); loopback by default."""
+    from exaone_edge.runtime.server.main import serve as run_server
+    from exaone_edge.runtime.server.settings import ServerSettings
+
+    flags = dict(locals())
+    flags.pop("bundle")
+    flags.pop("run_server")
+    flags.pop("ServerSettings")
+    if allow_dir is not None:
+        flags["allow_dir"] = tuple(allow_dir) or None
+    run_server(bundle, ServerSettings.resolve(flags))
+
 @app.command()
 def quantize(
     model_dir: Annotated[Path, typer.Argument(help="Hugging Face EXAONE 4.5 checkpoint directory.")],

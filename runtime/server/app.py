@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from exaone_edge.errors import ExaoneEdgeError, InputError
+from exaone_edge.errors import ExaoneEdgeError
 from exaone_edge.runtime.generation import GenerationParams
 from exaone_edge.runtime.server.errors import (
     AuthenticationFailed,
@@ -32,7 +32,7 @@ from exaone_edge.runtime.server.errors import (
     ModelNotFound,
     error_body,
 )
-from exaone_edge.runtime.server.inputs import count_documents, engine_messages
+from exaone_edge.runtime.server.inputs import engine_messages
 from exaone_edge.runtime.server.metrics import ServerMetrics
 from exaone_edge.runtime.server.schemas import (
     AssistantMessage,
@@ -135,13 +135,13 @@ async def chat_completions(request: Request) -> Response:
     body = _parse(await _read_body(request, settings.max_body_bytes))
     if body.model != state.model_id:
         raise ModelNotFound(f"model '{body.model}' is not served here", fix=f"This server serves '{state.model_id}'.")
-    if count_documents(body.messages) and engine.vision is None:
-        raise InputError("this bundle has no vision encoder, so it cannot read images or PDFs")
     params = _params(body, settings)
     ticket = state.worker.admit()
     admitted = time.perf_counter()
     try:
         messages = await state.worker.run_blocking(engine_messages, body.messages, settings, engine.bundle.image.max_pixels)
+        # Images are decoded and checked even for a text-only bundle, so a bad file gets its own error;
+        # engine.check then refuses images without a vision encoder, and prompts longer than the context.
         await state.worker.run_blocking(engine.check, messages, params)  # 4xx now, before any byte is streamed
     except BaseException:
         ticket.release()

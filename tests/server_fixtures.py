@@ -1,0 +1,145 @@
+"""A real `exaone-edge serve` process (or an in-process uvicorn) on loopback, and request payloads for the tests."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import queue
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+START_TIMEOUT_S = 120
+
+
+@contextmanager
+def serve_process(bundle: Path, *args: str, env: dict[str, str] | None = None):
+    """`exaone-edge serve BUNDLE --port 0 ARGS`; yields (base URL, pid). Stopped and reaped on exit."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exaone_edge.cli", "serve", str(bundle), "--port", "0", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    log: list[str] = []
+
+    def read() -> None:
+        for line in process.stderr:
+            log.append(line)
+            lines.put(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        url = _wait_for_url(lines, process, log)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+        reader.join(timeout=5)
+        sys.stderr.write("".join(log[-20:]))
+
+
+def _wait_for_url(lines: queue.Queue[str], process: subprocess.Popen, log: list[str]) -> str:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            if process.poll() is not None:
+                raise AssertionError(f"serve exited with {process.returncode}:\n{''.join(log)}") from None
+            continue
+        if line.startswith("serving ") and " on http://" in line:
+            url = line.rsplit(" on ", 1)[1].strip().removesuffix("/v1")
+            _wait_healthy(url)
+            return url
+    raise AssertionError(f"serve did not start in {START_TIMEOUT_S} s:\n{''.join(log)}")
+
+
+def _wait_healthy(url: str) -> None:
+    for _ in range(100):
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url}/health never answered")
+
+
+@contextmanager
+def serve_in_process(app):
+    """The same app under uvicorn in a thread (for engines built with a test vision encoder)."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        _wait_healthy(url)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def data_url(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def pdf_bytes(pages: list[Image.Image]) -> bytes:
+    buffer = io.BytesIO()
+    pages[0].save(buffer, format="PDF", save_all=True, append_images=pages[1:], resolution=72)
+    return buffer.getvalue()
+
+
+def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
+    """A valid PNG header claiming width×height pixels, with a few compressed rows (a decompression bomb)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    rows = zlib.compress(b"\x00" * (width + 1) * 16, 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def image_part(url: str, **extra) -> dict:
+    return {"type": "image_url", "image_url": {"url": url, **extra}}
+
+
+def user(*parts, text: str = "What is on this page?") -> list[dict]:
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
