@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from exaone_edge.errors import ArtifactError, InputError
+from exaone_edge.errors import ArtifactError, InputError, MissingDependency
 from exaone_edge.runtime.bundle import Bundle, load_bundle
 from exaone_edge.runtime.documents import to_rgb
 from exaone_edge.runtime.generation import Chunk, GenerationParams, ImageRejected, PromptTooLong, Timings, Usage
@@ -72,8 +72,13 @@ class Engine:
         self.options = options
         self.chat = ChatFormat.from_files(bundle.path, bundle.spec.image_token_id)
         if vision is None and bundle.has_vision:
-            from exaone_edge.vision import VisionEncoder
-
+            try:
+                from exaone_edge.vision import VisionEncoder
+            except ImportError as exc:
+                raise MissingDependency(
+                    f"the bundle has a vision encoder but exaone_edge.vision cannot be imported ({exc})",
+                    fix="Install exaone-edge with the runtime extra: pip install 'exaone-edge[runtime]'.",
+                ) from None
             providers = list(options.providers) if options.providers else None
             vision = VisionEncoder(bundle.vision_dir, providers=providers)
         self.vision = vision
