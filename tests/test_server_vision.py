@@ -1,0 +1,120 @@
+"""The server answering about images and PDF pages, through the official `openai` client over loopback.
+
+Until the ONNX vision export lands in bundles, the engine gets the checkpoint's own vision tower
+(transformers, in this test process) as its image encoder and the app runs under uvicorn in a thread;
+the HTTP path, decoding, limits and the engine are the real ones. Answers are compared with the
+engine called directly on the same decoded pages.
+"""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from PIL import Image, ImageDraw
+
+from exaone_edge.runtime.documents import open_image, render_pdf
+from exaone_edge.runtime.generation import GenerationParams, collect
+from runtime_bundle_fixture import TransformersVisionRows, build_tiny_bundle
+from server_fixtures import data_url, image_part, pdf_bytes, png_bytes, serve_in_process, user
+
+MODEL = "bundle"
+QUESTION = "What is the total amount?"
+
+
+def page(text: str, size=(160, 120)) -> Image.Image:
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).text((10, 10), text, fill="black")
+    return image
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir, tmp_path_factory):
+    import torch
+    from transformers import Exaone4_5_ForConditionalGeneration
+
+    from exaone_edge.runtime.bundle import load_bundle
+    from exaone_edge.runtime.engine import Engine, EngineOptions
+
+    bundle = build_tiny_bundle(tiny_model_dir, tmp_path_factory.mktemp("serve-vision") / MODEL)
+    hf = Exaone4_5_ForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    engine = Engine(load_bundle(bundle), EngineOptions(n_ctx=2048, n_threads=2, flash_attn=False),
+                    vision=TransformersVisionRows(hf, tiny_model_dir))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def allowed(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("pages")
+    page("INVOICE 2026-117 TOTAL 4,310").save(directory / "invoice.png")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def url(engine, allowed):
+    from exaone_edge.runtime.server import ServerSettings, create_app
+
+    settings = ServerSettings(allow_dir=(allowed,), max_images=4, max_pdf_pages=2)
+    with serve_in_process(create_app(engine, settings)) as base:
+        yield base
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def direct(engine, images, question=QUESTION, max_tokens=8) -> str:
+    parts = [{"type": "image", "image": image} for image in images] + [{"type": "text", "text": question}]
+    return collect(engine.generate([{"role": "user", "content": parts}], GenerationParams(max_tokens=max_tokens))).text
+
+
+def test_image_data_url_non_streaming_and_streaming(url, engine):
+    png = png_bytes(page("RECEIPT 88 TOTAL 12.50"))
+    messages = user(image_part(data_url(png, "image/png")), text=QUESTION)
+    answer = client(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=8)
+    timings = answer.model_extra["timings"]
+    assert timings["image_rows"] > 0 and answer.usage.prompt_tokens > timings["image_rows"]
+    assert answer.choices[0].message.content == direct(engine, [open_image(png)])
+    stream = client(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=8, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == answer.choices[0].message.content
+
+
+def test_second_question_on_the_same_page_skips_the_vision_encoder(url, engine, allowed):
+    path = f"file://{allowed / 'invoice.png'}"
+    runs = engine.vision.runs
+    first = client(url).chat.completions.create(model=MODEL, messages=user(image_part(path), text=QUESTION), max_tokens=4)
+    second = client(url).chat.completions.create(
+        model=MODEL, messages=user(image_part(path), text="Who issued it?"), max_tokens=4
+    )
+    t1, t2 = first.model_extra["timings"], second.model_extra["timings"]
+    assert (t1["vision_runs"], t2["vision_runs"], engine.vision.runs) == (1, 0, runs + 1)
+    assert second.usage.prompt_tokens_details.cached_tokens >= t2["image_rows"]
+    print(f"TTFT over HTTP: first question {t1['ttft_s'] * 1e3:.0f} ms, second on the same page {t2['ttft_s'] * 1e3:.0f} ms")
+    assert t2["ttft_s"] < t1["ttft_s"]
+
+
+@pytest.mark.parametrize("as_file_part", [True, False], ids=["file part", "image_url part"])
+def test_pdf_page(url, engine, as_file_part):
+    pdf = pdf_bytes([page("PAGE ONE"), page("PAGE TWO TOTAL 99", size=(120, 160))])
+    source = data_url(pdf, "application/pdf")
+    part = ({"type": "file", "file": {"file_data": source, "filename": "two.pdf", "pages": "2"}} if as_file_part
+            else image_part(source, pages="2"))
+    answer = client(url).chat.completions.create(model=MODEL, messages=user(part, text=QUESTION), max_tokens=8)
+    rendered = render_pdf(pdf, "2", max_pixels=engine.bundle.image.max_pixels)
+    assert answer.model_extra["timings"]["image_rows"] == engine.vision.rows_for(rendered[0].size)
+    assert answer.choices[0].message.content == direct(engine, rendered)
+
+
+def test_two_images_and_limits_on_a_vision_server(url):
+    small = data_url(png_bytes(page("A")), "image/png")
+    answer = client(url).chat.completions.create(
+        model=MODEL, messages=user(image_part(small), image_part(data_url(png_bytes(page("B")), "image/png"))), max_tokens=2
+    )
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(openai.BadRequestError):  # 5 > max_images
+        client(url).chat.completions.create(model=MODEL, messages=user(*[image_part(small)] * 5), max_tokens=2)
+    with pytest.raises(openai.BadRequestError) as info:
+        client(url).chat.completions.create(
+            model=MODEL, messages=user(image_part(data_url(b"GIF89a not really", "image/gif"))), max_tokens=2
+        )
+    assert info.value.code == "invalid_image"
