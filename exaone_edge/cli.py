@@ -154,15 +154,11 @@ def serve(
     verify: Annotated[bool | None, typer.Option(help="Hash every bundle file before loading.")] = None,
 ) -> None:
     """OpenAI-compatible server (/v1/chat/completions, /v1/models, /health, /metrics); loopback by default."""
+    flags = {name: value for name, value in locals().items() if name != "bundle"}  # flag name = setting name
+    flags["allow_dir"] = tuple(allow_dir) if allow_dir else None
     from exaone_edge.runtime.server.main import serve as run_server
     from exaone_edge.runtime.server.settings import ServerSettings
 
-    flags = dict(locals())
-    flags.pop("bundle")
-    flags.pop("run_server")
-    flags.pop("ServerSettings")
-    if allow_dir is not None:
-        flags["allow_dir"] = tuple(allow_dir) or None
     run_server(bundle, ServerSettings.resolve(flags))
 
 @app.command()

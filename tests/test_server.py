@@ -209,6 +209,28 @@ def test_client_disconnect_stops_generation(server):
     assert ask(url).choices[0].finish_reason in ("stop", "length")
 
 
+def test_a_request_that_leaves_while_queued_never_runs(server):
+    url, _ = server
+    started = metric(url, "exaone_edge_generations_started")
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", f"{url}/v1/chat/completions", json=_body(max_tokens=200, stream=True),
+                         headers=headers) as running:
+            lines = running.iter_lines()
+            next(e for e in lines if '"content"' in e and '"role"' not in e)  # the first request is generating
+            with http.stream("POST", f"{url}/v1/chat/completions", json=_body(max_tokens=200, stream=True),
+                             headers=headers) as queued:
+                assert queued.status_code == 200
+                for _ in range(50):
+                    if httpx.get(f"{url}/health", timeout=10).json()["queue_depth"] == 1:
+                        break
+                    time.sleep(0.05)
+                else:
+                    raise AssertionError("the second request never queued")
+    _wait_idle(url, 5)
+    assert metric(url, "exaone_edge_generations_started") == started + 1
+
+
 def _one_client(url: str, requests: int) -> tuple[int, int, list[str]]:
     done = refused = 0
     other: list[str] = []

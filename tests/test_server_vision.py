@@ -54,7 +54,8 @@ def allowed(tmp_path_factory):
 def url(engine, allowed):
     from exaone_edge.runtime.server import ServerSettings, create_app
 
-    settings = ServerSettings(allow_dir=(allowed,), max_images=4, max_pdf_pages=2)
+    # Remote fetching is on here and tested against a loopback HTTP server; test_server.py tests the refusal.
+    settings = ServerSettings(allow_dir=(allowed,), max_images=4, max_pdf_pages=2, allow_remote_urls=True)
     with serve_in_process(create_app(engine, settings)) as base:
         yield base
 
@@ -118,3 +119,32 @@ def test_two_images_and_limits_on_a_vision_server(url):
             model=MODEL, messages=user(image_part(data_url(b"GIF89a not really", "image/gif"))), max_tokens=2
         )
     assert info.value.code == "invalid_image"
+
+
+@pytest.fixture(scope="module")
+def http_files(allowed):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(allowed)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+def test_remote_url_fetched_when_allowed(url, engine, allowed, http_files):
+    answer = client(url).chat.completions.create(
+        model=MODEL, messages=user(image_part(f"{http_files}/invoice.png")), max_tokens=4
+    )
+    assert answer.choices[0].message.content == direct(engine, [open_image(allowed / "invoice.png")],
+                                                       question="What is on this page?", max_tokens=4)
+    with pytest.raises(openai.BadRequestError) as info:
+        client(url).chat.completions.create(model=MODEL, messages=user(image_part(f"{http_files}/absent.png")), max_tokens=2)
+    assert info.value.code == "invalid_image" and "HTTP 404" in info.value.message

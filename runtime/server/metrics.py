@@ -29,6 +29,9 @@ class ServerMetrics:
             lambda: worker.waiting
         )
         Gauge("exaone_edge_requests_running", "Generations running now", registry=r).set_function(lambda: worker.running)
+        Gauge("exaone_edge_generations_started", "Generations that reached the engine", registry=r).set_function(
+            lambda: worker.started
+        )
         Gauge("exaone_edge_vision_encoder_runs", "Vision-encoder runs since start", registry=r).set_function(
             lambda: getattr(worker.engine, "vision_runs", 0)
         )

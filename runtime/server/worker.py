@@ -38,6 +38,7 @@ class EngineWorker:
         self.capacity = max_queue + 1  # the running request plus the waiting ones
         self.admitted = 0  # changed on the event loop thread only
         self.running = 0
+        self.started = 0  # generations that reached the engine (a request that left while queued never does)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exaone-edge-generate")
 
     @property
@@ -73,6 +74,7 @@ class EngineWorker:
                 put(_END)
                 return
             self.running += 1
+            self.started += 1
             chunks = self.engine.generate(messages, params)
             try:
                 for chunk in chunks:
