@@ -134,18 +134,18 @@ def run(
 @app.command()
 def serve(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `exaone-edge quantize`.")],
-    host: Annotated[str | None, typer.Option(help="Address to bind [env EXAONE_EDGE_HOST; default 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one [EXAONE_EDGE_PORT; 8000].")] = None,
-    api_key: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer KEY' [EXAONE_EDGE_API_KEY].")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one (EXAONE_EDGE_PORT; 8000).")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer KEY' (EXAONE_EDGE_API_KEY).")] = None,
     model_name: Annotated[str | None, typer.Option(help="Model id clients send (default: the bundle's name).")] = None,
     allow_dir: Annotated[list[Path] | None, typer.Option("--allow-dir", help="Local image/PDF paths are read only under this; repeatable.")] = None,
     allow_remote_urls: Annotated[bool | None, typer.Option("--allow-remote-urls", help="Fetch http(s) image URLs (off: refused).")] = None,
-    max_body_bytes: Annotated[int | None, typer.Option(help="Largest request body [32 MiB].")] = None,
-    max_images: Annotated[int | None, typer.Option(help="Images per request, PDF pages included [8].")] = None,
-    max_pdf_pages: Annotated[int | None, typer.Option(help="PDF pages per request [8].")] = None,
-    max_image_pixels: Annotated[int | None, typer.Option(help="Pixels per image, checked before decoding [64M].")] = None,
-    max_queue: Annotated[int | None, typer.Option(help="Requests waiting beyond the running one; more get 429 [8].")] = None,
-    default_max_tokens: Annotated[int | None, typer.Option(help="max_tokens when a request gives none [512].")] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(help="Largest request body (32 MiB).")] = None,
+    max_images: Annotated[int | None, typer.Option(help="Images per request, PDF pages included (8).")] = None,
+    max_pdf_pages: Annotated[int | None, typer.Option(help="PDF pages per request (8).")] = None,
+    max_image_pixels: Annotated[int | None, typer.Option(help="Pixels per image, checked before decoding (64M).")] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Requests waiting beyond the running one; more get 429 (8).")] = None,
+    default_max_tokens: Annotated[int | None, typer.Option(help="max_tokens when a request gives none (512).")] = None,
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context length (default: min(model max, 8192)).")] = None,
     gpu_layers: Annotated[int | None, typer.Option(help="Decoder layers on the GPU (-1: all).")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
@@ -153,7 +153,10 @@ def serve(
     kv_type: Annotated[str | None, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = None,
     verify: Annotated[bool | None, typer.Option(help="Hash every bundle file before loading.")] = None,
 ) -> None:
-    """OpenAI-compatible server (/v1/chat/completions, /v1/models, /health, /metrics); loopback by default."""
+    """OpenAI-compatible server (/v1/chat/completions, /v1/models, /health, /metrics); loopback by default.
+
+    Every flag can also come from EXAONE_EDGE_<FLAG> (e.g. EXAONE_EDGE_MAX_QUEUE=4); flags win.
+    """
     flags = {name: value for name, value in locals().items() if name != "bundle"}  # flag name = setting name
     flags["allow_dir"] = tuple(allow_dir) if allow_dir else None
     from exaone_edge.runtime.server.main import serve as run_server
