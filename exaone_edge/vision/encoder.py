@@ -1,0 +1,85 @@
+"""The deployed vision encoder: page image → decoder rows, with ONNX Runtime and numpy only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from exaone_edge.errors import ArtifactError, MissingDependency
+from exaone_edge.manifest import read_manifest
+from exaone_edge.spec import VisionSpec, image_spec, vision_spec
+from exaone_edge.vision.geometry import INPUT_NAMES, OUTPUT_NAME, Grid, graph_inputs, rope_theta
+from exaone_edge.vision.preprocess import preprocess, rows_for
+
+KIND = "vision-onnx"
+GRAPH_FILE = "vision.onnx"
+ONNX_NAME = GRAPH_FILE
+PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
+def session(path: Path, providers: list[str] | None = None, threads: int | None = None):
+    """An ORT session with full graph optimization for whichever execution provider runs it."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingDependency(
+            "the vision encoder needs onnxruntime", fix="pip install 'exaone-edge[runtime]'"
+        ) from None
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
+class VisionEncoder:
+    """`encode(image)` → [rows, out_hidden] float32; one ONNX graph serves every page size."""
+
+    def __init__(self, export_dir: Path | str, providers: list[str] | None = None, *, verify: bool = True,
+                 threads: int | None = None) -> None:
+        self.path = Path(export_dir)
+        self.manifest = read_manifest(self.path, kind=KIND, verify=verify)
+        self.vision, self.theta = _vision_spec(self.manifest.details.get("spec"), self.path / "manifest.json")
+        preprocessor = self.path / PREPROCESSOR_FILE
+        self.image = image_spec(json.loads(preprocessor.read_text(encoding="utf-8")), preprocessor)
+        self.precision = self.manifest.details.get("precision", "fp32")
+        self.session = session(self.path / GRAPH_FILE, providers, threads)
+        names = [i.name for i in self.session.get_inputs()]
+        if tuple(names) != INPUT_NAMES:
+            raise ArtifactError(f"graph inputs are {names}, expected {list(INPUT_NAMES)}",
+                                path=self.path / GRAPH_FILE, fix="Re-export with this toolkit version.")
+
+    @property
+    def out_hidden(self) -> int:
+        return self.vision.out_hidden_size
+
+    def rows_for(self, image_size: tuple[int, int]) -> int:
+        """Rows `encode` returns for an image of `image_size` = (width, height)."""
+        return rows_for(image_size, self.image)
+
+    def inputs_for(self, patches: np.ndarray, grids: Grid | list[Grid]) -> dict[str, np.ndarray]:
+        """Graph feeds for preprocessed images (patches of several images concatenated, in grid order)."""
+        grids = [grids] if isinstance(grids, tuple) else list(grids)
+        feeds = {"pixel_patches": np.ascontiguousarray(patches, dtype=np.float32)}
+        feeds.update(graph_inputs(grids, self.vision, self.theta))
+        return feeds
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        (rows,) = self.session.run([OUTPUT_NAME], feeds)
+        return rows.astype(np.float32, copy=False)
+
+    def encode(self, image: Image.Image) -> np.ndarray:
+        patches, grid = preprocess(image, self.image)
+        return self.run(self.inputs_for(patches, grid))
+
+
+def _vision_spec(config: object, source: Path) -> tuple[VisionSpec, float]:
+    """The tower's sizes and rope theta from the checkpoint's vision_config, as recorded in the manifest."""
+    if not isinstance(config, dict):
+        raise ArtifactError("manifest.json has no vision spec (details.spec)", path=source,
+                            fix="Re-export with `exaone-edge export`.")
+    return vision_spec(config, source), rope_theta(config)

@@ -1,0 +1,81 @@
+"""Page image → pixel patches, in numpy + Pillow, identical to transformers' Qwen2-VL image processor.
+
+Every step copies the reference's arithmetic (dtypes included), so the patches agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+from exaone_edge.errors import InputError
+from exaone_edge.spec import ImageSpec
+
+MAX_ASPECT = 200  # the reference refuses pages more elongated than this
+RESCALE = 1 / 255
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width) rounded to multiples of `factor` with the pixel count inside [min, max]."""
+    if min(height, width) < 1:
+        raise InputError(f"image has no pixels ({width}x{height})")
+    if max(height, width) / min(height, width) > MAX_ASPECT:
+        raise InputError(
+            f"image aspect ratio {max(height, width) / min(height, width):.0f}:1 is beyond {MAX_ASPECT}:1",
+            fix="Crop the image into parts before sending it.",
+        )
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def grid_for(image_size: tuple[int, int], spec: ImageSpec) -> tuple[int, int, int]:
+    """Patch grid (t, h, w) of an image of `image_size` = (width, height)."""
+    width, height = image_size
+    resized_h, resized_w = smart_resize(
+        height, width, spec.patch_size * spec.merge_size, spec.min_pixels, spec.max_pixels
+    )
+    return 1, resized_h // spec.patch_size, resized_w // spec.patch_size
+
+
+def rows_for(image_size: tuple[int, int], spec: ImageSpec) -> int:
+    """Decoder rows (image placeholders) an image of `image_size` = (width, height) becomes."""
+    t, h, w = grid_for(image_size, spec)
+    return t * h * w // spec.merge_size**2
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """RGB uint8 (H, W, 3); transparency is composited onto white, as the reference does."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.array(Image.alpha_composite(background, rgba).convert("RGB"))
+    return np.array(image.convert("RGB"))
+
+
+def preprocess(image: Image.Image, spec: ImageSpec) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Pixel patches [n_patches, C*T*P*P] float32 and the grid (t, h, w) of one image."""
+    rgb = to_rgb(image)
+    _, grid_h, grid_w = grid_for((rgb.shape[1], rgb.shape[0]), spec)
+    patch, merge, temporal = spec.patch_size, spec.merge_size, spec.temporal_patch_size
+    resized = np.array(Image.fromarray(rgb).resize((grid_w * patch, grid_h * patch), resample=Image.Resampling.BICUBIC))
+    scaled = (resized.astype(np.float64) * RESCALE).astype(np.float32)
+    mean = np.array(spec.image_mean, dtype=np.float32)
+    std = np.array(spec.image_std, dtype=np.float32)
+    chw = np.ascontiguousarray(((scaled - mean) / std).transpose(2, 0, 1))
+    channels = chw.shape[0]
+    patches = chw.reshape(channels, grid_h // merge, merge, patch, grid_w // merge, merge, patch)
+    patches = patches.transpose(1, 4, 2, 5, 0, 3, 6)
+    patches = np.broadcast_to(patches[:, :, :, :, :, None], (*patches.shape[:5], temporal, patch, patch))
+    flat = patches.reshape(grid_h * grid_w, channels * temporal * patch * patch).astype(np.float32, copy=False)
+    return np.ascontiguousarray(flat), (1, grid_h, grid_w)

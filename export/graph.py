@@ -1,0 +1,85 @@
+"""The vision tower as an exportable torch module: HF's weights, geometry taken as inputs.
+
+It reuses the submodules of `Exaone4_5_VisionModel` (patch embedding, blocks, merger) and computes
+exactly what HF's forward does, but rotary tables, window order and attention boundaries arrive
+as tensors (see exaone_edge.vision.geometry), so tracing records no grid-dependent control flow.
+Linear layers are written as MatMul + Add so int8 QDQ and 4-bit MatMulNBits can quantize them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    out = torch.matmul(x, layer.weight.t())
+    return out if layer.bias is None else out + layer.bias
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _segment_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive [n, n] mask: 0 within a segment, -inf across (each row keeps its own token)."""
+    same = segments.unsqueeze(1) == segments.unsqueeze(0)
+    return torch.where(same, torch.zeros((), dtype=dtype), torch.full((), float("-inf"), dtype=dtype))
+
+
+class VisionGraph(nn.Module):
+    def __init__(self, visual: nn.Module) -> None:
+        super().__init__()
+        config = visual.config
+        self.visual = visual
+        self.hidden = config.hidden_size
+        self.heads = config.num_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = config.hidden_size // config.num_heads
+        self.unit = config.spatial_merge_size**2
+        self.full_blocks = set(config.fullatt_block_indexes)
+
+    def _attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        groups = self.heads // self.kv_heads
+        q, k, v = _linear(x, attn.qkv).split([attn.q_dim, attn.kv_dim, attn.kv_dim], dim=-1)
+        q = q.reshape(n, self.heads, self.head_dim)
+        k = k.reshape(n, self.kv_heads, self.head_dim)
+        v = v.reshape(n, self.kv_heads, self.head_dim)
+        c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = q * c + _rotate_half(q) * s
+        k = k * c + _rotate_half(k) * s
+        # query heads j*groups … j*groups+groups-1 share kv head j (HF's repeat_kv), via broadcasting
+        q = q.transpose(0, 1).reshape(self.kv_heads, groups, n, self.head_dim)
+        k = k.transpose(0, 1).unsqueeze(1)
+        v = v.transpose(0, 1).unsqueeze(1)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling + mask
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [kv, groups, n, d]
+        out = out.reshape(self.heads, n, self.head_dim).transpose(0, 1).reshape(n, self.hidden)
+        return _linear(out, attn.proj)
+
+    def _mlp(self, mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return _linear(mlp.act_fn(_linear(x, mlp.gate_proj)) * _linear(x, mlp.up_proj), mlp.down_proj)
+
+    def forward(self, pixel_patches: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                window_index: torch.Tensor, reverse_index: torch.Tensor, window_segments: torch.Tensor,
+                full_segments: torch.Tensor) -> torch.Tensor:
+        visual = self.visual
+        # Conv3d with kernel == stride over one patch is a matmul with the flattened kernel
+        weight = visual.patch_embed.proj.weight
+        x = torch.matmul(pixel_patches, weight.reshape(weight.shape[0], -1).t())
+        n = x.shape[0]
+        x = x.reshape(-1, self.unit, self.hidden)[window_index].reshape(n, self.hidden)
+        window_mask = _segment_mask(window_segments, x.dtype)
+        full_mask = _segment_mask(full_segments, x.dtype)
+        for index, block in enumerate(visual.blocks):
+            mask = full_mask if index in self.full_blocks else window_mask
+            x = x + self._attention(block.attn, block.norm1(x), cos, sin, mask)
+            x = x + self._mlp(block.mlp, block.norm2(x))
+        merger = visual.merger
+        merged = merger.ln_q(x).reshape(-1, merger.hidden_size)
+        merged = _linear(merged, merger.mlp[0])
+        merged = _linear(merger.mlp[1](merged), merger.mlp[2])
+        return merged[reverse_index]
