@@ -227,6 +227,28 @@ def _quantize_gptq(model_dir: Path, out: Path, bits: int, calibration: Path | No
 
 
 @app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="Hugging Face EXAONE 4.5 checkpoint directory.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Directory to write (vision.onnx, manifest.json, configs).")],
+    precision: Annotated[str, typer.Option(help="fp32, fp16 (GPU), int8 (static QDQ) or int4 (weight-only).")] = "fp32",
+    calibration: Annotated[Path | None, typer.Option(help="Document set or folder of PDFs/images for int8 "
+                                                     "(default: a generated set).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Export the vision encoder (tower + merger) to one ONNX graph for every page size, validated."""
+    from exaone_edge.export.vision import check_precision, document_pages, export_vision
+
+    check_precision(precision)  # a bad --precision fails before any loading
+    pages, source = document_pages(calibration) if precision == "int8" else (None, "")
+    result = export_vision(model_dir, out, precision=precision, calibration=pages, calibration_source=source,
+                           overwrite=overwrite)
+    payload = {"path": str(result.path), "precision": result.precision, "bytes": result.bytes_on_disk,
+               "seconds": round(result.seconds, 2), "validation": result.manifest.validation}
+    emit(payload, json_output, result.summary())
+
+
+@app.command()
 def validate(
     artifacts: Annotated[list[Path], typer.Argument(help="Bundles, GPTQ checkpoints or vision exports.")],
     reference: Annotated[Path, typer.Option(help="The original Hugging Face checkpoint.")],
