@@ -1,0 +1,180 @@
+"""exaone_edge.vision: preprocessing and geometry against transformers, and the torch-free ONNX encoder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from exaone_edge.checkpoint import open_checkpoint
+from exaone_edge.errors import ArtifactError, InputError
+from exaone_edge.vision import graph_inputs, grid_for, preprocess, rope_theta, rows_for
+
+# (width, height): square, tall A4, wide, tiny (below min_pixels), large (above max_pixels), odd primes
+SIZES = [(448, 448), (595, 842), (1024, 300), (20, 30), (2480, 3508), (333, 517), (97, 1201)]
+
+
+def page(size: tuple[int, int], seed: int, mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
+    pixels[: size[1] // 2, :, :3] = 250  # a flat region next to noise: resampling at edges matters
+    image = Image.fromarray(pixels, "RGBA")
+    return image if mode == "RGBA" else image.convert(mode)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model_dir):
+    return open_checkpoint(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def hf_processor(tiny_model_dir):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil(**json.loads((tiny_model_dir / "preprocessor_config.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def hf_tower(checkpoint):
+    from exaone_edge.export.weights import load_vision_model
+
+    return load_vision_model(checkpoint)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_preprocess_equals_hf_processor(checkpoint, hf_processor, size):
+    image = page(size, seed=size[0])
+    want = hf_processor(images=[image], return_tensors="np")
+    patches, grid = preprocess(image, checkpoint.image)
+    assert grid == tuple(want["image_grid_thw"][0])
+    assert patches.dtype == np.float32 and patches.shape == want["pixel_values"].shape
+    assert np.array_equal(patches, want["pixel_values"])  # bit for bit
+    assert rows_for(size, checkpoint.image) == int(np.prod(grid)) // checkpoint.image.merge_size**2
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P", "LA", "CMYK"])
+def test_preprocess_colour_modes_equal_hf_processor(checkpoint, hf_processor, mode):
+    image = page((200, 150), seed=3, mode=mode)
+    want = hf_processor(images=[image], return_tensors="np")["pixel_values"]
+    patches, _ = preprocess(image, checkpoint.image)
+    assert np.abs(patches - want).max() <= 1e-6
+
+
+def test_preprocess_refuses_unusable_shapes(checkpoint):
+    with pytest.raises(InputError, match="aspect ratio"):
+        grid_for((5000, 20), checkpoint.image)
+    with pytest.raises(InputError, match="no pixels"):
+        grid_for((0, 20), checkpoint.image)
+
+
+def test_grid_follows_the_checkpoint_patch_size(checkpoint):
+    spec = checkpoint.image
+    assert spec.patch_size == 16  # the tiny model, like EXAONE 4.5, does not use Qwen's 14
+    t, h, w = grid_for((640, 480), spec)
+    assert (t, h % spec.merge_size, w % spec.merge_size) == (1, 0, 0)
+    assert h * w * spec.patch_size**2 <= spec.max_pixels
+
+
+def test_geometry_inputs_reproduce_hf_tower(checkpoint, hf_tower):
+    """The export wrapper fed numpy geometry equals HF's own forward, one image and several at once."""
+    import torch
+
+    from exaone_edge.export.graph import VisionGraph
+    from exaone_edge.vision import INPUT_NAMES
+
+    graph = VisionGraph(hf_tower).eval()
+    theta = rope_theta(checkpoint.config["vision_config"])
+    batches = [[(448, 448)], [(595, 842)], [(20, 30)], [(1024, 300), (333, 517), (97, 1201)]]
+    for sizes in batches:
+        prepared = [preprocess(page(size, seed=i), checkpoint.image) for i, size in enumerate(sizes)]
+        patches = np.concatenate([p for p, _ in prepared])
+        grids = [g for _, g in prepared]
+        feeds = {"pixel_patches": patches, **graph_inputs(grids, checkpoint.spec.vision, theta)}
+        with torch.no_grad():
+            want = hf_tower(torch.from_numpy(patches), grid_thw=torch.tensor(grids)).pooler_output.numpy()
+            got = graph(*(torch.from_numpy(feeds[name]) for name in INPUT_NAMES)).numpy()
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= 1e-5, sizes
+
+
+def test_geometry_windows_partition_every_patch(checkpoint):
+    spec = checkpoint.spec.vision
+    unit = spec.spatial_merge_size**2
+    feeds = graph_inputs([(1, 38, 26), (1, 6, 4)], spec, 10000.0)
+    units = (38 * 26 + 6 * 4) // unit
+    assert sorted(feeds["window_index"].tolist()) == list(range(units))
+    assert np.array_equal(feeds["window_index"][feeds["reverse_index"]], np.arange(units))
+    assert len(feeds["cos"]) == len(feeds["window_segments"]) == len(feeds["full_segments"]) == units * unit
+    # full-attention segments are the images; window segments never straddle two images
+    assert np.bincount(feeds["full_segments"]).tolist() == [38 * 26, 6 * 4]
+    image_of = feeds["full_segments"]
+    for segment in np.unique(feeds["window_segments"]):
+        assert len(np.unique(image_of[feeds["window_segments"] == segment])) == 1
+
+
+@pytest.fixture(scope="module")
+def export_dir(tiny_model_dir, tmp_path_factory):
+    from exaone_edge.export.vision import export_vision
+
+    out = tmp_path_factory.mktemp("vision") / "export"
+    export_vision(tiny_model_dir, out, pages=(("square", (64, 64)),))
+    return out
+
+
+def test_encoder_runs_without_torch_and_matches_hf_on_every_size(export_dir, checkpoint, hf_tower, tmp_path):
+    """One graph, every page size; the runtime side never imports torch or transformers."""
+    import torch
+
+    sizes = SIZES[:6]
+    for i, size in enumerate(sizes):
+        page(size, seed=i).save(tmp_path / f"{i}.png")
+    script = textwrap.dedent(f"""
+        import sys, numpy as np
+        from PIL import Image
+        from exaone_edge.vision import VisionEncoder
+        encoder = VisionEncoder({str(export_dir)!r})
+        for i, size in enumerate({sizes!r}):
+            image = Image.open({str(tmp_path)!r} + f"/{{i}}.png")
+            rows = encoder.encode(image)
+            assert rows.shape == (encoder.rows_for(image.size), encoder.out_hidden), rows.shape
+            np.save({str(tmp_path)!r} + f"/{{i}}.npy", rows)
+        heavy = sorted(name for name in ("torch", "transformers") if name in sys.modules)
+        assert not heavy, heavy
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for i, size in enumerate(sizes):
+        patches, grid = preprocess(Image.open(tmp_path / f"{i}.png"), checkpoint.image)
+        with torch.no_grad():
+            want = hf_tower(torch.from_numpy(patches), grid_thw=torch.tensor([grid])).pooler_output.numpy()
+        got = np.load(tmp_path / f"{i}.npy")
+        assert np.abs(got - want).max() <= 1e-4, size
+        cosine = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+        assert cosine.min() >= 0.9999, size
+
+
+def test_encoder_refuses_altered_or_foreign_artifacts(export_dir, tmp_path):
+    import shutil
+
+    from exaone_edge.vision import VisionEncoder
+
+    with pytest.raises(ArtifactError, match="no manifest"):
+        VisionEncoder(tmp_path)
+    altered = tmp_path / "altered"
+    shutil.copytree(export_dir, altered)
+    with open(altered / "vision.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ArtifactError, match="checksum"):
+        VisionEncoder(altered)
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    manifest["kind"] = "bundle"
+    foreign = tmp_path / "foreign"
+    shutil.copytree(export_dir, foreign)
+    (foreign / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="expected a 'vision-onnx'"):
+        VisionEncoder(foreign)
