@@ -40,43 +40,64 @@ class VisionGraph(nn.Module):
         self.unit = config.spatial_merge_size**2
         self.full_blocks = set(config.fullatt_block_indexes)
 
-    def _attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   mask: torch.Tensor) -> torch.Tensor:
+    def _qkv(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         n = x.shape[0]
-        groups = self.heads // self.kv_heads
         q, k, v = _linear(x, attn.qkv).split([attn.q_dim, attn.kv_dim, attn.kv_dim], dim=-1)
         q = q.reshape(n, self.heads, self.head_dim)
         k = k.reshape(n, self.kv_heads, self.head_dim)
         v = v.reshape(n, self.kv_heads, self.head_dim)
         c, s = cos.unsqueeze(1), sin.unsqueeze(1)
-        q = q * c + _rotate_half(q) * s
-        k = k * c + _rotate_half(k) * s
+        return q * c + _rotate_half(q) * s, k * c + _rotate_half(k) * s, v
+
+    def _attend(self, attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        """q [B, L, heads, d], k/v [B, L, kv_heads, d], additive mask broadcast to [B, kv, groups, L, L]."""
+        b, length = q.shape[0], q.shape[1]
+        groups = self.heads // self.kv_heads
         # query heads j*groups … j*groups+groups-1 share kv head j (HF's repeat_kv), via broadcasting
-        q = q.transpose(0, 1).reshape(self.kv_heads, groups, n, self.head_dim)
-        k = k.transpose(0, 1).unsqueeze(1)
-        v = v.transpose(0, 1).unsqueeze(1)
+        q = q.reshape(b, length, self.kv_heads, groups, self.head_dim).permute(0, 2, 3, 1, 4)
+        k = k.permute(0, 2, 1, 3).unsqueeze(2)
+        v = v.permute(0, 2, 1, 3).unsqueeze(2)
         scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling + mask
-        out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [kv, groups, n, d]
-        out = out.reshape(self.heads, n, self.head_dim).transpose(0, 1).reshape(n, self.hidden)
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [B, kv, groups, L, d]
+        return out.permute(0, 3, 1, 2, 4).reshape(b * length, self.hidden)
+
+    def _full_attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                        mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(attn, x, cos, sin)
+        out = self._attend(attn, q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask)
         return _linear(out, attn.proj)
+
+    def _window_attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                          gather: torch.Tensor, scatter: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Attention inside each window, windows batched and padded to the longest one."""
+        q, k, v = self._qkv(attn, x, cos, sin)
+        out = self._attend(attn, q[gather], k[gather], v[gather], mask)
+        return _linear(out[scatter], attn.proj)
 
     def _mlp(self, mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return _linear(mlp.act_fn(_linear(x, mlp.gate_proj)) * _linear(x, mlp.up_proj), mlp.down_proj)
 
     def forward(self, pixel_patches: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                window_index: torch.Tensor, reverse_index: torch.Tensor, window_segments: torch.Tensor,
-                full_segments: torch.Tensor) -> torch.Tensor:
+                window_index: torch.Tensor, reverse_index: torch.Tensor, window_gather: torch.Tensor,
+                window_scatter: torch.Tensor, full_segments: torch.Tensor) -> torch.Tensor:
         visual = self.visual
         # Conv3d with kernel == stride over one patch is a matmul with the flattened kernel
         weight = visual.patch_embed.proj.weight
         x = torch.matmul(pixel_patches, weight.reshape(weight.shape[0], -1).t())
         n = x.shape[0]
         x = x.reshape(-1, self.unit, self.hidden)[window_index].reshape(n, self.hidden)
-        window_mask = _segment_mask(window_segments, x.dtype)
         full_mask = _segment_mask(full_segments, x.dtype)
+        # padding slots of the window layout (-1) read row 0 and are masked out as keys
+        gather = torch.clamp(window_gather, min=0)
+        zero, minus_inf = torch.zeros((), dtype=x.dtype), torch.full((), float("-inf"), dtype=x.dtype)
+        window_mask = torch.where(window_gather >= 0, zero, minus_inf)[:, None, None, None, :]
         for index, block in enumerate(visual.blocks):
-            mask = full_mask if index in self.full_blocks else window_mask
-            x = x + self._attention(block.attn, block.norm1(x), cos, sin, mask)
+            h = block.norm1(x)
+            if index in self.full_blocks:
+                x = x + self._full_attention(block.attn, h, cos, sin, full_mask)
+            else:
+                x = x + self._window_attention(block.attn, h, cos, sin, gather, window_scatter, window_mask)
             x = x + self._mlp(block.mlp, block.norm2(x))
         merger = visual.merger
         merged = merger.ln_q(x).reshape(-1, merger.hidden_size)

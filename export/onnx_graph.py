@@ -16,7 +16,8 @@ _PATCHES = {0: "patches"}
 _UNITS = {0: "units"}
 DYNAMIC_AXES = {
     "pixel_patches": _PATCHES, "cos": _PATCHES, "sin": _PATCHES, "window_index": _UNITS, "reverse_index": _UNITS,
-    "window_segments": _PATCHES, "full_segments": _PATCHES, OUTPUT_NAME: {0: "rows"},
+    "window_gather": {0: "windows", 1: "window_len"}, "window_scatter": _PATCHES, "full_segments": _PATCHES,
+    OUTPUT_NAME: {0: "rows"},
 }
 
 

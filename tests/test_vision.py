@@ -106,15 +106,18 @@ def test_geometry_windows_partition_every_patch(checkpoint):
     spec = checkpoint.spec.vision
     unit = spec.spatial_merge_size**2
     feeds = graph_inputs([(1, 38, 26), (1, 6, 4)], spec, 10000.0)
-    units = (38 * 26 + 6 * 4) // unit
+    units, patches = (38 * 26 + 6 * 4) // unit, 38 * 26 + 6 * 4
     assert sorted(feeds["window_index"].tolist()) == list(range(units))
     assert np.array_equal(feeds["window_index"][feeds["reverse_index"]], np.arange(units))
-    assert len(feeds["cos"]) == len(feeds["window_segments"]) == len(feeds["full_segments"]) == units * unit
-    # full-attention segments are the images; window segments never straddle two images
+    assert len(feeds["cos"]) == len(feeds["window_scatter"]) == len(feeds["full_segments"]) == patches
+    gather = feeds["window_gather"]
+    assert sorted(gather[gather >= 0].tolist()) == list(range(patches))  # each patch in exactly one window
+    assert np.array_equal(gather.reshape(-1)[feeds["window_scatter"]], np.arange(patches))
+    assert (gather >= 0).sum(1).min() > 0  # no window of padding only
+    # full-attention segments are the images; a window never straddles two images
     assert np.bincount(feeds["full_segments"]).tolist() == [38 * 26, 6 * 4]
-    image_of = feeds["full_segments"]
-    for segment in np.unique(feeds["window_segments"]):
-        assert len(np.unique(image_of[feeds["window_segments"] == segment])) == 1
+    for window in gather:
+        assert len(np.unique(feeds["full_segments"][window[window >= 0]])) == 1
 
 
 @pytest.fixture(scope="module")

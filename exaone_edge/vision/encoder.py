@@ -79,6 +79,13 @@ class VisionEncoder:
 
 def _vision_spec(config: object, source: Path) -> tuple[VisionSpec, float]:
     """The tower's sizes and rope theta from the checkpoint's vision_config, as recorded in the manifest."""
+    if isinstance(config, dict) and isinstance(config.get("vision"), dict):  # {"vision": fields, "rope_theta": x}
+        fields = dict(config["vision"])
+        fields["fullatt_block_indexes"] = tuple(fields.get("fullatt_block_indexes") or ())
+        try:
+            return VisionSpec(**fields), float(config["rope_theta"])
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ArtifactError(f"manifest.json has an unusable vision spec ({exc!r})", path=source) from None
     if not isinstance(config, dict):
         raise ArtifactError("manifest.json has no vision spec (details.spec)", path=source,
                             fix="Re-export with `exaone-edge export`.")

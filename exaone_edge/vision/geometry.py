@@ -13,7 +13,9 @@ import numpy as np
 
 from exaone_edge.spec import VisionSpec
 
-INPUT_NAMES = ("pixel_patches", "cos", "sin", "window_index", "reverse_index", "window_segments", "full_segments")
+INPUT_NAMES = (
+    "pixel_patches", "cos", "sin", "window_index", "reverse_index", "window_gather", "window_scatter", "full_segments",
+)
 OUTPUT_NAME = "rows"
 
 Grid = tuple[int, int, int]
@@ -66,19 +68,34 @@ def window_index(grids: Sequence[Grid], spec: VisionSpec) -> tuple[np.ndarray, n
     return np.concatenate(order).astype(np.int64), np.concatenate(lengths).astype(np.int64)
 
 
+def window_layout(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Windows as a padded [windows, longest] gather of sequence positions (-1 = padding), and where each
+    position lands in that layout flattened: window blocks then cost O(n · window), not O(n²)."""
+    lengths = lengths[lengths > 0]  # windows made only of padding hold no patch
+    longest = int(lengths.max())
+    starts = np.cumsum(lengths) - lengths
+    offsets = np.arange(longest)
+    gather = np.where(offsets < lengths[:, None], starts[:, None] + offsets, -1)
+    window_of = np.repeat(np.arange(len(lengths)), lengths)
+    scatter = window_of * longest + (np.arange(int(lengths.sum())) - np.repeat(starts, lengths))
+    return gather.astype(np.int64), scatter.astype(np.int64)
+
+
 def graph_inputs(grids: Sequence[Grid], spec: VisionSpec, theta: float) -> dict[str, np.ndarray]:
     """Every graph input except the pixels, for images with these grids (in that order)."""
     unit = spec.spatial_merge_size**2
     order, lengths = window_index(grids, spec)
     cos, sin = rotary(position_ids(grids, spec.spatial_merge_size), spec.head_dim, theta)
     permute = (lambda table: table.reshape(len(order), unit, -1)[order].reshape(len(order) * unit, -1))
+    gather, scatter = window_layout(lengths * unit)
     frames = np.concatenate([np.full(t, h * w) for t, h, w in grids])
     return {
         "cos": np.ascontiguousarray(permute(cos)),
         "sin": np.ascontiguousarray(permute(sin)),
         "window_index": order,
         "reverse_index": np.argsort(order).astype(np.int64),
-        # attention stays within equal ids: windows for window blocks, whole frames for full blocks
-        "window_segments": np.repeat(np.arange(len(lengths), dtype=np.int64), lengths * unit),
+        "window_gather": gather,
+        "window_scatter": scatter,
+        # full-attention blocks attend within one frame (image) only
         "full_segments": np.repeat(np.arange(len(frames), dtype=np.int64), frames),
     }
