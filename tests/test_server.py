@@ -271,12 +271,14 @@ def test_four_concurrent_requests_throughput(server):
     def timed(n: int) -> float:
         start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
-            answers = list(pool.map(lambda _: ask(url, max_tokens=24, messages=[{"role": "user", "content": "Describe it."}]), range(n)))
+            answers = list(pool.map(lambda _: ask(url, max_tokens=10, messages=[{"role": "user", "content": "Describe it."}]), range(n)))
         return sum(a.usage.completion_tokens for a in answers) / (time.perf_counter() - start)
 
-    single = timed(1)
-    four = timed(4)
-    print(f"aggregate tokens/s: 1 request {single:.1f}, 4 concurrent {four:.1f}, ratio {four / single:.2f}")
+    # Interleaved twice: the 2 CPU cores are shared, so load from elsewhere hits both sides alike.
+    runs = [(timed(1), timed(4)) for _ in range(2)]
+    single, four = sum(r[0] for r in runs) / 2, sum(r[1] for r in runs) / 2
+    print(f"aggregate tokens/s: 1 request {single:.1f}, 4 concurrent {four:.1f}, ratio {four / single:.2f} "
+          f"(runs: {', '.join(f'{a:.1f}/{b:.1f}' for a, b in runs)})")
     assert four > 0.3 * single  # one engine: requests queue, throughput does not collapse
 
 
