@@ -1,9 +1,9 @@
 """The server answering about images and PDF pages, through the official `openai` client over loopback.
 
-Until the ONNX vision export lands in bundles, the engine gets the checkpoint's own vision tower
-(transformers, in this test process) as its image encoder and the app runs under uvicorn in a thread;
-the HTTP path, decoding, limits and the engine are the real ones. Answers are compared with the
-engine called directly on the same decoded pages.
+Here the engine's image encoder is the checkpoint's own vision tower (transformers, in this test
+process) and the app runs under uvicorn in a thread, so these checks isolate the HTTP path, decoding,
+limits and the engine from the ONNX export; test_server_onnx_vision.py runs `exaone-edge serve` on a
+bundle with its ONNX export. Answers are compared with the engine called directly on the same pages.
 """
 
 from __future__ import annotations
