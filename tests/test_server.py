@@ -313,6 +313,8 @@ def test_serve_cli_errors_are_one_line(tmp_path, text_bundle):
     assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0 and missing.stderr.startswith("error:")
     bad_env = run_cli("serve", str(text_bundle), env={"EXAONE_EDGE_MAX_QUEUE": "-1"})
     assert bad_env.returncode != 0 and bad_env.stderr.strip().count("\n") == 0 and "max_queue" in bad_env.stderr
+    bad_dir = run_cli("serve", str(text_bundle), "--allow-dir", str(tmp_path / "absent"))
+    assert bad_dir.returncode != 0 and bad_dir.stderr.strip().count("\n") == 0 and "allow-dir" in bad_dir.stderr
 
 
 def test_error_table_maps_typed_errors_once():
