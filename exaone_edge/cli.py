@@ -144,6 +144,7 @@ def serve(
     max_images: Annotated[int | None, typer.Option(help="Images per request, PDF pages included (8).")] = None,
     max_pdf_pages: Annotated[int | None, typer.Option(help="PDF pages per request (8).")] = None,
     max_image_pixels: Annotated[int | None, typer.Option(help="Pixels per image, checked before decoding (64M).")] = None,
+    max_request_pixels: Annotated[int | None, typer.Option(help="Decoded pixels per request, PDF pages included (64M).")] = None,
     max_queue: Annotated[int | None, typer.Option(help="Requests waiting beyond the running one; more get 429 (8).")] = None,
     default_max_tokens: Annotated[int | None, typer.Option(help="max_tokens when a request gives none (512).")] = None,
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context length (default: min(model max, 8192)).")] = None,

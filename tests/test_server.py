@@ -25,7 +25,7 @@ from server_fixtures import bomb_png, data_url, image_part, pdf_bytes, png_bytes
 KEY = "test-key-123"
 MODEL = "bundle"
 SERVER_ARGS = ("--ctx", "256", "--threads", "2", "--max-images", "2", "--max-pdf-pages", "2",
-               "--max-body-bytes", str(2 * 2**20), "--default-max-tokens", "4")
+               "--max-body-bytes", str(2 * 2**20), "--default-max-tokens", "4", "--max-request-pixels", "300000")
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +119,9 @@ BAD = {
     "decompression bomb": (_body(messages=user(image_part(data_url(bomb_png(), "image/png")))), None, 400, "invalid_image"),
     "too many images": (
         _body(messages=user(*[image_part(data_url(png_bytes(Image.new("RGB", (8, 8))), "image/png"))] * 3)), None, 400, None),
+    "too many pixels in one request": (
+        _body(messages=user(*[image_part(data_url(png_bytes(Image.new("RGB", (400, 400))), "image/png"))] * 2)),
+        None, 400, "invalid_image"),
     "too many PDF pages": (
         _body(messages=user(image_part(data_url(pdf_bytes([Image.new("RGB", (50, 70))] * 3), "application/pdf")))),
         None, 400, None),

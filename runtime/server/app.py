@@ -62,6 +62,7 @@ class ServerState:
         self.created = int(time.time())
         self.worker = EngineWorker(engine, settings.max_queue)
         self.metrics = ServerMetrics(self.worker)
+        self.decoding = asyncio.Semaphore(1)
 
 
 def create_app(engine: Any, settings: ServerSettings | None = None) -> CountRequests:
@@ -139,7 +140,8 @@ async def chat_completions(request: Request) -> Response:
     ticket = state.worker.admit()
     admitted = time.perf_counter()
     try:
-        messages = await state.worker.run_blocking(engine_messages, body.messages, settings, engine.bundle.image.max_pixels)
+        async with state.decoding:  # one request decodes at a time: bounds the transient pixel memory
+            messages = await state.worker.run_blocking(engine_messages, body.messages, settings, engine.bundle.image.max_pixels)
         # Images are decoded and checked even for a text-only bundle, so a bad file gets its own error;
         # engine.check then refuses images without a vision encoder, and prompts longer than the context.
         await state.worker.run_blocking(engine.check, messages, params)  # 4xx now, before any byte is streamed

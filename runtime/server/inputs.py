@@ -43,7 +43,7 @@ def engine_messages(messages: list[ChatMessage], settings: ServerSettings, max_p
     if count_documents(messages) > settings.max_images:
         raise InputError(f"{count_documents(messages)} images/files in the request, the limit is {settings.max_images}")
     out: list[dict[str, Any]] = []
-    images = pdf_pages = 0
+    images = pdf_pages = pixels = 0
     for message in messages:
         role = "system" if message.role == "developer" else message.role
         if not isinstance(message.content, list):
@@ -65,6 +65,12 @@ def engine_messages(messages: list[ChatMessage], settings: ServerSettings, max_p
                     raise InputError(f"{source.name}: 'pages' applies to PDFs only")
                 pages = [open_image(source.data, settings.limits, name=source.name)]
             images += len(pages)
+            pixels += sum(page.width * page.height for page in pages)
+            if pixels > settings.max_request_pixels:
+                raise ImageRejected(
+                    f"the request's images hold more than {settings.max_request_pixels:,} pixels",
+                    fix="Send fewer or smaller pages.",
+                )
             if images > settings.max_images:
                 raise InputError(f"the request holds more than {settings.max_images} images (PDF pages included)")
             parts.extend({"type": "image", "image": page} for page in pages)

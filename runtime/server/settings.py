@@ -29,6 +29,9 @@ class ServerSettings(BaseModel):
     max_images: int = Field(8, ge=0)  # images per request, PDF pages included
     max_pdf_pages: int = Field(8, ge=1)  # PDF pages per request
     max_image_pixels: int = Field(DocumentLimits().max_image_pixels, ge=1)  # header check, before decoding
+    # Decoded pixels per request, PDF pages included: a queued request holds its pages until it runs,
+    # so this bounds memory at (max_queue + 1) × 3 bytes × this (≈ 1.7 GB with the defaults).
+    max_request_pixels: int = Field(64_000_000, ge=1)
     max_file_bytes: int = Field(DocumentLimits().max_file_bytes, ge=1)
     remote_timeout_s: float = Field(10.0, gt=0)
     max_queue: int = Field(8, ge=0)  # requests waiting for the engine beyond the running one; more → 429
