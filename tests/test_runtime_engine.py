@@ -189,3 +189,52 @@ def test_prefix_reuse_falls_back_when_the_sliding_window_cache_has_moved_on(tiny
         assert again.usage.cached_tokens == again.usage.prompt_tokens - 1  # an identical prompt reuses all but one
     finally:
         small.close()
+
+
+# -- the whole chain: fp32 ONNX vision encoder + F32 GGUF decoder ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(tiny_model_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("runtime-onnx")
+    run_cli("export", str(tiny_model_dir), "-o", str(work / "vision"), check=True)
+    return build_tiny_bundle(tiny_model_dir, work / "bundle", vision_dir=work / "vision")
+
+
+def test_onnx_bundle_matches_transformers_end_to_end(onnx_bundle, hf_model, tiny_model_dir):
+    import torch
+
+    from exaone_edge.runtime.engine import Engine
+
+    engine = Engine.load(onnx_bundle, n_ctx=1024, flash_attn=False, kv_type="f32", n_threads=2)
+    try:
+        messages = _page_messages(noise_image(200, 150, seed=7))
+        inputs = hf_inputs(hf_processor(tiny_model_dir), messages)
+        assert engine.check(messages) == inputs["input_ids"].shape[1]
+        with torch.no_grad():
+            reference = hf_model(**inputs).logits[0, -1].numpy()
+            hf_tokens = hf_model.generate(**inputs, max_new_tokens=20, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+        diff = float(np.abs(engine.next_token_logits(messages) - reference).max())
+        print(f"ONNX fp32 + GGUF F32 first-token logits: max abs diff {diff:.2e}")
+        assert diff <= 1e-3
+        result = collect(engine.generate(messages, GenerationParams(max_tokens=20)))
+        expected = [t for t in hf_tokens.tolist() if t not in engine.bundle.eos_token_ids][:20]
+        assert list(result.token_ids) == expected
+        second = collect(engine.generate(_page_messages(messages[0]["content"][0]["image"], "Who signed?"), GenerationParams(max_tokens=5)))
+        assert engine.vision_runs == 1 and second.usage.vision_runs == 0
+        print(f"second question: TTFT {second.timings.ttft_s * 1000:.1f} ms, {second.usage.cached_tokens} positions reused")
+    finally:
+        engine.close()
+
+
+def test_cli_run_with_an_image_and_pdf_pages(onnx_bundle, tmp_path):
+    image = tmp_path / "page.png"
+    noise_image(240, 180, seed=5).save(image)
+    result = run_cli("run", str(onnx_bundle), QUESTION, "--image", str(image), "--max-tokens", "5", "--threads", "2", check=True)
+    assert result.stdout.strip() and "1 vision-encoder run(s)" in result.stderr
+    pdf = tmp_path / "report.pdf"
+    pages = [noise_image(300, 400, seed=s) for s in range(3)]
+    pages[0].save(pdf, format="PDF", save_all=True, append_images=pages[1:])
+    result = run_cli("run", str(onnx_bundle), QUESTION, "--pdf", str(pdf), "--pages", "2-3", "--max-tokens", "3", "--json", check=True)
+    report = json.loads(result.stdout)
+    assert report["usage"]["vision_runs"] == 2 and report["usage"]["completion_tokens"] == 3
