@@ -26,13 +26,16 @@ def chat(tiny_model_dir):
     return ChatFormat.from_files(tiny_model_dir, config["image_token_id"])
 
 
-def _rows(processor, images) -> list[int]:
-    """Vision rows per image: t·h·w / merge² from the HF image processor's grid."""
-    if not images:
-        return []
-    grid = processor.image_processor(images=images, return_tensors="np")["image_grid_thw"]
-    merge = processor.image_processor.merge_size
-    return [int(np.prod(thw)) // merge**2 for thw in grid]
+def _rows(model_dir, images) -> list[int]:
+    """Vision rows per image as the runtime counts them (t·h·w / merge², torch-free)."""
+    import json
+
+    from exaone_edge.spec import image_spec
+    from exaone_edge.vision import rows_for
+
+    path = model_dir / "preprocessor_config.json"
+    spec = image_spec(json.loads(path.read_text()), path)
+    return [rows_for(image.size, spec) for image in images]
 
 
 def _hf_ids(processor, messages) -> list[int]:
@@ -74,10 +77,10 @@ CONVERSATIONS = {
 
 
 @pytest.mark.parametrize("name", list(CONVERSATIONS))
-def test_token_ids_and_image_positions_match_hf_processor(name, chat, hf_processor):
+def test_token_ids_and_image_positions_match_hf_processor(name, chat, hf_processor, tiny_model_dir):
     messages = CONVERSATIONS[name]
     images = message_images(messages)
-    prompt = chat.encode(messages, _rows(hf_processor, images))
+    prompt = chat.encode(messages, _rows(tiny_model_dir, images))
     expected = _hf_ids(hf_processor, messages)
     assert prompt.ids == expected
     image_id = hf_processor.image_token_id
