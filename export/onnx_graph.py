@@ -27,7 +27,10 @@ def needs_external_data(weight_bytes: int) -> bool:
 
 def trace_to_onnx(visual: Any, example: dict[str, Any], target: Path, weight_bytes: int) -> None:
     """Trace HF's vision tower (wrapped in export.graph.VisionGraph) and write it ORT-optimized to `target`
-    (+ `target.data` for large towers). `example`: the graph's feeds for any one page."""
+    (+ `target.data` for large towers). `example`: the graph's feeds for any one page.
+
+    `visual`'s weights are released once traced (moved to the meta device), so the optimizing pass
+    never holds them twice: export peaks near 2× the tower's fp32 size."""
     import shutil
     import tempfile
 
@@ -48,6 +51,7 @@ def trace_to_onnx(visual: Any, example: dict[str, Any], target: Path, weight_byt
                 dynamic_axes=DYNAMIC_AXES, opset_version=OPSET, do_constant_folding=True, dynamo=False,
                 external_data=external,
             )
+        visual.to("meta")
         optimize(raw_dir / "raw.onnx", target, external)
     finally:
         shutil.rmtree(raw_dir, ignore_errors=True)
