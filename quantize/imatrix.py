@@ -90,7 +90,6 @@ class ImatrixCollector:
         self._include_output = include_output
         self.imatrix = Imatrix()
         self.error: str | None = None
-        self.interrupted = False
 
     def _wanted(self, name: str) -> bool:
         return name.startswith("blk.") or (self._include_output and name == "output.weight")
@@ -105,9 +104,6 @@ class ImatrixCollector:
             if ask:
                 return self._wanted(name) and activations.type == GGML_TYPE_F32
             self._accumulate(name, weight, activations, tensor.src[1])
-        except KeyboardInterrupt:  # Ctrl-C landed in the callback: stop this graph, re-raise after decode
-            self.interrupted = True
-            return False
         except Exception as exc:  # an exception must not cross into C; report it after decode
             self.error = f"{type(exc).__name__}: {exc}"
         return True
@@ -197,11 +193,7 @@ def collect_imatrix(gguf_path: Path, prompts: list[list], datasets: list[str], t
     n_ctx = (longest + 255) // 256 * 256
     with LlamaRunner(gguf_path, n_ctx=n_ctx, threads=threads, cb_eval=collector) as runner:
         for prompt in track(prompts, "imatrix: calibration prompts", total=len(prompts)):
-            try:
-                runner.run(prompt)
-            finally:
-                if collector.interrupted:
-                    raise KeyboardInterrupt
+            runner.run(prompt)  # Ctrl-C is held until llama_decode returns (see llama_eval)
             if collector.error:
                 raise RuntimeError(f"imatrix collection failed: {collector.error}")
             collector.imatrix.chunks += 1

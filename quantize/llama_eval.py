@@ -8,8 +8,11 @@ own batch in one sequence, positions counting on across segments (EXAONE 4.5 use
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -52,6 +55,23 @@ def tokenize_with_gguf(gguf_path: Path, texts: Sequence[str]) -> list[list[int]]
         return out
     finally:
         llama_cpp.llama_model_free(model)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Hold Ctrl-C until llama_decode returns: raised inside a Python eval callback it would be swallowed by
+    ctypes (or abort the graph half-way); after the call it is an ordinary KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 class LlamaRunner:
@@ -137,7 +157,8 @@ class LlamaRunner:
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
                 batch.logits[i] = True
-            status = lib.llama_decode(self._ctx, batch)
+            with _deferred_interrupt():
+                status = lib.llama_decode(self._ctx, batch)
             if status != 0:
                 raise InputError(f"llama_decode failed with status {status}")
         finally:

@@ -330,8 +330,30 @@ def test_cli_interrupted_during_imatrix_leaves_only_reusable_work(tiny_model_dir
             break
     rest = process.stderr.read()
     assert process.wait(timeout=120) == 130, "".join(seen) + rest
-    assert "interrupted:" in rest and "reused by the next run" in rest and "Traceback" not in rest
+    assert "interrupted:" in rest and "reused by the next run" in rest and "Traceback" not in rest, rest
     assert not out.exists()
     work = tmp_path / ".q4.work"
     assert sorted(p.name for p in work.iterdir()) == ["decoder-F16.gguf", "decoder-F16.gguf.json"]
     assert not any(name.endswith(".partial") for name in os.listdir(tmp_path))
+
+
+def test_ctrl_c_inside_the_eval_callback_is_raised_after_decode(tiny_model_dir, tmp_path):
+    import os
+    import signal
+
+    from exaone_edge.quantize.imatrix import ImatrixCollector
+    from exaone_edge.quantize.llama_eval import LlamaRunner
+
+    collector = ImatrixCollector()
+    sent = []
+
+    def callback(tensor, ask, data):
+        if not ask and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while Python runs inside llama_decode
+        return collector(tensor, ask, data)
+
+    with LlamaRunner(converted(tiny_model_dir, "F16", tmp_path), n_ctx=256, cb_eval=callback) as runner:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run([[5, 6, 7, 8, 9]])
+    assert collector.error is None and len(collector.imatrix.sums) == 64 * 7 + 1  # the graph ran to the end
