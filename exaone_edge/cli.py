@@ -178,6 +178,7 @@ def quantize(
     keep_work: Annotated[bool, typer.Option(help="Keep the F16 GGUF and imatrix for later runs.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
+    group_size: Annotated[int, typer.Option(help="GPTQ group size (-1: per channel).")] = 128,
     json_output: JsonFlag = False,
 ) -> None:
     """Quantize the decoder: GGUF at 4/8 bits with a document-calibrated importance matrix, as a bundle."""
@@ -187,7 +188,7 @@ def quantize(
     if format not in ("gguf", "gptq"):
         raise InputError(f"--format must be gguf or gptq, got '{format}'")
     if format == "gptq":
-        return _quantize_gptq(model_dir, out, bits or 4, calibration, overwrite, json_output)
+        return _quantize_gptq(model_dir, out, bits or 4, group_size, calibration, overwrite, json_output)
     chosen = choose_recipe(bits, recipe)  # bad --bits/--recipe fail before any loading
     calib = load_calibration(calibration) if chosen.uses_imatrix else None
     from exaone_edge.quantize.pipeline import quantize_checkpoint
@@ -209,20 +210,17 @@ def quantize(
     emit(payload, json_output, result.summary())
 
 
-def _quantize_gptq(model_dir: Path, out: Path, bits: int, calibration: Path | None, overwrite: bool,
-                   json_output: bool) -> None:
+def _quantize_gptq(model_dir: Path, out: Path, bits: int, group_size: int, calibration: Path | None,
+                   overwrite: bool, json_output: bool) -> None:
     from dataclasses import asdict
 
-    try:
-        from exaone_edge.docs import generate_set, load_documents
-    except ImportError:
-        raise InputError("GPTQ calibration needs the documents package (exaone_edge.docs), not installed") from None
+    from exaone_edge.docs import generate_set, load_documents
     from exaone_edge.quantize.gptq import document_conversations, quantize_gptq
 
     documents = load_documents(calibration) if calibration else generate_set(8, ["en", "ko"], 0)
     calib, evals = documents.split(eval_fraction=0.25, seed=0)
     result = quantize_gptq(model_dir, out, document_conversations(calib.documents),
-                           document_conversations(evals.documents), bits=bits,
+                           document_conversations(evals.documents), bits=bits, group_size=group_size,
                            calibration_hash=documents.content_hash, overwrite=overwrite)
     emit(asdict(result), json_output, f"{result.path}: GPTQ {result.bits}-bit, KL vs source {result.kl_mean:.3g}")
 
