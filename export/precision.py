@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ def _weight_matmuls(model) -> list[str]:
     return [node.name for node in model.graph.node if node.op_type == "MatMul" and node.input[1] in initializers]
 
 
-def to_fp16(source: Path, target: Path, *, feeds: list[dict[str, np.ndarray]], external: bool) -> None:
+def to_fp16(source: Path, target: Path, *, feeds: Iterable[dict[str, np.ndarray]], external: bool) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -40,14 +40,14 @@ def to_fp16(source: Path, target: Path, *, feeds: list[dict[str, np.ndarray]], e
 
 
 class _Reader:
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+    def __init__(self, feeds: Iterable[dict[str, np.ndarray]]) -> None:
         self._feeds = iter(feeds)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._feeds, None)
 
 
-def to_int8(source: Path, target: Path, *, feeds: list[dict[str, np.ndarray]], external: bool) -> None:
+def to_int8(source: Path, target: Path, *, feeds: Iterable[dict[str, np.ndarray]], external: bool) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -56,11 +56,13 @@ def to_int8(source: Path, target: Path, *, feeds: list[dict[str, np.ndarray]], e
         str(source), str(target), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
         nodes_to_quantize=nodes, calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external,
+        # ORT's MinMax calibrator holds every page's activations until the end (its CalibMaxIntermediateOutputs
+        # option drops them uncounted in 1.31.1), so the page count is capped by the caller
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )
 
 
-def to_int4(source: Path, target: Path, *, feeds: list[dict[str, np.ndarray]], external: bool) -> None:
+def to_int4(source: Path, target: Path, *, feeds: Iterable[dict[str, np.ndarray]], external: bool) -> None:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 

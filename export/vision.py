@@ -29,7 +29,7 @@ PRECISIONS = tuple(TOLERANCES)
 KIND = "vision-onnx"
 GRAPH_FILE = "vision.onnx"
 COPIED = ("config.json", "preprocessor_config.json")
-MAX_CALIBRATION_PAGES = 64
+MAX_CALIBRATION_PAGES = 16  # the calibrator keeps all their activations in memory
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def export_vision(model_dir: Path, out: Path, *, precision: str = "fp32",
                 shutil.move(file, tmp / file.name)
         else:
             log(f"converting to {precision}")
-            feeds = [_feeds(page, checkpoint, theta) for page in calib]
+            feeds = (_feeds(page, checkpoint, theta) for page in calib)  # one page's patches at a time
             convert.CONVERTERS[precision](work / "fp32" / GRAPH_FILE, tmp / GRAPH_FILE, feeds=feeds, external=external)
         shutil.rmtree(work)
 
