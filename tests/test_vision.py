@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,6 +101,28 @@ def test_geometry_inputs_reproduce_hf_tower(checkpoint, hf_tower):
             got = graph(*(torch.from_numpy(feeds[name]) for name in INPUT_NAMES)).numpy()
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= 1e-5, sizes
+
+
+@pytest.mark.parametrize("config", ["tiny", "exaone45_33b"])
+def test_geometry_equals_transformers_helpers(checkpoint, config):
+    """Window order, window boundaries and rotary positions as transformers' vision_utils computes them,
+    for the tiny tower and the real one (patch 16, window 112: 3×3 merge units per window)."""
+    import torch
+    from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+
+    from exaone_edge.spec import vision_spec
+    from exaone_edge.vision.geometry import position_ids, window_index
+
+    path = Path(__file__).parent / "data" / "exaone45_33b_config.json"
+    spec = checkpoint.spec.vision if config == "tiny" else vision_spec(json.loads(path.read_text())["vision_config"], path)
+    grids = [(1, 74, 52), (1, 6, 4), (1, 2, 2), (1, 12, 18), (1, 38, 26)]
+    want_order, cu = get_vision_window_index(torch.tensor(grids), spec.spatial_merge_size, spec.window_size,
+                                             spec.patch_size)
+    order, lengths = window_index(grids, spec)
+    assert np.array_equal(order, want_order.numpy())
+    assert np.array_equal(np.unique(cu.numpy()), np.unique(np.concatenate([[0], np.cumsum(lengths * spec.spatial_merge_size**2)])))
+    want_positions = get_vision_position_ids(torch.tensor(grids), spec.spatial_merge_size)
+    assert np.array_equal(position_ids(grids, spec.spatial_merge_size), want_positions.numpy())
 
 
 def test_geometry_windows_partition_every_patch(checkpoint):
