@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,7 @@ class VisionRows:
 class PromptBuilder:
     """Chat-formats samples with the checkpoint's template and tokenizer; images become row segments."""
 
-    def __init__(self, checkpoint: Checkpoint, vision: VisionRows | None) -> None:
+    def __init__(self, checkpoint: Checkpoint, vision: Callable[[Any], np.ndarray] | None) -> None:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)

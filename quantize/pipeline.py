@@ -107,13 +107,14 @@ def quantize_checkpoint(
         ensure_free_space(out, out_needs)
     reused: list[str] = []
 
-    vision = _VisionOnce(checkpoint)
+    vision = _VisionOnce(checkpoint, vision_dir)
     f16 = _cached(f16_path, f16_inputs, lambda tmp: _convert(checkpoint.path, tmp), "F16 GGUF", reused, f16_ready)
     imatrix_path = None
     calib_hash = calibration_hash or (samples_hash(calibration) if calibration else None)
     if chosen.uses_imatrix:
         assert calibration is not None and calib_hash is not None
-        imatrix_inputs = {"decoder": _sidecar(f16)["sha256"], "calibration": calib_hash, **IMATRIX_SETTINGS}
+        imatrix_inputs = {"decoder": _sidecar(f16)["sha256"], "calibration": calib_hash, "rows": vision.source,
+                          **IMATRIX_SETTINGS}
         imatrix_path = _cached(work / "imatrix.gguf", imatrix_inputs,
                                lambda tmp: _collect(checkpoint, vision, f16, calibration, calib_hash, tmp, threads),
                                "importance matrix", reused)
@@ -205,16 +206,31 @@ def split_samples(samples: Sequence[CalibrationSample] | None) -> tuple[list[Cal
 
 
 class _VisionOnce:
-    """The vision tower, loaded on first use and shared by calibration and evaluation."""
+    """Where page rows come from, loaded on first use and shared by calibration and evaluation: the exported
+    ONNX encoder when one is bundled (exactly what serving feeds the decoder), else the PyTorch tower."""
 
-    def __init__(self, checkpoint) -> None:
-        self.checkpoint, self._rows = checkpoint, None
+    def __init__(self, checkpoint, vision_dir: Path | None) -> None:
+        self.checkpoint, self.vision_dir, self._rows = checkpoint, vision_dir, None
+
+    @property
+    def source(self) -> str:
+        if self.vision_dir is None:
+            return "pytorch vision tower"
+        from exaone_edge.manifest import read_manifest
+
+        files = read_manifest(self.vision_dir, verify=False).files
+        return "onnx " + ":".join(entry["sha256"] for _, entry in sorted(files.items()))
 
     def builder(self, samples: Sequence[CalibrationSample]):
         from exaone_edge.quantize.calibration import PromptBuilder, VisionRows
 
         if self._rows is None and any(sample.image is not None for sample in samples):
-            self._rows = VisionRows(self.checkpoint)
+            if self.vision_dir is not None:
+                from exaone_edge.vision import VisionEncoder
+
+                self._rows = VisionEncoder(self.vision_dir).encode
+            else:
+                self._rows = VisionRows(self.checkpoint)
         return PromptBuilder(self.checkpoint, self._rows)
 
 
@@ -223,7 +239,8 @@ def _collect(checkpoint, vision: _VisionOnce, f16: Path, samples, calib_hash: st
     from exaone_edge.quantize.imatrix import collect_imatrix, save_imatrix
 
     with_images = sum(sample.image is not None for sample in samples)
-    log(f"imatrix: {len(samples)} calibration prompts ({with_images} with page images)")
+    rows_from = "the exported ONNX encoder" if vision.vision_dir else "the PyTorch vision tower"
+    log(f"imatrix: {len(samples)} calibration prompts ({with_images} with page images, rows from {rows_from})")
     prompts = build_prompts(vision.builder(samples), samples, IMATRIX_SETTINGS["max_positions"])
     imatrix = collect_imatrix(f16, prompts, [f"exaone-edge documents sha256:{calib_hash[:16]}"], threads)
     save_imatrix(imatrix, tmp, chunk_size=max(sum(len(s) for s in p) for p in prompts))

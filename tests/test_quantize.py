@@ -357,3 +357,39 @@ def test_ctrl_c_inside_the_eval_callback_is_raised_after_decode(tiny_model_dir, 
         with pytest.raises(KeyboardInterrupt):
             runner.run([[5, 6, 7, 8, 9]])
     assert collector.error is None and len(collector.imatrix.sums) == 64 * 7 + 1  # the graph ran to the end
+
+
+@pytest.fixture(scope="module")
+def vision_export(tiny_model_dir, tmp_path_factory):
+    from exaone_edge.export.vision import export_vision
+
+    return export_vision(tiny_model_dir, tmp_path_factory.mktemp("vision") / "export", precision="fp32").path
+
+
+def test_4bit_bundle_with_the_onnx_export_calibrates_through_it_and_runs(tiny_model_dir, vision_export, tmp_path):
+    """With --vision, calibration rows come from the exported encoder (what serving uses); the bundle then
+    answers through the runtime's own engine."""
+    from exaone_edge.quantize.pipeline import quantize_checkpoint
+    from exaone_edge.runtime.bundle import load_bundle
+
+    result = quantize_checkpoint(tiny_model_dir, tmp_path / "bundle", bits=4, calibration=_samples(),
+                                 vision_dir=vision_export, work_dir=tmp_path / "work", keep_work=True)
+    bundle = load_bundle(result.bundle, verify=True)
+    assert bundle.manifest.details["vision"]["precision"] == "fp32"
+    assert (result.bundle / "vision" / "vision.onnx").is_file()
+    from exaone_edge.runtime.engine import Engine
+    from exaone_edge.runtime.generation import GenerationParams
+
+    engine = Engine.load(result.bundle, n_ctx=1024)
+    try:
+        messages = [{"role": "user", "content": [{"type": "image", "image": page_image(7, size=(256, 192))},
+                                                 {"type": "text", "text": "What is the invoice total?"}]}]
+        chunks = list(engine.generate(messages, GenerationParams(max_tokens=6)))
+    finally:
+        engine.close()
+    assert 1 <= chunks[-1].usage.completion_tokens <= 6 and chunks[-1].usage.image_rows > 0 and engine.vision_runs == 1
+    sidecar = json.loads((tmp_path / "work" / "imatrix.gguf.json").read_text())
+    torch_rows = quantize_checkpoint(tiny_model_dir, tmp_path / "b2", bits=4, calibration=_samples(),
+                                     work_dir=tmp_path / "work", keep_work=True)
+    assert "importance matrix" not in torch_rows.reused  # other row source → other inputs hash → recomputed
+    assert json.loads((tmp_path / "work" / "imatrix.gguf.json").read_text())["inputs"] != sidecar["inputs"]
