@@ -216,25 +216,20 @@ def test_cli_quantize_8bit_json(tiny_model_dir, tmp_path):
     assert (tmp_path / "q8" / "decoder.gguf").is_file() and not (tmp_path / ".q8.work").exists()
 
 
-def test_bundle_carries_a_verified_vision_export_and_loads_in_the_runtime(tiny_model_dir, tmp_path):
-    """Bundling copies and checks an `export` output; the ONNX itself is the export stage's business, so an
-    export-shaped directory (manifest kind vision-onnx) stands in for it here."""
+def test_bundle_carries_a_verified_vision_export_and_refuses_an_altered_one(tiny_model_dir, vision_export, tmp_path):
     import shutil
 
     from exaone_edge.errors import ArtifactError
-    from exaone_edge.manifest import Manifest, write_manifest
     from exaone_edge.quantize.pipeline import quantize_checkpoint
     from exaone_edge.runtime.bundle import load_bundle
 
     export = tmp_path / "export"
-    export.mkdir()
-    shutil.copy2(tiny_model_dir / "preprocessor_config.json", export / "preprocessor_config.json")
-    write_manifest(export, Manifest(kind="vision-onnx", details={"precision": "fp32"}))
+    shutil.copytree(vision_export, export)
     result = quantize_checkpoint(tiny_model_dir, tmp_path / "bundle", bits=8, vision_dir=export,
                                  work_dir=tmp_path / "work")
     bundle = load_bundle(result.bundle, verify=True)
     assert bundle.manifest.details["vision"]["precision"] == "fp32"
-    assert "vision/preprocessor_config.json" in bundle.manifest.files and bundle.decoder_path.is_file()
+    assert "vision/vision.onnx" in bundle.manifest.files and (result.bundle / "vision" / "manifest.json").is_file()
     (export / "preprocessor_config.json").write_text("{}")  # altered after export: refused before any work
     with pytest.raises(ArtifactError, match="checksum"):
         quantize_checkpoint(tiny_model_dir, tmp_path / "again", bits=8, vision_dir=export, work_dir=tmp_path / "w2")
