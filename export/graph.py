@@ -13,8 +13,25 @@ from torch import nn
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    out = torch.matmul(x, layer.weight.t())
+    # weights stored [in, out] by VisionGraph(consume_weights=True); HF's [out, in] otherwise
+    weight = layer.weight if getattr(layer, "transposed", False) else layer.weight.t()
+    out = torch.matmul(x, weight)
     return out if layer.bias is None else out + layer.bias
+
+
+def _transpose_in_place(visual: nn.Module) -> None:
+    """Store every matmul weight as [in, out], one tensor at a time: the exporter then writes the
+    weights as they are instead of constant-folding a transposed copy of each (1× less peak memory)."""
+    with torch.no_grad():
+        for module in visual.modules():
+            if isinstance(module, nn.Linear) and not getattr(module, "transposed", False):
+                module.weight = nn.Parameter(module.weight.t().contiguous(), requires_grad=False)
+                module.transposed = True
+        proj = visual.patch_embed.proj
+        if not getattr(proj, "transposed", False):
+            proj.weight = nn.Parameter(proj.weight.reshape(proj.weight.shape[0], -1).t().contiguous(),
+                                       requires_grad=False)
+            proj.transposed = True
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -29,9 +46,12 @@ def _segment_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class VisionGraph(nn.Module):
-    def __init__(self, visual: nn.Module) -> None:
+    def __init__(self, visual: nn.Module, *, consume_weights: bool = False) -> None:
+        """`consume_weights`: re-lay HF's weights in place for export; `visual` no longer runs HF's forward."""
         super().__init__()
         config = visual.config
+        if consume_weights:
+            _transpose_in_place(visual)
         self.visual = visual
         self.hidden = config.hidden_size
         self.heads = config.num_heads
@@ -83,8 +103,9 @@ class VisionGraph(nn.Module):
                 window_scatter: torch.Tensor, full_segments: torch.Tensor) -> torch.Tensor:
         visual = self.visual
         # Conv3d with kernel == stride over one patch is a matmul with the flattened kernel
-        weight = visual.patch_embed.proj.weight
-        x = torch.matmul(pixel_patches, weight.reshape(weight.shape[0], -1).t())
+        proj = visual.patch_embed.proj
+        weight = proj.weight if getattr(proj, "transposed", False) else proj.weight.reshape(proj.weight.shape[0], -1).t()
+        x = torch.matmul(pixel_patches, weight)
         n = x.shape[0]
         x = x.reshape(-1, self.unit, self.hidden)[window_index].reshape(n, self.hidden)
         full_mask = _segment_mask(full_segments, x.dtype)

@@ -29,8 +29,8 @@ def trace_to_onnx(visual: Any, example: dict[str, Any], target: Path, weight_byt
     """Trace HF's vision tower (wrapped in export.graph.VisionGraph) and write it ORT-optimized to `target`
     (+ `target.data` for large towers). `example`: the graph's feeds for any one page.
 
-    `visual`'s weights are released once traced (moved to the meta device), so the optimizing pass
-    never holds them twice: export peaks near 2× the tower's fp32 size."""
+    Consumes `visual`: its weights are re-laid in place for tracing and released once traced (moved to
+    the meta device), so neither tracing nor the optimizing pass holds them twice."""
     import shutil
     import tempfile
 
@@ -38,7 +38,7 @@ def trace_to_onnx(visual: Any, example: dict[str, Any], target: Path, weight_byt
 
     from exaone_edge.export.graph import VisionGraph
 
-    graph = VisionGraph(visual).eval()
+    graph = VisionGraph(visual, consume_weights=True).eval()
     args = tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES)
     external = needs_external_data(weight_bytes)
     raw_dir = Path(tempfile.mkdtemp(prefix=".trace.", dir=target.parent))
