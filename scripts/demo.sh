@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job, end to end on the built-in tiny model. Each stage is the command a user would type.
+# The main job, end to end on the built-in tiny model. Each stage is the command a user would type:
+# tiny model → inspect → document set → vision export → GGUF bundle → validation report → a question.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=.venv/bin/exaone-edge
+BIN=${EXAONE_EDGE_BIN:-.venv/bin/exaone-edge}
 WORK=${DEMO_DIR:-demo-out}
 mkdir -p "$WORK"
 
@@ -10,3 +11,11 @@ step() { printf '\n$ %s\n' "$*" >&2; "$@"; }
 
 step $BIN tiny-model "$WORK/tiny" --overwrite
 step $BIN inspect "$WORK/tiny"
+step $BIN plan "$WORK/tiny" --gpu rtx4090 --context 4096
+step $BIN docs make "$WORK/docs" --n 12 --lang ko,en --seed 0 --overwrite
+step $BIN export "$WORK/tiny" -o "$WORK/vision" --precision fp32 --overwrite
+step $BIN quantize "$WORK/tiny" --bits 4 --calibration "$WORK/docs" --vision "$WORK/vision" -o "$WORK/bundle-q4" --overwrite
+step $BIN validate "$WORK/bundle-q4" --reference "$WORK/tiny" --eval "$WORK/docs" --max-questions 4 -o "$WORK/report"
+page=$(ls "$WORK"/docs/pages/*.png | head -1)
+step $BIN run "$WORK/bundle-q4" --image "$page" --max-tokens 24 "What is the total amount on this invoice?"
+printf '\nreport: %s\n' "$WORK/report/report.html" >&2

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +31,16 @@ def measure(bundle: Path, page: Path, question: str, max_tokens: int = 32) -> di
         "decode_tokens_per_s": timings.tokens_per_s,
         "prompt_tokens": last.usage.prompt_tokens,
         "completion_tokens": last.usage.completion_tokens,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
     }
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM of this process: unlike ru_maxrss it starts afresh at exec, so the parent's size never leaks in."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
 
 
 def probe(bundle: Path, page: Path, question: str) -> dict[str, Any]:
