@@ -261,8 +261,10 @@ def validate(
 ) -> None:
     """Accuracy-regression report per artifact: vision/decoder fidelity, document-QA accuracy, speed, memory."""
     from exaone_edge.validate.collect import ValidateOptions, validate as collect
-    from exaone_edge.validate.report import write_report
+    from exaone_edge.validate.report import load_baseline, write_report
 
+    if baseline is not None:
+        load_baseline(baseline)  # a bad baseline fails before the run, not after
     report = collect(reference, artifacts, eval_set, ValidateOptions(max_questions=max_questions, measure_speed=not no_speed))
     overrides = {"kl_mean_increase": kl_threshold} if kl_threshold is not None else None
     result = write_report(out, report, baseline, overrides)

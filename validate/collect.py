@@ -121,6 +121,10 @@ def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
 
     if not artifacts:
         raise InputError("no artifacts to validate", fix="Pass one or more bundles, GPTQ checkpoints or vision exports.")
+    from exaone_edge.manifest import read_manifest
+
+    for path in artifacts:  # fail on a wrong path before minutes of reference work
+        read_manifest(Path(path), verify=False)
     documents = load_documents(eval_set) if eval_set else generate_set(6, ["en", "ko"], 1)
     questions = questions_from(documents, options.max_questions)
     log(f"validate: reference {reference_dir} on {len(questions)} questions")
