@@ -7,10 +7,11 @@ from typing import Any
 
 from exaone_edge.vision.geometry import INPUT_NAMES, OUTPUT_NAME
 
-OPSET = 17
+OPSET = 18
 DATA_SUFFIX = ".data"
-# protobuf caps a file at 2 GiB: larger towers keep their weights in one side file
-EXTERNAL_DATA_BYTES = 1 << 30
+# Above this the weights go to one side file (`vision.onnx.data`): protobuf caps a file at 2 GiB, and
+# writing weights inline needs a second in-memory copy of them.
+EXTERNAL_DATA_BYTES = 64 << 20
 
 _PATCHES = {0: "patches"}
 _UNITS = {0: "units"}
@@ -31,6 +32,7 @@ def trace_to_onnx(visual: Any, example: dict[str, Any], target: Path, weight_byt
 
     Consumes `visual`: its weights are re-laid in place for tracing and released once traced (moved to
     the meta device), so neither tracing nor the optimizing pass holds them twice."""
+    import gc
     import shutil
     import tempfile
 
@@ -41,20 +43,55 @@ def trace_to_onnx(visual: Any, example: dict[str, Any], target: Path, weight_byt
     graph = VisionGraph(visual, consume_weights=True).eval()
     args = tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES)
     external = needs_external_data(weight_bytes)
+    dims = {name: torch.export.Dim(name) for name in ("patches", "units", "windows", "window_len")}
+    shapes = {name: {axis: dims[label] for axis, label in axes.items()}
+              for name, axes in DYNAMIC_AXES.items() if name != OUTPUT_NAME}
     raw_dir = Path(tempfile.mkdtemp(prefix=".trace.", dir=target.parent))
     try:
-        # The TorchScript exporter: with the geometry as inputs nothing is data-dependent, so one trace
-        # serves every grid (NOTES.md: the dynamo exporter fails on HF's own forward).
+        # The dynamo exporter: with the geometry as inputs nothing is data-dependent, so one graph
+        # serves every grid (NOTES.md: it fails on HF's own forward). It holds no second copy of the
+        # weights (peak ≈ the tower's size; the TorchScript exporter needed 2.9× more).
         with torch.no_grad():
-            torch.onnx.export(
-                graph, args, str(raw_dir / "raw.onnx"), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                dynamic_axes=DYNAMIC_AXES, opset_version=OPSET, do_constant_folding=True, dynamo=False,
-                external_data=external,
-            )
+            program = torch.onnx.export(graph, args, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                                        dynamic_shapes=shapes, opset_version=OPSET, dynamo=True,
+                                        external_data=True, verbose=False)
+        # weights stream to a side file: serializing them into one protobuf would copy them all
+        program.save(str(raw_dir / "raw.onnx"), external_data=True)
+        del program
         visual.to("meta")
-        optimize(raw_dir / "raw.onnx", target, external)
+        gc.collect()  # the exported program's reference cycles hold the weights until collected
+        optimized = raw_dir / "opt" / target.name
+        optimized.parent.mkdir()
+        optimize(raw_dir / "raw.onnx", optimized, external=True)
+        import onnx
+
+        model = onnx.load(str(optimized), load_external_data=not external)  # small: inline the weights
+        _unshare_small_constants(model)
+        if external:
+            shutil.move(optimized.parent / (target.name + DATA_SUFFIX), target.parent / (target.name + DATA_SUFFIX))
+        onnx.save_model(model, str(target))
     finally:
         shutil.rmtree(raw_dir, ignore_errors=True)
+
+
+def _unshare_small_constants(model: Any, max_elements: int = 16) -> None:
+    """Give each consumer its own copy of a shared scalar constant (the dynamo exporter shares e.g. the
+    RMSNorm exponent across all blocks): ORT's fp16 converter names its casts after the input and
+    would otherwise emit duplicate node names."""
+    import collections
+
+    from onnx import numpy_helper
+
+    small = {t.name: t for t in model.graph.initializer
+             if t.data_location != 1 and len(numpy_helper.to_array(t).reshape(-1)) <= max_elements}
+    uses = collections.Counter(name for node in model.graph.node for name in node.input if name in small)
+    graph_outputs = {o.name for o in model.graph.output}
+    for node_index, node in enumerate(model.graph.node):
+        for slot, name in enumerate(node.input):
+            if uses.get(name, 0) > 1 and name not in graph_outputs:
+                copy = numpy_helper.from_array(numpy_helper.to_array(small[name]), f"{name}__{node_index}_{slot}")
+                model.graph.initializer.append(copy)
+                node.input[slot] = copy.name
 
 
 def optimize(source: Path, target: Path, external: bool) -> None:
