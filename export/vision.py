@@ -94,7 +94,7 @@ def export_vision(model_dir: Path, out: Path, *, precision: str = "fp32",
         work = tmp / ".work"
         (work / "fp32").mkdir(parents=True)
         external = onnx_graph.needs_external_data(weight_bytes)
-        log("exporting to ONNX (TorchScript exporter, dynamic patch axis), optimizing for ONNX Runtime")
+        log("exporting to ONNX (dynamic patch axis) and optimizing it for ONNX Runtime")
         example = _feeds(checklist.page_image((640, 480), 0), checkpoint, theta)
         onnx_graph.trace_to_onnx(model, example, work / "fp32" / GRAPH_FILE, weight_bytes)
         del model
