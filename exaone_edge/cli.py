@@ -179,6 +179,7 @@ def quantize(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
     group_size: Annotated[int, typer.Option(help="GPTQ group size (-1: per channel).")] = 128,
+    imatrix: Annotated[bool, typer.Option(help="Calibrate 4/5/6-bit levels with the document importance matrix.")] = True,
     json_output: JsonFlag = False,
 ) -> None:
     """Quantize the decoder: GGUF at 4/8 bits with a document-calibrated importance matrix, as a bundle."""
@@ -189,7 +190,7 @@ def quantize(
         raise InputError(f"--format must be gguf or gptq, got '{format}'")
     if format == "gptq":
         return _quantize_gptq(model_dir, out, bits or 4, group_size, calibration, overwrite, json_output)
-    chosen = choose_recipe(bits, recipe)  # bad --bits/--recipe fail before any loading
+    chosen = choose_recipe(bits, recipe, imatrix)  # bad --bits/--recipe fail before any loading
     calib = load_calibration(calibration) if chosen.uses_imatrix else None
     from exaone_edge.quantize.pipeline import quantize_checkpoint
 
@@ -198,6 +199,7 @@ def quantize(
             model_dir, out, recipe=chosen.level, calibration=calib.calibration if calib else None,
             evaluation=calib.evaluation if calib else None, calibration_hash=calib.content_hash if calib else None,
             vision_dir=vision, work_dir=work_dir, keep_work=keep_work, overwrite=overwrite, threads=threads,
+            imatrix=imatrix,
         )
     except KeyboardInterrupt:
         work = work_dir or out.parent / f".{out.name}.work"

@@ -71,6 +71,7 @@ def quantize_checkpoint(
     keep_work: bool = False,
     overwrite: bool = False,
     threads: int | None = None,
+    imatrix: bool = True,
 ) -> QuantizeResult:
     require("gguf", "quantize")
     require("llama_cpp", "quantize")
@@ -78,7 +79,7 @@ def quantize_checkpoint(
     from exaone_edge.quantize.gguf_convert import checkpoint_hash, ensure_free_space, plan_tensors
 
     started = time.monotonic()
-    chosen = choose_recipe(bits, recipe)
+    chosen = choose_recipe(bits, recipe, imatrix)
     checkpoint = open_checkpoint(Path(checkpoint_dir))
     out = Path(out)
     if out.exists() and not overwrite and any(out.iterdir()):

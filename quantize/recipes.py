@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from exaone_edge.errors import InputError
 from exaone_edge.levels import LEVELS
@@ -19,6 +19,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     recipe.level: recipe
     for recipe in (
+        Recipe("F16", 1, 16, uses_imatrix=False),  # the unquantized reference level for validation
         Recipe("Q8_0", 7, 8, uses_imatrix=False),
         Recipe("Q6_K", 18, 6, uses_imatrix=True),
         Recipe("Q5_K_M", 17, 5, uses_imatrix=True),
@@ -31,7 +32,13 @@ DEFAULT_FOR_BITS = {8: "Q8_0", 6: "Q6_K", 5: "Q5_K_M", 4: "Q4_K_M"}
 assert set(RECIPES) <= set(LEVELS)
 
 
-def choose_recipe(bits: int | None, recipe: str | None) -> Recipe:
+def choose_recipe(bits: int | None, recipe: str | None, imatrix: bool = True) -> Recipe:
+    """See `_choose`; `imatrix=False` quantizes without the importance matrix (for comparisons)."""
+    chosen = _choose(bits, recipe)
+    return chosen if imatrix else replace(chosen, uses_imatrix=False)
+
+
+def _choose(bits: int | None, recipe: str | None) -> Recipe:
     """`--bits` picks the default recipe of its family; `--recipe` picks one by name and must agree with `--bits`."""
     if recipe is not None:
         key = recipe.upper()

@@ -216,6 +216,19 @@ def test_cli_quantize_8bit_json(tiny_model_dir, tmp_path):
     assert (tmp_path / "q8" / "decoder.gguf").is_file() and not (tmp_path / ".q8.work").exists()
 
 
+def test_cli_f16_reference_and_q4_without_imatrix(tiny_model_dir, tmp_path):
+    """The levels a validation report compares: F16 (KL 0 by construction) and Q4_K_M without the imatrix."""
+    f16 = run_cli("quantize", str(tiny_model_dir), "--recipe", "F16", "-o", str(tmp_path / "f16"), "--json")
+    assert f16.returncode == 0, f16.stderr
+    payload = json.loads(f16.stdout)
+    assert payload["level"] == "F16" and payload["imatrix"] is None and payload["fidelity"]["kl_mean"] < 1e-9
+    plain = run_cli("quantize", str(tiny_model_dir), "--bits", "4", "--no-imatrix", "-o", str(tmp_path / "q4"), "--json")
+    assert plain.returncode == 0, plain.stderr
+    payload = json.loads(plain.stdout)
+    assert payload["level"] == "Q4_K_M" and payload["imatrix"] is None and payload["fidelity"]["kl_mean"] > 0
+    assert not (tmp_path / "q4" / "imatrix.gguf").exists()
+
+
 def test_bundle_carries_a_verified_vision_export_and_refuses_an_altered_one(tiny_model_dir, vision_export, tmp_path):
     import shutil
 
