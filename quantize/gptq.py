@@ -110,6 +110,7 @@ def quantize_gptq(
     model_dir = Path(model_dir).resolve()
     started = time.perf_counter()
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        tmp = tmp.resolve()  # GPTQModel runs inside the scratch dir: relative paths would land there
         scratch = tmp / ".scratch"
         scratch.mkdir()
         config = QuantizeConfig(

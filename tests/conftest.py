@@ -19,7 +19,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0).path
 
 
-def run_cli(*args: str, check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, check: bool = False, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `exaone-edge` as a user would, in a fresh interpreter."""
     result = subprocess.run(
         [sys.executable, "-m", "exaone_edge.cli", *args],
@@ -27,6 +28,7 @@ def run_cli(*args: str, check: bool = False, env: dict[str, str] | None = None) 
         text=True,
         env={**os.environ, **(env or {})},
         timeout=600,
+        cwd=cwd,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"exaone-edge {' '.join(args)} failed:\n{result.stderr}")

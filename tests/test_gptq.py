@@ -83,6 +83,17 @@ def test_bad_options(bits, group, message):
         check_options(bits, group, [256, 512])
 
 
+def test_relative_output_path_from_the_cli(tiny_model_dir, tmp_path):
+    """GPTQModel works inside a scratch directory; a relative -o must still land where the user said."""
+    from conftest import run_cli
+
+    result = run_cli("quantize", str(tiny_model_dir), "--format", "gptq", "--bits", "8", "-o", "out-8", "--json",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out-8" / "quantize_config.json").is_file()
+    assert read_manifest(tmp_path / "out-8", kind="gptq").details["bits"] == 8
+
+
 def test_too_small_calibration_set(tiny_model_dir, tmp_path):
     with pytest.raises(InputError, match="GPTQ needs at least 4"):
         quantize_gptq(tiny_model_dir, tmp_path / "out", _chats(2), _chats(1))
