@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -30,3 +32,8 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr, transient=False) as progress:
         yield from progress.track(items, total=total, description=description)
+
+
+def stdout_to_stderr() -> contextlib.AbstractContextManager:
+    """For libraries that log to stdout (GPTQModel): their lines must not corrupt `--json` results."""
+    return contextlib.redirect_stdout(sys.stderr)

@@ -20,7 +20,7 @@ from exaone_edge.checkpoint import open_checkpoint
 from exaone_edge.errors import InputError, require
 from exaone_edge.files import atomic_dir
 from exaone_edge.manifest import Manifest, write_manifest
-from exaone_edge.progress import log
+from exaone_edge.progress import log, stdout_to_stderr
 
 GPTQ_BITS = (4, 8)
 MIN_CALIBRATION = 4  # GPTQ's Hessians need several documents; real models want 128+
@@ -105,9 +105,15 @@ def quantize_gptq(
         )
     require("gptqmodel", "gptq")
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
+    with stdout_to_stderr():
+        return _quantize(Path(model_dir).resolve(), Path(out), calibration, evaluation, bits, group_size,
+                         calibration_hash, overwrite)
+
+
+def _quantize(model_dir: Path, out: Path, calibration: list[Conversation], evaluation: list[Conversation],
+              bits: int, group_size: int, calibration_hash: str | None, overwrite: bool) -> GptqResult:
     from gptqmodel import GPTQModel, QuantizeConfig
 
-    model_dir = Path(model_dir).resolve()
     started = time.perf_counter()
     with atomic_dir(out, overwrite=overwrite) as tmp:
         tmp = tmp.resolve()  # GPTQModel runs inside the scratch dir: relative paths would land there

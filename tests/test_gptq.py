@@ -90,6 +90,7 @@ def test_relative_output_path_from_the_cli(tiny_model_dir, tmp_path):
     result = run_cli("quantize", str(tiny_model_dir), "--format", "gptq", "--bits", "8", "-o", "out-8", "--json",
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["bits"] == 8  # GPTQModel's own log lines went to stderr
     assert (tmp_path / "out-8" / "quantize_config.json").is_file()
     assert read_manifest(tmp_path / "out-8", kind="gptq").details["bits"] == 8
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from exaone_edge.errors import ArtifactError
 from exaone_edge.manifest import read_manifest
+from exaone_edge.progress import stdout_to_stderr
 from exaone_edge.validate.reference import HFModel, Question
 
 LEVEL_BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8, "Q6_K": 6, "Q5_K_M": 5, "Q4_K_M": 4, "Q4_K_S": 4, "IQ4_XS": 4}
@@ -67,7 +68,8 @@ class GptqCandidate:
         self.bits = manifest.details["bits"]
         self.name = f"GPTQ {self.bits}-bit"
         self.bytes = _directory_bytes(self.path)
-        self.model = HFModel(self.path, reference_dir)
+        with stdout_to_stderr():  # GPTQModel's kernel selection logs to stdout
+            self.model = HFModel(self.path, reference_dir)
 
     def teacher_forced(self, question: Question, answer_ids: list[int]) -> np.ndarray:
         return self.model.teacher_forced(question, answer_ids)
