@@ -188,7 +188,7 @@ class Engine:
                 while True:
                     token = sampler.sample()
                     first = first or time.perf_counter()
-                    if token in self._stop_ids or self.llama.is_end_of_generation(token):
+                    if not params.ignore_eos and (token in self._stop_ids or self.llama.is_end_of_generation(token)):
                         finish = "stop"
                         break
                     generated.append(token)

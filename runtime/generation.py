@@ -36,6 +36,7 @@ class GenerationParams:
     min_p: float = 0.0  # 0 → off
     seed: int | None = None  # None → a fresh random seed per request
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # keep decoding past end-of-turn (benchmarks need a fixed token count)
     # Extra variables for the chat template (e.g. {"enable_thinking": True}), as vLLM's chat_template_kwargs.
     template_kwargs: dict[str, Any] = field(default_factory=dict)
 

@@ -125,6 +125,15 @@ def test_streaming_stop_strings_and_max_tokens(engine):
     assert full.text.startswith(stopped.text)
 
 
+def test_ignore_eos_decodes_past_the_end_of_turn(engine, monkeypatch):
+    messages = [{"role": "user", "content": "List the parties to the agreement."}]
+    first = collect(engine.generate(messages, GenerationParams(max_tokens=1))).token_ids[0]
+    monkeypatch.setattr(engine, "_stop_ids", set(engine._stop_ids) | {first})  # greedy now "ends" at once
+    assert collect(engine.generate(messages, GenerationParams(max_tokens=6))).usage.completion_tokens == 0
+    kept = collect(engine.generate(messages, GenerationParams(max_tokens=6, ignore_eos=True)))
+    assert kept.finish_reason == "length" and kept.token_ids[0] == first and len(kept.token_ids) == 6
+
+
 def test_closing_a_stream_early_frees_the_engine(engine):
     messages = [{"role": "user", "content": "Read the table."}]
     stream = engine.generate(messages, GenerationParams(max_tokens=50))

@@ -212,6 +212,7 @@ def _params(body: ChatCompletionRequest, settings: ServerSettings) -> Generation
         min_p=defaults.min_p if body.min_p is None else body.min_p,
         seed=body.seed,
         stop=stop,
+        ignore_eos=body.ignore_eos,
         template_kwargs=dict(body.chat_template_kwargs or {}),
     )
 

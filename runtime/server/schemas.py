@@ -68,6 +68,7 @@ class ChatCompletionRequest(_Request):
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     seed: int | None = None
     stop: str | list[str] | None = None
+    ignore_eos: bool = False  # vLLM's extension: a fixed number of tokens, for load tests
     n: int = Field(1, ge=1, le=1)
     chat_template_kwargs: dict[str, Any] | None = None
 
