@@ -77,30 +77,6 @@ def build_checkpoint(out: Path, tiny: Path, layers: int, seed: int = 0) -> int:
     return total
 
 
-def measure(checkpoint: Path, output: Path) -> dict:
-    """Convert in a fresh interpreter; it reports its own peak RSS.
-
-    VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child would report
-    this (torch-laden) parent's size.
-    """
-    code = (
-        "import json, re, sys, time\n"
-        "from exaone_edge.quantize.gguf_convert import convert_to_gguf\n"
-        "t = time.monotonic(); r = convert_to_gguf(sys.argv[1], sys.argv[2], 'F16')\n"
-        "hwm = int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) * 1024\n"
-        "print(json.dumps({'peak_rss': hwm, 'seconds': time.monotonic() - t, 'bytes': r.bytes}))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code, str(checkpoint), str(output)], capture_output=True, text=True,
-                            check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def largest_tensor(checkpoint: Path) -> int:
-    from exaone_edge.checkpoint import DTYPE_BYTES, open_checkpoint
-
-    return max(info.numel * DTYPE_BYTES[info.dtype] for info in open_checkpoint(checkpoint).tensors.values())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=2)
@@ -117,6 +93,8 @@ def main() -> None:
         started = time.monotonic()
         size = build_checkpoint(big, tiny, args.layers)
         print(f"built {big}: {size / 2**30:.2f} GiB in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    from exaone_edge.benchmarks.conversion import largest_tensor, measure_conversion as measure
+
     overhead = measure(tiny, args.work / "tiny.gguf")
     run = measure(big, args.work / "big.gguf")
     largest = largest_tensor(big)

@@ -46,12 +46,13 @@ def tiny_model(
     out: Annotated[Path, typer.Argument(help="Directory to write the checkpoint to.")],
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+    preset: Annotated[str, typer.Option(help="tiny (tests, demo) or bench (real layer widths, 2.4 GB).")] = "tiny",
     json_output: JsonFlag = False,
 ) -> None:
     """Write a small random EXAONE 4.5 checkpoint (64-layer decoder, MTP head, 4-block vision tower)."""
     from exaone_edge.tiny_model import build_tiny_model
 
-    result = build_tiny_model(out, seed=seed, overwrite=overwrite)
+    result = build_tiny_model(out, seed=seed, overwrite=overwrite, preset=preset)
     emit(
         {"path": str(result.path), "parameters": result.parameters, "bytes": result.bytes_on_disk},
         json_output,
@@ -278,6 +279,38 @@ def validate(
     emit(result.report, json_output, "\n".join(lines))
     if result.regressions:
         raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `exaone-edge quantize`.")],
+    model_dir: Annotated[Path | None, typer.Option(help="The checkpoint the bundle was made from "
+                                                   "(transformers baselines, conversion).")] = None,
+    only: Annotated[str | None, typer.Option(help="Comma-separated sections: decode, vision, first_token, server, "
+                                             "conversion (default: all).")] = None,
+    repeats: Annotated[int, typer.Option(help="Timed repeats per comparison (medians), after a warm-up.")] = 3,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for every runtime (default: all usable cores).")] = None,
+    prompt_tokens: Annotated[int, typer.Option(help="Prompt length for prefill.")] = 256,
+    decode_tokens: Annotated[int, typer.Option(help="Tokens decoded per run.")] = 32,
+    page: Annotated[Path | None, typer.Option(help="Page image for vision and TTFT (default: a generated A4 invoice).")] = None,
+    parallel: Annotated[int, typer.Option(help="Server slots for the concurrency test.")] = 4,
+    mtmd: Annotated[bool, typer.Option(help="Also time llama.cpp's mtmd vision path (builds it once; minutes).")] = False,
+    save: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("bench.json"),
+    json_output: JsonFlag = False,
+) -> None:
+    """Speed and memory as ratios against llama-cpp-python, transformers, the memory bandwidth and a copy."""
+    from exaone_edge.benchmarks.suite import SECTIONS, BenchOptions, render_table, run_bench
+    from exaone_edge.files import write_json
+
+    if repeats < 1 or prompt_tokens < 8 or decode_tokens < 2:
+        raise InputError("--repeats must be >= 1, --prompt-tokens >= 8 and --decode-tokens >= 2")
+    options = BenchOptions(model_dir=model_dir, repeats=repeats, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
+                           page=page, parallel=parallel, mtmd=mtmd,
+                           sections=tuple(s.strip() for s in only.split(",")) if only else SECTIONS,
+                           **({"threads": threads} if threads else {}))
+    report = run_bench(bundle, options)
+    write_json(save, report)
+    emit(report, json_output, render_table(report) + f"\nsaved {save}")
 
 
 docs_app = typer.Typer(help="Document sets for calibration and evaluation.", no_args_is_help=True)

@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from exaone_edge.errors import require
+from exaone_edge.errors import InputError, require
 from exaone_edge.files import atomic_dir
 from exaone_edge.tiny_tokenizer import chat_template, special_tokens, train_tokenizer
 
@@ -52,6 +52,51 @@ VISION = dict(
     hidden_act="silu",
 )
 IMAGE = dict(min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 256)
+
+# The bench preset: EXAONE 4.5's real per-layer widths (tests/data/exaone45_33b_config.json) with few
+# layers, so speed and memory are dominated by real matrix shapes yet build and run in minutes. Two
+# decoder layers can't carry llama.cpp's 64-layer sliding-window switch, so every layer is global
+# (with RoPE) on both sides, which keeps llama.cpp and transformers computing the same thing.
+BENCH_TEXT = dict(
+    TEXT,
+    hidden_size=5120,
+    intermediate_size=27392,
+    num_hidden_layers=2,
+    num_attention_heads=40,
+    num_key_value_heads=8,
+    head_dim=128,
+    sliding_window=None,
+    sliding_window_pattern=None,
+    layer_types=["full_attention"] * 2,
+    num_nextn_predict_layers=0,
+)
+BENCH_VISION = dict(
+    VISION,
+    depth=4,
+    hidden_size=1792,
+    intermediate_size=4608,
+    num_heads=16,
+    num_key_value_heads=8,
+    window_size=112,
+    fullatt_block_indexes=[3],  # the real tower has one full-attention block in eight
+)
+BENCH_IMAGE = dict(min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 1024)  # an A4 page at 100 dpi fits
+
+
+@dataclass(frozen=True)
+class Preset:
+    text: dict
+    vision: dict
+    image: dict
+    shard_size: str
+    description: str
+
+
+PRESETS = {
+    "tiny": Preset(TEXT, VISION, IMAGE, "20MB", "64-layer hidden-256 decoder with MTP head, 4-block vision tower"),
+    "bench": Preset(BENCH_TEXT, BENCH_VISION, BENCH_IMAGE, "1GB",
+                    "real EXAONE 4.5 widths: 2 decoder layers (hidden 5120, FFN 27392), 4 vision blocks (hidden 1792)"),
+}
 VOCAB_SIZE = 2048
 NORM_JITTER = 0.2  # norms away from 1.0 so a swapped or dropped norm changes every output
 
@@ -63,7 +108,10 @@ class TinyModelResult:
     bytes_on_disk: int
 
 
-def build_tiny_model(out: Path, seed: int = 0, overwrite: bool = False) -> TinyModelResult:
+def build_tiny_model(out: Path, seed: int = 0, overwrite: bool = False, preset: str = "tiny") -> TinyModelResult:
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset '{preset}'", fix=f"Use one of: {', '.join(PRESETS)}.")
+    chosen = PRESETS[preset]
     require("torch", "export")
     require("transformers", "export")
     import torch
@@ -84,9 +132,9 @@ def build_tiny_model(out: Path, seed: int = 0, overwrite: bool = False) -> TinyM
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
             tie_word_embeddings=False,
-            **TEXT,
+            **chosen.text,
         ),
-        vision_config=dict(out_hidden_size=TEXT["hidden_size"], **VISION),
+        vision_config=dict(out_hidden_size=chosen.text["hidden_size"], **chosen.vision),
         image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
         video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
         vision_start_token_id=tokenizer.convert_tokens_to_ids("<vision>"),
@@ -94,7 +142,12 @@ def build_tiny_model(out: Path, seed: int = 0, overwrite: bool = False) -> TinyM
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = Exaone4_5_ForConditionalGeneration(config).to(torch.bfloat16).eval()
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # the bench preset is 1.2B parameters: never hold it in fp32
+    try:
+        model = Exaone4_5_ForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -106,18 +159,18 @@ def build_tiny_model(out: Path, seed: int = 0, overwrite: bool = False) -> TinyM
         patch_size=VISION["patch_size"],
         temporal_patch_size=VISION["temporal_patch_size"],
         merge_size=VISION["spatial_merge_size"],
-        size={"shortest_edge": IMAGE["min_pixels"], "longest_edge": IMAGE["max_pixels"]},
+        size={"shortest_edge": chosen.image["min_pixels"], "longest_edge": chosen.image["max_pixels"]},
     )
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp, max_shard_size="20MB")
+        model.save_pretrained(tmp, max_shard_size=chosen.shard_size)
         # Exaone4_5_Processor cannot be built without torchvision (its video processor), so its
         # parts are saved the way the published checkpoint ships them.
         tokenizer.save_pretrained(tmp)
         image_processor.save_pretrained(tmp)
         (tmp / "chat_template.jinja").write_text(chat_template(), encoding="utf-8")
         (tmp / "processor_config.json").write_text(json.dumps({"processor_class": "Exaone4_5_Processor"}) + "\n")
-        mtp_params = _add_mtp_head(tmp, config.text_config, generator)
+        mtp_params = _add_mtp_head(tmp, config.text_config, generator) if config.text_config.num_nextn_predict_layers else 0
         size = sum(f.stat().st_size for f in tmp.iterdir() if f.is_file())
     params = sum(p.numel() for p in model.parameters()) + mtp_params
     return TinyModelResult(path=Path(out), parameters=params, bytes_on_disk=size)

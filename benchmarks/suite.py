@@ -1,0 +1,238 @@
+"""`exaone-edge bench`: every comparison of issue #9 on one bundle, as ratios measured in this run.
+
+Each result is our figure, the baseline's, their ratio and the target it is checked against. The
+transformers baselines need the checkpoint the bundle was made from (`--model-dir`); without it
+only the llama.cpp, bandwidth and server comparisons run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from exaone_edge.errors import InputError
+from exaone_edge.progress import log
+
+SECTIONS = ("decode", "vision", "first_token", "server", "conversion")
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    model_dir: Path | None = None
+    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    repeats: int = 3
+    prompt_tokens: int = 256
+    decode_tokens: int = 32
+    concurrency: int = 4
+    parallel: int = 4
+    page: Path | None = None
+    sections: tuple[str, ...] = SECTIONS
+    mtmd: bool = False
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    ours: float
+    baseline: float
+    unit: str
+    ratio: float
+    target: str  # ">= 0.97", "<= 0.2", or "" (reported only)
+    met: bool | None
+    note: str = ""
+
+
+def check(ratio: float, target: str) -> bool | None:
+    if not target:
+        return None
+    op, value = target.split()
+    return ratio >= float(value) if op == ">=" else ratio <= float(value)
+
+
+def result(name: str, ours: float, baseline: float, unit: str, ratio: float, target: str = "", note: str = "") -> Result:
+    return Result(name, round(ours, 4), round(baseline, 4), unit, round(ratio, 4), target, check(ratio, target), note)
+
+
+def run_bench(bundle_dir: Path, options: BenchOptions) -> dict[str, Any]:
+    from exaone_edge.benchmarks.machine import describe_machine, read_bandwidth
+    from exaone_edge.runtime.bundle import load_bundle
+    from exaone_edge.runtime.engine import Engine, EngineOptions
+
+    unknown = sorted(set(options.sections) - set(SECTIONS))
+    if unknown:
+        raise InputError(f"unknown bench section(s): {', '.join(unknown)}", fix=f"Choose from: {', '.join(SECTIONS)}.")
+    needs_model = {"vision", "first_token", "conversion"} & set(options.sections)
+    if needs_model and options.model_dir is None:
+        raise InputError(f"sections {', '.join(sorted(needs_model))} compare against transformers and need the checkpoint",
+                         fix="Pass --model-dir CHECKPOINT (the one the bundle was made from), or --only decode,server.")
+    bundle = load_bundle(bundle_dir)
+    level = bundle.manifest.details.get("decoder", {}).get("level", "?")
+    results: list[Result] = []
+    engine = Engine(bundle, EngineOptions(n_threads=options.threads, flash_attn=False, verify=False))
+    n_ctx = engine.n_ctx
+    model = _transformers_model(options) if options.model_dir and {"decode", "vision", "first_token"} & set(options.sections) else None
+    try:
+        if "decode" in options.sections:
+            log("bench: decode and prefill (ours vs llama-cpp-python, transformers), read bandwidth")
+            results += _decode(engine, bundle, model, options, read_bandwidth(options.threads), level)
+        if "vision" in options.sections and bundle.has_vision:
+            log("bench: vision encoder (ONNX Runtime vs PyTorch SDPA)")
+            results += _vision(engine, model, bundle, options)
+        if "first_token" in options.sections and bundle.has_vision:
+            log("bench: page + question time to first token (ours vs transformers generate)")
+            results += _first_token(engine, model, options)
+    finally:
+        engine.close()
+    del model
+    if "server" in options.sections:
+        log(f"bench: server, {options.concurrency} concurrent requests vs one")
+        results += _server(bundle_dir, n_ctx, options)
+    if "conversion" in options.sections:
+        log("bench: checkpoint → GGUF conversion vs a plain copy")
+        results += _conversion(options)
+    return {
+        "bundle": str(bundle_dir),
+        "decoder_level": level,
+        "model_dir": str(options.model_dir) if options.model_dir else None,
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
+        "machine": describe_machine(),
+        "results": [asdict(r) for r in results],
+    }
+
+
+def _transformers_model(options: BenchOptions):
+    import torch
+    from transformers import Exaone4_5_ForConditionalGeneration
+
+    torch.set_num_threads(options.threads)
+    return Exaone4_5_ForConditionalGeneration.from_pretrained(options.model_dir, dtype=torch.bfloat16).eval()
+
+
+def _decode(engine, bundle, model, options: BenchOptions, bandwidth: float, level: str) -> list[Result]:
+    from exaone_edge.benchmarks.decode import (
+        compare_with_llama_cpp, decode_bytes_per_token, document_messages, transformers_speed)
+
+    speeds = compare_with_llama_cpp(engine, bundle.decoder_path, prompt_tokens=options.prompt_tokens,
+                                    decode_tokens=options.decode_tokens, threads=options.threads,
+                                    repeats=options.repeats)
+    ours, plain = speeds["ours"], speeds["llama_cpp_python"]
+    per_token = decode_bytes_per_token(bundle.decoder_path)
+    out = [
+        result("decode: ours ÷ llama-cpp-python", ours.decode_tokens_per_s, plain.decode_tokens_per_s, "tok/s",
+               ours.decode_tokens_per_s / plain.decode_tokens_per_s, ">= 0.97"),
+        result("prefill: ours ÷ llama-cpp-python", ours.prefill_tokens_per_s, plain.prefill_tokens_per_s, "tok/s",
+               ours.prefill_tokens_per_s / plain.prefill_tokens_per_s, ">= 0.97"),
+        result(f"decode × {per_token / MB:.0f} MiB/token ÷ read bandwidth", ours.decode_tokens_per_s * per_token / 1e9,
+               bandwidth / 1e9, "GB/s", ours.decode_tokens_per_s * per_token / bandwidth,
+               ">= 0.65" if level == "Q4_K_M" else "", f"{level}; {options.threads} reader threads"),
+    ]
+    if model is not None:
+        ids = engine.encode_prompt(document_messages(engine, options.prompt_tokens)).ids
+        hf = transformers_speed(model, ids, decode_tokens=min(options.decode_tokens, 16), repeats=options.repeats)
+        out += [
+            result(f"decode: ours ({level}) ÷ transformers bf16", ours.decode_tokens_per_s, hf.decode_tokens_per_s,
+                   "tok/s", ours.decode_tokens_per_s / hf.decode_tokens_per_s, ">= 5" if level == "Q4_K_M" else ""),
+            result(f"prefill: ours ({level}) ÷ transformers bf16", ours.prefill_tokens_per_s, hf.prefill_tokens_per_s,
+                   "tok/s", ours.prefill_tokens_per_s / hf.prefill_tokens_per_s),
+        ]
+    return out
+
+
+def _vision(engine, model, bundle, options: BenchOptions) -> list[Result]:
+    from exaone_edge.benchmarks.vision import compare_with_torch
+
+    page = bench_page(options.page)
+    times = compare_with_torch(engine.vision, model, page, repeats=options.repeats)
+    precision = engine.vision.precision
+    out = [result(f"vision {precision}: ONNX Runtime ÷ PyTorch SDPA (speed-up)", times.onnx_s, times.torch_s, "s/page",
+                  times.torch_s / times.onnx_s, ">= 1.5" if precision == "fp32" else "",
+                  f"{page.width}x{page.height} page, {times.rows} rows, max|Δ| {times.max_abs_diff:.1e}")]
+    if options.mtmd:
+        from exaone_edge.benchmarks.mtmd_vision import mtmd_against_onnx
+
+        mtmd_s = mtmd_against_onnx(options.model_dir, bundle, page, options.threads, options.repeats)
+        out.append(result(f"vision {precision}: ONNX Runtime ÷ llama.cpp mtmd (speed-up)", times.onnx_s, mtmd_s,
+                          "s/page", mtmd_s / times.onnx_s, ">= 2" if precision == "fp32" else ""))
+    return out
+
+
+def _first_token(engine, model, options: BenchOptions) -> list[Result]:
+    from exaone_edge.benchmarks.first_token import compare_with_transformers, image_only_processor
+
+    page = bench_page(options.page)
+    timing = compare_with_transformers(engine, model, image_only_processor(options.model_dir), page,
+                                       repeats=options.repeats)
+    note = f"{page.width}x{page.height} page, {timing.prompt_positions} prompt positions"
+    return [
+        result("page + question TTFT: transformers bf16 ÷ ours (speed-up)", timing.ours_s, timing.transformers_s, "s",
+               timing.transformers_s / timing.ours_s, ">= 1.5", note),
+        result("second question on the page: TTFT ÷ first", timing.ours_second_question_s, timing.ours_s, "s",
+               timing.ours_second_question_s / timing.ours_s, "<= 0.2", "vision rows and KV prefix reused"),
+    ]
+
+
+def _server(bundle_dir: Path, n_ctx: int, options: BenchOptions) -> list[Result]:
+    from exaone_edge.benchmarks.server_load import compare_concurrency
+
+    load = compare_concurrency(bundle_dir, concurrency=options.concurrency, parallel=options.parallel,
+                               max_tokens=options.decode_tokens * 2, threads=options.threads, ctx=n_ctx,
+                               repeats=options.repeats)
+    return [result(f"server: {load.concurrency} concurrent ÷ one (aggregate)", load.concurrent_tokens_per_s,
+                   load.one_tokens_per_s, "tok/s", load.concurrent_tokens_per_s / load.one_tokens_per_s, ">= 2",
+                   f"--parallel {load.parallel}")]
+
+
+def _conversion(options: BenchOptions) -> list[Result]:
+    from exaone_edge.benchmarks.conversion import compare_with_copy
+
+    run = compare_with_copy(options.model_dir)
+    bound = 2 * run.largest_tensor + 200 * MB
+    return [
+        result("GGUF conversion: throughput ÷ plain copy", run.checkpoint_bytes / run.convert_s / MB,
+               run.checkpoint_bytes / run.copy_s / MB, "MiB/s", run.copy_s / run.convert_s, ">= 0.8",
+               f"{run.checkpoint_bytes / MB:.0f} MiB checkpoint"),
+        result("GGUF conversion: peak RSS ÷ (2 × largest tensor + 200 MiB)", run.peak_rss / MB, bound / MB, "MiB",
+               run.peak_rss / bound, "<= 1", f"largest tensor {run.largest_tensor / MB:.0f} MiB"),
+    ]
+
+
+def bench_page(path: Path | None) -> Image.Image:
+    """The page to encode: the user's, or a generated English invoice rendered at 100 dpi (A4)."""
+    if path is not None:
+        from exaone_edge.runtime.documents import open_image
+
+        return open_image(path)
+    from exaone_edge.docs.canvas import Scan, rasterize
+    from exaone_edge.docs.generate import generate_document
+
+    generated = generate_document(0, ["en"], seed=0)
+    return rasterize(generated.pages[0], Scan(dpi=100))
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """The results as a text table (rich), with the machine on top."""
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    machine = report["machine"]
+    table = Table(title=f"exaone-edge bench: {report['bundle']} ({report['decoder_level']})", title_justify="left")
+    for column, justify in (("comparison", "left"), ("ours", "right"), ("baseline", "right"), ("unit", "left"),
+                            ("ratio", "right"), ("target", "left"), ("", "left"), ("note", "left")):
+        table.add_column(column, justify=justify)
+    for r in report["results"]:
+        verdict = {True: "✓", False: "✗", None: ""}[r["met"]]
+        table.add_row(r["name"], f"{r['ours']:.4g}", f"{r['baseline']:.4g}", r["unit"], f"{r['ratio']:.3g}",
+                      r["target"], verdict, r["note"])
+    buffer = StringIO()
+    console = Console(file=buffer, width=200, force_terminal=False)
+    console.print(f"machine: {machine['cpu']}, {machine['usable_cpus']} cores, "
+                  f"{machine['memory_bytes'] / 2**30:.0f} GiB RAM, GPUs: {', '.join(machine['gpus']) or 'none'}")
+    console.print(table)
+    return buffer.getvalue().rstrip()
