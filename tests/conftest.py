@@ -19,6 +19,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0).path
 
 
+@pytest.fixture(scope="session")
+def tiny_vision_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's fp32 vision export (validated on the default pages), shared by bundle tests."""
+    from exaone_edge.export.vision import export_vision
+
+    return export_vision(tiny_model_dir, tmp_path_factory.mktemp("vision") / "export", precision="fp32").path
+
+
 def run_cli(*args: str, check: bool = False, env: dict[str, str] | None = None,
             cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `exaone-edge` as a user would, in a fresh interpreter."""

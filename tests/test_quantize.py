@@ -368,10 +368,8 @@ def test_ctrl_c_inside_the_eval_callback_is_raised_after_decode(tiny_model_dir, 
 
 
 @pytest.fixture(scope="module")
-def vision_export(tiny_model_dir, tmp_path_factory):
-    from exaone_edge.export.vision import export_vision
-
-    return export_vision(tiny_model_dir, tmp_path_factory.mktemp("vision") / "export", precision="fp32").path
+def vision_export(tiny_vision_dir):
+    return tiny_vision_dir
 
 
 def test_4bit_bundle_with_the_onnx_export_calibrates_through_it_and_runs(tiny_model_dir, vision_export, tmp_path):

@@ -25,12 +25,8 @@ def page(text: str, size=(160, 120)) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_model_dir, tmp_path_factory):
-    from exaone_edge.export.vision import export_vision
-
-    work = tmp_path_factory.mktemp("serve-onnx")
-    export = export_vision(tiny_model_dir, work / "vision")
-    return build_tiny_bundle(tiny_model_dir, work / MODEL, vision_dir=export.path)
+def bundle(tiny_model_dir, tiny_vision_dir, tmp_path_factory):
+    return build_tiny_bundle(tiny_model_dir, tmp_path_factory.mktemp("serve-onnx") / MODEL, vision_dir=tiny_vision_dir)
 
 
 @pytest.fixture(scope="module")

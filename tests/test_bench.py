@@ -1,0 +1,83 @@
+"""`exaone-edge bench` on the tiny bundle: every comparison runs, ratios and verdicts are consistent, bad input is refused.
+
+The tiny model's numbers mean nothing for speed (overheads dominate); the bench preset
+(`tiny-model --preset bench`) is what the README's figures come from. Here the run must complete,
+measure each thing once and report it faithfully.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conftest import run_cli
+from exaone_edge.benchmarks.suite import check
+from runtime_bundle_fixture import build_tiny_bundle
+
+EXPECTED = (
+    "decode: ours ÷ llama-cpp-python",
+    "prefill: ours ÷ llama-cpp-python",
+    "÷ read bandwidth",
+    "decode: ours (F32) ÷ transformers bf16",
+    "prefill: ours (F32) ÷ transformers bf16",
+    "vision fp32: ONNX Runtime ÷ PyTorch SDPA",
+    "page + question TTFT",
+    "second question on the page",
+    "concurrent ÷ one",
+    "GGUF conversion: throughput ÷ plain copy",
+    "GGUF conversion: peak RSS",
+)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_model_dir, tiny_vision_dir, tmp_path_factory):
+    return build_tiny_bundle(tiny_model_dir, tmp_path_factory.mktemp("bench") / "bundle", vision_dir=tiny_vision_dir)
+
+
+def test_every_comparison_runs_and_is_saved(bundle, tiny_model_dir, tmp_path):
+    saved = tmp_path / "bench.json"
+    result = run_cli("bench", str(bundle), "--model-dir", str(tiny_model_dir), "--repeats", "1", "--prompt-tokens",
+                     "24", "--decode-tokens", "4", "--parallel", "1", "--save", str(saved), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert json.loads(saved.read_text()) == report
+    assert report["machine"]["usable_cpus"] >= 1 and report["machine"]["packages"]["llama_cpp_python"]
+    names = [r["name"] for r in report["results"]]
+    for expected in EXPECTED:
+        assert sum(expected in name for name in names) == 1, (expected, names)
+    for r in report["results"]:
+        assert r["ours"] > 0 and r["baseline"] > 0 and math.isfinite(r["ratio"]), r
+        assert r["met"] == check(r["ratio"], r["target"]), r
+    vision = next(r for r in report["results"] if "PyTorch SDPA" in r["name"])
+    assert "max|Δ|" in vision["note"] and float(vision["note"].rsplit(" ", 1)[1]) < 1e-4  # both encoders agree
+
+
+def test_table_output_names_the_machine(bundle, tmp_path):
+    result = run_cli("bench", str(bundle), "--only", "decode", "--repeats", "1", "--prompt-tokens", "16",
+                     "--decode-tokens", "3", "--save", str(tmp_path / "b.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "machine:" in result.stdout and "ours ÷ llama-cpp-python" in result.stdout
+
+
+def test_check_compares_against_the_target():
+    assert check(0.98, ">= 0.97") and not check(0.96, ">= 0.97")
+    assert check(0.1, "<= 0.2") and not check(0.3, "<= 0.2")
+    assert check(5.0, "") is None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--only", "decode,warp"], "unknown bench section(s): warp"),
+    (["--only", "vision"], "need the checkpoint"),
+    (["--repeats", "0"], "--repeats must be >= 1"),
+])
+def test_bad_options_are_refused_before_any_work(bundle, tmp_path, args, message):
+    result = run_cli("bench", str(bundle), *args, "--save", str(tmp_path / "x.json"))
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_a_folder_that_is_not_a_bundle(tmp_path):
+    result = run_cli("bench", str(tmp_path), "--only", "decode", "--save", str(tmp_path / "x.json"))
+    assert result.returncode == 2 and "manifest.json" in result.stderr, result.stderr[-2000:]
