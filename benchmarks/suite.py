@@ -149,7 +149,8 @@ def _vision(engine, model, bundle, options: BenchOptions) -> list[Result]:
     page = bench_page(options.page)
     times = compare_with_torch(engine.vision, model, page, repeats=options.repeats)
     precision = engine.vision.precision
-    out = [result(f"vision {precision}: ONNX Runtime ÷ PyTorch SDPA (speed-up)", times.onnx_s, times.torch_s, "s/page",
+    versus = "PyTorch SDPA" if precision in ("fp32", "fp16") else "PyTorch SDPA fp32"
+    out = [result(f"vision {precision}: ONNX Runtime ÷ {versus} (speed-up)", times.onnx_s, times.torch_s, "s/page",
                   times.torch_s / times.onnx_s, ">= 1.5" if precision == "fp32" else "",
                   f"{page.width}x{page.height} page, {times.rows} rows, max|Δ| {times.max_abs_diff:.1e}")]
     if options.mtmd:

@@ -99,6 +99,7 @@ def optimize(source: Path, target: Path, external: bool) -> None:
     and the runtime applies them itself when it opens the graph."""
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # graph loading logs through the default logger, not the session's
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(target)

@@ -163,15 +163,13 @@ def _reference(checkpoint, samples) -> tuple[Any, list[np.ndarray]]:
 
 
 def _validate(directory: Path, precision: str, samples, references) -> list[PageCheck]:
-    import onnxruntime as ort
+    from exaone_edge.vision.encoder import session
 
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))["vision_config"]
     spec = vision_spec(config, directory / "config.json")
     pre_path = directory / "preprocessor_config.json"
     images = image_spec(json.loads(pre_path.read_text(encoding="utf-8")), pre_path)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    runner = ort.InferenceSession(str(directory / GRAPH_FILE), options, providers=["CPUExecutionProvider"])
+    runner = session(directory / GRAPH_FILE)  # what the runtime will run: same optimization level
     checks = []
     for (name, size, image), want in zip(samples, references):
         patches, grid = preprocess(image, images)

@@ -79,6 +79,7 @@ def test_fp16_and_int4_exports_validate(tiny_model_dir: Path, tmp_path: Path, pr
     graph = onnx.load(str(fp32_like), load_external_data=False).graph
     ops = {node.op_type for node in graph.node}
     if precision == "int4":
+        assert "Gemm" not in ops  # every linear layer became MatMulNBits, none stayed float
         assert "MatMulNBits" in ops
     else:
         assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
@@ -101,8 +102,11 @@ def test_int8_calibrated_on_document_pages(tiny_model_dir: Path, tmp_path: Path)
     assert "passed" in result.stdout and "cosine" in result.stdout
     import onnx
 
-    ops = {node.op_type for node in onnx.load(str(out / "vision.onnx")).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    graph = onnx.load(str(out / "vision.onnx")).graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in graph.node}
+    # every weight matrix is stored as int8: a layer the quantizer skipped would keep a float matrix
+    float_matrices = [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2]
+    assert not float_matrices, float_matrices
 
 
 def test_bad_inputs_fail_with_one_line_and_write_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:

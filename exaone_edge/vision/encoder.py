@@ -28,6 +28,7 @@ def session(path: Path, providers: list[str] | None = None, threads: int | None 
         raise MissingDependency(
             "the vision encoder needs onnxruntime", fix="pip install 'exaone-edge[runtime]'"
         ) from None
+    ort.set_default_logger_severity(3)  # graph loading logs through the default logger, not the session's
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
