@@ -68,6 +68,7 @@ def plan(
     kv_type: Annotated[str, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = "f16",
     level: Annotated[str | None, typer.Option(help="Decoder level (default: the bundle's, else Q4_K_M).")] = None,
     vision_on: Annotated[str, typer.Option(help="Where the vision encoder runs: gpu or cpu.")] = "gpu",
+    parallel: Annotated[int, typer.Option(help="Requests decoded together (serve --parallel); each holds a context.")] = 1,
     json_output: JsonFlag = False,
 ) -> None:
     """Predict GPU memory for a deployment and find the largest context and best level that fit."""
@@ -75,7 +76,9 @@ def plan(
 
     if vision_on not in ("gpu", "cpu"):
         raise InputError(f"--vision-on must be gpu or cpu, got '{vision_on}'")
-    result = make_plan(model, gpu=gpu, context=context, kv_type=kv_type, level=level, vision_on_gpu=vision_on == "gpu")
+    result = make_plan(
+        model, gpu=gpu, context=context, kv_type=kv_type, level=level, vision_on_gpu=vision_on == "gpu", parallel=parallel
+    )
     emit(plan_dict(result), json_output, render_text(result))
 
 
@@ -146,7 +149,8 @@ def serve(
     max_pdf_pages: Annotated[int | None, typer.Option(help="PDF pages per request (8).")] = None,
     max_image_pixels: Annotated[int | None, typer.Option(help="Pixels per image, checked before decoding (64M).")] = None,
     max_request_pixels: Annotated[int | None, typer.Option(help="Decoded pixels per request, PDF pages included (64M).")] = None,
-    max_queue: Annotated[int | None, typer.Option(help="Requests waiting beyond the running one; more get 429 (8).")] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Requests waiting beyond the running ones; more get 429 (8).")] = None,
+    parallel: Annotated[int | None, typer.Option(help="Generations decoded together, each with a --ctx KV cache (1).")] = None,
     default_max_tokens: Annotated[int | None, typer.Option(help="max_tokens when a request gives none (512).")] = None,
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context length (default: min(model max, 8192)).")] = None,
     gpu_layers: Annotated[int | None, typer.Option(help="Decoder layers on the GPU (-1: all).")] = None,

@@ -3,7 +3,8 @@
 Weights come from the real artifact when a bundle is given (file sizes), otherwise from the
 checkpoint's parameter counts at each level's bits per weight. KV cache follows llama.cpp's layout:
 global layers hold the whole context, sliding-window layers at most the window (padded as llama.cpp
-pads it). Compute buffers and the runtimes' CUDA overhead are allowances, labelled as such.
+pads it), once per parallel sequence (`serve --parallel`: llama.cpp's non-unified cache gives each a full
+context). Compute buffers and the runtimes' CUDA overhead are allowances, labelled as such.
 """
 
 from __future__ import annotations
@@ -51,14 +52,15 @@ class Plan:
     gpu_bytes: int
     context: int
     kv_type: str
+    parallel: int  # sequences decoded together, each with its own `context` of KV cache
     level: str
     components: dict[str, int]
     total_bytes: int
     fits: bool
-    max_context: int  # largest context that fits at this level (0 if none)
+    max_context: int  # largest context per sequence that fits at this level (0 if none)
     best_level: str | None  # best-quality level that fits the requested context
     vision_on_gpu: bool
-    decode_tokens_per_s_ceiling: float | None
+    decode_tokens_per_s_ceiling: float | None  # all `parallel` sequences together
     weights_measured: bool  # decoder/vision sizes are real file sizes, not estimates
 
 
@@ -138,7 +140,7 @@ def _load_source(path: Path) -> _Source:
 
 
 def _components(
-    source: _Source, level: str, context: int, kv_type: str, vision_on_gpu: bool
+    source: _Source, level: str, context: int, kv_type: str, vision_on_gpu: bool, parallel: int = 1
 ) -> tuple[dict[str, int], bool]:
     decoder = source.spec.decoder
     measured = source.measured_level == level and source.measured_decoder_bytes is not None
@@ -146,7 +148,7 @@ def _components(
     vision = source.measured_vision_bytes or source.vision_params * 2
     components = {
         "decoder_weights": int(weights),
-        "kv_cache": kv_cache_bytes(decoder, context, kv_type),
+        "kv_cache": parallel * kv_cache_bytes(decoder, context, kv_type),
         "decoder_compute_buffer": compute_buffer_bytes(decoder),
         "vision_weights": int(vision) if vision_on_gpu else 0,
         "vision_activations": vision_activation_bytes(source.spec, source.max_pixels) if vision_on_gpu else 0,
@@ -160,7 +162,9 @@ def _total(components: dict[str, int], gpu: Gpu) -> int:
 
 
 def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: str = "f16",
-         level: str | None = None, vision_on_gpu: bool = True) -> Plan:
+         level: str | None = None, vision_on_gpu: bool = True, parallel: int = 1) -> Plan:
+    if parallel < 1:
+        raise InputError(f"parallel must be at least 1, got {parallel}")
     if kv_type not in KV_BYTES_PER_ELEMENT:
         raise InputError(f"unknown KV cache type '{kv_type}'", fix=f"Use one of {', '.join(KV_BYTES_PER_ELEMENT)}.")
     card = parse_gpu(gpu)
@@ -177,9 +181,9 @@ def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: 
         raise InputError(f"unknown level '{level}'", fix=f"Use one of {', '.join(LEVELS)}.")
 
     def fits(lvl: str, ctx: int) -> bool:
-        return _total(_components(source, lvl, ctx, kv_type, vision_on_gpu)[0], card) <= card.memory_bytes
+        return _total(_components(source, lvl, ctx, kv_type, vision_on_gpu, parallel)[0], card) <= card.memory_bytes
 
-    components, measured = _components(source, level, context, kv_type, vision_on_gpu)
+    components, measured = _components(source, level, context, kv_type, vision_on_gpu, parallel)
     total = _total(components, card)
     low, high = 0, decoder.max_position_embeddings
     while low < high:  # largest context that fits, to a multiple of 256
@@ -188,10 +192,11 @@ def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: 
             break
         low, high = (mid, high) if fits(level, mid) else (low, mid - 256)
     best = next((lvl for lvl in QUALITY_ORDER if fits(lvl, context)), None)
-    bytes_per_token = components["decoder_weights"] + components["kv_cache"]
-    ceiling = card.bandwidth_gbs * 1e9 / bytes_per_token if card.bandwidth_gbs else None
+    # One decode step reads the weights once and every sequence's KV cache, and yields `parallel` tokens.
+    bytes_per_step = components["decoder_weights"] + components["kv_cache"]
+    ceiling = parallel * card.bandwidth_gbs * 1e9 / bytes_per_step if card.bandwidth_gbs else None
     return Plan(
-        gpu=card.name, gpu_bytes=card.memory_bytes, context=context, kv_type=kv_type, level=level,
+        gpu=card.name, gpu_bytes=card.memory_bytes, context=context, kv_type=kv_type, parallel=parallel, level=level,
         components=components, total_bytes=total, fits=total <= card.memory_bytes, max_context=low,
         best_level=best, vision_on_gpu=vision_on_gpu, decode_tokens_per_s_ceiling=ceiling, weights_measured=measured,
     )
@@ -203,14 +208,16 @@ def plan_dict(result: Plan) -> dict:
 
 def render_text(result: Plan) -> str:
     gib = lambda n: f"{n / GIB:6.2f} GiB"  # noqa: E731
-    lines = [f"{result.gpu} ({gib(result.gpu_bytes).strip()}), {result.level}, context {result.context}, "
+    slots = f" × {result.parallel} parallel" if result.parallel > 1 else ""
+    lines = [f"{result.gpu} ({gib(result.gpu_bytes).strip()}), {result.level}, context {result.context}{slots}, "
              f"KV {result.kv_type}, vision on {'GPU' if result.vision_on_gpu else 'CPU'}" + ("" if result.weights_measured else " — weights estimated from bits per weight")]
     for name, size in result.components.items():
         lines.append(f"  {name:<24}{gib(size)}")
     lines.append(f"  {'headroom (5%)':<24}{gib(int(HEADROOM * result.gpu_bytes))}")
     lines.append(f"  {'total':<24}{gib(result.total_bytes)}  {'fits' if result.fits else 'DOES NOT FIT'}")
-    lines.append(f"largest context at {result.level}: {result.max_context or 'none'}")
+    lines.append(f"largest context at {result.level}{slots}: {result.max_context or 'none'}")
     lines.append(f"best level for context {result.context}: {result.best_level or 'none fits'}")
     if result.decode_tokens_per_s_ceiling:
-        lines.append(f"decode ceiling (bandwidth / bytes per token): {result.decode_tokens_per_s_ceiling:.1f} tokens/s")
+        rule = f"{result.parallel} × bandwidth / bytes per step" if result.parallel > 1 else "bandwidth / bytes per token"
+        lines.append(f"decode ceiling ({rule}): {result.decode_tokens_per_s_ceiling:.1f} tokens/s")
     return "\n".join(lines)

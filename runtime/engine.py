@@ -6,7 +6,9 @@
 
 Images are encoded once and their rows cached (content hash + preprocessing); the decoded prefix of
 the previous request stays in the KV cache, so a follow-up on the same page only decodes what is new.
-One generation runs at a time (a lock); closing the iterator early stops generation and frees it.
+`parallel` generations run at once, each in its own sequence (slot) of the llama.cpp context, their
+decode steps batched together (runtime/scheduler.py); `generate` may be called from several threads,
+and more callers than slots wait for one. Closing the iterator early stops generation and frees its slot.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from exaone_edge.runtime.documents import to_rgb
 from exaone_edge.runtime.generation import Chunk, GenerationParams, ImageRejected, PromptTooLong, Timings, Usage
 from exaone_edge.runtime.llama import EmbeddingSegment, LlamaContext, LlamaOptions, Segment, TextSegment
 from exaone_edge.runtime.prompt import ChatFormat, Prompt, message_images
+from exaone_edge.runtime.scheduler import Request, Scheduler
 from exaone_edge.runtime.textstream import Detokenizer, StopScanner
 from exaone_edge.runtime.vision_cache import VisionCache, image_key
 
@@ -36,7 +39,8 @@ DEFAULT_CONTEXT = 8192
 
 @dataclass(frozen=True)
 class EngineOptions:
-    n_ctx: int | None = None  # None: min(model maximum, 8192)
+    n_ctx: int | None = None  # per request; None: min(model maximum, 8192)
+    parallel: int = 1  # generations decoded together; each holds its own n_ctx KV cache
     n_gpu_layers: int = -1
     n_threads: int | None = None
     n_batch: int = 512
@@ -93,6 +97,7 @@ class Engine:
                 flash_attn=options.flash_attn,
                 kv_type=options.kv_type,
                 swa_full=options.swa_full,
+                n_seq=options.parallel,
                 verbose=options.verbose,
             ),
         )
@@ -106,7 +111,8 @@ class Engine:
         self.vision_runs = 0  # vision-encoder runs since load
         self.requests = 0
         self._stop_ids = bundle.eos_token_ids
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the vision encoder, its cache and the counters
+        self.scheduler = Scheduler(self.llama)
 
     @classmethod
     def load(cls, bundle_dir: Path | str, **options: Any) -> Engine:
@@ -123,7 +129,12 @@ class Engine:
 
     @property
     def n_ctx(self) -> int:
+        """Positions one request may use (prompt and answer); every slot holds this many."""
         return self.llama.n_ctx
+
+    @property
+    def parallel(self) -> int:
+        return self.llama.n_seq
 
     def generate(self, messages: Sequence[Mapping[str, Any]], params: GenerationParams = GenerationParams()) -> Iterator[Chunk]:
         """Stream the assistant's reply; the last chunk carries finish_reason, usage and timings."""
@@ -154,8 +165,13 @@ class Engine:
         """Logits for the first token of the reply (what parity checks compare against transformers)."""
         with self._lock:
             prepared = self._prepare(list(messages), template_kwargs or {})
-            self.llama.prefill(prepared.segments)
-            return self.llama.logits()
+        request = self.scheduler.submit(Request(prepared.segments, logits_only=True))
+        try:
+            for _ in self.scheduler.tokens(request):
+                pass
+        finally:
+            self.scheduler.cancel(request)
+        return request.logits
 
     def encode_prompt(
         self, messages: Sequence[Mapping[str, Any]], template_kwargs: Mapping[str, Any] | None = None
@@ -165,62 +181,60 @@ class Engine:
             return self._prepare(list(messages), template_kwargs or {}).prompt
 
     def close(self) -> None:
-        with self._lock:
-            self.llama.close()
+        self.scheduler.close()
 
     # -- internals -----------------------------------------------------------------------------
 
     def _generate(self, messages: list[Mapping[str, Any]], params: GenerationParams) -> Iterator[Chunk]:
+        start = time.perf_counter()
         with self._lock:
             self.requests += 1
-            start = time.perf_counter()
             prepared = self._prepare(messages, params.template_kwargs)
-            stats = self.llama.prefill(prepared.segments)
-            prefilled = time.perf_counter()
-            detokenizer = Detokenizer(self.chat.decode)
-            scanner = StopScanner(params.stop)
-            generated: list[int] = []
-            finish, first = "length", None
-            seed = params.seed if params.seed is not None else secrets.randbits(32)
-            with self.llama.sampler(
-                temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p, seed=seed
-            ) as sampler:
-                while True:
-                    token = sampler.sample()
-                    first = first or time.perf_counter()
-                    if not params.ignore_eos and (token in self._stop_ids or self.llama.is_end_of_generation(token)):
-                        finish = "stop"
-                        break
-                    generated.append(token)
-                    text = scanner.feed(detokenizer.add(token))
-                    if text:
-                        yield Chunk(text)
-                    if scanner.stopped:
-                        finish = "stop"
-                        break
-                    if len(generated) >= params.max_tokens or self.llama.n_past >= self.llama.n_ctx:
-                        break
-                    self.llama.append(token)
-            tail = scanner.feed(detokenizer.flush()) + scanner.finish()
-            end = time.perf_counter()
-            first = first or end
-            completion = len(generated)
-            usage = Usage(
-                prompt_tokens=stats.positions,
-                completion_tokens=completion,
-                cached_tokens=stats.reused,
-                image_rows=prepared.image_rows,
-                vision_runs=prepared.vision_runs,
-            )
-            timings = Timings(
-                vision_s=prepared.vision_s,
-                prefill_s=prefilled - start - prepared.vision_s,
-                ttft_s=first - start,
-                decode_s=end - first,
-                total_s=end - start,
-                tokens_per_s=(completion - 1) / (end - first) if completion > 1 and end > first else None,
-            )
-            yield Chunk(tail, finish_reason=finish, usage=usage, timings=timings, token_ids=tuple(generated))
+        seed = params.seed if params.seed is not None else secrets.randbits(32)
+        request = Request(
+            prepared.segments,
+            sampling=dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p, seed=seed),
+            max_tokens=params.max_tokens,
+            ignore_eos=params.ignore_eos,
+            stop_ids=frozenset(self._stop_ids),
+        )
+        self.scheduler.submit(request)
+        detokenizer = Detokenizer(self.chat.decode)
+        scanner = StopScanner(params.stop)
+        generated: list[int] = []
+        first = None
+        try:
+            for token in self.scheduler.tokens(request):
+                first = first or time.perf_counter()
+                generated.append(token)
+                text = scanner.feed(detokenizer.add(token))
+                if text:
+                    yield Chunk(text)
+                if scanner.stopped:
+                    break
+        finally:
+            self.scheduler.cancel(request)  # a stop string, or the caller closed the stream: free the slot now
+        finish = "stop" if scanner.stopped else request.finish_reason
+        tail = scanner.feed(detokenizer.flush()) + scanner.finish()
+        end = time.perf_counter()
+        first = first or end
+        completion = len(generated)
+        usage = Usage(
+            prompt_tokens=request.stats.positions,
+            completion_tokens=completion,
+            cached_tokens=request.stats.reused,
+            image_rows=prepared.image_rows,
+            vision_runs=prepared.vision_runs,
+        )
+        timings = Timings(
+            vision_s=prepared.vision_s,
+            prefill_s=request.prefill_s,
+            ttft_s=first - start,  # waiting for a slot included
+            decode_s=end - first,
+            total_s=end - start,
+            tokens_per_s=(completion - 1) / (end - first) if completion > 1 and end > first else None,
+        )
+        yield Chunk(tail, finish_reason=finish, usage=usage, timings=timings, token_ids=tuple(generated))
 
     def _images(self, messages: Sequence[Mapping[str, Any]]) -> list[Image.Image]:
         images = message_images(messages)

@@ -8,7 +8,8 @@ Messages are OpenAI-style dicts; an image part is `{"type": "image", "image": PI
     for chunk in engine.generate(messages, GenerationParams(max_tokens=256)):
         ...  # chunk.text; the last chunk has finish_reason, usage and timings
 
-One generation runs at a time per Engine (it holds a lock); callers decide their own concurrency.
+`generate` may be called from several threads: up to `parallel` generations (EngineOptions) decode
+together in one batch, more wait for a free slot; callers decide their own concurrency beyond that.
 """
 
 from __future__ import annotations

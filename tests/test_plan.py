@@ -74,3 +74,14 @@ def test_cli_json_and_errors(config_33b):
     ):
         result = run_cli("plan", str(config_33b), *args)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_parallel_sequences_each_hold_a_context(config_33b):
+    one = plan(config_33b, gpu="a100-80", context=16384)
+    four = plan(config_33b, gpu="a100-80", context=16384, parallel=4)
+    assert four.components["kv_cache"] == 4 * one.components["kv_cache"]  # llama.cpp's non-unified cache
+    assert four.max_context < one.max_context and four.total_bytes > one.total_bytes
+    # One step reads the weights once for all four: more aggregate tokens/s, less than four times more.
+    assert one.decode_tokens_per_s_ceiling < four.decode_tokens_per_s_ceiling < 4 * one.decode_tokens_per_s_ceiling
+    report = json.loads(run_cli("plan", str(config_33b), "--parallel", "4", "--context", "16384", "--json", check=True).stdout)
+    assert report["parallel"] == 4 and report["components"]["kv_cache"] == four.components["kv_cache"]

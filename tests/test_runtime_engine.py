@@ -247,3 +247,72 @@ def test_cli_run_with_an_image_and_pdf_pages(onnx_bundle, tmp_path):
     result = run_cli("run", str(onnx_bundle), QUESTION, "--pdf", str(pdf), "--pages", "2-3", "--max-tokens", "3", "--json", check=True)
     report = json.loads(result.stdout)
     assert report["usage"]["vision_runs"] == 2 and report["usage"]["completion_tokens"] == 3
+
+
+# -- parallel slots: several generations batched into one llama_decode per step ---------------------
+
+
+def _record_batches(engine, monkeypatch) -> list[int]:
+    sizes: list[int] = []
+    step = engine.llama.decode_step
+    monkeypatch.setattr(engine.llama, "decode_step", lambda steps: (sizes.append(len(steps)), step(steps))[1])
+    return sizes
+
+
+def test_parallel_generations_are_batched_and_match_one_at_a_time(tiny_bundle, engine, monkeypatch):
+    import threading
+
+    asks = [
+        (_page_messages(noise_image(200, 150, seed=7)), 20),
+        ([{"role": "user", "content": "List the parties to the agreement."}], 24),
+        ([{"role": "user", "content": "Summarise the quarterly report. 분기 보고서를 요약하세요."}], 12),
+        ([{"role": "user", "content": "Read the table."}], 30),
+        ([{"role": "user", "content": "What is the due date?"}], 16),  # a fifth: it waits for a free slot
+    ]
+    alone = [collect(engine.generate(m, GenerationParams(max_tokens=n, ignore_eos=True))).token_ids for m, n in asks]
+    wide = _engine(tiny_bundle, engine.vision, parallel=4)
+    try:
+        assert (wide.parallel, wide.n_ctx) == (4, engine.n_ctx)  # every slot holds the whole per-request context
+        sizes = _record_batches(wide, monkeypatch)
+        results: list = [None] * len(asks)
+        start = threading.Barrier(len(asks))
+
+        def run(i: int) -> None:
+            start.wait()
+            messages, n = asks[i]
+            results[i] = collect(wide.generate(messages, GenerationParams(max_tokens=n, ignore_eos=True)))
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(asks))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        assert [r.token_ids for r in results] == alone  # greedy and F32: batching changes nothing
+        assert max(sizes) == 4 and wide.scheduler.running == 0
+        print(f"decode batch sizes: {sorted(set(sizes))}, {len(sizes)} steps for {sum(len(t) for t in alone)} tokens")
+    finally:
+        wide.close()
+
+
+def test_early_close_frees_a_slot_and_follow_ups_find_their_prefix(tiny_bundle, engine):
+    wide = _engine(tiny_bundle, engine.vision, parallel=2)
+    try:
+        page = noise_image(320, 240, seed=11)
+        first = collect(wide.generate(_page_messages(page), GenerationParams(max_tokens=6)))
+        collect(wide.generate([{"role": "user", "content": "Something else entirely."}], GenerationParams(max_tokens=6)))
+        follow_up = collect(wide.generate(_page_messages(page, "Who signed the contract?"), GenerationParams(max_tokens=4)))
+        assert follow_up.usage.cached_tokens > first.usage.image_rows  # went to the slot holding the page
+
+        messages = [{"role": "user", "content": "Read the table."}]
+        a = wide.generate(messages, GenerationParams(max_tokens=200))
+        b = wide.generate(messages, GenerationParams(max_tokens=200))
+        next(a), next(b)
+        assert wide.scheduler.running == 2
+        a.close()
+        assert wide.scheduler.running == 1
+        c = collect(wide.generate(messages, GenerationParams(max_tokens=3)))  # gets a's slot; b is still open
+        assert c.usage.completion_tokens == 3 and wide.scheduler.running == 1
+        b.close()
+        assert wide.scheduler.running == 0
+    finally:
+        wide.close()

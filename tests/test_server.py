@@ -7,6 +7,7 @@ so every image error path is tested here too; image and PDF answers are in test_
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import subprocess
@@ -283,6 +284,51 @@ def test_four_concurrent_requests_throughput(server):
     print(f"aggregate tokens/s: 1 request {single:.1f}, 4 concurrent {four:.1f}, ratio {four / single:.2f} "
           f"(runs: {', '.join(f'{a:.1f}/{b:.1f}' for a, b in runs)})")
     assert four > 0.3 * single  # one engine: requests queue, throughput does not collapse
+
+
+def test_parallel_server_batches_concurrent_requests(text_bundle):
+    # F32 KV cache and no flash attention: greedy answers must not depend on what else is in the batch.
+    args = ("--ctx", "2048", "--threads", "2", "--parallel", "4", "--max-queue", "0", "--kv-type", "f32", "--flash-attn", "off")
+    questions = ["What is the total?", "Who signed the contract?", "List the parties.", "요약해 주세요."]
+
+    def answer(url: str, question: str, max_tokens: int = 12, stream: bool = False) -> dict:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+                "ignore_eos": True}
+        response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    with serve_process(text_bundle, *args) as (url, _):
+        alone = [answer(url, q)["choices"][0]["message"]["content"] for q in questions]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda q: answer(url, q), questions))
+        assert [a["choices"][0]["message"]["content"] for a in together] == alone
+        assert all(a["usage"]["completion_tokens"] == 12 for a in together)
+        assert metric(url, "exaone_edge_completion_tokens_total") == 8 * 12
+
+        # Four long streams hold the four slots; with --max-queue 0 a fifth request is refused, not queued.
+        with httpx.Client(timeout=60) as http, contextlib.ExitStack() as streams:
+            lines = []  # kept: a dropped line iterator closes its connection
+            for question in questions:
+                body = _body(model=MODEL, messages=[{"role": "user", "content": question}], max_tokens=2000,
+                             stream=True, ignore_eos=True)
+                lines.append(streams.enter_context(http.stream("POST", f"{url}/v1/chat/completions", json=body)).iter_lines())
+                next(e for e in lines[-1] if '"content"' in e and '"role"' not in e)
+            assert httpx.get(f"{url}/health", timeout=10).json()["running"] == 4
+            assert metric(url, "exaone_edge_requests_running") == 4
+            assert http.post(f"{url}/v1/chat/completions", json=_body()).status_code == 429
+        _wait_idle(url, 5)
+
+        def rate(n: int) -> float:
+            start = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(n) as pool:
+                tokens = sum(pool.map(lambda q: answer(url, q, 32)["usage"]["completion_tokens"], questions[:n]))
+            return tokens / (time.perf_counter() - start)
+
+        runs = [(rate(1), rate(4)) for _ in range(2)]
+        single, four = sum(r[0] for r in runs) / 2, sum(r[1] for r in runs) / 2
+        print(f"--parallel 4: aggregate tokens/s 1 request {single:.1f}, 4 concurrent {four:.1f}, ratio {four / single:.2f}")
+        assert four > single  # batched: four at once beat one at a time even on this tiny, overhead-bound model
 
 
 def test_import_loads_neither_torch_nor_transformers(text_bundle):

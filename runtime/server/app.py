@@ -60,7 +60,7 @@ class ServerState:
         self.settings = settings
         self.model_id = settings.model_name or engine.model_id
         self.created = int(time.time())
-        self.worker = EngineWorker(engine, settings.max_queue)
+        self.worker = EngineWorker(engine, settings.max_queue, engine.parallel)  # the engine's slots, however it was loaded
         self.metrics = ServerMetrics(self.worker)
         self.decoding = asyncio.Semaphore(1)
 

@@ -36,7 +36,8 @@ def serve(bundle_dir: Path | str, settings: ServerSettings) -> None:
         address = f"[{settings.host}]" if ":" in settings.host else settings.host
         vision = "with vision" if engine.vision is not None else "text only"
         sys.stderr.write(
-            f"serving {app.model_id} ({vision}, context {engine.n_ctx}) on http://{address}:{port}/v1\n"
+            f"serving {app.model_id} ({vision}, context {engine.n_ctx}, {engine.parallel} parallel) "
+            f"on http://{address}:{port}/v1\n"
         )
         sys.stderr.flush()
         config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)

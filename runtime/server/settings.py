@@ -30,11 +30,12 @@ class ServerSettings(BaseModel):
     max_pdf_pages: int = Field(8, ge=1)  # PDF pages per request
     max_image_pixels: int = Field(DocumentLimits().max_image_pixels, ge=1)  # header check, before decoding
     # Decoded pixels per request, PDF pages included: a queued request holds its pages until it runs,
-    # so this bounds memory at (max_queue + 1) × 3 bytes × this (≈ 1.7 GB with the defaults).
+    # so this bounds memory at (max_queue + parallel) × 3 bytes × this (≈ 1.7 GB with the defaults).
     max_request_pixels: int = Field(64_000_000, ge=1)
     max_file_bytes: int = Field(DocumentLimits().max_file_bytes, ge=1)
     remote_timeout_s: float = Field(10.0, gt=0)
-    max_queue: int = Field(8, ge=0)  # requests waiting for the engine beyond the running one; more → 429
+    max_queue: int = Field(8, ge=0)  # requests waiting for the engine beyond the running ones; more → 429
+    parallel: int = Field(1, ge=1, le=64)  # generations decoded together (slots); each holds a ctx-sized KV cache
     default_max_tokens: int = Field(512, ge=1)
     # Engine options (EngineOptions), passed through by `serve`.
     ctx: int | None = Field(None, ge=16)
@@ -75,5 +76,5 @@ class ServerSettings(BaseModel):
         flash = {"auto": None, "on": True, "off": False}[self.flash_attn]
         return dict(
             n_ctx=self.ctx, n_gpu_layers=self.gpu_layers, n_threads=self.threads, flash_attn=flash,
-            kv_type=self.kv_type, verify=self.verify,
+            kv_type=self.kv_type, verify=self.verify, parallel=self.parallel,
         )

@@ -1,8 +1,8 @@
-"""One engine behind a bounded queue: one generation runs, `max_queue` wait, the rest get 429.
+"""One engine behind a bounded queue: `parallel` generations run, `max_queue` wait, the rest get 429.
 
-Generation runs in a single worker thread (the engine holds one llama.cpp context and a lock anyway);
-chunks cross to the event loop through an asyncio queue. When the consumer stops early (client gone),
-the worker closes the engine's generator at the next token, which stops decoding and frees the engine.
+Each running generation has a worker thread (the engine batches their decode steps); chunks cross to
+the event loop through an asyncio queue. When the consumer stops early (client gone), the worker
+closes the engine's generator at the next token, which stops decoding and frees its slot.
 """
 
 from __future__ import annotations
@@ -33,13 +33,15 @@ class Ticket:
 
 
 class EngineWorker:
-    def __init__(self, engine: Any, max_queue: int) -> None:
+    def __init__(self, engine: Any, max_queue: int, parallel: int = 1) -> None:
         self.engine = engine
-        self.capacity = max_queue + 1  # the running request plus the waiting ones
+        self.parallel = parallel
+        self.capacity = max_queue + parallel  # the running requests plus the waiting ones
         self.admitted = 0  # changed on the event loop thread only
-        self.running = 0
+        self.running = 0  # changed by the generation threads, under _count_lock
         self.started = 0  # generations that reached the engine (a request that left while queued never does)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exaone-edge-generate")
+        self._count_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="exaone-edge-generate")
 
     @property
     def waiting(self) -> int:
@@ -48,7 +50,7 @@ class EngineWorker:
     def admit(self) -> Ticket:
         if self.admitted >= self.capacity:
             raise QueueFull(
-                f"the server is busy ({self.capacity - 1} requests already waiting)",
+                f"the server is busy ({self.capacity - self.parallel} requests already waiting)",
                 fix="Retry after a few seconds.",
             )
         self.admitted += 1
@@ -73,8 +75,9 @@ class EngineWorker:
             if stop.is_set():  # the client left while waiting in the queue
                 put(_END)
                 return
-            self.running += 1
-            self.started += 1
+            with self._count_lock:
+                self.running += 1
+                self.started += 1
             chunks = self.engine.generate(messages, params)
             try:
                 for chunk in chunks:
@@ -85,7 +88,8 @@ class EngineWorker:
                 put(exc)
             finally:
                 chunks.close()
-                self.running -= 1
+                with self._count_lock:
+                    self.running -= 1
                 put(_END)
 
         loop.run_in_executor(self._executor, work)
