@@ -1,16 +1,18 @@
 """Continuous batching over one llama.cpp context: each running generation owns a sequence (a slot).
 
-A step admits waiting requests into free slots (prefill, first token sampled at once, since the next
-batch overwrites the logits), then decodes the pending token of every running request in ONE
+One decode thread owns the context. Each step it frees the slots of cancelled requests, admits
+waiting requests into free slots (prefill, first token sampled at once, since the next batch
+overwrites the logits), then decodes the pending token of every running request in ONE
 `llama_decode`, so the weights are read once for all of them, and samples each from its own row.
+Callers submit requests and read their tokens from a queue.
 
-There is no thread of its own (lock-step): a caller that wants its request's next token and finds
-none queued takes the lock and runs one step for everyone; the others' tokens wait in their queues.
-A request is cancelled (its slot freed at once) when its consumer stops early.
+Why one thread: ggml's CPU backend runs on OpenMP, which keeps a thread team per calling thread;
+decoding from several threads leaves several teams spinning on the same cores (3-5x slower here).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import deque
@@ -27,7 +29,7 @@ _DONE = object()
 
 @dataclass(eq=False)
 class Request:
-    """What the scheduler decodes for one generation; after `Scheduler.tokens` ends, the outcome fields are set."""
+    """What the scheduler decodes for one generation; once `Scheduler.tokens` ends, the outcome fields are set."""
 
     segments: Sequence[Segment]
     sampling: dict[str, Any] = field(default_factory=dict)  # Sampler keywords: temperature, top_k, top_p, min_p, seed
@@ -40,8 +42,10 @@ class Request:
     prefill_s: float = 0.0
     finish_reason: str | None = None  # "stop" or "length"
     logits: np.ndarray | None = None
-    # -- scheduler state ----------------------------------------------------------------------
-    events: deque = field(default_factory=deque)  # tokens, then _DONE, or an exception
+    # -- scheduler state (the decode thread's, except the two flags) ---------------------------
+    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # tokens, then _DONE or an exception
+    cancelled: bool = False
+    released: threading.Event = field(default_factory=threading.Event)  # set once it holds no slot any more
     slot: int | None = None
     sampler: Sampler | None = None
     pending: int | None = None  # sampled, not yet decoded
@@ -51,9 +55,11 @@ class Request:
 class Scheduler:
     def __init__(self, llama: LlamaContext) -> None:
         self.llama = llama
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # guards _waiting and _closing; the decode thread sleeps on it
         self._waiting: deque[Request] = deque()
-        self._slots: list[Request | None] = [None] * llama.n_seq
+        self._closing = False
+        self._thread: threading.Thread | None = None  # started by the first request
+        self._slots: list[Request | None] = [None] * llama.n_seq  # the decode thread's
         self._last_used = [0] * llama.n_seq
         self._clock = 0
 
@@ -63,43 +69,73 @@ class Scheduler:
 
     def submit(self, request: Request) -> Request:
         with self._lock:
+            if self._closing:
+                raise RuntimeError("the engine is closed")
             self._waiting.append(request)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="exaone-edge-decode", daemon=True)
+                self._thread.start()
+            self._lock.notify()
         return request
 
     def tokens(self, request: Request) -> Iterator[int]:
         """The request's tokens as they are sampled; errors from its prefill or decoding are raised here."""
         while True:
-            while request.events:
-                item = request.events.popleft()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-            with self._lock:
-                if request.events:
-                    continue
-                if request.slot is None and request not in self._waiting:
-                    raise RuntimeError("the request is neither waiting nor running")  # cancelled, or never submitted
-                self._step()
+            item = request.events.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
     def cancel(self, request: Request) -> None:
-        """Stop a request wherever it is; its slot is free for the next one (idempotent)."""
+        """Stop a request wherever it is; returns once its slot is free (at most one step later). Idempotent."""
         with self._lock:
             if request in self._waiting:
                 self._waiting.remove(request)
-            self._release(request)
+                return
+            request.cancelled = True
+        request.released.wait()
 
     def close(self) -> None:
-        """Close the llama.cpp context once no step is running; requests still queued then fail."""
+        """Stop the decode thread after its current step, fail what is left, free the llama.cpp context."""
         with self._lock:
-            self.llama.close()
+            self._closing = True
+            self._lock.notify()
+            left = list(self._waiting)
+            self._waiting.clear()
+        if self._thread is not None:
+            self._thread.join()
+        for request in left + [r for r in self._slots if r is not None]:
+            self._fail(request, RuntimeError("the engine was closed"))
+        self.llama.close()
 
-    # -- one step ------------------------------------------------------------------------------
+    # -- the decode thread ---------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._closing or self._waiting or self.running):
+                    self._lock.wait()
+                if self._closing:
+                    return
+            try:
+                self._step()
+            except Exception as exc:  # a bug, not a request's error: fail everyone rather than hang them
+                for request in [r for r in self._slots if r is not None]:
+                    self._fail(request, exc)
 
     def _step(self) -> None:
-        self._admit()
-        running = [r for r in self._slots if r is not None and r.pending is not None]
+        for request in self._slots:
+            if request is not None and request.cancelled:
+                self._release(request)
+        while None in self._slots:
+            with self._lock:
+                if not self._waiting:
+                    break
+                request = self._waiting.popleft()
+            self._admit(request)
+        running = [r for r in self._slots if r is not None]
         if not running:
             return
         try:
@@ -111,25 +147,23 @@ class Scheduler:
         for index, request in enumerate(running):
             self._accept(request, request.sampler.sample(index))
 
-    def _admit(self) -> None:
-        while self._waiting and None in self._slots:
-            request = self._waiting.popleft()
-            slot = self._choose_slot(request)
-            self._slots[slot], request.slot = request, slot
-            self._clock += 1
-            self._last_used[slot] = self._clock
-            started = time.perf_counter()
-            try:
-                request.stats = self.llama.prefill(request.segments, slot)
-                request.prefill_s = time.perf_counter() - started
-                if request.logits_only:
-                    request.logits = self.llama.logits()
-                    self._finish(request, None)
-                    continue
-                request.sampler = self.llama.sampler(**request.sampling)
-                self._accept(request, request.sampler.sample())
-            except Exception as exc:  # the request's own error (prompt too long, decode failed): only it fails
-                self._fail(request, exc)
+    def _admit(self, request: Request) -> None:
+        slot = self._choose_slot(request)
+        self._slots[slot], request.slot = request, slot
+        self._clock += 1
+        self._last_used[slot] = self._clock
+        started = time.perf_counter()
+        try:
+            request.stats = self.llama.prefill(request.segments, slot)
+            request.prefill_s = time.perf_counter() - started
+            if request.logits_only:
+                request.logits = self.llama.logits()
+                self._finish(request, None)
+                return
+            request.sampler = self.llama.sampler(**request.sampling)
+            self._accept(request, request.sampler.sample())
+        except Exception as exc:  # the request's own error (prompt too long, decode failed): only it fails
+            self._fail(request, exc)
 
     def _choose_slot(self, request: Request) -> int:
         """The free slot holding most of this prompt, else the least recently used one (as llama.cpp's server).
@@ -149,21 +183,22 @@ class Scheduler:
         if not request.ignore_eos and (token in request.stop_ids or self.llama.is_end_of_generation(token)):
             self._finish(request, "stop")
             return
-        request.events.append(token)
         request.produced += 1
         if request.produced >= request.max_tokens or self.llama.length(request.slot) >= self.llama.n_ctx:
+            request.events.put(token)
             self._finish(request, "length")
         else:
             request.pending = token
+            request.events.put(token)
 
     def _finish(self, request: Request, reason: str | None) -> None:
         request.finish_reason = reason
-        request.events.append(_DONE)
-        self._release(request)
+        self._release(request)  # before _DONE: whoever sees the end sees the slot free
+        request.events.put(_DONE)
 
     def _fail(self, request: Request, exc: Exception) -> None:
-        request.events.append(exc)
         self._release(request)
+        request.events.put(exc)
 
     def _release(self, request: Request) -> None:
         if request.sampler is not None:
@@ -172,3 +207,4 @@ class Scheduler:
         if request.slot is not None and self._slots[request.slot] is request:
             self._slots[request.slot] = None  # the sequence keeps its cache, for prefix reuse
         request.slot = request.pending = None
+        request.released.set()

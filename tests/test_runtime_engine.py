@@ -304,8 +304,8 @@ def test_early_close_frees_a_slot_and_follow_ups_find_their_prefix(tiny_bundle, 
         assert follow_up.usage.cached_tokens > first.usage.image_rows  # went to the slot holding the page
 
         messages = [{"role": "user", "content": "Read the table."}]
-        a = wide.generate(messages, GenerationParams(max_tokens=200))
-        b = wide.generate(messages, GenerationParams(max_tokens=200))
+        a = wide.generate(messages, GenerationParams(max_tokens=500))
+        b = wide.generate(messages, GenerationParams(max_tokens=500))  # decodes on while nobody reads it
         next(a), next(b)
         assert wide.scheduler.running == 2
         a.close()
