@@ -204,10 +204,8 @@ def test_prefix_reuse_falls_back_when_the_sliding_window_cache_has_moved_on(tiny
 
 
 @pytest.fixture(scope="module")
-def onnx_bundle(tiny_model_dir, tmp_path_factory):
-    work = tmp_path_factory.mktemp("runtime-onnx")
-    run_cli("export", str(tiny_model_dir), "-o", str(work / "vision"), check=True)
-    return build_tiny_bundle(tiny_model_dir, work / "bundle", vision_dir=work / "vision")
+def onnx_bundle(tiny_model_dir, tiny_vision_dir, tmp_path_factory):
+    return build_tiny_bundle(tiny_model_dir, tmp_path_factory.mktemp("runtime-onnx") / "bundle", vision_dir=tiny_vision_dir)
 
 
 def test_onnx_bundle_matches_transformers_end_to_end(onnx_bundle, hf_model, tiny_model_dir):
