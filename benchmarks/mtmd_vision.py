@@ -2,6 +2,9 @@
 
 Benchmark only (issue #9): the tools come from the llama-cpp-python sdist we pin, built once under
 ~/.cache/exaone-edge/llama-mtmd/; nothing here is written into the repository or shipped in a bundle.
+Where mtmd (0c1e570) differs from HF, read in its source: it letterboxes pages (aspect kept, black
+padding) where HF stretches; it rounds half-way sides (odd multiples of 16 px at factor 32) up where
+HF rounds to even, so such images get other token counts; it ignores the checkpoint's window_size (112).
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ class MtmdError(ExaoneEdgeError):
     """llama.cpp's tools could not be built or run, or lack what the comparison needs."""
 
 
-def _run(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+def _run(cmd: list[str], *, env: dict[str, str] | None = None) -> str:
     """Run a tool, its output kept (stdout + stderr) and shown only when it fails."""
-    done = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           errors="replace")  # a random model can emit half a UTF-8 character
     if done.returncode != 0:
         raise MtmdError(f"`{' '.join(map(str, cmd[:3]))} …` failed (exit {done.returncode}):\n{done.stdout[-4000:]}")
@@ -64,34 +67,27 @@ def llama_cpp_source(cache_dir: Path | None = None) -> Path:
     return source
 
 
+def _works(binary: Path) -> bool:
+    return binary.is_file() and subprocess.run([binary, "--version"], capture_output=True).returncode == 0
+
+
 def build_mtmd(cache_dir: Path | None = None) -> Path:
     """Path of a working `llama-mtmd-cli`, built from the sdist's llama.cpp on first use (minutes)."""
     cache = Path(cache_dir or CACHE)
     binary = cache / "build" / "bin" / TARGET
-    if binary.is_file() and subprocess.run([str(binary), "--version"], capture_output=True).returncode == 0:
+    if _works(binary):
         return binary
     source = llama_cpp_source(cache)
     cores = str(os.cpu_count() or 1)
     started = time.perf_counter()
     log(f"configuring llama.cpp ({source})")
     _run(["cmake", "-S", str(source), "-B", str(cache / "build"), *CMAKE_FLAGS])
-    log(f"building {TARGET} with {cores} jobs (a few minutes)")
+    log(f"building {TARGET} with {cores} jobs (about 17 min on 2 busy cores)")
     _run(["cmake", "--build", str(cache / "build"), "--config", "Release", "--target", TARGET, "-j", cores])
-    if subprocess.run([str(binary), "--version"], capture_output=True).returncode != 0:
+    if not _works(binary):
         raise MtmdError(f"{binary} was built but does not run")
     log(f"built {binary} in {time.perf_counter() - started:.0f} s")
     return binary
-
-
-def _converter_support(source: Path) -> list[str]:
-    """What the vendored converter lacks for EXAONE 4.5's projector (empty when it has it all)."""
-    gaps = []
-    classes = "".join(p.read_text(encoding="utf-8") for p in sorted((source / "conversion").glob("*.py")))
-    if "Exaone4_5_ForConditionalGeneration" not in classes or "VisionProjectorType.EXAONE4_5" not in classes:
-        gaps.append("an mmproj class for Exaone4_5_ForConditionalGeneration writing projector exaone4_5 (conversion/)")
-    if 'EXAONE4_5 = "exaone4_5"' not in (source / "gguf-py" / "gguf" / "constants.py").read_text(encoding="utf-8"):
-        gaps.append("VisionProjectorType EXAONE4_5 in its gguf-py")
-    return gaps
 
 
 def _with_pixel_bounds(model_dir: Path, scratch: Path) -> Path:
@@ -101,14 +97,13 @@ def _with_pixel_bounds(model_dir: Path, scratch: Path) -> Path:
     write them as size.shortest_edge / size.longest_edge, the same numbers under other keys.
     """
     path = model_dir / "preprocessor_config.json"
-    if not path.is_file():
-        raise CheckpointError("preprocessor_config.json is missing; the converter needs it", path=path)
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     if "min_pixels" in config and "max_pixels" in config:
         return model_dir
     size = config.get("size") or {}
     if not {"shortest_edge", "longest_edge"} <= set(size):
-        raise CheckpointError("no min_pixels/max_pixels (nor size.shortest_edge/longest_edge)", path=path)
+        raise CheckpointError("the converter needs min_pixels/max_pixels (or size.shortest_edge/longest_edge)",
+                              path=path)
     log("converter needs top-level min_pixels/max_pixels: giving it a copy with them from size.*")
     shadow = scratch / model_dir.name  # the converter names the model after its directory
     shadow.mkdir()
@@ -123,10 +118,15 @@ def _with_pixel_bounds(model_dir: Path, scratch: Path) -> Path:
 def convert_mmproj(model_dir: Path, out: Path, cache_dir: Path | None = None) -> Path:
     """EXAONE 4.5 vision tower → mmproj GGUF (F32: we compare with our fp32 graph) by llama.cpp's converter."""
     source = llama_cpp_source(cache_dir)
-    if gaps := _converter_support(source):
+    classes = "".join(p.read_text(encoding="utf-8") for p in (source / "conversion").glob("*.py"))
+    constants = (source / "gguf-py" / "gguf" / "constants.py").read_text(encoding="utf-8")
+    gaps = [what for what, present in (
+        ("an mmproj class for Exaone4_5_ForConditionalGeneration (conversion/*.py)",
+         "Exaone4_5_ForConditionalGeneration" in classes and "VisionProjectorType.EXAONE4_5" in classes),
+        ("projector type exaone4_5 in its gguf-py", 'EXAONE4_5 = "exaone4_5"' in constants)) if not present]
+    if gaps:
         raise MtmdError(f"llama.cpp's converter in {source} lacks EXAONE 4.5 vision support: " + "; ".join(gaps))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     # the vendored gguf-py, not the PyPI gguf: the script targets its own copy
     env = {**os.environ, "PYTHONPATH": str(source / "gguf-py")}
     log(f"converting the vision tower with llama.cpp's converter → {out}")
@@ -151,44 +151,50 @@ def window_note(model_dir: Path) -> str | None:
             f"({MTMD_WINDOW} px): its window blocks attend differently (times comparable, rows not)")
 
 
-ENCODED = re.compile(r"(?:mtmd batch encoding done|image slice encoded) in (\d+) ms")
-IMAGE_TOKENS = re.compile(r"decoding image batch \d+/\d+, n_tokens_batch = (\d+)")
+ENCODED = re.compile(r"mtmd batch encoding done in (\d+) ms")  # mtmd-cli.cpp, around mtmd_batch_encode()
+IMAGE_TOKENS = re.compile(r"decoding image batch \d+/\d+, n_tokens_batch = (\d+)")  # mtmd-helper.cpp
 
 
-def mtmd_run(decoder_gguf: Path, mmproj: Path, image: Path, threads: int, *, flash_attn: str = "off",
-             dump: Path | None = None, cache_dir: Path | None = None) -> tuple[float, int]:
-    """One `llama-mtmd-cli` call (encode the image, decode one token): (encode seconds, image tokens).
+def mtmd_run(decoder_gguf: Path, mmproj: Path, image: Path, threads: int, *, copies: int = 1, flash_attn: str = "off",
+             dump: Path | None = None, cache_dir: Path | None = None) -> tuple[list[float], int]:
+    """One `llama-mtmd-cli` process given the image `copies` times: (encode seconds of each copy, image tokens).
 
-    Flash attention off by default: on CPU it runs in F16, and the comparison is at fp32.
+    Each copy sits between <vision>…</vision> text, so each is its own mtmd batch and encode. Flash
+    attention is off by default: on CPU it runs in F16, and the comparison is at fp32.
     """
-    # --jinja: the GGUF's EXAONE template is not a built-in one; -lv 4 shows libmtmd's info lines (token count)
-    cmd = [str(build_mtmd(cache_dir)), "-m", str(decoder_gguf), "--mmproj", str(mmproj), "--image", str(image),
-           "-p", "Describe the page.", "-n", "1", "--temp", "0", "-t", str(threads), "-c", "16384",
-           "-fa", flash_attn, "--jinja", "-lv", "4"]
-    env = {**os.environ, "MTMD_DEBUG_EMBEDDINGS": str(dump)} if dump else None  # raw rows, then stats
+    from gguf import GGUFReader  # the PyPI gguf reads the mmproj's pixel budget to size the context
+
+    fields = GGUFReader(mmproj).fields
+    unit = (int(fields["clip.vision.patch_size"].contents()) * 2) ** 2
+    context = copies * (int(fields["clip.vision.image_max_pixels"].contents()) // unit + 16) + 512
+    # --jinja: the GGUF's EXAONE template is no built-in one; -lv 4 lets libmtmd's info lines (token count) through
+    cmd = [str(build_mtmd(cache_dir)), "-m", str(decoder_gguf), "--mmproj", str(mmproj),
+           *[arg for _ in range(copies) for arg in ("--image", str(image))], "-p", "Describe the page.",
+           "-n", "1", "--temp", "0", "-t", str(threads), "-c", str(context), "-fa", flash_attn, "--jinja", "-lv", "4"]
+    env = {**os.environ, "MTMD_DEBUG_EMBEDDINGS": str(dump)} if dump else None  # writes [n, n_embd] int32 + f32 rows
     text = _run(cmd, env=env)
-    encoded = [int(ms) for ms in ENCODED.findall(text)]
-    if len(encoded) != 1:
-        raise MtmdError(f"expected one image encode time in llama-mtmd-cli's log, found {encoded}:\n{text[-2000:]}")
-    return encoded[0] / 1000, sum(int(n) for n in IMAGE_TOKENS.findall(text))
+    encoded, tokens = [int(ms) / 1000 for ms in ENCODED.findall(text)], sum(map(int, IMAGE_TOKENS.findall(text)))
+    if len(encoded) != copies or tokens % copies:
+        raise MtmdError(f"llama-mtmd-cli's log has {len(encoded)} encode times and {tokens} image tokens "
+                        f"for {copies} images:\n{text[-2000:]}")
+    return encoded, tokens // copies
 
 
 def mtmd_encode_seconds(decoder_gguf: Path, mmproj: Path, image: Path, threads: int, repeats: int = 3, *,
                         flash_attn: str = "off", model_dir: Path | None = None,
                         cache_dir: Path | None = None) -> dict[str, Any]:
-    """Median of llama.cpp's own image encode time over `repeats` fresh runs (its clip warm-up done each run).
+    """Median of llama.cpp's own encode time (whole ms) over `repeats` warm encodes in one process.
 
-    With `model_dir`, also our runtime's row count for the image (exaone_edge.vision.rows_for).
+    The first encode of the process (first touch of its compute buffers) is reported apart as cold_s.
+    With `model_dir`, also the rows our runtime gives the same image (exaone_edge.vision.rows_for).
     """
-    runs = [mtmd_run(decoder_gguf, mmproj, image, threads, flash_attn=flash_attn, cache_dir=cache_dir)
-            for _ in range(repeats)]
-    tokens = {n for _, n in runs}
-    if len(tokens) != 1:
-        raise MtmdError(f"image token count changed between runs: {sorted(tokens)}")
+    if repeats < 1:
+        raise MtmdError("repeats must be at least 1")
+    times, tokens = mtmd_run(decoder_gguf, mmproj, image, threads, copies=repeats + 1, flash_attn=flash_attn,
+                             cache_dir=cache_dir)
     result: dict[str, Any] = {
-        "encode_s": statistics.median(s for s, _ in runs), "runs_s": [s for s, _ in runs],
-        "mtmd_image_tokens": tokens.pop(), "threads": threads, "flash_attn": flash_attn,
-        "timer": "llama-mtmd-cli's 'mtmd batch encoding done in N ms' (whole ms)",
+        "encode_s": statistics.median(times[1:]), "runs_s": times[1:], "cold_s": times[0],
+        "mtmd_image_tokens": tokens, "threads": threads, "flash_attn": flash_attn,
     }
     if model_dir is not None:
         from PIL import Image
@@ -198,7 +204,7 @@ def mtmd_encode_seconds(decoder_gguf: Path, mmproj: Path, image: Path, threads: 
 
         with Image.open(image) as page:
             result["our_rows"] = rows_for(page.size, open_checkpoint(Path(model_dir), read_weights=False).image)
-        result["rows_match"] = result["our_rows"] == result["mtmd_image_tokens"]
+        result["rows_match"] = result["our_rows"] == tokens
     return result
 
 
