@@ -88,7 +88,7 @@ def run_bench(bundle_dir: Path, options: BenchOptions) -> dict[str, Any]:
             results += _first_token(engine, model, options)
     finally:
         engine.close()
-    del model
+    del model  # the server runs in its own process: give it the memory the torch model held
     if "server" in options.sections:
         log(f"bench: server, {options.concurrency} concurrent requests vs one")
         results += _server(bundle_dir, n_ctx, options)
