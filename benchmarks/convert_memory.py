@@ -15,7 +15,6 @@ import argparse
 import json
 import shutil
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
