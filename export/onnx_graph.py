@@ -57,21 +57,38 @@ def trace_to_onnx(visual: Any, example: dict[str, Any], target: Path, weight_byt
                                         external_data=True, verbose=False)
         # weights stream to a side file: serializing them into one protobuf would copy them all
         program.save(str(raw_dir / "raw.onnx"), external_data=True)
+        # onnxscript's module-level rewrite-pattern matchers keep the last IR graph they saw, and its
+        # initializers wrap our parameters: cut that link, or the weights outlive the export (+1×)
+        for value in program.model.graph.initializers.values():
+            value.const_value = None
         del program
         visual.to("meta")
         gc.collect()  # the exported program's reference cycles hold the weights until collected
+        return_freed_memory()
         optimized = raw_dir / "opt" / target.name
         optimized.parent.mkdir()
         optimize(raw_dir / "raw.onnx", optimized, external=True)
         import onnx
 
         model = onnx.load(str(optimized), load_external_data=not external)  # small: inline the weights
+        return_freed_memory()  # ORT's optimizing session is gone; the validation session comes next
         _unshare_small_constants(model)
         if external:
             shutil.move(optimized.parent / (target.name + DATA_SUFFIX), target.parent / (target.name + DATA_SUFFIX))
         onnx.save_model(model, str(target))
     finally:
         shutil.rmtree(raw_dir, ignore_errors=True)
+
+
+def return_freed_memory() -> None:
+    """Hand freed heap back to the OS (glibc keeps it otherwise, and the next stage's peak adds to it)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):  # glibc only
+        libc.malloc_trim(0)
 
 
 def _unshare_small_constants(model: Any, max_elements: int = 16) -> None:

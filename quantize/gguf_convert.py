@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 from exaone_edge import __version__
@@ -23,7 +26,7 @@ from exaone_edge.errors import CheckpointError, InputError, require
 from exaone_edge.files import atomic_path
 from exaone_edge.progress import log, track
 from exaone_edge.quantize.gguf_vocab import read_vocab
-from exaone_edge.quantize.safetensors_stream import StoredTensor, iter_f32_chunks, read_layout
+from exaone_edge.quantize.safetensors_stream import Piece, StoredTensor, ordered_map, pieces, read_layout, read_piece
 from exaone_edge.spec import DecoderSpec
 
 ARCH = "exaone4"
@@ -67,8 +70,10 @@ class ConvertResult:
     tokenizer_check: dict
 
 
-def convert_to_gguf(checkpoint_dir: Path, out_path: Path, out_type: str = "F16") -> ConvertResult:
-    """Write the decoder of an EXAONE 4.5 checkpoint as a GGUF file; atomic, streaming."""
+def convert_to_gguf(checkpoint_dir: Path, out_path: Path, out_type: str = "F16", workers: int | None = None
+                    ) -> ConvertResult:
+    """Write the decoder of an EXAONE 4.5 checkpoint as a GGUF file; atomic, streaming, pieces converted
+    by `workers` threads (default: one per core, up to 8)."""
     require("gguf", "quantize")
     import gguf
 
@@ -98,11 +103,14 @@ def convert_to_gguf(checkpoint_dir: Path, out_path: Path, out_type: str = "F16")
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         handle = writer.fout[0]
-        for tensor in track(plan, f"convert → {out_type}", total=len(plan)):
-            writer.write_padding(handle, handle.tell())
-            for chunk in _tensor_chunks(tensor, decoder):
-                handle.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
-            writer.write_padding(handle, tensor.nbytes)
+        finished = iter(track(plan, f"convert → {out_type}", total=len(plan)))
+        for job, data in ordered_map(lambda job: _convert_piece(job, decoder), _jobs(plan), workers or _workers()):
+            if job.first:
+                writer.write_padding(handle, handle.tell())
+            handle.write(np.ascontiguousarray(data).view(np.uint8).data)
+            if job.last:
+                writer.write_padding(handle, handle.tell())
+                next(finished, None)
         handle.flush()
         writer.close()
         tokenizer_check = check_tokenizer(tmp, checkpoint)
@@ -240,25 +248,46 @@ def _layer_order(name: str) -> tuple[int, str]:
     return (0 if "embed" in name else 1 << 20), name
 
 
-def _tensor_chunks(tensor: PlannedTensor, decoder: DecoderSpec):
-    if tensor.source is None:
+@dataclass(frozen=True)
+class _Job:
+    tensor: PlannedTensor
+    piece: Piece | None  # None: a generated tensor, written whole
+    first: bool
+    last: bool
+
+
+def _jobs(plan: list[PlannedTensor]) -> Iterator[_Job]:
+    for tensor in plan:
+        parts = pieces(tensor.source) if tensor.source is not None else [None]
+        for index, piece in enumerate(parts):
+            yield _Job(tensor, piece, index == 0, index == len(parts) - 1)
+
+
+def _workers() -> int:
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+def _convert_piece(job: _Job, decoder: DecoderSpec) -> np.ndarray:
+    if job.piece is None:
         factors = _rope_factors(decoder)
         assert factors is not None
-        yield factors.astype(np.float32)
-        return
-    for chunk in iter_f32_chunks(tensor.source):
-        if tensor.qtype == "F32":
-            yield chunk
-        elif tensor.qtype == "F16":
-            half = chunk.astype(np.float16)
-            if not np.isfinite(half).all() and np.isfinite(chunk).all():
-                raise CheckpointError(f"'{tensor.source.name}' has values beyond F16's range (±65504)",
-                                      path=tensor.source.file, fix="Convert with out_type BF16 or F32.")
-            yield half
-        else:  # BF16, rounded to nearest even like ggml
-            bits = chunk.view(np.uint32)
-            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-            yield rounded.astype(np.uint16)
+        return factors.astype(np.float32)
+    values = read_piece(job.piece)
+    if job.tensor.qtype == "F32":
+        return values.astype(np.float32)
+    if job.tensor.qtype == "F16":
+        half = values.astype(np.float16)  # bf16 → f16 directly: exact wherever f16 can hold the value
+        if _overflowed(values, half):
+            raise CheckpointError(f"'{job.piece.tensor.name}' has values beyond F16's range (±65504)",
+                                  path=job.piece.tensor.file, fix="Convert with out_type BF16 or F32.")
+        return half
+    return values.astype(ml_dtypes.bfloat16)  # from f32: round to nearest even, as ggml does
+
+
+def _overflowed(source: np.ndarray, half: np.ndarray) -> bool:
+    """Finite source values that became ±inf in f16 (an integer test: numpy's f16 isfinite is scalar code)."""
+    special = (half.view(np.uint16) & 0x7C00) == 0x7C00
+    return bool(special.any()) and bool((special & np.isfinite(source.astype(np.float32))).any())
 
 
 def _rope_factors(decoder: DecoderSpec) -> np.ndarray | None:

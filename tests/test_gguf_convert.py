@@ -224,3 +224,37 @@ def test_bf16_weights_are_the_checkpoint_bytes_and_run(tiny_model_dir, gguf_dir)
     assert np.array_equal(stored, source)
     with _runner(path) as runner:
         assert np.isfinite(runner.logits([[5, 6, 7, 8]])).all()
+
+
+def test_pieces_converted_by_several_threads_give_the_same_file(tiny_model_dir, gguf_dir, tmp_path, monkeypatch):
+    from exaone_edge.quantize import safetensors_stream
+    from exaone_edge.quantize.gguf_convert import convert_to_gguf
+
+    whole = converted(tiny_model_dir, "F16", gguf_dir)
+    monkeypatch.setattr(safetensors_stream, "PIECE_BYTES", 4096)  # every matrix in many pieces
+    split = convert_to_gguf(tiny_model_dir, tmp_path / "split.gguf", "F16", workers=3).path
+    assert split.read_bytes() == Path(whole).read_bytes()
+
+
+def test_values_beyond_f16_range_are_refused(tiny_model_dir, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from exaone_edge.checkpoint import open_checkpoint
+    from exaone_edge.errors import CheckpointError
+    from exaone_edge.quantize.gguf_convert import convert_to_gguf
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    name = "model.language_model.layers.3.mlp.up_proj.weight"
+    shard = open_checkpoint(model).tensors[name].file
+    tensors = load_file(str(shard))
+    tensors[name] = tensors[name].clone()
+    tensors[name][0, 0] = torch.tensor(70000.0, dtype=tensors[name].dtype)
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="beyond F16's range"):
+        convert_to_gguf(model, tmp_path / "x.gguf", "F16")
+    assert not list(tmp_path.glob("*.gguf"))
+    assert convert_to_gguf(model, tmp_path / "x.gguf", "BF16").path.exists()  # the suggested fix works

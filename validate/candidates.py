@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +74,28 @@ class GptqCandidate:
             self.model = HFModel(self.path, reference_dir)
 
     def teacher_forced(self, question: Question, answer_ids: list[int]) -> np.ndarray:
-        return self.model.teacher_forced(question, answer_ids)
+        with _eager_gptq_kernels():
+            return self.model.teacher_forced(question, answer_ids)
 
     def generate(self, question: Question, max_tokens: int) -> str:
-        return self.model.generate(question, max_tokens)
+        with _eager_gptq_kernels():
+            return self.model.generate(question, max_tokens)
 
     def vision_rows(self, image) -> np.ndarray | None:
         return None  # the vision tower is copied byte for byte (checked when it is made)
 
     def close(self) -> None:
         del self.model
+
+
+@contextmanager
+def _eager_gptq_kernels() -> Iterator[None]:
+    """GPTQModel torch.compiles every TorchLinear's dequantization; on CPU each new sequence length
+    recompiles until dynamo's limit, which took > 16 min for 6 questions. Eager: seconds."""
+    import torch
+
+    with torch._dynamo.config.patch(disable=True):
+        yield
 
 
 class VisionCandidate:
