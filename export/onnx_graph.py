@@ -125,7 +125,10 @@ def optimize(source: Path, target: Path, external: bool) -> None:
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                          target.name + DATA_SUFFIX)
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    # MatMul + Add stay apart in the file: int8 and int4 quantize MatMul only, and the runtime's own
+    # session fuses them into Gemm when it opens an fp32 graph
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=["MatMulAddFusion"])
 
 
 def save(model: Any, target: Path, external: bool) -> None:

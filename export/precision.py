@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exaone_edge.export.onnx_graph import return_freed_memory
 
 INT4_BLOCK = 32
 
@@ -19,41 +20,6 @@ def save(model, target: Path, *, external: bool) -> None:
                         location=target.name + ".data", size_threshold=1024)
     else:
         onnx.save_model(model, str(target))
-
-
-def gemms_to_matmuls(model) -> int:
-    """Rewrite Gemm(x, W, b) with a constant W as MatMul(x, Wᵀ) + b, in place; returns how many.
-
-    The exporter emits nn.Linear as Gemm, but ORT's static quantizer and MatMulNBits act on MatMul:
-    left as Gemm, the tower's linear layers would silently stay float32.
-    """
-    from onnx import helper, numpy_helper
-
-    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
-    rewritten, nodes = 0, []
-    for node in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
-        if node.op_type != "Gemm" or node.input[1] not in initializers or not plain:
-            nodes.append(node)
-            continue
-        weight = numpy_helper.to_array(initializers[node.input[1]])
-        if attrs.get("transB", 0):
-            weight = np.ascontiguousarray(weight.T)
-        name = f"{node.input[1]}_matmul"
-        model.graph.initializer.append(numpy_helper.from_array(weight, name))
-        product = f"{node.output[0]}_product" if len(node.input) > 2 and node.input[2] else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], name], [product], name=f"{node.name}_matmul"))
-        if product != node.output[0]:
-            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
-        rewritten += 1
-    used = {name for node in nodes for name in node.input}
-    kept = [tensor for tensor in model.graph.initializer if tensor.name in used]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    return rewritten
 
 
 def _weight_matmuls(model) -> list[str]:
@@ -74,35 +40,69 @@ def to_fp16(source: Path, target: Path, *, feeds: Iterable[dict[str, np.ndarray]
     save(half, target, external=external)
 
 
-class _Reader:
-    def __init__(self, feeds: Iterable[dict[str, np.ndarray]]) -> None:
-        self._feeds = iter(feeds)
+def activation_ranges(source: Path, feeds: Iterable[dict[str, np.ndarray]], tensors: list[str]):
+    """Min/max of `tensors` over the calibration pages, one page at a time: ORT's MinMax calibrator keeps
+    every page's results to the end and loads the graph's weights twice (session + ModelProto)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._feeds, None)
+    model = onnx.load(str(source), load_external_data=False)  # structure only: the session reads the weights
+    outputs = []
+    for name in tensors:
+        for op in ("ReduceMin", "ReduceMax"):
+            output = f"{name}__{op}"
+            model.graph.node.append(helper.make_node(op, [name], [output], keepdims=0, name=output))
+            model.graph.output.append(helper.make_tensor_value_info(output, TensorProto.FLOAT, []))
+            outputs.append(output)
+    augmented = source.with_name("calibrate-" + source.name)  # beside the source: same external data file
+    onnx.save_model(model, str(augmented))
+    del model
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.disable_prepacking", "1")  # a packed copy of every weight
+    options.enable_cpu_mem_arena = False  # the arena keeps the largest page's activations to the end
+    session = ort.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
+    inputs = {i.name for i in session.get_inputs()}
+    low = {name: np.float32(np.inf) for name in tensors}
+    high = {name: np.float32(-np.inf) for name in tensors}
+    for feed in feeds:
+        values = dict(zip(outputs, session.run(outputs, {k: v for k, v in feed.items() if k in inputs})))
+        for name in tensors:
+            low[name] = min(low[name], values[f"{name}__ReduceMin"])
+            high[name] = max(high[name], values[f"{name}__ReduceMax"])
+    del session
+    augmented.unlink()
+    return_freed_memory()
+    if not all(np.isfinite(low[name]) for name in tensors):
+        raise ValueError("no calibration page reached the graph")  # the caller guarantees at least one page
+    return TensorsData(CalibrationMethod.MinMax, {name: (np.array(low[name], dtype=np.float32),
+                                                         np.array(high[name], dtype=np.float32)) for name in tensors})
 
 
 def to_int8(source: Path, target: Path, *, feeds: Iterable[dict[str, np.ndarray]], external: bool) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
 
-    model = onnx.load(str(source))
-    gemms_to_matmuls(model)
-    matmul_source = source.with_name("matmul-" + source.name)
-    save(model, matmul_source, external=external)
-    nodes = _weight_matmuls(model)
-    del model
+    structure = onnx.load(str(source), load_external_data=False)
+    nodes = _weight_matmuls(structure)
+    quantized = set(nodes)
+    tensors = sorted({name for node in structure.graph.node if node.name in quantized
+                      for name in (node.input[0], node.output[0])})
+    del structure
+    ranges = source.with_name("activation-ranges.json")
+    save_tensors_data(activation_ranges(source, feeds, tensors), ranges)
     # u8 activations × s8 weights: the combination x86 VNNI kernels in ORT (MLAS) are built for
     quantize_static(
-        str(matmul_source), str(target), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+        str(source), str(target), None, quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
         nodes_to_quantize=nodes, calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external,
-        # ORT's MinMax calibrator holds every page's activations until the end (its CalibMaxIntermediateOutputs
-        # option drops them uncounted in 1.31.1), so the page count is capped by the caller
-        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, calibration_cache_path=ranges,
     )
-    for leftover in (matmul_source, matmul_source.with_name(matmul_source.name + ".data")):
-        leftover.unlink(missing_ok=True)
+    ranges.unlink()
 
 
 def to_int4(source: Path, target: Path, *, feeds: Iterable[dict[str, np.ndarray]], external: bool) -> None:
@@ -111,7 +111,6 @@ def to_int4(source: Path, target: Path, *, feeds: Iterable[dict[str, np.ndarray]
 
     del feeds
     model = onnx.load(str(source))
-    gemms_to_matmuls(model)
     quantizer = MatMulNBitsQuantizer(model, block_size=INT4_BLOCK, is_symmetric=True)
     quantizer.process()
     save(quantizer.model.model, target, external=external)

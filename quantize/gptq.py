@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -105,9 +106,19 @@ def quantize_gptq(
         )
     require("gptqmodel", "gptq")
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
-    with stdout_to_stderr():
+    with stdout_to_stderr(), eager_gptq_kernels():
         return _quantize(Path(model_dir).resolve(), Path(out), calibration, evaluation, bits, group_size,
                          calibration_hash, overwrite)
+
+
+@contextlib.contextmanager
+def eager_gptq_kernels() -> Iterator[None]:
+    """GPTQModel torch.compiles every TorchLinear's dequantization; on CPU each new sequence length
+    recompiles until dynamo's limit (validating 6 questions took > 16 min). Eager takes seconds."""
+    import torch
+
+    with torch._dynamo.config.patch(disable=True):
+        yield
 
 
 def _quantize(model_dir: Path, out: Path, calibration: list[Conversation], evaluation: list[Conversation],

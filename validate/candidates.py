@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import numpy as np
 from exaone_edge.errors import ArtifactError
 from exaone_edge.manifest import read_manifest
 from exaone_edge.progress import stdout_to_stderr
+from exaone_edge.quantize.gptq import eager_gptq_kernels
 from exaone_edge.validate.reference import HFModel, Question
 
 LEVEL_BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8, "Q6_K": 6, "Q5_K_M": 5, "Q4_K_M": 4, "Q4_K_S": 4, "IQ4_XS": 4}
@@ -74,11 +73,11 @@ class GptqCandidate:
             self.model = HFModel(self.path, reference_dir)
 
     def teacher_forced(self, question: Question, answer_ids: list[int]) -> np.ndarray:
-        with _eager_gptq_kernels():
+        with eager_gptq_kernels():
             return self.model.teacher_forced(question, answer_ids)
 
     def generate(self, question: Question, max_tokens: int) -> str:
-        with _eager_gptq_kernels():
+        with eager_gptq_kernels():
             return self.model.generate(question, max_tokens)
 
     def vision_rows(self, image) -> np.ndarray | None:
@@ -86,16 +85,6 @@ class GptqCandidate:
 
     def close(self) -> None:
         del self.model
-
-
-@contextmanager
-def _eager_gptq_kernels() -> Iterator[None]:
-    """GPTQModel torch.compiles every TorchLinear's dequantization; on CPU each new sequence length
-    recompiles until dynamo's limit, which took > 16 min for 6 questions. Eager: seconds."""
-    import torch
-
-    with torch._dynamo.config.patch(disable=True):
-        yield
 
 
 class VisionCandidate:
