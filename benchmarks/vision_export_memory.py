@@ -1,10 +1,11 @@
 """Peak memory of `exaone-edge export` against the vision tower's float32 size (issue: ≤ about 2×).
 
-    .venv/bin/python benchmarks/vision_export_memory.py [--depth 4] [--work /tmp/exaone-edge-vision-mem]
+    .venv/bin/python benchmarks/vision_export_memory.py [--depth 4] [--precision int8] [--work DIR]
 
 Builds (once) a checkpoint whose vision tower has the 33B model's real widths (tests/data/
 exaone45_33b_config.json: hidden 1792, MLP 4608, 16/8 heads, merger to 5120) with `--depth` blocks
-and random bf16 weights, on top of the tiny decoder. Exports it (fp32) in a fresh process and
+and random bf16 weights, on top of the tiny decoder. Exports it in a fresh process (int8 calibrates
+on a generated 3-page document set) and
 compares that process's peak RSS, minus the peak of exporting the tiny model the same way (the
 fixed cost of torch, transformers and ONNX Runtime), with the tower's float32 bytes. JSON on stdout.
 """
@@ -57,14 +58,14 @@ def build(out: Path, tiny: Path, depth: int) -> int:
     return params
 
 
-def peak_rss_of_export(model: Path, out: Path) -> tuple[int, float]:
+def peak_rss_of_export(model: Path, out: Path, options: list[str]) -> tuple[int, float]:
     """Peak RSS (bytes) and seconds of one `exaone-edge export` in a fresh interpreter."""
     shutil.rmtree(out, ignore_errors=True)
     code = ("import resource, sys; from exaone_edge.cli import main; sys.argv=['exaone-edge', *sys.argv[1:]]\n"
             "try:\n    main()\nfinally:\n"
             "    print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code, "export", str(model), "-o", str(out)],
+    done = subprocess.run([sys.executable, "-c", code, "export", str(model), "-o", str(out), *options],
                           capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
@@ -76,6 +77,7 @@ def peak_rss_of_export(model: Path, out: Path) -> tuple[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "int4"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/exaone-edge-vision-mem"))
     args = parser.parse_args()
 
@@ -90,11 +92,19 @@ def main() -> None:
     from exaone_edge.checkpoint import open_checkpoint
 
     params = open_checkpoint(wide).spec.vision.params
-    base_peak, base_s = peak_rss_of_export(tiny, args.work / "out-tiny")
-    peak, seconds = peak_rss_of_export(wide, args.work / "out-wide")
+    options = ["--precision", args.precision]
+    if args.precision == "int8":
+        docs = args.work / "docs"
+        if not docs.exists():
+            from exaone_edge.docs import generate_set
+
+            generate_set(3, ["en", "ko"], 0, docs)
+        options += ["--calibration", str(docs)]
+    base_peak, base_s = peak_rss_of_export(tiny, args.work / "out-tiny", options)
+    peak, seconds = peak_rss_of_export(wide, args.work / "out-wide", options)
     fp32 = 4 * params
     print(json.dumps({
-        "vision_params": params, "vision_fp32_bytes": fp32,
+        "precision": args.precision, "vision_params": params, "vision_fp32_bytes": fp32,
         "peak_rss_bytes": peak, "baseline_peak_rss_bytes": base_peak,
         "peak_above_baseline_over_fp32": round((peak - base_peak) / fp32, 2),
         "export_seconds": round(seconds, 1), "baseline_seconds": round(base_s, 1),
