@@ -78,8 +78,9 @@ def activation_ranges(source: Path, feeds: Iterable[dict[str, np.ndarray]], tens
     return_freed_memory()
     if not all(np.isfinite(low[name]) for name in tensors):
         raise ValueError("no calibration page reached the graph")  # the caller guarantees at least one page
-    return TensorsData(CalibrationMethod.MinMax, {name: (np.array(low[name], dtype=np.float32),
-                                                         np.array(high[name], dtype=np.float32)) for name in tensors})
+    # shape [1], as ORT's calibrator gives them
+    return TensorsData(CalibrationMethod.MinMax, {name: (np.array([low[name]], dtype=np.float32),
+                                                         np.array([high[name]], dtype=np.float32)) for name in tensors})
 
 
 def to_int8(source: Path, target: Path, *, feeds: Iterable[dict[str, np.ndarray]], external: bool) -> None:

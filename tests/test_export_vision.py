@@ -109,6 +109,42 @@ def test_int8_calibrated_on_document_pages(tiny_model_dir: Path, tmp_path: Path)
     assert not float_matrices, float_matrices
 
 
+def test_streamed_calibration_ranges_equal_ort_minmax_calibrator(tiny_model_dir: Path, tiny_vision_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """Our one-page-at-a-time min/max must be what ORT's own MinMax calibrator computes."""
+    from onnxruntime.quantization.calibrate import CalibrationDataReader, create_calibrator
+
+    from exaone_edge.checkpoint import open_checkpoint
+    from exaone_edge.export.checklist import page_image
+    from exaone_edge.export.precision import activation_ranges
+    from exaone_edge.export.vision import _feeds
+    from exaone_edge.vision.geometry import rope_theta
+
+    graph = tmp_path / "vision.onnx"
+    shutil.copy2(tiny_vision_dir / "vision.onnx", graph)
+    checkpoint = open_checkpoint(tiny_model_dir)
+    theta = rope_theta(checkpoint.config["vision_config"])
+    feeds = [_feeds(page_image(size, seed), checkpoint, theta) for seed, size in enumerate([(595, 842), (300, 900)])]
+
+    class Pages(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.pages = iter(feeds)
+
+        def get_next(self):
+            return next(self.pages, None)
+
+    calibrator = create_calibrator(graph, ["MatMul"], augmented_model_path=str(tmp_path / "augmented.onnx"))
+    calibrator.collect_data(Pages())
+    theirs = calibrator.compute_data()
+    names = sorted(theirs.data)
+    ours = activation_ranges(graph, iter(feeds), names)
+    assert len(names) > 20
+    for name in names:
+        assert np.allclose(ours[name].range_value, theirs[name].range_value, rtol=1e-6, atol=1e-7), (
+            name, ours[name].range_value, theirs[name].range_value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["augmented.onnx", "vision.onnx"]  # ours cleaned up
+
+
 def test_bad_inputs_fail_with_one_line_and_write_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "never"
     result = run_cli("export", str(tiny_model_dir), "-o", str(out), "--precision", "int3")
