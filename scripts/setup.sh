@@ -11,8 +11,9 @@ LLAMA_VERSION=0.3.36
 # Portable x86-64 build (AVX2/FMA/F16C) so a cached wheel runs on any recent server CPU.
 LLAMA_CMAKE_ARGS=${LLAMA_CMAKE_ARGS:--DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}
 
-# Hangul fonts and real documents for the document generator and tests (Debian packages).
-APT_PACKAGES="fonts-nanum fonts-dejavu-core debian-reference-en"
+# Hangul fonts and real documents for the document generator and tests, and headless Chromium for the
+# report screenshot test (Debian packages).
+APT_PACKAGES="fonts-nanum fonts-dejavu-core debian-reference-en chromium"
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   missing=""
   for pkg in $APT_PACKAGES; do dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"; done

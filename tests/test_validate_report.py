@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
 
 from exaone_edge.validate.gate import compare, thresholds_for
 from exaone_edge.validate.render import render_html, render_markdown
@@ -14,7 +19,9 @@ def _report() -> dict:
         "decoder": {"kl_mean": kl, "kl_p99": kl * 4, "top1_agreement": top1, "ppl_ratio": 1 + kl},
         "task": {"anls": anls, "exact_match": anls, "recovery": anls / 0.8, "flip_rate": 0.1,
                  "flips": [{"question": "총액은?", "reference_answer": "1,823,250원", "answer": "1,823,205원",
-                            "change": "correct → wrong"}]},
+                            "change": "correct → wrong"}],
+                 "per_question": [{"reference_correct": q % 3 != 0, "correct": q % 4 != 1, "same_answer": q % 2 == 0}
+                                  for q in range(9)]},
         "vision": {"cosine_min": 0.9999, "max_abs": 1e-5},
         "speed": {"ttft_s": 0.2, "decode_tokens_per_s": 40.0, "peak_rss_bytes": 2**30},
     }
@@ -56,6 +63,39 @@ def test_markdown_and_self_contained_html():
     markdown = render_markdown(report, regressions=["Q4_K_M: decoder.kl_mean 0.03 → 2.5 (allowed change 0.1)"])
     assert "| Q4_K_M | bundle |" in markdown and "✗ Q4_K_M" in markdown and "1,823,205원" in markdown
     page = render_html(report, regressions=[])
-    assert page.count("<svg") == 2 and "rtx4090" in page and "a100-80" in page
+    assert page.count("<svg") == 3 and "rtx4090" in page and "a100-80" in page
     assert "<script" not in page and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "✓ nothing regressed" in page
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return name
+    pytest.fail("headless Chromium is needed for this test: scripts/setup.sh installs Debian's `chromium`")
+
+
+def _pixels_near(image, colour: tuple[int, int, int], tolerance: int = 24) -> int:
+    import numpy as np
+
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+    return int((np.abs(rgb - np.array(colour)).max(axis=-1) <= tolerance).sum())
+
+
+def test_html_report_shows_its_plots_in_headless_chromium(tmp_path: Path):
+    from PIL import Image
+
+    page = tmp_path / "report.html"
+    page.write_text(render_html(_report(), regressions=[]), encoding="utf-8")
+    shot = tmp_path / "report.png"
+    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000", f"--screenshot={shot}",
+                    page.as_uri()], check=True, capture_output=True, timeout=120)
+    image = Image.open(shot)
+    assert image.size == (1280, 2000)
+    # each plot leaves its own colours on screen: KL bars, the accuracy points, the GPU limit lines, the grid cells
+    seen = {name: _pixels_near(image, colour) for name, colour in {
+        "KL bars": (0x33, 0x66, 0x99), "accuracy points": (0x22, 0x33, 0x66), "GPU limits": (0xCC, 0x33, 0x33),
+        "correct cells": (0x44, 0xAA, 0x44), "gained cells": (0x33, 0x66, 0xCC)}.items()}
+    assert all(count >= 40 for count in seen.values()), seen
+    assert _pixels_near(image, (255, 255, 255)) < 0.97 * 1280 * 2000  # not a blank page

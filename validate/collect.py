@@ -104,6 +104,8 @@ def evaluate_artifact(candidate, reference: HFModel, questions: list[Question], 
         "recovery": float(np.mean(scores)) / reference_anls if reference_anls > 0 else None,
         "flip_rate": len(flips) / len(questions), "flips": flips,
         "same_answer_as_reference": float(np.mean([a == r for a, r in zip(answers, reference_answers)])),
+        "per_question": [{"reference_correct": _correct(r, q.answers), "correct": _correct(a, q.answers),
+                          "same_answer": a == r} for q, r, a in zip(questions, reference_answers, answers)],
     }
     if options.measure_speed and candidate.kind == "bundle":
         from exaone_edge.validate.probe import probe

@@ -95,10 +95,11 @@ def accuracy_vs_memory_svg(report: dict[str, Any]) -> str:
         f'<text x="{x(b) - 3:.1f}" y="{40 + 12 * i}" text-anchor="end" font-size="10" fill="#c33">{name}</text>'
         for i, (b, name) in enumerate(limits)
     )
-    body += "".join(
+    body += "".join(  # labels stacked upwards in size order: close points must not print over each other
         f'<circle cx="{x(b):.1f}" cy="{y(v):.1f}" r="4" fill="#236"/>'
-        f'<text x="{x(b) + 6:.1f}" y="{y(v) - 6:.1f}" font-size="10">{html.escape(name)}</text>'
-        for b, v, name in points
+        f'<line x1="{x(b):.1f}" y1="{y(v) - 4:.1f}" x2="{x(b) + 6:.1f}" y2="{y(v) - 12 - 12 * i:.1f}" stroke="#999"/>'
+        f'<text x="{x(b) + 8:.1f}" y="{y(v) - 10 - 12 * i:.1f}" font-size="10">{html.escape(name)}</text>'
+        for i, (b, v, name) in enumerate(sorted(points))
     )
     return _svg_frame("Task accuracy vs size (GPU memory limits dashed)", body, "bytes (log scale)", "ANLS")
 
@@ -122,6 +123,43 @@ def kl_bars_svg(report: dict[str, Any]) -> str:
     return _svg_frame("Mean KL divergence vs the reference, per artifact", body, "artifact", "KL (nats)")
 
 
+_OUTCOME_COLOURS = {(True, True): ("#4a4", "correct, as the reference"), (True, False): ("#c33", "lost: reference correct"),
+                    (False, True): ("#36c", "gained: reference wrong"), (False, False): ("#ddd", "wrong, as the reference")}
+
+
+def answers_grid_svg(report: dict[str, Any]) -> str:
+    """Where answers flipped: one row per artifact, one cell per question, coloured by the change in
+    correctness against the reference; a black dot where the answer's text differs from the reference's."""
+    rows = [(a["name"], a["task"]["per_question"]) for a in report["artifacts"] if (a.get("task") or {}).get("per_question")]
+    if not rows:
+        return ""
+    questions = max(len(cells) for _, cells in rows)
+    left, top, legend = 130, 40, 22
+    cell = max(6.0, min(24.0, (_WIDTH - left - 16) / questions))
+    width, height = _WIDTH, int(top + cell * len(rows) + 30 + legend * 2)
+    body = ""
+    for r, (name, cells) in enumerate(rows):
+        y = top + r * cell
+        body += f'<text x="{left - 6}" y="{y + cell * 0.7:.1f}" text-anchor="end" font-size="11">{html.escape(name)}</text>'
+        for q, outcome in enumerate(cells):
+            colour, _ = _OUTCOME_COLOURS[(outcome["reference_correct"], outcome["correct"])]
+            x = left + q * cell
+            body += f'<rect x="{x:.1f}" y="{y:.1f}" width="{cell - 1:.1f}" height="{cell - 1:.1f}" fill="{colour}"/>'
+            if not outcome["same_answer"]:
+                body += f'<circle cx="{x + cell / 2 - 0.5:.1f}" cy="{y + cell / 2 - 0.5:.1f}" r="{cell / 6:.1f}" fill="black"/>'
+    y = top + cell * len(rows) + 16
+    body += f'<text x="{left}" y="{y:.1f}" font-size="10">questions 1–{questions} →</text>'
+    for i, (colour, label) in enumerate([*(v for v in _OUTCOME_COLOURS.values()), ("black", "answer differs from the reference's")]):
+        x, ly = left + (i % 3) * 170, y + 14 + (i // 3) * legend
+        shape = (f'<circle cx="{x + 5}" cy="{ly - 4}" r="4" fill="{colour}"/>' if colour == "black"
+                 else f'<rect x="{x}" y="{ly - 9}" width="10" height="10" fill="{colour}"/>')
+        body += f'{shape}<text x="{x + 14}" y="{ly:.1f}" font-size="10">{html.escape(label)}</text>'
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">'
+            f'<title>Where answers flipped</title><rect width="100%" height="100%" fill="white"/>'
+            f'<text x="{width / 2}" y="18" text-anchor="middle" font-weight="bold">Where answers flipped</text>'
+            f'{body}</svg>')
+
+
 def render_html(report: dict[str, Any], regressions: list[str] | None = None) -> str:
     table = "".join(
         "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in _rows(report)
@@ -137,14 +175,15 @@ def render_html(report: dict[str, Any], regressions: list[str] | None = None) ->
     )
     flips_html = (f"<h2>Answers whose correctness changed</h2><table><tr><th>artifact</th><th>question</th>"
                   f"<th>reference</th><th>artifact answer</th><th>change</th></tr>{flips}</table>") if flips else ""
-    markdown_head = html.escape(render_markdown(report).split("\n\n| artifact")[0]).replace("\n", "<br>")
+    head_lines = render_markdown(report).split("\n\n| artifact")[0].split("\n")[2:]  # below the title
+    head = "<br>".join(html.escape(line.replace("`", "")) for line in head_lines if line)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>EXAONE 4.5 accuracy report</title><style>"
         "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:13px}"
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}.bad{color:#b00}svg{margin:1em 1em 0 0}"
         "</style></head><body>"
-        f"<p>{markdown_head}</p>{gate}"
+        f"<h1>EXAONE 4.5 accuracy-regression report</h1><p>{head}</p>{gate}"
         f"<table><tr>{''.join(f'<th>{h}</th>' for h in HEADER)}</tr>{table}</table>"
         f"<div>{accuracy_vs_memory_svg(report) if any((a.get('task') or {}).get('anls') is not None for a in report['artifacts']) else ''}"
-        f"{kl_bars_svg(report)}</div>{flips_html}</body></html>\n"
+        f"{kl_bars_svg(report)}{answers_grid_svg(report)}</div>{flips_html}</body></html>\n"
     )
