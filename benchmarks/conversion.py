@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from exaone_edge.benchmarks.timing import seconds
+from exaone_edge.benchmarks.timing import interleaved, median, seconds
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,12 @@ class Conversion:
     largest_tensor: int
 
 
-def compare_with_copy(model_dir: Path, work: Path | None = None) -> Conversion:
-    """Convert to F16 in a fresh process, then copy the shards; both read a file the other just read."""
+def compare_with_copy(model_dir: Path, work: Path | None = None, repeats: int = 3) -> Conversion:
+    """Convert to F16 in a fresh process and copy the shards, alternating `repeats` times; medians.
+
+    Both write as many bytes as the checkpoint holds, so each starts with the page cache's dirty pages
+    flushed (`os.sync`, untimed): otherwise whichever runs second waits for the first one's writeback.
+    """
     model_dir = Path(model_dir)
     shards = sorted(model_dir.glob("*.safetensors"))
     with tempfile.TemporaryDirectory(dir=work, prefix="exaone-edge-bench-") as tmp:
@@ -31,14 +36,26 @@ def compare_with_copy(model_dir: Path, work: Path | None = None) -> Conversion:
         for shard in shards:  # page the checkpoint in once, so neither side pays the first disk read
             shutil.copyfile(shard, out / shard.name)
             (out / shard.name).unlink()
-        converted = measure_conversion(model_dir, out / "decoder.gguf")
-        (out / "decoder.gguf").unlink()
-        copy_s = seconds(lambda: [shutil.copyfile(shard, out / shard.name) for shard in shards])
+
+        def convert() -> dict:
+            os.sync()
+            converted = measure_conversion(model_dir, out / "decoder.gguf")
+            (out / "decoder.gguf").unlink()
+            return converted
+
+        def copy() -> float:
+            os.sync()
+            elapsed = seconds(lambda: [shutil.copyfile(shard, out / shard.name) for shard in shards])
+            for shard in shards:
+                (out / shard.name).unlink()
+            return elapsed
+
+        runs = interleaved({"convert": convert, "copy": copy}, repeats, warmup=False)
     return Conversion(
         checkpoint_bytes=sum(shard.stat().st_size for shard in shards),
-        convert_s=converted["seconds"],
-        copy_s=copy_s,
-        peak_rss=converted["peak_rss"],
+        convert_s=median([run["seconds"] for run in runs["convert"]]),
+        copy_s=median(runs["copy"]),
+        peak_rss=max(run["peak_rss"] for run in runs["convert"]),
         largest_tensor=largest_tensor(model_dir),
     )
 

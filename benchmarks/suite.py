@@ -205,7 +205,7 @@ def _server(bundle_dir: Path, n_ctx: int, options: BenchOptions) -> list[Result]
 def _conversion(options: BenchOptions) -> list[Result]:
     from exaone_edge.benchmarks.conversion import compare_with_copy
 
-    run = compare_with_copy(options.model_dir)
+    run = compare_with_copy(options.model_dir, repeats=options.repeats)
     bound = 2 * run.largest_tensor + 200 * MB
     return [
         result("GGUF conversion: throughput ÷ plain copy", run.checkpoint_bytes / run.convert_s / MB,
