@@ -41,8 +41,9 @@ def to_fp16(source: Path, target: Path, *, feeds: Iterable[dict[str, np.ndarray]
 
 
 def activation_ranges(source: Path, feeds: Iterable[dict[str, np.ndarray]], tensors: list[str]):
-    """Min/max of `tensors` over the calibration pages, one page at a time: ORT's MinMax calibrator keeps
-    every page's results to the end and loads the graph's weights twice (session + ModelProto)."""
+    """Min/max of `tensors` over the calibration pages, one page at a time. ORT's MinMax calibrator gives
+    the same ranges but holds the weights twice (its ModelProto and its session), prepacks a third copy
+    and lets its arena grow to the largest page (int8 export peaked at 4.6× the tower's size, now 2.2×)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
