@@ -2,7 +2,7 @@
 
 No mmap: mapped pages of a 2.6 GB embedding would count against the process for as long as they
 stay mapped. No torch: bf16 is ml_dtypes' numpy dtype. Pieces are independent (`os.pread`), so
-several threads can convert one tensor at once; numpy casts and file reads release the GIL.
+worker threads read and cast pieces while the caller writes finished ones (file I/O releases the GIL).
 """
 
 from __future__ import annotations
