@@ -68,17 +68,23 @@ def render_markdown(report: dict[str, Any], regressions: list[str] | None = None
     return "\n".join(lines) + "\n"
 
 
-def _svg_frame(title: str, body: str, x_label: str, y_label: str) -> str:
+def _svg(title: str, body: str, width: int = _WIDTH, height: int = _HEIGHT) -> str:
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{_HEIGHT}" role="img">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">'
         f'<title>{html.escape(title)}</title><rect width="100%" height="100%" fill="white"/>'
-        f'<text x="{_WIDTH / 2}" y="18" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>'
+        f'<text x="{width / 2}" y="18" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>{body}</svg>'
+    )
+
+
+def _svg_frame(title: str, body: str, x_label: str, y_label: str) -> str:
+    """A plot: title, both axes and their labels around `body`."""
+    return _svg(title, (
         f'<line x1="{_PAD}" y1="{_HEIGHT - _PAD}" x2="{_WIDTH - 16}" y2="{_HEIGHT - _PAD}" stroke="black"/>'
         f'<line x1="{_PAD}" y1="28" x2="{_PAD}" y2="{_HEIGHT - _PAD}" stroke="black"/>'
         f'<text x="{_WIDTH / 2}" y="{_HEIGHT - 14}" text-anchor="middle">{html.escape(x_label)}</text>'
         f'<text x="14" y="{_HEIGHT / 2}" transform="rotate(-90 14 {_HEIGHT / 2})" text-anchor="middle">'
-        f'{html.escape(y_label)}</text>{body}</svg>'
-    )
+        f'{html.escape(y_label)}</text>{body}'
+    ))
 
 
 def accuracy_vs_memory_svg(report: dict[str, Any]) -> str:
@@ -136,7 +142,7 @@ def answers_grid_svg(report: dict[str, Any]) -> str:
     questions = max(len(cells) for _, cells in rows)
     left, top, legend = 130, 40, 22
     cell = max(6.0, min(24.0, (_WIDTH - left - 16) / questions))
-    width, height = _WIDTH, int(top + cell * len(rows) + 30 + legend * 2)
+    height = int(top + cell * len(rows) + 30 + legend * 2)
     body = ""
     for r, (name, cells) in enumerate(rows):
         y = top + r * cell
@@ -154,10 +160,7 @@ def answers_grid_svg(report: dict[str, Any]) -> str:
         shape = (f'<circle cx="{x + 5}" cy="{ly - 4}" r="4" fill="{colour}"/>' if colour == "black"
                  else f'<rect x="{x}" y="{ly - 9}" width="10" height="10" fill="{colour}"/>')
         body += f'{shape}<text x="{x + 14}" y="{ly:.1f}" font-size="10">{html.escape(label)}</text>'
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">'
-            f'<title>Where answers flipped</title><rect width="100%" height="100%" fill="white"/>'
-            f'<text x="{width / 2}" y="18" text-anchor="middle" font-weight="bold">Where answers flipped</text>'
-            f'{body}</svg>')
+    return _svg("Where answers flipped", body, height=height)
 
 
 def render_html(report: dict[str, Any], regressions: list[str] | None = None) -> str:
