@@ -4,12 +4,16 @@ It reuses the submodules of `Exaone4_5_VisionModel` (patch embedding, blocks, me
 exactly what HF's forward does, but rotary tables, window order and attention boundaries arrive
 as tensors (see exaone_edge.vision.geometry), so tracing records no grid-dependent control flow.
 Linear layers are written as MatMul + Add so int8 QDQ and 4-bit MatMulNBits can quantize them.
+Full-attention blocks are one fused attention node (export/attention.py); the graph encodes one image
+per run, so their attention spans every patch, as HF's does for a single image.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from exaone_edge.export.attention import fused_attention
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
@@ -37,12 +41,6 @@ def _transpose_in_place(visual: nn.Module) -> None:
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _segment_mask(segments: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive [n, n] mask: 0 within a segment, -inf across (each row keeps its own token)."""
-    same = segments.unsqueeze(1) == segments.unsqueeze(0)
-    return torch.where(same, torch.zeros((), dtype=dtype), torch.full((), float("-inf"), dtype=dtype))
 
 
 class VisionGraph(nn.Module):
@@ -82,11 +80,13 @@ class VisionGraph(nn.Module):
         out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [B, kv, groups, L, d]
         return out.permute(0, 3, 1, 2, 4).reshape(b * length, self.hidden)
 
-    def _full_attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                        mask: torch.Tensor) -> torch.Tensor:
+    def _full_attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         q, k, v = self._qkv(attn, x, cos, sin)
-        out = self._attend(attn, q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask)
-        return _linear(out, attn.proj)
+        n, groups = x.shape[0], self.heads // self.kv_heads
+        # the fused kernel wants as many kv heads as query heads: repeat each one `groups` times (HF's repeat_kv)
+        k, v = (t.unsqueeze(2).expand(n, self.kv_heads, groups, self.head_dim).reshape(1, n, self.hidden) for t in (k, v))
+        out = fused_attention(q.reshape(1, n, self.hidden), k, v, self.heads, attn.scaling)
+        return _linear(out.reshape(n, self.hidden), attn.proj)
 
     def _window_attention(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                           gather: torch.Tensor, scatter: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -100,7 +100,7 @@ class VisionGraph(nn.Module):
 
     def forward(self, pixel_patches: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 window_index: torch.Tensor, reverse_index: torch.Tensor, window_gather: torch.Tensor,
-                window_scatter: torch.Tensor, full_segments: torch.Tensor) -> torch.Tensor:
+                window_scatter: torch.Tensor) -> torch.Tensor:
         visual = self.visual
         # Conv3d with kernel == stride over one patch is a matmul with the flattened kernel
         proj = visual.patch_embed.proj
@@ -108,7 +108,6 @@ class VisionGraph(nn.Module):
         x = torch.matmul(pixel_patches, weight)
         n = x.shape[0]
         x = x.reshape(-1, self.unit, self.hidden)[window_index].reshape(n, self.hidden)
-        full_mask = _segment_mask(full_segments, x.dtype)
         # padding slots of the window layout (-1) read row 0 and are masked out as keys
         gather = torch.clamp(window_gather, min=0)
         zero, minus_inf = torch.zeros((), dtype=x.dtype), torch.full((), float("-inf"), dtype=x.dtype)
@@ -116,7 +115,7 @@ class VisionGraph(nn.Module):
         for index, block in enumerate(visual.blocks):
             h = block.norm1(x)
             if index in self.full_blocks:
-                x = x + self._full_attention(block.attn, h, cos, sin, full_mask)
+                x = x + self._full_attention(block.attn, h, cos, sin)
             else:
                 x = x + self._window_attention(block.attn, h, cos, sin, gather, window_scatter, window_mask)
             x = x + self._mlp(block.mlp, block.norm2(x))

@@ -17,7 +17,7 @@ _PATCHES = {0: "patches"}
 _UNITS = {0: "units"}
 DYNAMIC_AXES = {
     "pixel_patches": _PATCHES, "cos": _PATCHES, "sin": _PATCHES, "window_index": _UNITS, "reverse_index": _UNITS,
-    "window_gather": {0: "windows", 1: "window_len"}, "window_scatter": _PATCHES, "full_segments": _PATCHES,
+    "window_gather": {0: "windows", 1: "window_len"}, "window_scatter": _PATCHES,
     OUTPUT_NAME: {0: "rows"},
 }
 
@@ -38,6 +38,7 @@ def trace_to_onnx(visual: Any, example: dict[str, Any], target: Path, weight_byt
 
     import torch
 
+    from exaone_edge.export.attention import translation_table
     from exaone_edge.export.graph import VisionGraph
 
     graph = VisionGraph(visual, consume_weights=True).eval()
@@ -54,7 +55,8 @@ def trace_to_onnx(visual: Any, example: dict[str, Any], target: Path, weight_byt
         with torch.no_grad():
             program = torch.onnx.export(graph, args, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
                                         dynamic_shapes=shapes, opset_version=OPSET, dynamo=True,
-                                        external_data=True, verbose=False)
+                                        external_data=True, verbose=False,
+                                        custom_translation_table=translation_table())
         # weights stream to a side file: serializing them into one protobuf would copy them all
         program.save(str(raw_dir / "raw.onnx"), external_data=True)
         # onnxscript's module-level rewrite-pattern matchers keep the last IR graph they saw, and its

@@ -39,6 +39,19 @@ def test_fp32_export_writes_a_validated_self_describing_dir(fp32_export: tuple[P
     graph = manifest.details["graph"]
     patches = next(i for i in graph["inputs"] if i["name"] == "pixel_patches")
     assert isinstance(patches["shape"][0], str)  # dynamic patch axis, not a traced constant
+    assert_fused_full_attention(out)
+
+
+def assert_fused_full_attention(export_dir: Path) -> None:
+    """Each full-attention block is one MultiHeadAttention node (no [heads, patches, patches] score matrix)."""
+    import onnx
+
+    model = onnx.load(str(export_dir / "vision.onnx"), load_external_data=False)
+    fused = [node for node in model.graph.node if node.op_type == "MultiHeadAttention"]
+    blocks = json.loads((export_dir / "config.json").read_text())["vision_config"]["fullatt_block_indexes"]
+    assert len(fused) == len(blocks) and all(node.domain == "com.microsoft" for node in fused)
+    heads = json.loads((export_dir / "config.json").read_text())["vision_config"]["num_heads"]
+    assert all(next(a.i for a in node.attribute if a.name == "num_heads") == heads for node in fused)
 
 
 def test_encoder_matches_get_image_features_on_unseen_sizes(fp32_export: tuple[Path, dict],
@@ -83,6 +96,7 @@ def test_fp16_and_int4_exports_validate(tiny_model_dir: Path, tmp_path: Path, pr
         assert "MatMulNBits" in ops
     else:
         assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+    assert_fused_full_attention(result.path)
 
 
 def test_int8_calibrated_on_document_pages(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -107,6 +121,7 @@ def test_int8_calibrated_on_document_pages(tiny_model_dir: Path, tmp_path: Path)
     # every weight matrix is stored as int8: a layer the quantizer skipped would keep a float matrix
     float_matrices = [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2]
     assert not float_matrices, float_matrices
+    assert_fused_full_attention(out)
 
 
 def test_streamed_calibration_ranges_equal_ort_minmax_calibrator(tiny_model_dir: Path, tiny_vision_dir: Path,

@@ -82,7 +82,7 @@ def test_grid_follows_the_checkpoint_patch_size(checkpoint):
 
 
 def test_geometry_inputs_reproduce_hf_tower(checkpoint, hf_tower):
-    """The export wrapper fed numpy geometry equals HF's own forward, one image and several at once."""
+    """The export wrapper fed numpy geometry equals HF's own forward on pages of every shape."""
     import torch
 
     from exaone_edge.export.graph import VisionGraph
@@ -90,7 +90,7 @@ def test_geometry_inputs_reproduce_hf_tower(checkpoint, hf_tower):
 
     graph = VisionGraph(hf_tower).eval()
     theta = rope_theta(checkpoint.config["vision_config"])
-    batches = [[(448, 448)], [(595, 842)], [(20, 30)], [(1024, 300), (333, 517), (97, 1201)]]
+    batches = [[(448, 448)], [(595, 842)], [(20, 30)], [(1024, 300)], [(333, 517)], [(97, 1201)]]
     for sizes in batches:
         prepared = [preprocess(page(size, seed=i), checkpoint.image) for i, size in enumerate(sizes)]
         patches = np.concatenate([p for p, _ in prepared])
@@ -128,19 +128,23 @@ def test_geometry_equals_transformers_helpers(checkpoint, config):
 def test_geometry_windows_partition_every_patch(checkpoint):
     spec = checkpoint.spec.vision
     unit = spec.spatial_merge_size**2
-    feeds = graph_inputs([(1, 38, 26), (1, 6, 4)], spec, 10000.0)
-    units, patches = (38 * 26 + 6 * 4) // unit, 38 * 26 + 6 * 4
+    feeds = graph_inputs([(1, 38, 26)], spec, 10000.0)
+    units, patches = 38 * 26 // unit, 38 * 26
     assert sorted(feeds["window_index"].tolist()) == list(range(units))
     assert np.array_equal(feeds["window_index"][feeds["reverse_index"]], np.arange(units))
-    assert len(feeds["cos"]) == len(feeds["window_scatter"]) == len(feeds["full_segments"]) == patches
+    assert len(feeds["cos"]) == len(feeds["window_scatter"]) == patches
     gather = feeds["window_gather"]
     assert sorted(gather[gather >= 0].tolist()) == list(range(patches))  # each patch in exactly one window
     assert np.array_equal(gather.reshape(-1)[feeds["window_scatter"]], np.arange(patches))
     assert (gather >= 0).sum(1).min() > 0  # no window of padding only
-    # full-attention segments are the images; a window never straddles two images
-    assert np.bincount(feeds["full_segments"]).tolist() == [38 * 26, 6 * 4]
-    for window in gather:
-        assert len(np.unique(feeds["full_segments"][window[window >= 0]])) == 1
+
+
+def test_geometry_refuses_several_images_in_one_run(checkpoint):
+    """Full-attention blocks span the whole run, so two pages in one run would attend to each other."""
+    with pytest.raises(ValueError, match="one still image per run"):
+        graph_inputs([(1, 38, 26), (1, 6, 4)], checkpoint.spec.vision, 10000.0)
+    with pytest.raises(ValueError, match="one still image per run"):
+        graph_inputs([(2, 38, 26)], checkpoint.spec.vision, 10000.0)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The per-image inputs of the vision graph, computed in numpy from the patch grid.
 
-These are the data-dependent parts of the Qwen2.5-VL-style tower (2D rotary tables, window order,
-window / full-attention boundaries). Computing them here keeps the ONNX graph free of shape-driven
+These are the data-dependent parts of the Qwen2.5-VL-style tower (2D rotary tables, window order and
+window boundaries). Computing them here keeps the ONNX graph free of shape-driven
 control flow, so one graph serves every page size.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 from exaone_edge.spec import VisionSpec
 
 INPUT_NAMES = (
-    "pixel_patches", "cos", "sin", "window_index", "reverse_index", "window_gather", "window_scatter", "full_segments",
+    "pixel_patches", "cos", "sin", "window_index", "reverse_index", "window_gather", "window_scatter",
 )
 OUTPUT_NAME = "rows"
 
@@ -82,13 +82,15 @@ def window_layout(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def graph_inputs(grids: Sequence[Grid], spec: VisionSpec, theta: float) -> dict[str, np.ndarray]:
-    """Every graph input except the pixels, for images with these grids (in that order)."""
+    """Every graph input except the pixels, for one still image (a one-element `grids`)."""
+    if len(grids) != 1 or grids[0][0] != 1:
+        # full-attention blocks span every patch of the run: two images (or frames) would see each other
+        raise ValueError(f"the vision graph encodes one still image per run, got grids {list(grids)}")
     unit = spec.spatial_merge_size**2
     order, lengths = window_index(grids, spec)
     cos, sin = rotary(position_ids(grids, spec.spatial_merge_size), spec.head_dim, theta)
     permute = (lambda table: table.reshape(len(order), unit, -1)[order].reshape(len(order) * unit, -1))
     gather, scatter = window_layout(lengths * unit)
-    frames = np.concatenate([np.full(t, h * w) for t, h, w in grids])
     return {
         "cos": np.ascontiguousarray(permute(cos)),
         "sin": np.ascontiguousarray(permute(sin)),
@@ -96,6 +98,4 @@ def graph_inputs(grids: Sequence[Grid], spec: VisionSpec, theta: float) -> dict[
         "reverse_index": np.argsort(order).astype(np.int64),
         "window_gather": gather,
         "window_scatter": scatter,
-        # full-attention blocks attend within one frame (image) only
-        "full_segments": np.repeat(np.arange(len(frames), dtype=np.int64), frames),
     }
