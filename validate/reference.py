@@ -20,6 +20,14 @@ class Question:
         return [{"role": "user", "content": [image_part, {"type": "text", "text": self.question}]}]
 
 
+def chat_inputs(processor, question: Question):
+    """The prompt as transformers sees it (shared by the whole-model and the layer-streamed reference)."""
+    return processor.apply_chat_template(
+        question.user_message({"type": "image", "image": question.image}),
+        tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt",
+    )
+
+
 class HFModel:
     """A transformers EXAONE 4.5 (source or GPTQ) with its processor: logits, generation, vision rows."""
 
@@ -34,10 +42,7 @@ class HFModel:
         self.eos_id = self.processor.tokenizer.eos_token_id
 
     def _inputs(self, question: Question):
-        return self.processor.apply_chat_template(
-            question.user_message({"type": "image", "image": question.image}),
-            tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt",
-        )
+        return chat_inputs(self.processor, question)
 
     def answer_ids(self, answer: str) -> list[int]:
         return self.processor.tokenizer.encode(answer, add_special_tokens=False) + [self.eos_id]
