@@ -14,6 +14,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from exaone_edge import bundle as bundle_format
 from exaone_edge.errors import InputError
 from exaone_edge.levels import LEVELS, estimated_bytes
 from exaone_edge.spec import DecoderSpec, ModelSpec, image_spec, model_spec
@@ -118,7 +119,7 @@ def _load_source(path: Path) -> _Source:
     if manifest_path.is_file():
         from exaone_edge.manifest import read_manifest
 
-        manifest = read_manifest(path, kind="bundle", verify=False)
+        manifest = read_manifest(path, kind=bundle_format.KIND, verify=False)
         config_path = path / "config.json"
         spec = model_spec(read_json(config_path, "config.json"), config_path)
         image = image_spec(read_json(path / "preprocessor_config.json", "image processor config"), path)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from exaone_edge.vision.geometry import INPUT_NAMES, OUTPUT_NAME
+from exaone_edge.vision.contract import DATA_SUFFIX, INPUT_NAMES, OUTPUT_NAME
 
 OPSET = 18
-DATA_SUFFIX = ".data"
 # Above this the weights go to one side file (`vision.onnx.data`): protobuf caps a file at 2 GiB, and
 # writing weights inline needs a second in-memory copy of them.
 EXTERNAL_DATA_BYTES = 64 << 20

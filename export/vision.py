@@ -19,16 +19,14 @@ from exaone_edge.files import atomic_dir, sha256_file
 from exaone_edge.manifest import Manifest, write_manifest
 from exaone_edge.progress import log
 from exaone_edge.spec import image_spec, vision_spec
-from exaone_edge.vision.geometry import INPUT_NAMES, OUTPUT_NAME, graph_inputs, rope_theta
+from exaone_edge.vision.contract import COPIED_FROM_CHECKPOINT, DATA_SUFFIX, GRAPH_FILE, INPUT_NAMES, KIND, OUTPUT_NAME
+from exaone_edge.vision.geometry import graph_inputs, rope_theta
 from exaone_edge.vision.preprocess import preprocess
 
 from exaone_edge.export import checklist
 from exaone_edge.export.checklist import PAGES, TOLERANCES, PageCheck
 
 PRECISIONS = tuple(TOLERANCES)
-KIND = "vision-onnx"
-GRAPH_FILE = "vision.onnx"
-COPIED = ("config.json", "preprocessor_config.json")
 MAX_CALIBRATION_PAGES = 16  # each costs one forward pass of the tower; memory does not grow with the count
 
 
@@ -100,7 +98,7 @@ def export_vision(model_dir: Path, out: Path, *, precision: str = "fp32",
         del model
         gc.collect()
         onnx.checker.check_model(str(work / "fp32" / GRAPH_FILE))
-        for name in COPIED:
+        for name in COPIED_FROM_CHECKPOINT:
             shutil.copy2(checkpoint.path / name, tmp / name)
         if precision == "fp32":
             for file in (work / "fp32").iterdir():
@@ -120,7 +118,7 @@ def export_vision(model_dir: Path, out: Path, *, precision: str = "fp32",
             "graph": onnx_graph.graph_io(tmp / GRAPH_FILE),
             "spec": checkpoint.config["vision_config"],  # VisionEncoder reads its VisionSpec and rope theta here
             "image": vars_of(checkpoint.image),
-            "external_data": (tmp / (GRAPH_FILE + onnx_graph.DATA_SUFFIX)).exists(),
+            "external_data": (tmp / (GRAPH_FILE + DATA_SUFFIX)).exists(),
         }
         inputs = {"checkpoint": str(checkpoint.path), "config_sha256": sha256_file(checkpoint.path / "config.json"),
                   "shards": {shard.name: shard.stat().st_size for shard in checkpoint.shards

@@ -75,7 +75,7 @@ def quantize_checkpoint(
 ) -> QuantizeResult:
     require("gguf", "quantize")
     require("llama_cpp", "quantize")
-    from exaone_edge.quantize.bundle import check_vision_dir, directory_bytes, write_bundle
+    from exaone_edge.bundle import check_vision_dir, directory_bytes, write_bundle
     from exaone_edge.quantize.gguf_convert import checkpoint_hash, ensure_free_space, plan_tensors
 
     started = time.monotonic()
@@ -134,8 +134,8 @@ def quantize_checkpoint(
     inputs = {"checkpoint_sha256": source_hash, "calibration_sha256": calib_hash if imatrix_path else None,
               "toolkit_version": __version__}
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        write_bundle(tmp, checkpoint, quantized, imatrix_path, vision_dir, details, inputs,
-                     {"decoder_vs_f16": fidelity})
+        write_bundle(tmp, checkpoint, quantized, imatrix=imatrix_path, vision_dir=vision_dir, details=details,
+                     inputs=inputs, validation={"decoder_vs_f16": fidelity})
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     result = QuantizeResult(out, chosen.level, details["decoder"]["bits_per_weight"], decoder_bytes,

@@ -33,7 +33,7 @@ def ask(
     **engine_options: Any,
 ) -> Iterator[Chunk]:
     """Load the documents and the bundle, then stream the answer."""
-    from exaone_edge.runtime.bundle import load_bundle
+    from exaone_edge.bundle import load_bundle
     from exaone_edge.runtime.engine import Engine, EngineOptions
 
     if pages is not None and pdf is None:

@@ -25,16 +25,20 @@ import numpy as np
 from PIL import Image
 
 from exaone_edge.errors import ArtifactError, InputError, MissingDependency
-from exaone_edge.runtime.bundle import Bundle, load_bundle
+from exaone_edge.bundle import Bundle, load_bundle
 from exaone_edge.runtime.documents import to_rgb
 from exaone_edge.runtime.generation import Chunk, GenerationParams, ImageRejected, PromptTooLong, Timings, Usage
 from exaone_edge.runtime.llama import EmbeddingSegment, LlamaContext, LlamaOptions, Segment, TextSegment
 from exaone_edge.runtime.prompt import ChatFormat, Prompt, message_images
-from exaone_edge.runtime.scheduler import Request, Scheduler
+from exaone_edge.runtime.scheduler import DecoderDied, Request, Scheduler
 from exaone_edge.runtime.textstream import Detokenizer, StopScanner
 from exaone_edge.runtime.vision_cache import VisionCache, image_key
 
 DEFAULT_CONTEXT = 8192
+
+
+class _Cancelled(Exception):
+    """The caller's cancel event was set while the prompt was being prepared."""
 
 
 @dataclass(frozen=True)
@@ -136,11 +140,32 @@ class Engine:
     def parallel(self) -> int:
         return self.llama.n_seq
 
-    def generate(self, messages: Sequence[Mapping[str, Any]], params: GenerationParams = GenerationParams()) -> Iterator[Chunk]:
-        """Stream the assistant's reply; the last chunk carries finish_reason, usage and timings."""
+    def generate(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        params: GenerationParams = GenerationParams(),
+        *,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Chunk]:
+        """Stream the assistant's reply; the last chunk carries finish_reason, usage and timings.
+
+        Setting `cancel` (from any thread) stops the request wherever it is: between images of the
+        vision encoder, waiting for a slot, between prefill batches, or decoding; the stream then ends
+        without a final chunk.
+        """
         if not isinstance(params, GenerationParams):
             raise InputError("params must be a GenerationParams")
-        return self._generate(list(messages), params)
+        return self._generate(list(messages), params, cancel)
+
+    @property
+    def failure(self) -> DecoderDied | None:
+        """Set when the decode thread has died: this engine cannot generate any more."""
+        return self.scheduler.failure
+
+    def wait_failure(self, timeout: float | None = None) -> DecoderDied | None:
+        """Block until the decode thread dies (or `timeout` passes); returns the failure, if any."""
+        self.scheduler.died.wait(timeout)
+        return self.scheduler.failure
 
     def check(self, messages: Sequence[Mapping[str, Any]], params: GenerationParams = GenerationParams()) -> int:
         """Validate a request without running anything heavy; returns its prompt length in positions.
@@ -185,11 +210,16 @@ class Engine:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _generate(self, messages: list[Mapping[str, Any]], params: GenerationParams) -> Iterator[Chunk]:
+    def _generate(
+        self, messages: list[Mapping[str, Any]], params: GenerationParams, cancel: threading.Event | None = None
+    ) -> Iterator[Chunk]:
         start = time.perf_counter()
         with self._lock:
             self.requests += 1
-            prepared = self._prepare(messages, params.template_kwargs)
+            try:
+                prepared = self._prepare(messages, params.template_kwargs, cancel)
+            except _Cancelled:
+                return
         seed = params.seed if params.seed is not None else secrets.randbits(32)
         request = Request(
             prepared.segments,
@@ -204,7 +234,7 @@ class Engine:
         generated: list[int] = []
         first = None
         try:
-            for token in self.scheduler.tokens(request):
+            for token in self.scheduler.tokens(request, cancel):
                 first = first or time.perf_counter()
                 generated.append(token)
                 text = scanner.feed(detokenizer.add(token))
@@ -214,6 +244,8 @@ class Engine:
                     break
         finally:
             self.scheduler.cancel(request)  # a stop string, or the caller closed the stream: free the slot now
+        if request.stats is None or (cancel is not None and cancel.is_set() and request.finish_reason is None):
+            return  # cancelled before or during its prefill, or while decoding: nobody waits for a summary
         finish = "stop" if scanner.stopped else request.finish_reason
         tail = scanner.feed(detokenizer.flush()) + scanner.finish()
         end = time.perf_counter()
@@ -248,11 +280,15 @@ class Engine:
             )
         return images
 
-    def _prepare(self, messages: list[Mapping[str, Any]], template_kwargs: Mapping[str, Any]) -> PreparedPrompt:
+    def _prepare(
+        self, messages: list[Mapping[str, Any]], template_kwargs: Mapping[str, Any], cancel: threading.Event | None = None
+    ) -> PreparedPrompt:
         images = self._images(messages)
         started = time.perf_counter()
         rows_per_image, keys, runs = [], [], 0
         for image in images:
+            if cancel is not None and cancel.is_set():
+                raise _Cancelled()
             image = to_rgb(image)
             key = image_key(image, self.bundle.preprocessing_id)
             rows = self.cache.get(key)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from exaone_edge.manifest import Manifest, write_manifest
-
-CHECKPOINT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json")
+from exaone_edge.bundle import write_bundle
+from exaone_edge.checkpoint import open_checkpoint
 
 
 def build_tiny_bundle(model_dir: Path, out: Path, vision_dir: Path | None = None) -> Path:
@@ -17,12 +15,9 @@ def build_tiny_bundle(model_dir: Path, out: Path, vision_dir: Path | None = None
     from exaone_edge.quantize.gguf_convert import convert_to_gguf
 
     out.mkdir(parents=True)
-    convert_to_gguf(model_dir, out / "decoder.gguf", out_type="F32")
-    for name in CHECKPOINT_FILES:
-        shutil.copy(model_dir / name, out / name)
-    if vision_dir is not None:
-        shutil.copytree(vision_dir, out / "vision")
-    write_manifest(out, Manifest(kind="bundle", details={"decoder": {"level": "F32"}}))
+    decoder = out.parent / f".{out.name}.decoder.gguf"
+    convert_to_gguf(model_dir, decoder, out_type="F32")
+    write_bundle(out, open_checkpoint(model_dir), decoder, vision_dir=vision_dir, details={"decoder": {"level": "F32"}})
     return out
 
 

@@ -234,7 +234,7 @@ def test_bundle_carries_a_verified_vision_export_and_refuses_an_altered_one(tiny
 
     from exaone_edge.errors import ArtifactError
     from exaone_edge.quantize.pipeline import quantize_checkpoint
-    from exaone_edge.runtime.bundle import load_bundle
+    from exaone_edge.bundle import load_bundle
 
     export = tmp_path / "export"
     shutil.copytree(vision_export, export)
@@ -376,7 +376,7 @@ def test_4bit_bundle_with_the_onnx_export_calibrates_through_it_and_runs(tiny_mo
     """With --vision, calibration rows come from the exported encoder (what serving uses); the bundle then
     answers through the runtime's own engine."""
     from exaone_edge.quantize.pipeline import quantize_checkpoint
-    from exaone_edge.runtime.bundle import load_bundle
+    from exaone_edge.bundle import load_bundle
 
     result = quantize_checkpoint(tiny_model_dir, tmp_path / "bundle", bits=4, calibration=_samples(),
                                  vision_dir=vision_export, work_dir=tmp_path / "work", keep_work=True)

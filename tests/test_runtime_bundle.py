@@ -9,7 +9,7 @@ import pytest
 
 from exaone_edge.errors import ArtifactError
 from exaone_edge.manifest import Manifest, write_manifest
-from exaone_edge.runtime.bundle import load_bundle
+from exaone_edge.bundle import load_bundle
 from conftest import run_cli
 
 CHECKPOINT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json")

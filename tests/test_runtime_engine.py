@@ -31,7 +31,7 @@ def hf_model(tiny_model_dir):
 
 
 def _engine(bundle, vision, **options):
-    from exaone_edge.runtime.bundle import load_bundle
+    from exaone_edge.bundle import load_bundle
     from exaone_edge.runtime.engine import Engine, EngineOptions
 
     # Exact settings for parity: F32 KV cache, flash attention off (CPU flash attention computes in F16).

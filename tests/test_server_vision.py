@@ -32,7 +32,7 @@ def engine(tiny_model_dir, tmp_path_factory):
     import torch
     from transformers import Exaone4_5_ForConditionalGeneration
 
-    from exaone_edge.runtime.bundle import load_bundle
+    from exaone_edge.bundle import load_bundle
     from exaone_edge.runtime.engine import Engine, EngineOptions
 
     bundle = build_tiny_bundle(tiny_model_dir, tmp_path_factory.mktemp("serve-vision") / MODEL)

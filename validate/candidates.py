@@ -7,24 +7,22 @@ from typing import Any
 
 import numpy as np
 
+from exaone_edge import bundle as bundle_format
 from exaone_edge.errors import ArtifactError
 from exaone_edge.manifest import read_manifest
 from exaone_edge.progress import stdout_to_stderr
 from exaone_edge.quantize.gptq import eager_gptq_kernels
 from exaone_edge.validate.reference import HFModel, Question
+from exaone_edge.vision import contract as vision_format
 
 LEVEL_BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8, "Q6_K": 6, "Q5_K_M": 5, "Q4_K_M": 4, "Q4_K_S": 4, "IQ4_XS": 4}
 VISION_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
 
 
-def _directory_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
 class BundleCandidate:
     """The deployed pipeline: the bundle's own template, tokenizer, ONNX vision and GGUF decoder."""
 
-    kind = "bundle"
+    kind = bundle_format.KIND
 
     def __init__(self, path: Path) -> None:
         from exaone_edge.runtime.engine import Engine
@@ -36,7 +34,7 @@ class BundleCandidate:
         level = decoder.get("level", "?")
         self.name = level + (" +imatrix" if decoder.get("imatrix") else "")
         self.bits = LEVEL_BITS.get(level)
-        self.bytes = _directory_bytes(self.path)
+        self.bytes = bundle_format.directory_bytes(self.path)
 
     def teacher_forced(self, question: Question, answer_ids: list[int]) -> np.ndarray:
         messages = question.user_message({"type": "image", "image": question.image})
@@ -68,7 +66,7 @@ class GptqCandidate:
         manifest = read_manifest(self.path, kind="gptq")
         self.bits = manifest.details["bits"]
         self.name = f"GPTQ {self.bits}-bit"
-        self.bytes = _directory_bytes(self.path)
+        self.bytes = bundle_format.directory_bytes(self.path)
         with stdout_to_stderr():  # GPTQModel's kernel selection logs to stdout
             self.model = HFModel(self.path, reference_dir)
 
@@ -88,17 +86,17 @@ class GptqCandidate:
 
 
 class VisionCandidate:
-    kind = "vision-onnx"
+    kind = vision_format.KIND
 
     def __init__(self, path: Path) -> None:
         from exaone_edge.vision import VisionEncoder
 
         self.path = Path(path)
-        manifest = read_manifest(self.path, kind="vision-onnx")
+        manifest = read_manifest(self.path, kind=vision_format.KIND)
         precision = manifest.details.get("precision", "?")
         self.name = f"vision {precision}"
         self.bits = VISION_BITS.get(precision)
-        self.bytes = _directory_bytes(self.path)
+        self.bytes = bundle_format.directory_bytes(self.path)
         self.encoder = VisionEncoder(self.path)
 
     def vision_rows(self, image) -> np.ndarray:
@@ -110,8 +108,8 @@ class VisionCandidate:
 
 def open_candidate(path: Path, reference_dir: Path) -> Any:
     manifest = read_manifest(Path(path), verify=False)
-    kinds = {"bundle": lambda: BundleCandidate(path), "gptq": lambda: GptqCandidate(path, reference_dir),
-             "vision-onnx": lambda: VisionCandidate(path)}
+    kinds = {BundleCandidate.kind: lambda: BundleCandidate(path), "gptq": lambda: GptqCandidate(path, reference_dir),
+             VisionCandidate.kind: lambda: VisionCandidate(path)}
     if manifest.kind not in kinds:
         raise ArtifactError(f"cannot validate an artifact of kind '{manifest.kind}'", path=path,
                             fix="Pass bundles (quantize), GPTQ checkpoints or vision exports.")

@@ -11,13 +11,9 @@ from PIL import Image
 from exaone_edge.errors import ArtifactError, MissingDependency
 from exaone_edge.manifest import read_manifest
 from exaone_edge.spec import VisionSpec, image_spec, vision_spec
-from exaone_edge.vision.geometry import INPUT_NAMES, OUTPUT_NAME, Grid, graph_inputs, rope_theta
+from exaone_edge.vision.contract import GRAPH_FILE, INPUT_NAMES, KIND, OUTPUT_NAME, PREPROCESSOR_FILE
+from exaone_edge.vision.geometry import Grid, graph_inputs, rope_theta
 from exaone_edge.vision.preprocess import preprocess, rows_for
-
-KIND = "vision-onnx"
-GRAPH_FILE = "vision.onnx"
-ONNX_NAME = GRAPH_FILE
-PREPROCESSOR_FILE = "preprocessor_config.json"
 
 
 def session(path: Path, providers: list[str] | None = None, threads: int | None = None):

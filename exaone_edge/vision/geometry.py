@@ -13,10 +13,6 @@ import numpy as np
 
 from exaone_edge.spec import VisionSpec
 
-INPUT_NAMES = (
-    "pixel_patches", "cos", "sin", "window_index", "reverse_index", "window_gather", "window_scatter",
-)
-OUTPUT_NAME = "rows"
 
 Grid = tuple[int, int, int]
 
