@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,10 @@ class PrefillStats:
     positions: int  # prompt length
     reused: int  # positions kept from the previous prompt
     decoded: int  # positions decoded now
+
+
+class PrefillStopped(Exception):
+    """A prefill was stopped between batches because its request was cancelled."""
 
 
 def _init_backend(verbose: bool) -> None:
@@ -124,8 +128,12 @@ class LlamaContext:
 
     # -- prompt --------------------------------------------------------------------------------
 
-    def prefill(self, segments: Sequence[Segment], seq: int = 0) -> PrefillStats:
-        """Make sequence `seq` equal to `segments`, reusing the common prefix; logits end up at the last position."""
+    def prefill(self, segments: Sequence[Segment], seq: int = 0, *, stop: Callable[[], bool] | None = None) -> PrefillStats:
+        """Make sequence `seq` equal to `segments`, reusing the common prefix; logits end up at the last position.
+
+        `stop` is asked before each batch: when it answers True the prefill raises `PrefillStopped` (the
+        sequence is forgotten), so a request whose client left does not hold the context for its whole prompt.
+        """
         self._require_open()
         keys = prompt_keys(segments)
         if not keys:
@@ -148,9 +156,9 @@ class LlamaContext:
                 if start < length:
                     last = position + length == len(keys)
                     if isinstance(segment, TextSegment):
-                        self._decode_tokens(list(segment.ids)[start:], position + start, seq, logits_last=last)
+                        self._decode_tokens(list(segment.ids)[start:], position + start, seq, logits_last=last, stop=stop)
                     else:
-                        self._decode_embeddings(segment.rows[start:], position + start, seq, logits_last=last)
+                        self._decode_embeddings(segment.rows[start:], position + start, seq, logits_last=last, stop=stop)
                 position += length
         except BaseException:
             self.reset(seq)  # the cache holds part of this prompt: forget it rather than trust it
@@ -256,9 +264,11 @@ class LlamaContext:
         self._keys[seq] = self._keys[seq][:keep]
         return keep
 
-    def _decode_tokens(self, ids: list[int], position: int, seq: int, *, logits_last: bool) -> None:
+    def _decode_tokens(self, ids: list[int], position: int, seq: int, *, logits_last: bool, stop=None) -> None:
         batch = self._tokens
         for offset in range(0, len(ids), self.options.n_batch):
+            if stop is not None and stop():
+                raise PrefillStopped()
             chunk = ids[offset : offset + self.options.n_batch]
             for i, token in enumerate(chunk):
                 batch.token[i] = token
@@ -268,7 +278,7 @@ class LlamaContext:
             batch.n_tokens = len(chunk)
             self._decode(batch)
 
-    def _decode_embeddings(self, rows: np.ndarray, position: int, seq: int, *, logits_last: bool) -> None:
+    def _decode_embeddings(self, rows: np.ndarray, position: int, seq: int, *, logits_last: bool, stop=None) -> None:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] != self.n_embd:
             raise ArtifactError(
@@ -277,6 +287,8 @@ class LlamaContext:
             )
         batch = self._embeds
         for offset in range(0, len(rows), self.options.n_batch):
+            if stop is not None and stop():
+                raise PrefillStopped()
             chunk = rows[offset : offset + self.options.n_batch]
             ctypes.memmove(batch.embd, chunk.ctypes.data, chunk.nbytes)
             for i in range(len(chunk)):

@@ -8,10 +8,15 @@ Callers submit requests and read their tokens from a queue.
 
 Why one thread: ggml's CPU backend runs on OpenMP, which keeps a thread team per calling thread;
 decoding from several threads leaves several teams spinning on the same cores (3-5x slower here).
+
+If that thread ever dies (a bug that escapes a request's own error handling), every request gets
+`DecoderDied`, `failure` is set and `died` fires: the context's state is unknown, so nothing more is
+decoded; the server answers 503 and exits so that a supervisor starts a fresh process.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -22,9 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from exaone_edge.runtime.llama import LlamaContext, PrefillStats, Sampler, Segment, prompt_keys
+from exaone_edge.runtime.llama import LlamaContext, PrefillStats, PrefillStopped, Sampler, Segment, prompt_keys
 
 _DONE = object()
+POLL_S = 0.05  # how often a waiting consumer looks at its cancel event and at the decode thread's health
+log = logging.getLogger("exaone_edge.engine")
+
+
+class DecoderDied(RuntimeError):
+    """The decode thread is gone; this engine cannot generate any more."""
 
 
 @dataclass(eq=False)
@@ -62,6 +73,17 @@ class Scheduler:
         self._slots: list[Request | None] = [None] * llama.n_seq  # the decode thread's
         self._last_used = [0] * llama.n_seq
         self._clock = 0
+        self._failure: DecoderDied | None = None
+        self.died = threading.Event()  # set once, when the decode thread has died
+
+    @property
+    def failure(self) -> DecoderDied | None:
+        """Why the decode thread is gone (None while it is alive, or not started yet, or closed on purpose)."""
+        thread = self._thread
+        if self._failure is None and thread is not None and not thread.is_alive() and not self._closing:
+            self._failure = DecoderDied("the decode thread stopped")
+            self.died.set()
+        return self._failure
 
     @property
     def running(self) -> int:
@@ -71,6 +93,8 @@ class Scheduler:
         with self._lock:
             if self._closing:
                 raise RuntimeError("the engine is closed")
+            if self.failure is not None:
+                raise self.failure
             self._waiting.append(request)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="exaone-edge-decode", daemon=True)
@@ -78,10 +102,21 @@ class Scheduler:
             self._lock.notify()
         return request
 
-    def tokens(self, request: Request) -> Iterator[int]:
-        """The request's tokens as they are sampled; errors from its prefill or decoding are raised here."""
+    def tokens(self, request: Request, cancel: threading.Event | None = None) -> Iterator[int]:
+        """The request's tokens as they are sampled; errors from its prefill or decoding are raised here.
+
+        Ends early, without error, once `cancel` is set (the caller then calls `cancel(request)`), and
+        raises `DecoderDied` if the decode thread is gone, so no caller waits forever.
+        """
         while True:
-            item = request.events.get()
+            try:
+                item = request.events.get(timeout=POLL_S)
+            except queue.Empty:
+                if cancel is not None and cancel.is_set():
+                    return
+                if self.failure is not None and request.events.empty():
+                    raise self.failure
+                continue
             if item is _DONE:
                 return
             if isinstance(item, BaseException):
@@ -113,17 +148,36 @@ class Scheduler:
     # -- the decode thread ---------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while True:
-            with self._lock:
-                while not (self._closing or self._waiting or self.running):
-                    self._lock.wait()
-                if self._closing:
-                    return
+        try:
+            while True:
+                with self._lock:
+                    while not (self._closing or self._waiting or self.running):
+                        self._lock.wait()
+                    if self._closing:
+                        return
+                try:
+                    self._step()
+                except Exception as exc:  # a bug, not a request's error: fail everyone rather than hang them
+                    for request in [r for r in self._slots if r is not None]:
+                        self._fail(request, exc)
+        except BaseException as exc:  # noqa: BLE001 — the thread is dying: tell every caller, then stop
+            self._die(exc)
+
+    def _die(self, exc: BaseException) -> None:
+        log.critical("the decode thread died; no request can be decoded any more", exc_info=exc)
+        failure = DecoderDied("the decoder stopped after an internal error; the server must be restarted")
+        failure.__cause__ = exc
+        with self._lock:
+            self._failure = failure
+            left = list(self._waiting)
+            self._waiting.clear()
+        for request in left + [r for r in self._slots if r is not None]:
             try:
-                self._step()
-            except Exception as exc:  # a bug, not a request's error: fail everyone rather than hang them
-                for request in [r for r in self._slots if r is not None]:
-                    self._fail(request, exc)
+                self._fail(request, failure)
+            except BaseException:  # noqa: BLE001 — best effort: the others must still hear of it
+                request.released.set()
+                request.events.put(failure)
+        self.died.set()
 
     def _step(self) -> None:
         for request in self._slots:
@@ -148,13 +202,17 @@ class Scheduler:
             self._accept(request, request.sampler.sample(index))
 
     def _admit(self, request: Request) -> None:
-        slot = self._choose_slot(request)
+        try:
+            slot = self._choose_slot(request)
+        except Exception as exc:  # popped from the queue, not in a slot: fail it here or its caller waits forever
+            self._fail(request, exc)
+            return
         self._slots[slot], request.slot = request, slot
         self._clock += 1
         self._last_used[slot] = self._clock
         started = time.perf_counter()
         try:
-            request.stats = self.llama.prefill(request.segments, slot)
+            request.stats = self.llama.prefill(request.segments, slot, stop=lambda: request.cancelled)
             request.prefill_s = time.perf_counter() - started
             if request.logits_only:
                 request.logits = self.llama.logits()
@@ -162,6 +220,8 @@ class Scheduler:
                 return
             request.sampler = self.llama.sampler(**request.sampling)
             self._accept(request, request.sampler.sample())
+        except PrefillStopped:  # its caller left during the prefill
+            self._finish(request, None)
         except Exception as exc:  # the request's own error (prompt too long, decode failed): only it fails
             self._fail(request, exc)
 

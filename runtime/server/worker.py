@@ -1,8 +1,9 @@
 """One engine behind a bounded queue: `parallel` generations run, `max_queue` wait, the rest get 429.
 
 Each running generation has a worker thread (the engine batches their decode steps); chunks cross to
-the event loop through an asyncio queue. When the consumer stops early (client gone), the worker
-closes the engine's generator at the next token, which stops decoding and frees its slot.
+the event loop through an asyncio queue. When the consumer stops early (client gone), its stop event
+is set: the engine notices it between images, while waiting for a slot, between prefill batches or at
+the next token, and frees the slot.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class EngineWorker:
             with self._count_lock:
                 self.running += 1
                 self.started += 1
-            chunks = self.engine.generate(messages, params)
+            chunks = self.engine.generate(messages, params, cancel=stop)  # seen in vision, slot wait and prefill too
             try:
                 for chunk in chunks:
                     put(chunk)
