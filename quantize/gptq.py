@@ -163,26 +163,31 @@ def _quantize(model_dir: Path, out: Path, calibration: list[Conversation], evalu
     )
 
 
-def gptq_fidelity(source: Path, quantized: Path, conversations: list[Conversation]) -> dict[str, Any]:
-    """Reload both in transformers; KL and top-1 agreement over every position of each chat, images included."""
-    import numpy as np
+def gptq_fidelity(source: Path, quantized: Path, conversations: list[Conversation],
+                  reference_cache: Path | None = None) -> dict[str, Any]:
+    """KL and top-1 agreement over every position of each chat, images included, against the source's
+    reference file (layer-streamed, cached: the source model is never loaded whole, nor beside the candidate)."""
     import torch
     from transformers import AutoProcessor, Exaone4_5_ForConditionalGeneration
 
-    from exaone_edge.metrics import logit_fidelity
+    from exaone_edge.validate.reference_file import topk_fidelity
+    from exaone_edge.validate.streamed import chat_reference
 
     if not conversations:
         raise InputError("no evaluation samples for the GPTQ fidelity check", fix="Use a set with at least 2 documents.")
     processor = AutoProcessor.from_pretrained(source)
-    reference = Exaone4_5_ForConditionalGeneration.from_pretrained(source, dtype=torch.float32).eval()
+    reference = chat_reference(source, processor, conversations, cache_dir=reference_cache)
     candidate = Exaone4_5_ForConditionalGeneration.from_pretrained(
         quantized, dtype=torch.float32, device_map="cpu"
     ).eval()
-    ref_rows, cand_rows = [], []
-    with torch.no_grad():
-        for chat in conversations:
-            inputs = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_tensors="pt")
-            ref_rows.append(reference(**inputs).logits[0].float().numpy())
-            cand_rows.append(candidate(**inputs).logits[0].float().numpy())
-    result = logit_fidelity(np.concatenate(ref_rows), np.concatenate(cand_rows))
-    return {key: value for key, value in asdict(result).items() if not key.startswith("ppl")}
+
+    def candidate_logits():
+        with torch.no_grad():
+            for chat in conversations:  # one chat's full logits at a time
+                inputs = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_tensors="pt")
+                yield candidate(**inputs).logits[0].float().numpy()
+
+    result = topk_fidelity(reference.entries, candidate_logits())
+    del candidate
+    fidelity = {key: value for key, value in asdict(result).items() if not key.startswith("ppl")}
+    return {**fidelity, "reference": f"layer-streamed transformers ({reference.details['dtype']}), top-k file"}

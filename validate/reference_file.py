@@ -1,0 +1,233 @@
+"""The reference file: what the transformers reference said, kept so no later run needs the checkpoint.
+
+One `.npz` per (checkpoint, eval set, question set, options), named by the hash of all four. Per
+sequence it keeps the top-k logits with their token ids and the log-sum-exp over the whole
+vocabulary at every scored position, the log-probability of the target token there, the answer
+token ids, the greedy answer and the page's vision rows. A checksum over every array sits in the
+file's metadata and is checked on load; files are written under a temporary name and renamed.
+
+KL from top-k: with p the reference and q the candidate distribution, the k reference tokens are
+kept apart and the rest of the vocabulary is lumped into one outcome on both sides,
+KL ≈ Σ_top-k p_i log(p_i/q_i) + p_rest log(p_rest/q_rest). Lumping outcomes never raises a KL (log-sum
+inequality), so this is a lower bound of the full-vocabulary KL; it is tight when the reference puts
+little mass outside its top k, as a trained model does (tests/test_streamed_reference.py bounds the
+gap on the random tiny model, whose distributions are far flatter than a real model's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exaone_edge.metrics import LogitFidelity, log_softmax
+from exaone_edge.progress import log
+
+FORMAT_VERSION = 1
+TOP_K = 64
+# Files the reference's behaviour depends on besides the weights (the shards are fingerprinted by header and size).
+_CHECKPOINT_FILES = ("config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
+                     "chat_template.jinja", "preprocessor_config.json", "processor_config.json")
+
+
+@dataclass(frozen=True)
+class TopK:
+    ids: np.ndarray  # [positions, k] int32, most likely first
+    logits: np.ndarray  # [positions, k] float32
+    logsumexp: np.ndarray  # [positions] float32, over the whole vocabulary
+
+    def __len__(self) -> int:
+        return len(self.logsumexp)
+
+
+@dataclass(frozen=True)
+class ReferenceEntry:
+    topk: TopK
+    target_logprob: np.ndarray | None = None  # [positions]: log p(target) where the targets are known
+    answer_ids: tuple[int, ...] = ()
+    answer: str | None = None
+    vision_rows: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceFile:
+    key: str
+    details: dict[str, Any]  # what made it: checkpoint path, dtype, device, passes, seconds
+    entries: list[ReferenceEntry]
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("EXAONE_EDGE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "exaone-edge"
+    return Path(root) / "references"
+
+
+def checkpoint_fingerprint(model_dir: Path) -> str:
+    """Configs, tokenizer, template and every shard's header and size: cheap (no weight bytes read)."""
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256()
+    for name in _CHECKPOINT_FILES:
+        path = model_dir / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        with open(shard, "rb") as handle:
+            header_len = int.from_bytes(handle.read(8), "little")
+            digest.update(shard.name.encode() + b"\0" + handle.read(header_len))
+        digest.update(str(shard.stat().st_size).encode())
+    return digest.hexdigest()
+
+
+def reference_key(checkpoint: str, parts: dict[str, Any]) -> str:
+    """The hash naming a reference file: checkpoint fingerprint + eval set, questions and options (JSON)."""
+    payload = json.dumps({"format": FORMAT_VERSION, "top_k": TOP_K, "checkpoint": checkpoint, **parts},
+                         sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def image_digest(image: Any) -> str:
+    """A page's pixels (not its encoding), for keys."""
+    return hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
+
+
+def topk_torch(logits: Any, k: int = TOP_K) -> TopK:
+    """A reducer for the streamed reference: float32 logits [n, vocab] (torch) → TopK (numpy)."""
+    values, ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
+    return TopK(ids.int().cpu().numpy(), values.float().cpu().numpy(), logits.logsumexp(-1).float().cpu().numpy())
+
+
+def topk_numpy(logits: np.ndarray, k: int = TOP_K) -> TopK:
+    logits = np.asarray(logits, dtype=np.float32)
+    k = min(k, logits.shape[-1])
+    ids = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
+    shifted = logits.astype(np.float64)
+    top = shifted.max(-1, keepdims=True)
+    lse = (top[:, 0] + np.log(np.exp(shifted - top).sum(-1))).astype(np.float32)
+    return TopK(ids.astype(np.int32), np.take_along_axis(logits, ids, -1), lse)
+
+
+def concat_topk(parts: Sequence[TopK]) -> TopK:
+    return TopK(np.concatenate([p.ids for p in parts]), np.concatenate([p.logits for p in parts]),
+                np.concatenate([p.logsumexp for p in parts]))
+
+
+def kl_from_topk(reference: TopK, candidate_logits: np.ndarray) -> np.ndarray:
+    """KL(reference ‖ candidate) per position with the reference's non-top-k mass lumped (a lower bound)."""
+    cand_logp = log_softmax(candidate_logits)
+    ref_logp = reference.logits.astype(np.float64) - reference.logsumexp[:, None].astype(np.float64)
+    p = np.exp(ref_logp)
+    q_logp = np.take_along_axis(cand_logp, reference.ids.astype(np.int64), -1)
+    kl = (p * (ref_logp - q_logp)).sum(-1)
+    p_rest = np.clip(1.0 - p.sum(-1), 0.0, 1.0)
+    q_rest = np.clip(1.0 - np.exp(q_logp).sum(-1), 1e-300, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rest = np.where(p_rest > 0, p_rest * (np.log(np.maximum(p_rest, 1e-300)) - np.log(q_rest)), 0.0)
+    return np.maximum(kl + rest, 0.0)
+
+
+def topk_fidelity(reference: Sequence[ReferenceEntry], candidate_logits: Sequence[np.ndarray]) -> LogitFidelity:
+    """logit_fidelity's numbers from the stored top-k: KL (lumped), top-1 agreement, perplexity ratio."""
+    kls, agree, ref_lp, cand_lp = [], [], [], []
+    for entry, logits in zip(reference, candidate_logits, strict=True):
+        logits = np.asarray(logits)
+        if logits.shape[0] != len(entry.topk):
+            raise ValueError(f"candidate gave {logits.shape[0]} positions, the reference file has {len(entry.topk)}")
+        kls.append(kl_from_topk(entry.topk, logits))
+        agree.append(entry.topk.ids[:, 0] == logits.argmax(-1))
+        if entry.target_logprob is not None and entry.answer_ids:
+            cand_logp = log_softmax(logits)
+            ref_lp.append(entry.target_logprob)
+            cand_lp.append(cand_logp[np.arange(len(logits)), np.asarray(entry.answer_ids)])
+    kl = np.concatenate(kls)
+    ppl_ref = float(np.exp(-np.concatenate(ref_lp).mean())) if ref_lp else None
+    ppl_cand = float(np.exp(-np.concatenate(cand_lp).mean())) if cand_lp else None
+    return LogitFidelity(positions=len(kl), kl_mean=float(kl.mean()), kl_p99=float(np.percentile(kl, 99)),
+                         kl_max=float(kl.max()), top1_agreement=float(np.concatenate(agree).mean()),
+                         ppl_reference=ppl_ref, ppl_candidate=ppl_cand)
+
+
+def target_logprobs(reference: TopK, logits_targets: np.ndarray) -> np.ndarray:
+    """log p(target) given the target logits and the stored log-sum-exp."""
+    return (np.asarray(logits_targets, np.float64) - reference.logsumexp).astype(np.float32)
+
+
+# ---- the file ------------------------------------------------------------------------------------------
+def _arrays(reference: ReferenceFile) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    arrays: dict[str, np.ndarray] = {}
+    pages: dict[str, str] = {}  # questions on one page share its vision rows
+    entries = []
+    for i, entry in enumerate(reference.entries):
+        arrays[f"{i}.ids"] = entry.topk.ids.astype(np.int32)
+        arrays[f"{i}.logits"] = entry.topk.logits.astype(np.float32)
+        arrays[f"{i}.lse"] = entry.topk.logsumexp.astype(np.float32)
+        if entry.target_logprob is not None:
+            arrays[f"{i}.target_logprob"] = entry.target_logprob.astype(np.float32)
+        page = None
+        if entry.vision_rows is not None:
+            rows = np.ascontiguousarray(entry.vision_rows, dtype=np.float32)
+            digest = hashlib.sha256(rows.tobytes()).hexdigest()
+            page = pages.setdefault(digest, f"page{len(pages)}.vision_rows")
+            arrays[page] = rows
+        entries.append({"answer_ids": list(entry.answer_ids), "answer": entry.answer, "vision_rows": page,
+                        "target_logprob": entry.target_logprob is not None})
+    return arrays, entries
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}".encode() + array.tobytes())
+    return digest.hexdigest()
+
+
+def write_reference(path: Path, reference: ReferenceFile) -> Path:
+    arrays, entries = _arrays(reference)
+    meta = {"format": FORMAT_VERSION, "key": reference.key, "top_k": TOP_K, "details": reference.details,
+            "entries": entries, "sha256": _checksum(arrays)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.frombuffer(json.dumps(meta, ensure_ascii=False).encode(), dtype=np.uint8), **arrays)
+    with open(tmp, "wb") as handle:
+        handle.write(buffer.getbuffer())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_reference(path: Path, key: str) -> ReferenceFile | None:
+    """The stored reference, or None (with the reason logged) when it is absent, stale or damaged."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            arrays = {name: data[name] for name in data.files if name != "meta"}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        log(f"reference file {path} is unreadable ({exc}); computing the reference again")
+        return None
+    if meta.get("format") != FORMAT_VERSION or meta.get("key") != key:
+        log(f"reference file {path} was made for other inputs; computing the reference again")
+        return None
+    if _checksum(arrays) != meta.get("sha256"):
+        log(f"reference file {path} fails its checksum; computing the reference again")
+        return None
+    entries = []
+    for i, entry in enumerate(meta["entries"]):
+        topk = TopK(arrays[f"{i}.ids"], arrays[f"{i}.logits"], arrays[f"{i}.lse"])
+        entries.append(ReferenceEntry(
+            topk=topk, target_logprob=arrays.get(f"{i}.target_logprob") if entry["target_logprob"] else None,
+            answer_ids=tuple(entry["answer_ids"]), answer=entry["answer"],
+            vision_rows=arrays[entry["vision_rows"]] if entry["vision_rows"] else None,
+        ))
+    return ReferenceFile(meta["key"], meta["details"], entries)
