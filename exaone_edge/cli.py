@@ -264,6 +264,10 @@ def validate(
     max_questions: Annotated[int, typer.Option(help="Questions to evaluate.")] = 12,
     kl_threshold: Annotated[float | None, typer.Option(help="Override the allowed KL increase.")] = None,
     no_speed: Annotated[bool, typer.Option("--no-speed", help="Skip the speed/memory probe.")] = False,
+    reference_cache: Annotated[Path | None, typer.Option(help="Where reference files are kept and reused "
+                                                         "(default: ~/.cache/exaone-edge/references).")] = None,
+    reference_dtype: Annotated[str, typer.Option(help="Reference precision: auto (bf16 on CUDA, float32 on CPU), "
+                                                 "bfloat16 or float32.")] = "auto",
     json_output: JsonFlag = False,
 ) -> None:
     """Accuracy-regression report per artifact: vision/decoder fidelity, document-QA accuracy, speed, memory."""
@@ -272,7 +276,8 @@ def validate(
 
     if baseline is not None:
         load_baseline(baseline)  # a bad baseline fails before the run, not after
-    report = collect(reference, artifacts, eval_set, ValidateOptions(max_questions=max_questions, measure_speed=not no_speed))
+    report = collect(reference, artifacts, eval_set, ValidateOptions(max_questions=max_questions, measure_speed=not no_speed),
+                     reference_cache=reference_cache, reference_dtype=reference_dtype)
     overrides = {"kl_mean_increase": kl_threshold} if kl_threshold is not None else None
     result = write_report(out, report, baseline, overrides)
     lines = [f"{a['name']}: KL {((a.get('decoder') or {}).get('kl_mean'))}, ANLS {((a.get('task') or {}).get('anls'))}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -15,9 +15,10 @@ import numpy as np
 
 from exaone_edge import __version__
 from exaone_edge.errors import InputError
-from exaone_edge.metrics import ANLS_THRESHOLD, anls, exact_match, logit_fidelity
+from exaone_edge.metrics import ANLS_THRESHOLD, anls, exact_match
 from exaone_edge.progress import log
-from exaone_edge.validate.reference import HFModel, Question, row_cosines
+from exaone_edge.validate.reference import Question, row_cosines
+from exaone_edge.validate.reference_file import ReferenceFile, topk_fidelity
 
 SCHEMA_VERSION = 1
 
@@ -61,17 +62,18 @@ def _correct(answer: str, gold: list[str]) -> bool:
     return anls(answer, gold) >= ANLS_THRESHOLD
 
 
-def evaluate_artifact(candidate, reference: HFModel, questions: list[Question], reference_answers: list[str],
-                      reference_logits: list[np.ndarray], options: ValidateOptions, pages_dir: Path) -> dict[str, Any]:
+def evaluate_artifact(candidate, reference: ReferenceFile, questions: list[Question], options: ValidateOptions,
+                      pages_dir: Path) -> dict[str, Any]:
+    reference_answers = [entry.answer for entry in reference.entries]
     result: dict[str, Any] = {"name": candidate.name, "kind": candidate.kind, "path": str(candidate.path),
                               "bits": candidate.bits, "bytes": candidate.bytes,
                               "vision": None, "decoder": None, "task": None, "speed": None}
     cosines, max_abs = [], 0.0
-    for question in questions:
+    for question, entry in zip(questions, reference.entries):
         rows = candidate.vision_rows(question.image)
         if rows is None:
             break
-        expected = reference.vision_rows(question.image)
+        expected = entry.vision_rows
         cosines.append(row_cosines(expected, rows))
         max_abs = max(max_abs, float(np.abs(expected - rows).max()))
     if cosines:
@@ -81,9 +83,8 @@ def evaluate_artifact(candidate, reference: HFModel, questions: list[Question], 
         return result
 
     log(f"validate: {candidate.name}: teacher-forced logits on {len(questions)} answers")
-    candidate_logits = [candidate.teacher_forced(q, reference.answer_ids(q.answers[0])) for q in questions]
-    targets = np.concatenate([reference.answer_ids(q.answers[0]) for q in questions])
-    fidelity = logit_fidelity(np.concatenate(reference_logits), np.concatenate(candidate_logits), targets)
+    candidate_logits = [candidate.teacher_forced(q, list(e.answer_ids)) for q, e in zip(questions, reference.entries)]
+    fidelity = topk_fidelity(reference.entries, candidate_logits)  # KL with the mass outside the top k lumped
     result["decoder"] = {"kl_mean": fidelity.kl_mean, "kl_p99": fidelity.kl_p99, "kl_max": fidelity.kl_max,
                          "top1_agreement": fidelity.top1_agreement, "ppl_ratio": fidelity.ppl_ratio,
                          "positions": fidelity.positions}
@@ -117,7 +118,8 @@ def evaluate_artifact(candidate, reference: HFModel, questions: list[Question], 
 
 
 def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
-             options: ValidateOptions = ValidateOptions()) -> dict[str, Any]:
+             options: ValidateOptions = ValidateOptions(), reference_cache: Path | None = None,
+             reference_dtype: str = "auto") -> dict[str, Any]:
     from exaone_edge.docs import generate_set, load_documents
     from exaone_edge.validate.candidates import open_candidate
 
@@ -130,16 +132,19 @@ def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
     documents = load_documents(eval_set) if eval_set else generate_set(6, ["en", "ko"], 1)
     questions = questions_from(documents, options.max_questions)
     log(f"validate: reference {reference_dir} on {len(questions)} questions")
-    reference = HFModel(reference_dir, reference_dir)
-    reference_answers = [reference.generate(q, options.max_new_tokens) for q in questions]
-    reference_logits = [reference.teacher_forced(q, reference.answer_ids(q.answers[0])) for q in questions]
+    from exaone_edge.validate.streamed import question_reference
+
+    key_options = {k: v for k, v in asdict(options).items() if k not in ("max_questions", "measure_speed")}
+    reference, reference_file, reused = question_reference(
+        Path(reference_dir), questions, documents.content_hash, key_options, options.max_new_tokens,
+        cache_dir=reference_cache, dtype=reference_dtype)
+    reference_answers = [entry.answer for entry in reference.entries]
     results = []
     with tempfile.TemporaryDirectory(prefix="exaone-edge-validate-") as scratch:
         for path in artifacts:
             candidate = open_candidate(Path(path), Path(reference_dir))
             try:
-                results.append(evaluate_artifact(candidate, reference, questions, reference_answers,
-                                                 reference_logits, options, Path(scratch)))
+                results.append(evaluate_artifact(candidate, reference, questions, options, Path(scratch)))
             finally:
                 candidate.close()
     return {
@@ -147,7 +152,7 @@ def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
         "toolkit_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "reference": {"path": str(reference_dir)},
+        "reference": {"path": str(reference_dir), "file": str(reference_file), "reused": reused, **reference.details},
         "eval_set": {"path": str(eval_set) if eval_set else "built-in (6 documents, seed 1)",
                      "sha256": documents.content_hash, "documents": len(documents.documents),
                      "questions": len(questions)},
