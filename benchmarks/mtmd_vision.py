@@ -197,13 +197,12 @@ def mtmd_encode_seconds(decoder_gguf: Path, mmproj: Path, image: Path, threads: 
         "mtmd_image_tokens": tokens, "threads": threads, "flash_attn": flash_attn,
     }
     if model_dir is not None:
-        from PIL import Image
-
         from exaone_edge.checkpoint import open_checkpoint
+        from exaone_edge.images import open_image
         from exaone_edge.vision import rows_for
 
-        with Image.open(image) as page:
-            result["our_rows"] = rows_for(page.size, open_checkpoint(Path(model_dir), read_weights=False).image)
+        page = open_image(Path(image))
+        result["our_rows"] = rows_for(page.size, open_checkpoint(Path(model_dir), read_weights=False).image)
         result["rows_match"] = result["our_rows"] == tokens
     return result
 
@@ -220,13 +219,14 @@ def embedding_check(model_dir: Path, decoder_gguf: Path, mmproj: Path, image: Pa
 
     from exaone_edge.checkpoint import open_checkpoint
     from exaone_edge.export.weights import load_vision_model
+    from exaone_edge.images import open_image
     from exaone_edge.vision import grid_for, preprocess
 
     checkpoint = open_checkpoint(Path(model_dir))
-    with Image.open(image) as page:
-        _, h, w = grid_for(page.size, checkpoint.image)
-        patch = checkpoint.image.patch_size
-        sized = page.convert("RGB").resize((w * patch, h * patch), resample=Image.Resampling.BICUBIC)
+    page = open_image(Path(image))
+    _, h, w = grid_for(page.size, checkpoint.image)
+    patch = checkpoint.image.patch_size
+    sized = page.resize((w * patch, h * patch), resample=Image.Resampling.BICUBIC)
     with tempfile.TemporaryDirectory(prefix="mtmd-embd-") as scratch:
         png, dump = Path(scratch) / "page.png", Path(scratch) / "rows.bin"
         sized.save(png)

@@ -219,7 +219,7 @@ def _conversion(options: BenchOptions) -> list[Result]:
 def bench_page(path: Path | None) -> Image.Image:
     """The page to encode: the user's, or a generated English invoice rendered at 100 dpi (A4)."""
     if path is not None:
-        from exaone_edge.runtime.documents import open_image
+        from exaone_edge.images import open_image
 
         return open_image(path)
     from exaone_edge.docs.canvas import Scan, rasterize

@@ -34,6 +34,10 @@ class InputError(ExaoneEdgeError):
     """A user-supplied file or option is unusable."""
 
 
+class ImageRejected(InputError):
+    """An image or PDF page is unreadable, too large, or otherwise unusable."""
+
+
 class ValidationFailed(ExaoneEdgeError):
     """An artifact missed a tolerance against the reference implementation."""
 

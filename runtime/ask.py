@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from exaone_edge.errors import InputError
-from exaone_edge.runtime.documents import DocumentLimits, load_document
+from exaone_edge.images import DocumentLimits, load_document
 from exaone_edge.runtime.generation import Chunk, GenerationParams, GenerationResult
 
 

@@ -24,10 +24,10 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from exaone_edge.errors import ArtifactError, InputError, MissingDependency
 from exaone_edge.bundle import Bundle, load_bundle
-from exaone_edge.runtime.documents import to_rgb
-from exaone_edge.runtime.generation import Chunk, GenerationParams, ImageRejected, PromptTooLong, Timings, Usage
+from exaone_edge.errors import ArtifactError, ImageRejected, InputError, MissingDependency
+from exaone_edge.images import to_rgb
+from exaone_edge.runtime.generation import Chunk, GenerationParams, PromptTooLong, Timings, Usage
 from exaone_edge.runtime.llama import EmbeddingSegment, LlamaContext, LlamaOptions, Segment, TextSegment
 from exaone_edge.runtime.prompt import ChatFormat, Prompt, message_images
 from exaone_edge.runtime.scheduler import DecoderDied, Request, Scheduler

@@ -24,10 +24,6 @@ class PromptTooLong(InputError):
     """The prompt (text tokens plus vision rows) does not fit the context window."""
 
 
-class ImageRejected(InputError):
-    """An image or PDF page is unreadable, too large, or otherwise unusable."""
-
-
 @dataclass(frozen=True)
 class GenerationParams:
     max_tokens: int = 512

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from exaone_edge.errors import InputError
-from exaone_edge.runtime.documents import (
+from exaone_edge.images import (
     DocumentLimits,
     load_document,
     open_image,
@@ -19,7 +19,7 @@ from exaone_edge.runtime.documents import (
     render_pdf,
     render_scale,
 )
-from exaone_edge.runtime.generation import ImageRejected
+from exaone_edge.errors import ImageRejected
 
 
 def _noise(width: int, height: int, mode: str = "RGB") -> Image.Image:

@@ -12,7 +12,7 @@ import openai
 import pytest
 from PIL import Image, ImageDraw
 
-from exaone_edge.runtime.documents import open_image, render_pdf
+from exaone_edge.images import open_image, render_pdf
 from exaone_edge.runtime.generation import GenerationParams, collect
 from runtime_bundle_fixture import TransformersVisionRows, build_tiny_bundle
 from server_fixtures import data_url, image_part, pdf_bytes, png_bytes, serve_in_process, user

@@ -13,13 +13,12 @@ from typing import Any
 
 
 def measure(bundle: Path, page: Path, question: str, max_tokens: int = 32) -> dict[str, Any]:
-    from PIL import Image
-
+    from exaone_edge.images import open_image
     from exaone_edge.runtime.engine import Engine
     from exaone_edge.runtime.generation import GenerationParams
 
     engine = Engine.load(bundle, n_ctx=4096)
-    messages = [{"role": "user", "content": [{"type": "image", "image": Image.open(page).convert("RGB")},
+    messages = [{"role": "user", "content": [{"type": "image", "image": open_image(Path(page))},
                                              {"type": "text", "text": question}]}]
     # min_tokens is not a llama.cpp sampler option: a random model may stop early, so count what came.
     last = None

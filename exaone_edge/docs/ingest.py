@@ -7,14 +7,14 @@ skipped. Image sizes are read from the header, and refused above a pixel limit, 
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from exaone_edge.docs.model import QA, Document, DocumentSet, Skipped, files_hash
-from exaone_edge.errors import InputError
+from exaone_edge.errors import ImageRejected, InputError
+from exaone_edge.images import DocumentLimits, frame_sizes, open_image, render_scale, to_rgb
 from exaone_edge.files import sha256_file
 from exaone_edge.progress import log
 
@@ -27,6 +27,7 @@ class LoadOptions:
     dpi: float = 144.0  # PDF render resolution
     max_pixels: int = 64_000_000  # per image or rendered page (an 8000×8000 scan); bombs are far larger
     max_pdf_pages: int = 2000
+    max_file_bytes: int = 2**30  # per image file (a multi-page TIFF scan can be large)
 
 
 def load_documents(path: Path | str, options: LoadOptions = LoadOptions()) -> DocumentSet:
@@ -119,9 +120,7 @@ def _pdf_document(file: Path, name: str, options: LoadOptions) -> Document:
         try:
             page = document[index]
             width, height = page.get_size()  # points
-            scale = options.dpi / 72.0
-            limit = (options.max_pixels / max(1.0, width * height)) ** 0.5
-            return page.render(scale=min(scale, limit)).to_pil().convert("RGB")
+            return to_rgb(page.render(scale=render_scale(width, height, options.max_pixels, options.dpi)).to_pil())
         except pdfium.PdfiumError as exc:
             raise InputError(f"page {index + 1} could not be rendered ({exc})", path=file) from None
         finally:
@@ -133,51 +132,21 @@ def _pdf_document(file: Path, name: str, options: LoadOptions) -> Document:
 def _image_document(file: Path, name: str, fmt: str, options: LoadOptions) -> Document:
     if file.stat().st_size == 0:
         raise _Skip("empty file (0 bytes)")
+    # every TIFF page has its own header and size; sizes are read before anything is decoded
+    limits = DocumentLimits(max_image_pixels=options.max_pixels, max_file_bytes=options.max_file_bytes)
     try:
-        with warnings.catch_warnings():
-            # Our own limit below is the guard; Pillow's bomb warning would only add noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(file, formats=[fmt]) as image:
-                frames = getattr(image, "n_frames", 1)
-                sizes = []
-                for index in range(frames):  # every TIFF page has its own header, and its own size
-                    image.seek(index)
-                    sizes.append(image.size)  # from the header: nothing decoded yet
-    except Image.DecompressionBombError as exc:  # Pillow's own header check, for sizes far beyond ours
-        raise _Skip(f"rejected as a decompression bomb ({exc})") from None
-    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise _Skip(f"not a readable {fmt} image ({exc})") from None
-    for index, (width, height) in enumerate(sizes):
-        where = f" (page {index + 1})" if frames > 1 else ""
-        if width * height > options.max_pixels:
-            raise _Skip(f"{width}×{height} = {width * height:,} pixels{where} exceeds the limit of {options.max_pixels:,}")
-        if width == 0 or height == 0:
-            raise _Skip(f"the image is empty ({width}×{height}){where}")
-    try:
-        _decode(file, fmt, 0)  # a truncated file fails here, at load, not halfway through a stage
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise _Skip(f"damaged {fmt} image ({exc})") from None
+        frames = len(frame_sizes(file, limits, formats=(fmt,)))
+        open_image(file, limits, formats=(fmt,))  # a truncated file fails here, at load, not halfway through a stage
+    except ImageRejected as exc:
+        raise _Skip(exc.what.removeprefix(f"{file}: ")) from None
 
     def render(index: int) -> Image.Image:
         try:
-            return _decode(file, fmt, index)
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise InputError(f"page {index + 1} could not be decoded ({exc})", path=file) from None
+            return open_image(file, limits, frame=index, formats=(fmt,))
+        except ImageRejected as exc:
+            raise InputError(f"page {index + 1} could not be decoded ({exc.what})", path=file) from None
 
     return Document(name, "image", None, frames, None, [], name, render)
-
-
-def _decode(file: Path, fmt: str, index: int) -> Image.Image:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(file, formats=[fmt]) as image:
-            image.seek(index)
-            image.load()
-            frame = ImageOps.exif_transpose(image)
-            if "A" in frame.getbands() or frame.info.get("transparency") is not None:
-                rgba = frame.convert("RGBA")
-                return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
-            return frame.convert("RGB")
 
 
 def _attach_questions(path: Path, documents: dict[str, Document], skipped: list[Skipped]) -> None:

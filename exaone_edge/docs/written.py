@@ -9,6 +9,7 @@ from PIL import Image
 
 from exaone_edge.docs.model import QA, Document, DocumentSet, files_hash
 from exaone_edge.errors import ArtifactError
+from exaone_edge.images import open_image
 from exaone_edge.manifest import read_manifest
 
 SET_KIND = "document-set"
@@ -39,8 +40,7 @@ def _documents(root: Path, records: list[dict], questions: list[dict]) -> list[D
         pages = [root / name for name in record["pages"]]
 
         def render(index: int, pages: list[Path] = pages) -> Image.Image:
-            with Image.open(pages[index], formats=["PNG"]) as image:
-                return image.convert("RGB")
+            return open_image(pages[index], formats=("PNG",))
 
         document = Document(record["id"], record["kind"], record.get("lang"), len(pages), record.get("text"), [],
                             str(root), render)

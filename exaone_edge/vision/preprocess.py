@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from exaone_edge.errors import InputError
+from exaone_edge.images import to_rgb
 from exaone_edge.spec import ImageSpec
 
 MAX_ASPECT = 200  # the reference refuses pages more elongated than this
@@ -54,18 +55,9 @@ def rows_for(image_size: tuple[int, int], spec: ImageSpec) -> int:
     return t * h * w // spec.merge_size**2
 
 
-def to_rgb(image: Image.Image) -> np.ndarray:
-    """RGB uint8 (H, W, 3); transparency is composited onto white, as the reference does."""
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.array(Image.alpha_composite(background, rgba).convert("RGB"))
-    return np.array(image.convert("RGB"))
-
-
 def preprocess(image: Image.Image, spec: ImageSpec) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Pixel patches [n_patches, C*T*P*P] float32 and the grid (t, h, w) of one image."""
-    rgb = to_rgb(image)
+    rgb = np.asarray(to_rgb(image))
     _, grid_h, grid_w = grid_for((rgb.shape[1], rgb.shape[0]), spec)
     patch, merge, temporal = spec.patch_size, spec.merge_size, spec.temporal_patch_size
     resized = np.array(Image.fromarray(rgb).resize((grid_w * patch, grid_h * patch), resample=Image.Resampling.BICUBIC))

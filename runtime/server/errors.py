@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from exaone_edge.errors import ExaoneEdgeError, InputError
-from exaone_edge.runtime.generation import ImageRejected, PromptTooLong
+from exaone_edge.errors import ExaoneEdgeError, ImageRejected, InputError
+from exaone_edge.runtime.generation import PromptTooLong
 from exaone_edge.runtime.server.schemas import ErrorBody, ErrorDetail
 
 

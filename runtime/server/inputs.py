@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from exaone_edge.errors import InputError
-from exaone_edge.runtime.documents import is_pdf, open_image, render_pdf
-from exaone_edge.runtime.generation import ImageRejected
+from exaone_edge.errors import ImageRejected, InputError
+from exaone_edge.images import is_pdf, open_image, render_pdf
 from exaone_edge.runtime.server.errors import NotAllowed, Unsupported
 from exaone_edge.runtime.server.schemas import ChatMessage, FilePart, ImageUrlPart, TextPart
 from exaone_edge.runtime.server.settings import ServerSettings

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exaone_edge.errors import InputError
-from exaone_edge.runtime.documents import DocumentLimits
+from exaone_edge.images import DocumentLimits
 
 ENV_PREFIX = "EXAONE_EDGE_"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")

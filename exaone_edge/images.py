@@ -1,4 +1,5 @@
-"""Images and PDF pages into RGB PIL images, with limits that stop decompression bombs early.
+"""The one image and PDF decoder: files and bytes into RGB PIL images, with limits that stop
+decompression bombs early. Used by `run`/`serve`, document sets and preprocessing alike.
 
 Pixel counts are checked from the file header before any pixel is decoded. PDF pages are rendered
 at the resolution the vision encoder will use anyway (its `max_pixels` budget), never more.
@@ -10,13 +11,14 @@ import io
 import math
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from exaone_edge.errors import InputError
-from exaone_edge.runtime.generation import ImageRejected
+from exaone_edge.errors import ImageRejected, InputError
 
 IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP")
 PDF_MAGIC = b"%PDF-"
@@ -31,40 +33,73 @@ class DocumentLimits:
     max_file_bytes: int = 256 * 2**20
 
 
-def open_image(source: Path | bytes, limits: DocumentLimits = DocumentLimits(), *, name: str = "image") -> Image.Image:
-    """Decode a PNG/JPEG/TIFF/WebP to RGB (EXIF orientation applied, transparency on white, as HF does)."""
+def open_image(source: Path | bytes, limits: DocumentLimits = DocumentLimits(), *, name: str = "image",
+               frame: int = 0, formats: tuple[str, ...] = IMAGE_FORMATS) -> Image.Image:
+    """Decode one frame of a PNG/JPEG/TIFF/WebP to RGB (EXIF orientation applied, transparency on white, as
+    HF does); its size is checked against the limit from the header first."""
     data = _read(source, limits)
     label = str(source) if isinstance(source, Path) else name
-    try:
-        with warnings.catch_warnings():
-            # Our own pixel limit below is the guard; Pillow's warning threshold would only add noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-        with image:
-            width, height = image.size  # from the header; nothing decoded yet
-            if width * height > limits.max_image_pixels:
-                raise ImageRejected(
-                    f"{label}: {width}×{height} = {width * height:,} pixels exceeds the limit of "
-                    f"{limits.max_image_pixels:,}",
-                    fix="Downscale the image, or raise the pixel limit if it is trusted.",
-                )
-            if width == 0 or height == 0:
-                raise ImageRejected(f"{label}: the image is empty ({width}×{height})")
+    with _opened(data, label, formats) as image:
+        try:
+            image.seek(frame)
+            _check_size(image.size, limits.max_image_pixels, label)
             image.load()
             return to_rgb(ImageOps.exif_transpose(image))
-    except ImageRejected:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        except ImageRejected:
+            raise
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:  # Pillow's errors for truncated or corrupt files
+            raise ImageRejected(f"{label}: not a readable image (damaged: {exc})", fix="Re-export or re-scan it.") from None
+
+
+def frame_sizes(source: Path | bytes, limits: DocumentLimits = DocumentLimits(), *, name: str = "image",
+                formats: tuple[str, ...] = IMAGE_FORMATS) -> list[tuple[int, int]]:
+    """(width, height) of every frame (a multi-page TIFF has one per page), read from the headers only;
+    each is checked against the pixel limit."""
+    data = _read(source, limits)
+    label = str(source) if isinstance(source, Path) else name
+    with _opened(data, label, formats) as image:
+        sizes = []
+        try:
+            for index in range(getattr(image, "n_frames", 1)):
+                image.seek(index)
+                sizes.append(image.size)
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageRejected(f"{label}: not a readable image (damaged: {exc})") from None
+    for index, size in enumerate(sizes):
+        _check_size(size, limits.max_image_pixels, label, f" (page {index + 1})" if len(sizes) > 1 else "")
+    return sizes
+
+
+@contextmanager
+def _opened(data: bytes, label: str, formats: tuple[str, ...]) -> Iterator[Image.Image]:
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit is the guard; Pillow's warning threshold would only add noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=formats)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # beyond Pillow's own limit
         raise ImageRejected(f"{label}: rejected as a decompression bomb ({exc})") from None
     except Image.UnidentifiedImageError:
         raise ImageRejected(
-            f"{label}: not a readable image (not {', '.join(IMAGE_FORMATS)})", fix="Use one of these formats, or a PDF."
+            f"{label}: not a readable image (not {', '.join(formats)})", fix="Use one of these formats, or a PDF."
         ) from None
-    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's errors for truncated or corrupt files
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected(f"{label}: not a readable image (damaged: {exc})", fix="Re-export or re-scan it.") from None
+    with image:
+        yield image
+
+
+def _check_size(size: tuple[int, int], max_pixels: int, label: str, where: str = "") -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageRejected(f"{label}: {width}×{height} = {width * height:,} pixels{where} exceeds the limit of "
+                            f"{max_pixels:,}", fix="Downscale the image, or raise the pixel limit if it is trusted.")
+    if width == 0 or height == 0:
+        raise ImageRejected(f"{label}: the image is empty ({width}×{height}){where}")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB; transparency is composited onto white, as the reference processor does."""
     if image.mode == "RGB":
         return image
     if "A" in image.getbands() or image.info.get("transparency") is not None:
@@ -136,11 +171,11 @@ def render_pdf(
         pdf.close()
 
 
-def render_scale(width_pt: float, height_pt: float, max_pixels: int) -> float:
-    """Pixels per point so the rendered page holds at most `max_pixels` (and at most 300 DPI)."""
+def render_scale(width_pt: float, height_pt: float, max_pixels: int, max_dpi: float = MAX_RENDER_DPI) -> float:
+    """Pixels per point so the rendered page holds at most `max_pixels` (and at most `max_dpi`)."""
     if width_pt <= 0 or height_pt <= 0:
         raise ImageRejected(f"a PDF page has no area ({width_pt}×{height_pt} pt)")
-    scale = min(MAX_RENDER_DPI / POINTS_PER_INCH, math.sqrt(max_pixels / (width_pt * height_pt)))
+    scale = min(max_dpi / POINTS_PER_INCH, math.sqrt(max_pixels / (width_pt * height_pt)))
     # pdfium rounds the bitmap size up; step down until the rounded size is inside the budget.
     while math.ceil(width_pt * scale) * math.ceil(height_pt * scale) > max_pixels and scale > 0:
         scale *= 0.999
