@@ -1,17 +1,22 @@
 """The reference file: what the transformers reference said, kept so no later run needs the checkpoint.
 
 One `.npz` per (checkpoint, eval set, question set, options), named by the hash of all four. Per
-sequence it keeps the top-k logits with their token ids and the log-sum-exp over the whole
-vocabulary at every scored position, the log-probability of the target token there, the answer
+sequence it keeps, at every scored position, the most likely tokens' logits with their ids and the
+log-sum-exp over the whole vocabulary, the log-probability of the target token there, the answer
 token ids, the greedy answer and the page's vision rows. A checksum over every array sits in the
 file's metadata and is checked on load; files are written under a temporary name and renamed.
 
-KL from top-k: with p the reference and q the candidate distribution, the k reference tokens are
-kept apart and the rest of the vocabulary is lumped into one outcome on both sides,
-KL ≈ Σ_top-k p_i log(p_i/q_i) + p_rest log(p_rest/q_rest). Lumping outcomes never raises a KL (log-sum
-inequality), so this is a lower bound of the full-vocabulary KL; it is tight when the reference puts
-little mass outside its top k, as a trained model does (tests/test_streamed_reference.py bounds the
-gap on the random tiny model, whose distributions are far flatter than a real model's).
+How many tokens: at least MIN_K (64), then as many as it takes for the kept ones to hold COVERAGE
+of the reference's probability, at most MAX_K. llama.cpp's `--kl-divergence-base` file keeps every
+vocabulary entry as a 16-bit log-probability instead (307 KB a position at 153,600 tokens); a
+trained model needs far fewer than MAX_K tokens for 0.9999 of its mass, and a flat distribution
+(the random tiny model's) keeps its whole vocabulary, so its KL is exact.
+
+KL from the kept tokens: with p the reference and q the candidate, the kept tokens stay apart and the
+rest of the vocabulary is lumped into one outcome on both sides,
+KL ≈ Σ_kept p_i log(p_i/q_i) + p_rest log(p_rest/q_rest). Lumping never raises a KL (log-sum
+inequality), so this is a lower bound, short by at most the KL hidden inside the ≤ 1 − COVERAGE of
+mass left out (tests/test_streamed_reference.py measures the gap at lower coverages).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +37,9 @@ from exaone_edge.metrics import LogitFidelity, log_softmax
 from exaone_edge.progress import log
 
 FORMAT_VERSION = 1
-TOP_K = 64
+MIN_K = 64
+MAX_K = 4096
+COVERAGE = 0.9999  # keep tokens until they hold this much of the reference's probability
 # Files the reference's behaviour depends on besides the weights (the shards are fingerprinted by header and size).
 _CHECKPOINT_FILES = ("config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
                      "chat_template.jinja", "preprocessor_config.json", "processor_config.json")
@@ -39,12 +47,24 @@ _CHECKPOINT_FILES = ("config.json", "model.safetensors.index.json", "tokenizer.j
 
 @dataclass(frozen=True)
 class TopK:
-    ids: np.ndarray  # [positions, k] int32, most likely first
-    logits: np.ndarray  # [positions, k] float32
+    """Ragged: position j keeps ids[offsets[j]:offsets[j + 1]], most likely first."""
+
+    ids: np.ndarray  # [kept] int32
+    logits: np.ndarray  # [kept] float32
+    offsets: np.ndarray  # [positions + 1] int64
     logsumexp: np.ndarray  # [positions] float32, over the whole vocabulary
+    rest_logsumexp: np.ndarray  # [positions] float32, over the tokens left out (-inf: none)
 
     def __len__(self) -> int:
         return len(self.logsumexp)
+
+    @property
+    def top1(self) -> np.ndarray:
+        return self.ids[self.offsets[:-1]]
+
+    def rest_mass(self) -> np.ndarray:
+        """Reference probability outside the kept tokens, per position."""
+        return np.exp(self.rest_logsumexp.astype(np.float64) - self.logsumexp)
 
 
 @dataclass(frozen=True)
@@ -86,7 +106,7 @@ def checkpoint_fingerprint(model_dir: Path) -> str:
 
 def reference_key(checkpoint: str, parts: dict[str, Any]) -> str:
     """The hash naming a reference file: checkpoint fingerprint + eval set, questions and options (JSON)."""
-    payload = json.dumps({"format": FORMAT_VERSION, "top_k": TOP_K, "checkpoint": checkpoint, **parts},
+    payload = json.dumps({"format": FORMAT_VERSION, "kept": [MIN_K, MAX_K, COVERAGE], "checkpoint": checkpoint, **parts},
                          sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -96,38 +116,59 @@ def image_digest(image: Any) -> str:
     return hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()
 
 
-def topk_torch(logits: Any, k: int = TOP_K) -> TopK:
-    """A reducer for the streamed reference: float32 logits [n, vocab] (torch) → TopK (numpy)."""
-    values, ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
-    return TopK(ids.int().cpu().numpy(), values.float().cpu().numpy(), logits.logsumexp(-1).float().cpu().numpy())
+def topk_torch(logits: Any, coverage: float = COVERAGE, min_k: int = MIN_K, max_k: int = MAX_K) -> TopK:
+    """Float32 logits [n, vocab] (torch) → the kept tokens per row (numpy). Also a reducer for the streamed
+    reference. The left-out mass is kept as its own log-sum-exp: 1 − Σ kept would be float32 rounding."""
+    import torch
+
+    values, ids = logits.float().sort(dim=-1, descending=True)
+    lse = logits.float().logsumexp(-1)
+    cap = min(max_k, logits.shape[-1])
+    cumulative = (values[:, :cap].double() - lse[:, None].double()).exp().cumsum(-1)
+    keep = ((cumulative < coverage).sum(-1) + 1).clamp(min(min_k, cap), cap)
+    kept = torch.arange(values.shape[-1], device=values.device)[None, :] < keep[:, None]
+    rest = values.masked_fill(kept, float("-inf")).logsumexp(-1)
+    mask = kept[:, :cap].cpu().numpy()
+    offsets = np.concatenate([[0], np.cumsum(keep.cpu().numpy())]).astype(np.int64)
+    return TopK(ids[:, :cap].cpu().numpy()[mask].astype(np.int32), values[:, :cap].cpu().numpy()[mask], offsets,
+                lse.cpu().numpy(), rest.cpu().numpy())
 
 
-def topk_numpy(logits: np.ndarray, k: int = TOP_K) -> TopK:
-    logits = np.asarray(logits, dtype=np.float32)
-    k = min(k, logits.shape[-1])
-    ids = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
-    shifted = logits.astype(np.float64)
-    top = shifted.max(-1, keepdims=True)
-    lse = (top[:, 0] + np.log(np.exp(shifted - top).sum(-1))).astype(np.float32)
-    return TopK(ids.astype(np.int32), np.take_along_axis(logits, ids, -1), lse)
+def topk_numpy(logits: np.ndarray, coverage: float = COVERAGE, min_k: int = MIN_K, max_k: int = MAX_K) -> TopK:
+    import torch
+
+    return topk_torch(torch.from_numpy(np.asarray(logits, dtype=np.float32)), coverage, min_k, max_k)
 
 
 def concat_topk(parts: Sequence[TopK]) -> TopK:
+    starts = np.cumsum([0] + [len(p.ids) for p in parts[:-1]])
+    offsets = np.concatenate([[0]] + [p.offsets[1:] + start for p, start in zip(parts, starts)])
     return TopK(np.concatenate([p.ids for p in parts]), np.concatenate([p.logits for p in parts]),
-                np.concatenate([p.logsumexp for p in parts]))
+                offsets.astype(np.int64), np.concatenate([p.logsumexp for p in parts]),
+                np.concatenate([p.rest_logsumexp for p in parts]))
 
 
-def kl_from_topk(reference: TopK, candidate_logits: np.ndarray) -> np.ndarray:
-    """KL(reference ‖ candidate) per position with the reference's non-top-k mass lumped (a lower bound)."""
-    cand_logp = log_softmax(candidate_logits)
-    ref_logp = reference.logits.astype(np.float64) - reference.logsumexp[:, None].astype(np.float64)
-    p = np.exp(ref_logp)
-    q_logp = np.take_along_axis(cand_logp, reference.ids.astype(np.int64), -1)
-    kl = (p * (ref_logp - q_logp)).sum(-1)
-    p_rest = np.clip(1.0 - p.sum(-1), 0.0, 1.0)
-    q_rest = np.clip(1.0 - np.exp(q_logp).sum(-1), 1e-300, 1.0)
+def kl_from_topk(reference: TopK, candidate_logits: np.ndarray, rows_per_chunk: int = 256) -> np.ndarray:
+    """KL(reference ‖ candidate) per position with the tokens the reference left out lumped (a lower bound)."""
+    return np.concatenate([_kl_rows(reference, candidate_logits, start, min(start + rows_per_chunk, len(reference)))
+                           for start in range(0, len(reference), rows_per_chunk)])
+
+
+def _kl_rows(reference: TopK, candidate_logits: np.ndarray, first: int, last: int) -> np.ndarray:
+    cand_logp = log_softmax(candidate_logits[first:last])  # float64, a chunk at a time
+    lo, hi = reference.offsets[first], reference.offsets[last]
+    counts = np.diff(reference.offsets[first:last + 1])
+    rows = np.repeat(np.arange(last - first), counts)
+    ids = reference.ids[lo:hi].astype(np.int64)
+    ref_logp = reference.logits[lo:hi].astype(np.float64) - np.repeat(reference.logsumexp[first:last], counts)
+    q_logp = cand_logp[rows, ids]
+    starts = reference.offsets[first:last] - lo
+    kl = np.add.reduceat(np.exp(ref_logp) * (ref_logp - q_logp), starts)
+    p_rest = np.exp(reference.rest_logsumexp[first:last].astype(np.float64) - reference.logsumexp[first:last])
+    cand_logp[rows, ids] = -np.inf
     with np.errstate(divide="ignore", invalid="ignore"):
-        rest = np.where(p_rest > 0, p_rest * (np.log(np.maximum(p_rest, 1e-300)) - np.log(q_rest)), 0.0)
+        q_rest_log = np.log(np.exp(cand_logp).sum(-1))
+        rest = np.where(p_rest > 0, p_rest * (np.log(np.where(p_rest > 0, p_rest, 1.0)) - q_rest_log), 0.0)
     return np.maximum(kl + rest, 0.0)
 
 
@@ -139,7 +180,7 @@ def topk_fidelity(reference: Sequence[ReferenceEntry], candidate_logits: Sequenc
         if logits.shape[0] != len(entry.topk):
             raise ValueError(f"candidate gave {logits.shape[0]} positions, the reference file has {len(entry.topk)}")
         kls.append(kl_from_topk(entry.topk, logits))
-        agree.append(entry.topk.ids[:, 0] == logits.argmax(-1))
+        agree.append(entry.topk.top1 == logits.argmax(-1))
         if entry.target_logprob is not None and entry.answer_ids:
             cand_logp = log_softmax(logits)
             ref_lp.append(entry.target_logprob)
@@ -166,6 +207,8 @@ def _arrays(reference: ReferenceFile) -> tuple[dict[str, np.ndarray], list[dict[
         arrays[f"{i}.ids"] = entry.topk.ids.astype(np.int32)
         arrays[f"{i}.logits"] = entry.topk.logits.astype(np.float32)
         arrays[f"{i}.lse"] = entry.topk.logsumexp.astype(np.float32)
+        arrays[f"{i}.offsets"] = entry.topk.offsets.astype(np.int64)
+        arrays[f"{i}.rest_lse"] = entry.topk.rest_logsumexp.astype(np.float32)
         if entry.target_logprob is not None:
             arrays[f"{i}.target_logprob"] = entry.target_logprob.astype(np.float32)
         page = None
@@ -189,7 +232,7 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
 
 def write_reference(path: Path, reference: ReferenceFile) -> Path:
     arrays, entries = _arrays(reference)
-    meta = {"format": FORMAT_VERSION, "key": reference.key, "top_k": TOP_K, "details": reference.details,
+    meta = {"format": FORMAT_VERSION, "key": reference.key, "details": reference.details,
             "entries": entries, "sha256": _checksum(arrays)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +256,7 @@ def read_reference(path: Path, key: str) -> ReferenceFile | None:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(bytes(data["meta"]).decode())
             arrays = {name: data[name] for name in data.files if name != "meta"}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # ValueError covers bad JSON
         log(f"reference file {path} is unreadable ({exc}); computing the reference again")
         return None
     if meta.get("format") != FORMAT_VERSION or meta.get("key") != key:
@@ -224,7 +267,8 @@ def read_reference(path: Path, key: str) -> ReferenceFile | None:
         return None
     entries = []
     for i, entry in enumerate(meta["entries"]):
-        topk = TopK(arrays[f"{i}.ids"], arrays[f"{i}.logits"], arrays[f"{i}.lse"])
+        topk = TopK(arrays[f"{i}.ids"], arrays[f"{i}.logits"], arrays[f"{i}.offsets"], arrays[f"{i}.lse"],
+                    arrays[f"{i}.rest_lse"])
         entries.append(ReferenceEntry(
             topk=topk, target_logprob=arrays.get(f"{i}.target_logprob") if entry["target_logprob"] else None,
             answer_ids=tuple(entry["answer_ids"]), answer=entry["answer"],

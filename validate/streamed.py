@@ -333,7 +333,8 @@ def question_reference(model_dir: Path, questions: Sequence[Any], eval_hash: str
         entries.append(ReferenceEntry(topk, target_logprobs(topk, full[np.arange(len(answer)), answer]), tuple(answer),
                                       reference.decode(tokens), vision))
     details = {"checkpoint": str(model_dir), "dtype": dtype_name, "device": device, "weight_passes": reference.passes,
-               "bytes_read": reference.weights.bytes_read, "seconds": round(time.perf_counter() - started, 2)}
+               "bytes_read": reference.weights.bytes_read, "seconds": round(time.perf_counter() - started, 2),
+               "rest_mass_max": max(float(e.topk.rest_mass().max()) for e in entries)}
     reference.close()
     result = ReferenceFile(key, details, entries)
     write_reference(path, result)
@@ -362,8 +363,10 @@ def chat_reference(model_dir: Path, processor, conversations: Sequence[Any], cac
         return stored
     reference = StreamedReference(model_dir, dtype=dtype_name, device=device)
     chunks = reference.sequence_logits(inputs, topk_torch)
-    details = {"checkpoint": str(model_dir), "dtype": dtype_name, "device": device, "weight_passes": reference.passes}
+    entries = [ReferenceEntry(concat_topk(parts)) for parts in chunks]
+    details = {"checkpoint": str(model_dir), "dtype": dtype_name, "device": device, "weight_passes": reference.passes,
+               "rest_mass_max": max(float(e.topk.rest_mass().max()) for e in entries)}
     reference.close()
-    result = ReferenceFile(key, details, [ReferenceEntry(concat_topk(parts)) for parts in chunks])
+    result = ReferenceFile(key, details, entries)
     write_reference(path, result)
     return result
