@@ -36,26 +36,48 @@ class BenchOptions:
 
 
 @dataclass(frozen=True)
+class Target:
+    """What a ratio must reach: at least or at most a bound."""
+
+    at_least: float | None = None
+    at_most: float | None = None
+
+    def met(self, ratio: float) -> bool:
+        return (self.at_least is None or ratio >= self.at_least) and (self.at_most is None or ratio <= self.at_most)
+
+
+def at_least(bound: float) -> Target:
+    return Target(at_least=bound)
+
+
+def at_most(bound: float) -> Target:
+    return Target(at_most=bound)
+
+
+def describe_target(target: dict[str, float | None] | None) -> str:
+    """'≥ 0.97' / '≤ 0.2' / '' for a Target as stored in bench.json."""
+    if not target:
+        return ""
+    return " ".join(f"{sign} {target[key]:g}" for key, sign in (("at_least", "≥"), ("at_most", "≤"))
+                    if target.get(key) is not None)
+
+
+@dataclass(frozen=True)
 class Result:
     name: str
     ours: float
     baseline: float
     unit: str
     ratio: float
-    target: str  # ">= 0.97", "<= 0.2", or "" (reported only)
+    target: Target | None  # None: reported only
     met: bool | None
     note: str = ""
 
 
-def check(ratio: float, target: str) -> bool | None:
-    if not target:
-        return None
-    op, value = target.split()
-    return ratio >= float(value) if op == ">=" else ratio <= float(value)
-
-
-def result(name: str, ours: float, baseline: float, unit: str, ratio: float, target: str = "", note: str = "") -> Result:
-    return Result(name, round(ours, 4), round(baseline, 4), unit, round(ratio, 4), target, check(ratio, target), note)
+def result(name: str, ours: float, baseline: float, unit: str, ratio: float, target: Target | None = None,
+           note: str = "") -> Result:
+    met = None if target is None else target.met(ratio)
+    return Result(name, round(ours, 4), round(baseline, 4), unit, round(ratio, 4), target, met, note)
 
 
 def run_bench(bundle_dir: Path, options: BenchOptions) -> dict[str, Any]:
@@ -124,19 +146,19 @@ def _decode(engine, bundle, model, options: BenchOptions, bandwidth: float, leve
     per_token = decode_bytes_per_token(bundle.decoder_path)
     out = [
         result("decode: ours ÷ llama-cpp-python", ours.decode_tokens_per_s, plain.decode_tokens_per_s, "tok/s",
-               ours.decode_tokens_per_s / plain.decode_tokens_per_s, ">= 0.97"),
+               ours.decode_tokens_per_s / plain.decode_tokens_per_s, at_least(0.97)),
         result("prefill: ours ÷ llama-cpp-python", ours.prefill_tokens_per_s, plain.prefill_tokens_per_s, "tok/s",
-               ours.prefill_tokens_per_s / plain.prefill_tokens_per_s, ">= 0.97"),
+               ours.prefill_tokens_per_s / plain.prefill_tokens_per_s, at_least(0.97)),
         result(f"decode × {per_token / MB:.0f} MiB/token ÷ read bandwidth", ours.decode_tokens_per_s * per_token / 1e9,
                bandwidth / 1e9, "GB/s", ours.decode_tokens_per_s * per_token / bandwidth,
-               ">= 0.65" if level == "Q4_K_M" else "", f"{level}; {options.threads} reader threads"),
+               at_least(0.65) if level == "Q4_K_M" else None, f"{level}; {options.threads} reader threads"),
     ]
     if model is not None:
         ids = engine.encode_prompt(document_messages(engine, options.prompt_tokens)).ids
         hf = transformers_speed(model, ids, decode_tokens=min(options.decode_tokens, 16), repeats=options.repeats)
         out += [
             result(f"decode: ours ({level}) ÷ transformers bf16", ours.decode_tokens_per_s, hf.decode_tokens_per_s,
-                   "tok/s", ours.decode_tokens_per_s / hf.decode_tokens_per_s, ">= 5" if level == "Q4_K_M" else ""),
+                   "tok/s", ours.decode_tokens_per_s / hf.decode_tokens_per_s, at_least(5) if level == "Q4_K_M" else None),
             result(f"prefill: ours ({level}) ÷ transformers bf16", ours.prefill_tokens_per_s, hf.prefill_tokens_per_s,
                    "tok/s", ours.prefill_tokens_per_s / hf.prefill_tokens_per_s),
         ]
@@ -151,7 +173,7 @@ def _vision(engine, model, bundle, options: BenchOptions) -> list[Result]:
     precision = engine.vision.precision
     versus = "PyTorch SDPA" if precision in ("fp32", "fp16") else "PyTorch SDPA fp32"
     out = [result(f"vision {precision}: ONNX Runtime ÷ {versus} (speed-up)", times.onnx_s, times.torch_s, "s/page",
-                  times.torch_s / times.onnx_s, ">= 1.5" if precision == "fp32" else "",
+                  times.torch_s / times.onnx_s, at_least(1.5) if precision == "fp32" else None,
                   f"{page.width}x{page.height} page, {times.rows} rows, max|Δ| {times.max_abs_diff:.1e}")]
     if options.mtmd:
         out.append(_mtmd(bundle, page, times.onnx_s, precision, options))
@@ -173,7 +195,7 @@ def _mtmd(bundle, page: Image.Image, onnx_s: float, precision: str, options: Ben
     note = f"{run['mtmd_image_tokens']} image tokens, flash attention off"
     caveat = window_note(options.model_dir)
     return result(f"vision {precision}: ONNX Runtime ÷ llama.cpp mtmd (speed-up)", onnx_s, run["encode_s"], "s/page",
-                  run["encode_s"] / onnx_s, ">= 2" if precision == "fp32" else "", note + (f"; {caveat}" if caveat else ""))
+                  run["encode_s"] / onnx_s, at_least(2) if precision == "fp32" else None, note + (f"; {caveat}" if caveat else ""))
 
 
 def _first_token(engine, model, options: BenchOptions) -> list[Result]:
@@ -185,9 +207,9 @@ def _first_token(engine, model, options: BenchOptions) -> list[Result]:
     note = f"{page.width}x{page.height} page, {timing.prompt_positions} prompt positions"
     return [
         result("page + question TTFT: transformers bf16 ÷ ours (speed-up)", timing.ours_s, timing.transformers_s, "s",
-               timing.transformers_s / timing.ours_s, ">= 1.5", note),
+               timing.transformers_s / timing.ours_s, at_least(1.5), note),
         result("second question on the page: TTFT ÷ first", timing.ours_second_question_s, timing.ours_s, "s",
-               timing.ours_second_question_s / timing.ours_s, "<= 0.2", "vision rows and KV prefix reused"),
+               timing.ours_second_question_s / timing.ours_s, at_most(0.2), "vision rows and KV prefix reused"),
     ]
 
 
@@ -198,7 +220,7 @@ def _server(bundle_dir: Path, n_ctx: int, options: BenchOptions) -> list[Result]
                                max_tokens=options.decode_tokens * 2, threads=options.threads, ctx=n_ctx,
                                repeats=options.repeats)
     return [result(f"server: {load.concurrency} concurrent ÷ one (aggregate)", load.concurrent_tokens_per_s,
-                   load.one_tokens_per_s, "tok/s", load.concurrent_tokens_per_s / load.one_tokens_per_s, ">= 2",
+                   load.one_tokens_per_s, "tok/s", load.concurrent_tokens_per_s / load.one_tokens_per_s, at_least(2),
                    f"--parallel {load.parallel}")]
 
 
@@ -209,10 +231,10 @@ def _conversion(options: BenchOptions) -> list[Result]:
     bound = 2 * run.largest_tensor + 200 * MB
     return [
         result("GGUF conversion: throughput ÷ plain copy", run.checkpoint_bytes / run.convert_s / MB,
-               run.checkpoint_bytes / run.copy_s / MB, "MiB/s", run.copy_s / run.convert_s, ">= 0.8",
+               run.checkpoint_bytes / run.copy_s / MB, "MiB/s", run.copy_s / run.convert_s, at_least(0.8),
                f"{run.checkpoint_bytes / MB:.0f} MiB checkpoint"),
         result("GGUF conversion: peak RSS ÷ (2 × largest tensor + 200 MiB)", run.peak_rss / MB, bound / MB, "MiB",
-               run.peak_rss / bound, "<= 1", f"largest tensor {run.largest_tensor / MB:.0f} MiB"),
+               run.peak_rss / bound, at_most(1), f"largest tensor {run.largest_tensor / MB:.0f} MiB"),
     ]
 
 
@@ -244,7 +266,7 @@ def render_table(report: dict[str, Any]) -> str:
     for r in report["results"]:
         verdict = {True: "✓", False: "✗", None: ""}[r["met"]]
         table.add_row(r["name"], f"{r['ours']:.4g}", f"{r['baseline']:.4g}", r["unit"], f"{r['ratio']:.3g}",
-                      r["target"], verdict, r["note"])
+                      describe_target(r["target"]), verdict, r["note"])
     buffer = StringIO()
     console = Console(file=buffer, width=200, force_terminal=False)
     console.print(f"machine: {machine['cpu']}, {machine['usable_cpus']} cores, "

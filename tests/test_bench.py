@@ -13,7 +13,7 @@ import math
 import pytest
 
 from conftest import run_cli
-from exaone_edge.benchmarks.suite import check
+from exaone_edge.benchmarks.suite import Target, at_least, at_most, describe_target, result
 from runtime_bundle_fixture import build_tiny_bundle
 
 EXPECTED = (
@@ -49,7 +49,8 @@ def test_every_comparison_runs_and_is_saved(bundle, tiny_model_dir, tmp_path):
         assert sum(expected in name for name in names) == 1, (expected, names)
     for r in report["results"]:
         assert r["ours"] > 0 and r["baseline"] > 0 and math.isfinite(r["ratio"]), r
-        assert r["met"] == check(r["ratio"], r["target"]), r
+        target = Target(**r["target"]) if r["target"] else None
+        assert r["met"] == (None if target is None else target.met(r["ratio"])), r
     vision = next(r for r in report["results"] if "PyTorch SDPA" in r["name"])
     assert "max|Δ|" in vision["note"] and float(vision["note"].rsplit(" ", 1)[1]) < 1e-4  # both encoders agree
 
@@ -61,10 +62,11 @@ def test_table_output_names_the_machine(bundle, tmp_path):
     assert "machine:" in result.stdout and "ours ÷ llama-cpp-python" in result.stdout
 
 
-def test_check_compares_against_the_target():
-    assert check(0.98, ">= 0.97") and not check(0.96, ">= 0.97")
-    assert check(0.1, "<= 0.2") and not check(0.3, "<= 0.2")
-    assert check(5.0, "") is None
+def test_targets_are_numbers_checked_against_the_ratio():
+    assert at_least(0.97).met(0.98) and not at_least(0.97).met(0.96)
+    assert at_most(0.2).met(0.1) and not at_most(0.2).met(0.3)
+    assert result("x", 1, 2, "s", 0.5).met is None
+    assert describe_target({"at_least": 0.97, "at_most": None}) == "≥ 0.97" and describe_target(None) == ""
 
 
 @pytest.mark.parametrize("args, message", [
