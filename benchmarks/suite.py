@@ -81,7 +81,8 @@ def result(name: str, ours: float, baseline: float, unit: str, ratio: float, tar
 
 
 def run_bench(bundle_dir: Path, options: BenchOptions) -> dict[str, Any]:
-    from exaone_edge.benchmarks.machine import describe_machine, read_bandwidth
+    from exaone_edge.benchmarks.machine import read_bandwidth
+    from exaone_edge.machine import describe_machine
     from exaone_edge.bundle import load_bundle
     from exaone_edge.runtime.engine import Engine, EngineOptions
 

@@ -47,7 +47,7 @@ def test_exact_bundle_matches_the_reference_and_writes_three_reports(tiny_model_
     assert artifact["vision"]["cosine_min"] > 0.9999
     assert artifact["task"]["flip_rate"] == 0.0
     assert artifact["speed"]["peak_rss_bytes"] > 0 and artifact["speed"]["ttft_s"] > 0
-    assert report["eval_set"]["questions"] == 2 and report["machine"]["cores"]
+    assert report["eval_set"]["questions"] == 2 and report["machine"]["usable_cpus"]
     assert (out / "report.md").read_text().count("| F32 | bundle |") == 1
     assert "<svg" in (out / "report.html").read_text()
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +12,7 @@ import numpy as np
 
 from exaone_edge import __version__
 from exaone_edge.errors import InputError
+from exaone_edge.machine import describe_machine
 from exaone_edge.metrics import ANLS_THRESHOLD, anls, exact_match
 from exaone_edge.progress import log
 from exaone_edge.validate.reference import Question, row_cosines
@@ -37,25 +35,6 @@ def questions_from(documents, limit: int) -> list[Question]:
         raise InputError("the evaluation set has no questions with answers",
                          fix="Use a set made by `exaone-edge docs make`, or add a qa.jsonl to your folder.")
     return found[:limit]
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for package in ("llama_cpp_python", "onnxruntime", "torch", "transformers", "gptqmodel"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-            "platform": platform.platform(), "python": platform.python_version(), "versions": versions}
 
 
 def _correct(answer: str, gold: list[str]) -> bool:
@@ -151,7 +130,7 @@ def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
         "schema": SCHEMA_VERSION,
         "toolkit_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": describe_machine(),
         "reference": {"path": str(reference_dir), "file": str(reference_file), "reused": reused, **reference.details},
         "eval_set": {"path": str(eval_set) if eval_set else "built-in (6 documents, seed 1)",
                      "sha256": documents.content_hash, "documents": len(documents.documents),

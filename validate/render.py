@@ -49,8 +49,8 @@ def render_markdown(report: dict[str, Any], regressions: list[str] | None = None
         f"Reference: `{report['reference']['path']}` · eval set: `{report['eval_set']['path']}` "
         f"({report['eval_set']['documents']} documents, {report['eval_set']['questions']} questions, "
         f"sha256 {report['eval_set']['sha256'][:12]}) · toolkit {report['toolkit_version']} · {report['created_at']}",
-        f"Machine: {machine.get('cpu')} · {machine.get('cores')} cores · {_mib(machine.get('memory_bytes'))} RAM · "
-        f"{machine.get('platform')}",
+        f"Machine: {machine.get('cpu')} · {machine.get('usable_cpus', machine.get('cores'))} cores · "
+        f"{_mib(machine.get('memory_bytes'))} RAM · {machine.get('os', machine.get('platform'))}",
         f"Reference task accuracy (transformers): ANLS {_fmt(report['reference_task'].get('anls'), 3)}, "
         f"exact match {_fmt(report['reference_task'].get('exact_match'), 3)}", "",
         "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER),
