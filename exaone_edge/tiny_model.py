@@ -14,7 +14,7 @@ from pathlib import Path
 
 from exaone_edge.errors import InputError, require
 from exaone_edge.files import atomic_dir
-from exaone_edge.tiny_tokenizer import chat_template, special_tokens, train_tokenizer
+from exaone_edge.tiny_tokenizer import SPECIAL_ROLES, chat_template, train_tokenizer
 
 # Sizes of the tiny model: small enough to build in seconds, shaped like the real one.
 TEXT = dict(
@@ -183,16 +183,12 @@ def _is_norm(name: str) -> bool:
 
 def _hf_tokenizer(tokenizer_class):
     tokenizer = tokenizer_class(
-        tokenizer_object=train_tokenizer(VOCAB_SIZE),
-        bos_token="[BOS]",
-        eos_token="[|endofturn|]",
-        pad_token="[PAD]",
-        unk_token="[UNK]",
+        tokenizer_object=train_tokenizer(VOCAB_SIZE, pre_tokenizer="exaone-moe"),  # EXAONE 4.5's: see tiny_tokenizer
+        **SPECIAL_ROLES,
         model_max_length=TEXT["max_position_embeddings"],
         clean_up_tokenization_spaces=False,
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": special_tokens()[4:]})
-    return tokenizer
+    return tokenizer  # added tokens keep the special flags tokenizer.json gives them
 
 
 def _add_mtp_head(directory: Path, text_config, generator) -> int:

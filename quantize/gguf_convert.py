@@ -25,7 +25,7 @@ from exaone_edge.checkpoint import Checkpoint, open_checkpoint
 from exaone_edge.errors import CheckpointError, InputError, require
 from exaone_edge.files import atomic_path
 from exaone_edge.progress import log, track
-from exaone_edge.quantize.gguf_vocab import read_vocab
+from exaone_edge.quantize.gguf_vocab import read_vocab, write_vocab
 from exaone_edge.quantize.safetensors_stream import Piece, StoredTensor, ordered_map, pieces, read_layout, read_piece
 from exaone_edge.spec import DecoderSpec
 
@@ -92,7 +92,7 @@ def convert_to_gguf(checkpoint_dir: Path, out_path: Path, out_type: str = "F16",
 
     writer = gguf.GGUFWriter(path=None, arch=ARCH)
     _write_metadata(writer, gguf, checkpoint, out_type, source_hash)
-    _write_vocab(writer, vocab)
+    write_vocab(writer, vocab)
     for tensor in plan:
         raw = getattr(gguf.GGMLQuantizationType, tensor.qtype)
         writer.add_tensor_info(tensor.gguf_name, tensor.shape, np.dtype(np.float32 if tensor.qtype == "F32" else np.float16),
@@ -336,18 +336,3 @@ def _write_metadata(writer, gguf, checkpoint: Checkpoint, out_type: str, source_
     writer.add_string(META_SOURCE, source_hash)
     writer.add_string(META_VERSION, __version__)
     writer.add_string(META_MTP, "dropped" if decoder.nextn_layers else "none")
-
-
-def _write_vocab(writer, vocab) -> None:
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(vocab.pre)
-    writer.add_token_list(vocab.tokens)
-    writer.add_token_types(vocab.types)
-    writer.add_token_merges(vocab.merges)
-    setters = {"bos": writer.add_bos_token_id, "eos": writer.add_eos_token_id,
-               "unk": writer.add_unk_token_id, "pad": writer.add_pad_token_id}
-    for role, token_id in vocab.special_ids.items():
-        setters[role](token_id)
-    writer.add_add_bos_token(vocab.add_bos)
-    writer.add_add_eos_token(vocab.add_eos)
-    writer.add_chat_template(vocab.chat_template)

@@ -96,7 +96,7 @@ def test_metadata_records_swa_pattern_rope_and_provenance(tiny_model_dir, gguf_d
         assert runner.meta("general.architecture") == "exaone4"
         assert runner.meta("exaone4.block_count") == "64"
         assert runner.meta("exaone4.attention.sliding_window") == "32"
-        assert runner.meta("tokenizer.ggml.pre") == "exaone4"
+        assert runner.meta("tokenizer.ggml.pre") == "exaone-moe"  # EXAONE 4.5 uses the K-EXAONE split
         assert runner.meta("exaone_edge.toolkit_version") == __version__
         assert runner.meta("exaone_edge.source_checkpoint_sha256") == checkpoint_hash(open_checkpoint(tiny_model_dir))
         assert runner.meta("exaone_edge.mtp_policy") == "dropped"
@@ -184,7 +184,8 @@ def test_a_wrong_pre_tokenizer_fails_validation_and_leaves_no_file(tiny_model_di
     from exaone_edge.quantize import gguf_vocab
     from exaone_edge.quantize.gguf_convert import convert_to_gguf
 
-    monkeypatch.setattr(gguf_vocab, "PRE_TOKENIZER", "llama-bpe")  # splits digits in threes, unlike GPT-2
+    # qwen2's split keeps words apart, unlike exaone-moe's multi-word letter runs
+    monkeypatch.setitem(gguf_vocab.SPLIT_NAMES, gguf_vocab.EXAONE_MOE_REGEX, "qwen2")
     with pytest.raises(ValidationFailed, match="tokenizes"):
         convert_to_gguf(tiny_model_dir, tmp_path / "x.gguf", "F16")
     assert list(tmp_path.iterdir()) == []

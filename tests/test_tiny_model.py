@@ -40,11 +40,18 @@ def test_norms_are_randomised_so_swaps_show(tiny_model_dir):
 def test_tokenizer_has_exaone_special_tokens_and_hangul(tiny_model_dir):
     from transformers import AutoTokenizer
 
+    from exaone_edge.quantize.gguf_vocab import pre_tokenizer_name
+
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     config = json.loads((tiny_model_dir / "config.json").read_text())
     assert tokenizer.convert_tokens_to_ids("<|image_pad|>") == config["image_token_id"] == 67
     assert tokenizer.convert_tokens_to_ids("<vision>") == config["vision_start_token_id"] == 73
-    assert tokenizer.eos_token == "[|endofturn|]" and tokenizer.eos_token_id == 53
+    assert tokenizer.eos_token == "<|endofturn|>" and tokenizer.eos_token_id == 53
+    assert (tokenizer.bos_token_id, tokenizer.pad_token_id) == (1, 0)
+    assert [tokenizer.convert_tokens_to_ids(t) for t in ("<|system|>", "<|user|>", "<|assistant|>")] == [50, 51, 52]
+    assert [tokenizer.convert_tokens_to_ids(t) for t in ("<think>", "</think>")] == [54, 55]
+    pre = json.loads((tiny_model_dir / "tokenizer.json").read_text())["pre_tokenizer"]
+    assert pre_tokenizer_name(pre, tiny_model_dir) == "exaone-moe"  # EXAONE 4.5's, see tiny_tokenizer.py
     text = "합계 금액 1,823,250원 — Total due 18,232.50"
     assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
     rendered = tokenizer.apply_chat_template(
