@@ -221,10 +221,10 @@ def _quantize_gptq(model_dir: Path, out: Path, bits: int, group_size: int, calib
                    overwrite: bool, json_output: bool) -> None:
     from dataclasses import asdict
 
-    from exaone_edge.docs import generate_set, load_documents
+    from exaone_edge.docs import documents_or_builtin
     from exaone_edge.quantize.gptq import document_conversations, quantize_gptq
 
-    documents = load_documents(calibration) if calibration else generate_set(8, ["en", "ko"], 0)
+    documents, _ = documents_or_builtin(calibration, builtin=8, seed=0)
     calib, evals = documents.split(eval_fraction=0.25, seed=0)
     result = quantize_gptq(model_dir, out, document_conversations(calib.documents),
                            document_conversations(evals.documents), bits=bits, group_size=group_size,

@@ -181,10 +181,9 @@ def _validate(directory: Path, precision: str, samples, references) -> list[Page
 
 def document_pages(path: Path | None) -> tuple[Iterable[Image.Image], str]:
     """Page images of a document set or folder (a small generated set when none is given), lazily."""
-    from exaone_edge.docs import generate_set, load_documents
+    from exaone_edge.docs import documents_or_builtin
 
-    documents = load_documents(path) if path is not None else generate_set(8, ["en", "ko"], 0)
-    source = str(path) if path is not None else "generated document set (8 documents, en+ko, seed 0)"
+    documents, source = documents_or_builtin(path, builtin=8, seed=0)
 
     def pages() -> Iterable[Image.Image]:
         for document in documents.documents:

@@ -4,7 +4,8 @@ Torch-free: the runtime may import it.
 """
 
 from exaone_edge.docs.generate import KINDS, generate_set
-from exaone_edge.docs.ingest import LoadOptions, load_documents
+from exaone_edge.docs.ingest import LoadOptions, documents_or_builtin, load_documents
 from exaone_edge.docs.model import QA, Document, DocumentSet, Skipped
 
-__all__ = ["KINDS", "QA", "Document", "DocumentSet", "LoadOptions", "Skipped", "generate_set", "load_documents"]
+__all__ = ["KINDS", "QA", "Document", "DocumentSet", "LoadOptions", "Skipped", "documents_or_builtin", "generate_set",
+           "load_documents"]

@@ -44,6 +44,16 @@ def load_documents(path: Path | str, options: LoadOptions = LoadOptions()) -> Do
     return load_folder(path, options)
 
 
+def documents_or_builtin(path: Path | str | None, *, builtin: int, seed: int) -> tuple[DocumentSet, str]:
+    """The set at `path`, or `builtin` generated documents (Korean and English) when none is given; and a
+    description of which, for logs and manifests."""
+    if path is not None:
+        return load_documents(path), str(path)
+    from exaone_edge.docs.generate import generate_set
+
+    return generate_set(builtin, ["en", "ko"], seed), f"generated document set ({builtin} documents, en+ko, seed {seed})"
+
+
 def load_folder(root: Path, options: LoadOptions = LoadOptions()) -> DocumentSet:
     documents: dict[str, Document] = {}
     skipped: list[Skipped] = []
