@@ -133,26 +133,60 @@ class PromptBuilder:
         return [s for s in segments if len(s)]
 
 
+PAGE_TEXT_ALLOWANCE = 512  # positions beside a page's rows: template, question and some of the answer
+
+
 def build_prompts(builder: PromptBuilder, samples: Iterable[CalibrationSample], max_positions: int) -> list[list[Any]]:
+    """Chat prompts as segments, each at most `limit` positions, where `limit` is `max_positions` raised to fit
+    the largest page's rows + PAGE_TEXT_ALLOWANCE (a 33B page is 1,280 rows at vLLM's example setting of
+    1280·28·28 pixels, 4,096 at the reported 3,211,264-pixel maximum: shared/NOTES.md). A page is never cut:
+    text after it is shortened, and a sample whose page still does not fit is dropped with its reason."""
+    segmented = [(sample, builder.segments(sample)) for sample in samples]
+    page_rows = max((len(s) for _, segments in segmented for s in segments if _is_rows(s)), default=0)
+    limit = max(max_positions, page_rows + PAGE_TEXT_ALLOWANCE if page_rows else 0)
+    if limit > max_positions:
+        log(f"calibration: prompt limit raised from {max_positions} to {limit} positions so the largest page "
+            f"({page_rows} rows) stays whole")
     prompts = []
-    for sample in samples:
-        segments = builder.segments(sample)
+    for sample, segments in segmented:
         length = sum(len(s) for s in segments)
-        if length > max_positions:
-            log(f"calibration: {sample.source or 'sample'} has {length} positions, truncated to {max_positions}")
-            segments = _truncate(segments, max_positions)
-        prompts.append(segments)
+        kept, reason = _fit(segments, limit)
+        if kept is None:
+            log(f"calibration: {sample.source or 'sample'} dropped: {reason}")
+            continue
+        if len(kept) != len(segments) or sum(len(s) for s in kept) != length:
+            log(f"calibration: {sample.source or 'sample'} has {length} positions; text after the page cut to fit {limit}")
+        prompts.append(kept)
+    if not prompts:
+        raise InputError(f"no calibration prompt fits {limit} positions with its page whole",
+                         fix="Use pages with less text before the image, or raise the position limit.")
     return prompts
 
 
-def _truncate(segments: list[Any], limit: int) -> list[Any]:
+def _is_rows(segment: Any) -> bool:
+    return isinstance(segment, np.ndarray) and segment.ndim == 2
+
+
+def _fit(segments: list[Any], limit: int) -> tuple[list[Any] | None, str]:
+    """Segments within `limit` positions with every image whole: token runs may be shortened (and with
+    them the conversation ends there); an image that does not fit whole drops the sample."""
     kept, used = [], 0
-    for segment in segments:
-        if used >= limit:
+    for index, segment in enumerate(segments):
+        room = limit - used
+        if _is_rows(segment):
+            if len(segment) > room:
+                return None, f"its page has {len(segment)} rows, {max(room, 0)} of {limit} positions were left for it"
+            kept.append(segment)
+        elif len(segment) > room and any(_is_rows(later) for later in segments[index + 1:]):
+            return None, f"{len(segment)} text positions before its page leave no room for the page in {limit}"
+        elif room <= 0:
             break
-        kept.append(segment[: limit - used])
+        else:
+            kept.append(segment[:room])
+            if len(segment) > room:
+                break
         used += len(kept[-1])
-    return kept
+    return kept, ""
 
 
 def images_in_folder(folder: Path) -> list[CalibrationSample]:
