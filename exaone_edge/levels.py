@@ -9,23 +9,24 @@ from dataclasses import dataclass
 class Level:
     name: str  # llama.cpp's name for the file type
     bits_per_weight: float  # typical average over a dense decoder; exact sizes come from real files
-    needs_imatrix: bool = False
+    bits: int  # the nominal width it is known by (`--bits`, report groups)
 
 
 LEVELS: dict[str, Level] = {
     level.name: level
     for level in (
-        Level("F32", 32.0),
-        Level("BF16", 16.0),
-        Level("F16", 16.0),
-        Level("Q8_0", 8.5),
-        Level("Q6_K", 6.56),
-        Level("Q5_K_M", 5.69),
-        Level("Q4_K_M", 4.85, needs_imatrix=True),
-        Level("Q4_K_S", 4.58, needs_imatrix=True),
-        Level("IQ4_XS", 4.25, needs_imatrix=True),
+        Level("F32", 32.0, 32),
+        Level("BF16", 16.0, 16),
+        Level("F16", 16.0, 16),
+        Level("Q8_0", 8.5, 8),
+        Level("Q6_K", 6.56, 6),
+        Level("Q5_K_M", 5.69, 5),
+        Level("Q4_K_M", 4.85, 4),
+        Level("Q4_K_S", 4.58, 4),
+        Level("IQ4_XS", 4.25, 4),
     )
 }
+VISION_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}  # the vision export's precisions
 
 
 def estimated_bytes(params: int, level: str) -> int:

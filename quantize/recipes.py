@@ -12,20 +12,24 @@ from exaone_edge.levels import LEVELS
 class Recipe:
     level: str  # llama.cpp's name, also the key in exaone_edge.levels
     ftype: int  # llama_ftype
-    bits: int  # the --bits family it belongs to
     uses_imatrix: bool  # Q8_0 rounds each block on its own; the k-/i-quants weigh columns by importance
+
+    @property
+    def bits(self) -> int:
+        """The --bits family it belongs to."""
+        return LEVELS[self.level].bits
 
 
 RECIPES: dict[str, Recipe] = {
     recipe.level: recipe
     for recipe in (
-        Recipe("F16", 1, 16, uses_imatrix=False),  # the unquantized reference level for validation
-        Recipe("Q8_0", 7, 8, uses_imatrix=False),
-        Recipe("Q6_K", 18, 6, uses_imatrix=True),
-        Recipe("Q5_K_M", 17, 5, uses_imatrix=True),
-        Recipe("Q4_K_M", 15, 4, uses_imatrix=True),
-        Recipe("Q4_K_S", 14, 4, uses_imatrix=True),
-        Recipe("IQ4_XS", 30, 4, uses_imatrix=True),
+        Recipe("F16", 1, uses_imatrix=False),  # the unquantized reference level for validation
+        Recipe("Q8_0", 7, uses_imatrix=False),
+        Recipe("Q6_K", 18, uses_imatrix=True),
+        Recipe("Q5_K_M", 17, uses_imatrix=True),
+        Recipe("Q4_K_M", 15, uses_imatrix=True),
+        Recipe("Q4_K_S", 14, uses_imatrix=True),
+        Recipe("IQ4_XS", 30, uses_imatrix=True),
     )
 }
 DEFAULT_FOR_BITS = {8: "Q8_0", 6: "Q6_K", 5: "Q5_K_M", 4: "Q4_K_M"}

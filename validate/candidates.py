@@ -9,14 +9,13 @@ import numpy as np
 
 from exaone_edge import bundle as bundle_format
 from exaone_edge.errors import ArtifactError
+from exaone_edge.levels import LEVELS, VISION_BITS
 from exaone_edge.manifest import read_manifest
 from exaone_edge.progress import stdout_to_stderr
 from exaone_edge.quantize.gptq import eager_gptq_kernels
 from exaone_edge.validate.reference import HFModel, Question
 from exaone_edge.vision import contract as vision_format
 
-LEVEL_BITS = {"F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8, "Q6_K": 6, "Q5_K_M": 5, "Q4_K_M": 4, "Q4_K_S": 4, "IQ4_XS": 4}
-VISION_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
 
 
 class BundleCandidate:
@@ -33,7 +32,7 @@ class BundleCandidate:
         decoder = self.engine.bundle.manifest.details.get("decoder", {})
         level = decoder.get("level", "?")
         self.name = level + (" +imatrix" if decoder.get("imatrix") else "")
-        self.bits = LEVEL_BITS.get(level)
+        self.bits = LEVELS[level].bits if level in LEVELS else None
         self.bytes = bundle_format.directory_bytes(self.path)
 
     def teacher_forced(self, question: Question, answer_ids: list[int]) -> np.ndarray:
