@@ -29,6 +29,7 @@ SPLIT_NAMES = {  # Split regex (followed by ByteLevel without its own regex) →
 # llama.cpp applies no normalizer to BPE vocabularies. NFC is accepted: it only changes text that is not
 # already NFC, so llama.cpp matches HF on NFC text (our runtime tokenizes with tokenizer.json itself).
 KNOWN_NORMALIZERS = (None, "NFC")
+META_NORMALIZER = "exaone_edge.tokenizer.normalizer"
 
 # gguf TokenType values
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
@@ -112,6 +113,8 @@ def write_vocab(writer: Any, vocab: Vocab) -> None:
     writer.add_add_bos_token(vocab.add_bos)
     writer.add_add_eos_token(vocab.add_eos)
     writer.add_chat_template(vocab.chat_template)
+    if vocab.normalizer is not None:  # llama.cpp ignores it; recorded so a reader knows to normalize its input
+        writer.add_string(META_NORMALIZER, vocab.normalizer)
 
 
 def pre_tokenizer_name(pre_tokenizer: Any, path: Path) -> str:
@@ -150,8 +153,8 @@ def normalizer_name(normalizer: Any, path: Path) -> str | None:
     kinds = [step.get("type") if isinstance(step, dict) else repr(step) for step in steps]
     if not kinds:
         return None
-    if kinds == ["NFC"]:
-        return "NFC"
+    if len(kinds) == 1 and kinds[0] in KNOWN_NORMALIZERS:
+        return kinds[0]
     raise CheckpointError(f"tokenizer.json normalizes text with {' + '.join(map(str, kinds))}, which llama.cpp does "
                           "not apply", path=path,
                           fix="Only no normalizer or NFC convert; llama.cpp would tokenize differently from HF.")

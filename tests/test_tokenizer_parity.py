@@ -155,8 +155,11 @@ def test_pre_tokenizer_and_normalizer_are_read_from_tokenizer_json(variants, nam
     pre, normalizer = VARIANTS[name]
     vocab = vocab_from_files(directory / "tokenizer.json", tokenizer.get_vocab_size(), 53, "")
     assert (vocab.pre, vocab.normalizer) == (pre, normalizer)
-    field = GGUFReader(directory / "vocab.gguf").fields["tokenizer.ggml.pre"]
+    fields = GGUFReader(directory / "vocab.gguf").fields
+    field = fields["tokenizer.ggml.pre"]
     assert bytes(field.parts[field.data[0]]).decode() == pre
+    field = fields.get("exaone_edge.tokenizer.normalizer")
+    assert (bytes(field.parts[field.data[0]]).decode() if field else None) == normalizer
 
 
 @pytest.mark.parametrize("parse_special", [True, False], ids=["special-on", "special-off"])
