@@ -16,6 +16,13 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def row_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row pair (vision rows: the direction the decoder reads)."""
+    reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    norms = np.linalg.norm(reference, axis=-1) * np.linalg.norm(candidate, axis=-1)
+    return (reference * candidate).sum(-1) / np.maximum(norms, 1e-30)
+
+
 @dataclass(frozen=True)
 class LogitFidelity:
     positions: int

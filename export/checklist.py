@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
+from exaone_edge.metrics import row_cosines
+
 # (name, (width, height)): shapes a document pipeline meets; the processor rescales each within min/max pixels
 PAGES: tuple[tuple[str, tuple[int, int]], ...] = (
     ("square", (448, 448)),
@@ -68,8 +70,7 @@ def compare(name: str, size: tuple[int, int], grid: tuple[int, int, int], got: n
     got64, want64 = got.astype(np.float64), want.astype(np.float64)
     max_abs = float(np.abs(got64 - want64).max())
     scale = max(1.0, float(np.abs(want64).max()))
-    norms = np.linalg.norm(got64, axis=1) * np.linalg.norm(want64, axis=1)
-    cosine = (got64 * want64).sum(axis=1) / np.maximum(norms, 1e-30)
+    cosine = row_cosines(want64, got64)
     ok = cosine.mean() >= tolerance.mean_row_cosine
     if tolerance.min_row_cosine is not None:
         ok = ok and cosine.min() >= tolerance.min_row_cosine

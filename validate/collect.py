@@ -13,9 +13,9 @@ import numpy as np
 from exaone_edge import __version__
 from exaone_edge.errors import InputError
 from exaone_edge.machine import describe_machine
-from exaone_edge.metrics import ANLS_THRESHOLD, anls, exact_match
+from exaone_edge.metrics import ANLS_THRESHOLD, anls, exact_match, row_cosines
 from exaone_edge.progress import log
-from exaone_edge.validate.reference import Question, row_cosines
+from exaone_edge.validate.reference import Question
 from exaone_edge.validate.reference_file import ReferenceFile, topk_fidelity
 
 SCHEMA_VERSION = 1

@@ -78,8 +78,3 @@ class HFModel:
             )
         return torch.cat(list(output.pooler_output), dim=0).float().numpy()
 
-
-def row_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    dot = (reference * candidate).sum(-1)
-    norms = np.linalg.norm(reference, axis=-1) * np.linalg.norm(candidate, axis=-1)
-    return dot / np.maximum(norms, 1e-12)
