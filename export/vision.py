@@ -19,7 +19,15 @@ from exaone_edge.files import atomic_dir, sha256_file
 from exaone_edge.manifest import Manifest, write_manifest
 from exaone_edge.progress import log
 from exaone_edge.spec import image_spec, vision_spec
-from exaone_edge.vision.contract import COPIED_FROM_CHECKPOINT, DATA_SUFFIX, GRAPH_FILE, INPUT_NAMES, KIND, OUTPUT_NAME
+from exaone_edge.vision.contract import (
+    COPIED_FROM_CHECKPOINT,
+    DATA_SUFFIX,
+    FUSED_ATTENTION,
+    GRAPH_FILE,
+    INPUT_NAMES,
+    KIND,
+    OUTPUT_NAME,
+)
 from exaone_edge.vision.geometry import graph_inputs, rope_theta
 from exaone_edge.vision.preprocess import preprocess
 
@@ -119,6 +127,8 @@ def export_vision(model_dir: Path, out: Path, *, precision: str = "fp32",
             "spec": checkpoint.config["vision_config"],  # VisionEncoder reads its VisionSpec and rope theta here
             "image": vars_of(checkpoint.image),
             "external_data": (tmp / (GRAPH_FILE + DATA_SUFFIX)).exists(),
+            # full-attention blocks run as one fused node: no [heads, patches, patches] scores (plan reads this)
+            "attention": FUSED_ATTENTION,
         }
         inputs = {"checkpoint": str(checkpoint.path), "config_sha256": sha256_file(checkpoint.path / "config.json"),
                   "shards": {shard.name: shard.stat().st_size for shard in checkpoint.shards

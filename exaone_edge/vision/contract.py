@@ -12,3 +12,4 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 COPIED_FROM_CHECKPOINT = ("config.json", PREPROCESSOR_FILE)
 INPUT_NAMES = ("pixel_patches", "cos", "sin", "window_index", "reverse_index", "window_gather", "window_scatter")
 OUTPUT_NAME = "rows"
+FUSED_ATTENTION = "fused-full-attention"  # manifest details["attention"] of graphs whose full blocks are fused
