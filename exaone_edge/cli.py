@@ -144,6 +144,13 @@ def serve(
     model_name: Annotated[str | None, typer.Option(help="Model id clients send (default: the bundle's name).")] = None,
     allow_dir: Annotated[list[Path] | None, typer.Option("--allow-dir", help="Local image/PDF paths are read only under this; repeatable.")] = None,
     allow_remote_urls: Annotated[bool | None, typer.Option("--allow-remote-urls", help="Fetch http(s) image URLs (off: refused).")] = None,
+    allow_remote_network: Annotated[list[str] | None, typer.Option("--allow-remote-network", help="A non-public network (CIDR) remote URLs may reach; repeatable.")] = None,
+    allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help="Without --api-key: a Host name served besides IPs and localhost ('*': any); repeatable.")] = None,
+    allow_origin: Annotated[list[str] | None, typer.Option("--allow-origin", help="A browser origin allowed (CORS), e.g. http://localhost:3000 ('*': any); repeatable.")] = None,
+    prepare_timeout_s: Annotated[float | None, typer.Option("--prepare-timeout", help="Seconds to fetch, render and decode a request's images (60); then 408.")] = None,
+    max_preparing: Annotated[int | None, typer.Option(help="Requests with images prepared at once (2); text-only requests never wait.")] = None,
+    send_timeout_s: Annotated[float | None, typer.Option("--send-timeout", help="Seconds a streaming client may accept nothing before it is cut off (30).")] = None,
+    max_stop: Annotated[int | None, typer.Option(help="Stop strings per request (16).")] = None,
     max_body_bytes: Annotated[int | None, typer.Option(help="Largest request body (32 MiB).")] = None,
     max_images: Annotated[int | None, typer.Option(help="Images per request, PDF pages included (8).")] = None,
     max_pdf_pages: Annotated[int | None, typer.Option(help="PDF pages per request (8).")] = None,
@@ -165,6 +172,8 @@ def serve(
     """
     flags = {name: value for name, value in locals().items() if name != "bundle"}  # flag name = setting name
     flags["allow_dir"] = tuple(allow_dir) if allow_dir else None
+    for name in ("allow_remote_network", "allow_host", "allow_origin"):
+        flags[name] = tuple(flags[name]) if flags[name] else None
     from exaone_edge.runtime.server.main import serve as run_server
     from exaone_edge.runtime.server.settings import ServerSettings
 

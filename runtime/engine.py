@@ -13,6 +13,7 @@ and more callers than slots wait for one. Closing the iterator early stops gener
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
@@ -216,6 +217,8 @@ class Engine:
         start = time.perf_counter()
         with self._lock:
             self.requests += 1
+        # The lock guards the vision encoder and its cache: a text-only prompt never waits for another's images.
+        with self._lock if message_images(messages) else contextlib.nullcontext():
             try:
                 prepared = self._prepare(messages, params.template_kwargs, cancel)
             except _Cancelled:

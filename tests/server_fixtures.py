@@ -143,3 +143,72 @@ def image_part(url: str, **extra) -> dict:
 
 def user(*parts, text: str = "What is on this page?") -> list[dict]:
     return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+
+
+class LocalWeb:
+    """A tiny HTTP server on a loopback address that records every request (path, Host) it gets.
+
+    Routes: /page.png (a PNG), /missing (404), /to?u=URL (302 to URL), /loop (302 to itself),
+    /slow (announces 100 kB, then sends one byte every 0.2 s). Any other path answers 200 "proxied".
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlsplit
+
+        self.hits: list[tuple[str, str]] = []
+        png = png_bytes(Image.new("RGB", (32, 24), "white"))
+        web = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                web.hits.append((self.path, self.headers.get("Host", "")))
+                parts = urlsplit(self.path)
+                if parts.path == "/page.png":
+                    self._answer(200, png, "image/png")
+                elif parts.path == "/to":
+                    self._redirect(parse_qs(parts.query)["u"][0])
+                elif parts.path == "/loop":
+                    self._redirect("/loop")
+                elif parts.path == "/slow":
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    try:
+                        for _ in range(500):
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    except OSError:
+                        pass
+                elif parts.path == "/missing":
+                    self._answer(404, b"secret upstream body", "text/plain")
+                else:
+                    self._answer(200, b"proxied", "text/plain")
+
+            def _answer(self, status: int, body: bytes, kind: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _redirect(self, location: str) -> None:
+                self.send_response(302)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://{host}:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)

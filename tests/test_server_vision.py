@@ -54,8 +54,10 @@ def allowed(tmp_path_factory):
 def url(engine, allowed):
     from exaone_edge.runtime.server import ServerSettings, create_app
 
-    # Remote fetching is on here and tested against a loopback HTTP server; test_server.py tests the refusal.
-    settings = ServerSettings(allow_dir=(allowed,), max_images=4, max_pdf_pages=2, allow_remote_urls=True)
+    # Remote fetching is on here and tested against a loopback HTTP server, which only an explicitly allowed
+    # network reaches; test_server.py tests the refusal with fetching off, test_server_hardening.py every non-public address.
+    settings = ServerSettings(allow_dir=(allowed,), max_images=4, max_pdf_pages=2, allow_remote_urls=True,
+                              allow_remote_network=("127.0.0.1/32",))
     with serve_in_process(create_app(engine, settings)) as base:
         yield base
 
@@ -147,4 +149,5 @@ def test_remote_url_fetched_when_allowed(url, engine, allowed, http_files):
                                                        question="What is on this page?", max_tokens=4)
     with pytest.raises(openai.BadRequestError) as info:
         client(url).chat.completions.create(model=MODEL, messages=user(image_part(f"{http_files}/absent.png")), max_tokens=2)
-    assert info.value.code == "invalid_image" and "HTTP 404" in info.value.message
+    assert info.value.code == "invalid_image" and "did not return a file" in info.value.message
+    assert "404" not in info.value.message  # the upstream's status and body stay in the server log

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from exaone_edge.errors import ExaoneEdgeError
 from exaone_edge.runtime.generation import GenerationParams
+from exaone_edge.runtime.server.body import check_content_type, parse_json
 from exaone_edge.runtime.server.errors import (
     AuthenticationFailed,
     BodyTooLarge,
@@ -32,8 +33,11 @@ from exaone_edge.runtime.server.errors import (
     ModelNotFound,
     error_body,
 )
-from exaone_edge.runtime.server.inputs import engine_messages
+from exaone_edge.runtime.server.guard import RequestGuard
+from exaone_edge.runtime.server.inputs import count_documents, engine_messages
+from exaone_edge.runtime.server.limits import check_request
 from exaone_edge.runtime.server.metrics import ServerMetrics
+from exaone_edge.runtime.server.prepare import Preparation
 from exaone_edge.runtime.server.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -62,7 +66,7 @@ class ServerState:
         self.created = int(time.time())
         self.worker = EngineWorker(engine, settings.max_queue, engine.parallel)  # the engine's slots, however it was loaded
         self.metrics = ServerMetrics(self.worker)
-        self.decoding = asyncio.Semaphore(1)
+        self.preparation = Preparation(settings.max_preparing, settings.prepare_timeout_s)  # image work only
 
 
 def create_app(engine: Any, settings: ServerSettings | None = None) -> CountRequests:
@@ -79,16 +83,17 @@ def create_app(engine: Any, settings: ServerSettings | None = None) -> CountRequ
     async def lifespan(app: Starlette):
         yield
         state.worker.close()
+        state.preparation.close()
 
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.server = state
-    return CountRequests(app, state)
+    return CountRequests(RequestGuard(app, state.settings), state)
 
 
 class CountRequests:
     """Counts every response by path and status for /metrics (pure ASGI, so streaming is not buffered)."""
 
-    def __init__(self, app: Starlette, state: ServerState) -> None:
+    def __init__(self, app: RequestGuard, state: ServerState) -> None:
         self.app = app
         self.state = state
 
@@ -114,6 +119,10 @@ class CountRequests:
 
 async def health(request: Request) -> Response:
     state: ServerState = request.app.state.server
+    failure = getattr(state.engine, "failure", None)
+    if failure is not None:  # the decode thread is gone: nothing can be generated until a restart
+        status, body = error_body(failure)
+        return JSONResponse({"status": "error", "model": state.model_id, **body}, status_code=status)
     return JSONResponse(
         {"status": "ok", "model": state.model_id, "queue_depth": state.worker.waiting, "running": state.worker.running}
     )
@@ -133,15 +142,23 @@ async def chat_completions(request: Request) -> Response:
     state: ServerState = request.app.state.server
     settings, engine = state.settings, state.engine
     _authorize(request, settings)
-    body = _parse(await _read_body(request, settings.max_body_bytes))
+    check_content_type(request.headers.get("content-type"))
+    body = _parse(await _read_body(request, settings.max_body_bytes), settings.max_json_depth)
     if body.model != state.model_id:
-        raise ModelNotFound(f"model '{body.model}' is not served here", fix=f"This server serves '{state.model_id}'.")
+        raise ModelNotFound(f"model '{body.model[:256]}' is not served here", fix=f"This server serves '{state.model_id}'.")
+    check_request(body, settings, engine.n_ctx)
     params = _params(body, settings)
+    failure = getattr(engine, "failure", None)
+    if failure is not None:
+        raise failure
     ticket = state.worker.admit()
     admitted = time.perf_counter()
     try:
-        async with state.decoding:  # one request decodes at a time: bounds the transient pixel memory
-            messages = await state.worker.run_blocking(engine_messages, body.messages, settings, engine.bundle.image.max_pixels)
+        max_pixels = engine.bundle.image.max_pixels
+        if count_documents(body.messages):  # its own pool and deadline (408), so text-only requests never wait here
+            messages = await state.preparation.run(engine_messages, body.messages, settings, max_pixels)
+        else:
+            messages = engine_messages(body.messages, settings, max_pixels)
         # Images are decoded and checked even for a text-only bundle, so a bad file gets its own error;
         # engine.check then refuses images without a vision encoder, and prompts longer than the context.
         await state.worker.run_blocking(engine.check, messages, params)  # 4xx now, before any byte is streamed
@@ -152,7 +169,7 @@ async def chat_completions(request: Request) -> Response:
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _events(state, messages, params, completion_id, include_usage, admitted)
-        return EventStream(events, on_close=ticket.release)
+        return EventStream(events, on_close=ticket.release, send_timeout_s=settings.send_timeout_s)
     try:
         return await _complete(request, state, messages, params, completion_id, admitted)
     except ClientGone:
@@ -187,11 +204,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _parse(body: bytes) -> ChatCompletionRequest:
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"the request body is not valid JSON ({exc})") from None
+def _parse(body: bytes, max_depth: int) -> ChatCompletionRequest:
+    data = parse_json(body, max_depth)
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
@@ -300,11 +314,27 @@ async def _events(state, messages, params, completion_id, include_usage, admitte
 
 
 class EventStream(StreamingResponse):
-    """SSE that frees its queue slot however it ends: finished, failed, or the client disconnected."""
+    """SSE that frees its queue slot however it ends: finished, failed, the client disconnected, or stalled.
 
-    def __init__(self, events, on_close) -> None:
+    A client that accepts no byte for `send_timeout_s` while events wait (its TCP window and the
+    server's buffers are full) loses the response: generation is cancelled and the connection closed.
+    """
+
+    def __init__(self, events, on_close, send_timeout_s: float) -> None:
         super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         self._on_close = on_close
+        self._send_timeout_s = send_timeout_s
+
+    async def stream_response(self, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            try:
+                async with asyncio.timeout(self._send_timeout_s):
+                    await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
+            except TimeoutError:
+                log.warning("a streaming client accepted nothing for %g s: its generation is cancelled", self._send_timeout_s)
+                return  # the response stays incomplete: the server closes the connection
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope, receive, send) -> None:
         try:

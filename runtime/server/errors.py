@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from exaone_edge.errors import ExaoneEdgeError, ImageRejected, InputError
 from exaone_edge.runtime.generation import PromptTooLong
+from exaone_edge.runtime.scheduler import DecoderDied
+from exaone_edge.runtime.server.prepare import DeadlineExceeded
 from exaone_edge.runtime.server.schemas import ErrorBody, ErrorDetail
 
 
@@ -31,6 +33,24 @@ class NotAllowed(ExaoneEdgeError):
     """A local path outside the allowed directories, or a remote URL while fetching is off."""
 
 
+class UnsupportedMediaType(InputError):
+    """The body is not sent as application/json."""
+
+
+class HostNotAllowed(NotAllowed):
+    """Without an API key, a Host header that is not an IP literal, localhost, or allowed (DNS rebinding)."""
+
+
+class OriginNotAllowed(NotAllowed):
+    """Without an API key, a browser Origin that is neither the server's own nor allowed (cross-site)."""
+
+
+class ServerStopped(ExaoneEdgeError):
+    """`serve` ended because the engine failed; a supervisor should start it again."""
+
+    exit_code = 1
+
+
 class BodyTooLarge(InputError):
     """The request body exceeds the configured limit."""
 
@@ -54,6 +74,11 @@ HTTP_ERRORS: dict[type[BaseException], tuple[int, str, str | None]] = {
     InputError: (400, "invalid_request_error", None),
     AuthenticationFailed: (401, "invalid_request_error", "invalid_api_key"),
     NotAllowed: (403, "permission_error", "not_allowed"),
+    HostNotAllowed: (403, "permission_error", "host_not_allowed"),
+    OriginNotAllowed: (403, "permission_error", "origin_not_allowed"),
+    UnsupportedMediaType: (415, "invalid_request_error", "unsupported_media_type"),
+    DeadlineExceeded: (408, "invalid_request_error", "input_timeout"),
+    DecoderDied: (503, "server_error", "engine_failed"),
     QueueFull: (429, "rate_limit_error", "queue_full"),
 }
 SERVER_ERROR = (500, "server_error", None)

@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlparse
 from exaone_edge.errors import ImageRejected, InputError
 from exaone_edge.images import is_pdf, open_image, render_pdf
 from exaone_edge.runtime.server.errors import NotAllowed, Unsupported
+from exaone_edge.runtime.server.prepare import Deadline
+from exaone_edge.runtime.server.remote import fetch
 from exaone_edge.runtime.server.schemas import ChatMessage, FilePart, ImageUrlPart, TextPart
 from exaone_edge.runtime.server.settings import ServerSettings
 
@@ -37,8 +39,13 @@ def count_documents(messages: list[ChatMessage]) -> int:
     )
 
 
-def engine_messages(messages: list[ChatMessage], settings: ServerSettings, max_pixels: int) -> list[dict[str, Any]]:
-    """Decode every image/PDF part (blocking: run it in a worker thread); text passes through."""
+def engine_messages(
+    messages: list[ChatMessage], settings: ServerSettings, max_pixels: int, deadline: Deadline | None = None
+) -> list[dict[str, Any]]:
+    """Decode every image/PDF part (blocking: run it in a worker thread); text passes through.
+
+    `deadline` is checked before each part and bounds remote fetches (per block).
+    """
     if count_documents(messages) > settings.max_images:
         raise InputError(f"{count_documents(messages)} images/files in the request, the limit is {settings.max_images}")
     out: list[dict[str, Any]] = []
@@ -53,10 +60,13 @@ def engine_messages(messages: list[ChatMessage], settings: ServerSettings, max_p
             if isinstance(part, TextPart):
                 parts.append({"type": "text", "text": part.text})
                 continue
-            source = _source(part, settings)
+            deadline = deadline or Deadline(settings.prepare_timeout_s)
+            deadline.check("reading the request's images")
+            source = _source(part, settings, deadline)
             if is_pdf(source.data):
                 remaining = settings.max_pdf_pages - pdf_pages
                 limits = replace(settings.limits, max_pdf_pages=max(remaining, 0))
+                # One PDF renders to the end (at most max_pdf_pages pages); the caller answers 408 on time anyway.
                 pages = render_pdf(source.data, source.pages, max_pixels=max_pixels, limits=limits, name=source.name)
                 pdf_pages += len(pages)
             else:
@@ -77,7 +87,7 @@ def engine_messages(messages: list[ChatMessage], settings: ServerSettings, max_p
     return out
 
 
-def _source(part: ImageUrlPart | FilePart, settings: ServerSettings) -> Source:
+def _source(part: ImageUrlPart | FilePart, settings: ServerSettings, deadline: Deadline) -> Source:
     if isinstance(part, FilePart):
         if part.file.file_data is None:
             raise Unsupported("'file' parts need 'file_data' (a data URL); there is no file store for 'file_id'")
@@ -88,7 +98,7 @@ def _source(part: ImageUrlPart | FilePart, settings: ServerSettings) -> Source:
     if scheme == "data":
         return Source(_data_url(url, "image", settings), "image", part.image_url.pages)
     if scheme in ("http", "https"):
-        return Source(_fetch(url, settings), url, part.image_url.pages)
+        return Source(_fetch(url, settings, deadline), urlparse(url).hostname or "remote file", part.image_url.pages)
     if scheme == "file" or url.startswith("/"):
         path = _allowed_path(Path(unquote(urlparse(url).path)) if scheme == "file" else Path(url), settings)
         return Source(_read_file(path, settings), str(path), part.image_url.pages)
@@ -129,23 +139,13 @@ def _read_file(path: Path, settings: ServerSettings) -> bytes:
     return path.read_bytes()
 
 
-def _fetch(url: str, settings: ServerSettings) -> bytes:
+def _fetch(url: str, settings: ServerSettings, deadline: Deadline) -> bytes:
     if not settings.allow_remote_urls:
         raise NotAllowed(
             "remote image URLs are refused (nothing leaves this machine)",
             fix="Send a data: URL, or start the server with --allow-remote-urls.",
         )
-    import httpx
-
-    data = bytearray()
-    try:
-        with httpx.stream("GET", url, timeout=settings.remote_timeout_s, follow_redirects=False) as response:
-            if response.status_code != 200:
-                raise ImageRejected(f"{url}: HTTP {response.status_code}")
-            for block in response.iter_bytes():
-                data += block
-                if len(data) > settings.max_file_bytes:
-                    raise ImageRejected(f"{url}: more than {settings.max_file_bytes:,} bytes")
-    except httpx.HTTPError as exc:
-        raise ImageRejected(f"{url}: could not be fetched ({type(exc).__name__})") from None
-    return bytes(data)
+    return fetch(
+        url, max_bytes=settings.max_file_bytes, timeout_s=settings.remote_timeout_s, max_redirects=settings.max_redirects,
+        deadline=deadline, allowed_networks=settings.allow_remote_network,
+    )

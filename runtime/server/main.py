@@ -1,12 +1,19 @@
-"""`exaone-edge serve`: load the bundle once, bind (loopback by default), run uvicorn until interrupted."""
+"""`exaone-edge serve`: load the bundle once, bind (loopback by default), run uvicorn until interrupted.
+
+If the engine's decode thread dies, /health turns 503 and the server exits non-zero rather than
+restart the thread: the llama.cpp context it owned is in an unknown state and only a fresh process
+is known good (vLLM exits on engine death for the same reason); a supervisor restarts it.
+"""
 
 from __future__ import annotations
 
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from exaone_edge.errors import InputError
+from exaone_edge.runtime.server.errors import ServerStopped
 from exaone_edge.runtime.server.settings import ServerSettings
 
 
@@ -41,6 +48,21 @@ def serve(bundle_dir: Path | str, settings: ServerSettings) -> None:
         )
         sys.stderr.flush()
         config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-        uvicorn.Server(config).run(sockets=[sock])
+        server = uvicorn.Server(config)
+        threading.Thread(target=_stop_on_failure, args=(engine, server), name="exaone-edge-watchdog", daemon=True).start()
+        server.run(sockets=[sock])
+        if engine.failure is not None:
+            raise ServerStopped(
+                "the engine's decode thread died (traceback above); the server stopped so that it can be restarted",
+                fix="Restart it (a supervisor such as systemd or a container restart policy does this), and report the traceback.",
+            )
     finally:
         engine.close()
+
+
+def _stop_on_failure(engine, server) -> None:
+    while not server.should_exit:
+        if engine.wait_failure(timeout=1.0) is not None:
+            sys.stderr.write("error: the decode thread died; /health answers 503 and the server is stopping\n")
+            server.should_exit = True
+            return

@@ -22,8 +22,8 @@ class TextPart(_Request):
 
 class ImageUrl(_Request):
     url: str  # data:image/...;base64,…, data:application/pdf;base64,…, file:///path, /path, http(s)://…
-    detail: str | None = None
-    pages: str | None = None  # PDFs: "1-3,5" (1-based); default: every page, up to the limit
+    detail: str | None = Field(None, max_length=16)
+    pages: str | None = Field(None, max_length=256)  # PDFs: "1-3,5" (1-based); default: every page, up to the limit
 
 
 class ImageUrlPart(_Request):
@@ -33,9 +33,9 @@ class ImageUrlPart(_Request):
 
 class FileRef(_Request):
     file_data: str | None = None  # a data URL (application/pdf or an image)
-    file_id: str | None = None  # not supported: there is no file store
-    filename: str | None = None
-    pages: str | None = None
+    file_id: str | None = Field(None, max_length=256)  # not supported: there is no file store
+    filename: str | None = Field(None, max_length=1024)
+    pages: str | None = Field(None, max_length=256)
 
 
 class FilePart(_Request):
@@ -56,7 +56,7 @@ class StreamOptions(_Request):
 
 
 class ChatCompletionRequest(_Request):
-    model: str
+    model: str = Field(max_length=256)
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -64,9 +64,9 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)  # default 0: greedy, what document QA wants
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0, le=2**31 - 1)  # llama.cpp takes an int32
     min_p: float | None = Field(None, ge=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     stop: str | list[str] | None = None
     ignore_eos: bool = False  # vLLM's extension: a fixed number of tokens, for load tests
     n: int = Field(1, ge=1, le=1)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from exaone_edge.errors import InputError
 from exaone_edge.images import DocumentLimits
 
 ENV_PREFIX = "EXAONE_EDGE_"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+LIST_SETTINGS = ("allow_remote_network", "allow_host", "allow_origin")  # comma-separated in the environment
 
 
 class ServerSettings(BaseModel):
@@ -25,6 +27,12 @@ class ServerSettings(BaseModel):
     model_name: str | None = None  # the id clients must send (default: the bundle's directory name)
     allow_dir: tuple[Path, ...] = ()  # local image/PDF paths are read only from under these
     allow_remote_urls: bool = False  # fetch http(s) image URLs; off: nothing is fetched from the network
+    # Networks (CIDR) remote fetching may reach although they are not public (an intranet file server).
+    allow_remote_network: tuple[str, ...] = ()
+    max_redirects: int = Field(3, ge=0, le=20)  # redirect hops a remote fetch follows, each one checked again
+    # Without an API key: Host names besides IP literals and localhost, and browser origins, that are served.
+    allow_host: tuple[str, ...] = ()
+    allow_origin: tuple[str, ...] = ()  # also get CORS headers
     max_body_bytes: int = Field(32 * 2**20, ge=1024)
     max_images: int = Field(8, ge=0)  # images per request, PDF pages included
     max_pdf_pages: int = Field(8, ge=1)  # PDF pages per request
@@ -34,6 +42,19 @@ class ServerSettings(BaseModel):
     max_request_pixels: int = Field(64_000_000, ge=1)
     max_file_bytes: int = Field(DocumentLimits().max_file_bytes, ge=1)
     remote_timeout_s: float = Field(10.0, gt=0)
+    # One deadline for all of a request's input preparation (fetch, PDF render, decode) → 408 past it.
+    prepare_timeout_s: float = Field(60.0, gt=0)
+    max_preparing: int = Field(2, ge=1, le=64)  # requests with images prepared at once; text-only ones never wait
+    # Request shape limits (each refusal names its limit). OpenAI allows 4 stop strings; vLLM has no limit.
+    max_messages: int = Field(1024, ge=1)
+    max_content_parts: int = Field(1024, ge=1)  # text, image and file parts in the whole request
+    max_text_chars: int = Field(1_000_000, ge=1)  # all message text together (≈ the largest context, 262,144 tokens)
+    max_stop: int = Field(16, ge=0)
+    max_stop_chars: int = Field(256, ge=1)
+    max_template_kwargs: int = Field(32, ge=0)
+    max_json_depth: int = Field(32, ge=8, le=512)
+    # A streaming client that accepts no byte for this long loses its response (and its slot).
+    send_timeout_s: float = Field(30.0, gt=0)
     max_queue: int = Field(8, ge=0)  # requests waiting for the engine beyond the running ones; more → 429
     parallel: int = Field(1, ge=1, le=64)  # generations decoded together (slots); each holds a ctx-sized KV cache
     default_max_tokens: int = Field(512, ge=1)
@@ -53,7 +74,12 @@ class ServerSettings(BaseModel):
         for name in cls.model_fields:
             raw = environ.get(ENV_PREFIX + name.upper())
             if raw:
-                values[name] = tuple(p for p in raw.split(os.pathsep) if p) if name == "allow_dir" else raw
+                if name == "allow_dir":
+                    values[name] = tuple(p for p in raw.split(os.pathsep) if p)
+                elif name in LIST_SETTINGS:
+                    values[name] = tuple(p.strip() for p in raw.split(",") if p.strip())
+                else:
+                    values[name] = raw
         values.update({k: v for k, v in (flags or {}).items() if v is not None})
         try:
             return cls.model_validate(values)
@@ -61,6 +87,16 @@ class ServerSettings(BaseModel):
             first = exc.errors()[0]
             field = ".".join(str(part) for part in first["loc"])
             raise InputError(f"server setting '{field}': {first['msg']}") from None
+
+    @field_validator("allow_remote_network")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for spec in value:
+            try:
+                ipaddress.ip_network(spec, strict=False)
+            except ValueError:
+                raise ValueError(f"{spec!r} is not a network like 10.0.0.0/8") from None
+        return value
 
     @property
     def limits(self) -> DocumentLimits:
