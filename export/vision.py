@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from exaone_edge.errors import InputError, ValidationFailed, require
-from exaone_edge.files import atomic_dir, sha256_file
+from exaone_edge.files import atomic_dir, check_output_dir, sha256_file
 from exaone_edge.manifest import Manifest, write_manifest
 from exaone_edge.progress import log
 from exaone_edge.spec import image_spec, vision_spec
@@ -79,6 +79,7 @@ def export_vision(model_dir: Path, out: Path, *, precision: str = "fp32",
     from exaone_edge.export.weights import vision_tensor_names
 
     check_precision(precision)
+    check_output_dir(Path(out), overwrite=overwrite, kind=KIND)  # before minutes of loading and tracing
     for module in ("torch", "transformers", "onnx"):
         require(module, "export")
     started = time.perf_counter()
@@ -92,7 +93,7 @@ def export_vision(model_dir: Path, out: Path, *, precision: str = "fp32",
     log(f"loading the vision tower ({spec.params / 1e6:.1f}M parameters, {weight_bytes / 2**20:.0f} MiB in float32)")
     model, references = _reference(checkpoint, samples)
 
-    with atomic_dir(Path(out), overwrite=overwrite) as tmp:
+    with atomic_dir(Path(out), overwrite=overwrite, kind=KIND) as tmp:
         import onnx
 
         from exaone_edge.export import onnx_graph, precision as convert

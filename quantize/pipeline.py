@@ -3,7 +3,8 @@
 Intermediates live in a work directory beside the output, each with a sidecar recording the hash
 of its inputs and of itself: a rerun reuses a valid F16 GGUF or imatrix made from the same inputs,
 and redoes one that is partial, corrupt or stale. Every final file is written under a temporary
-name and renamed, so an interrupted run never leaves a file that looks finished.
+name and renamed, so an interrupted run never leaves a file that looks finished. A `--work-dir` is shared with
+the user: only files with our sidecar are replaced or removed, and the folder itself only if a run of ours made it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import hashlib
 import json
 import math
 import resource
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +24,8 @@ import numpy as np
 from exaone_edge import __version__
 from exaone_edge.checkpoint import open_checkpoint
 from exaone_edge.errors import InputError, ValidationFailed, require
-from exaone_edge.files import atomic_dir, sha256_file, write_json
+from exaone_edge.files import (atomic_dir, check_output_dir, close_work_dir, open_work_dir, scratch_dir, sha256_file,
+                               write_json)
 from exaone_edge.levels import estimated_bytes
 from exaone_edge.progress import log
 from exaone_edge.quantize.calibration import CalibrationSample, samples_hash
@@ -75,15 +76,14 @@ def quantize_checkpoint(
 ) -> QuantizeResult:
     require("gguf", "quantize")
     require("llama_cpp", "quantize")
-    from exaone_edge.bundle import check_vision_dir, directory_bytes, write_bundle
+    from exaone_edge.bundle import KIND as BUNDLE, check_vision_dir, directory_bytes, write_bundle
     from exaone_edge.quantize.gguf_convert import checkpoint_hash, ensure_free_space, plan_tensors
 
     started = time.monotonic()
     chosen = choose_recipe(bits, recipe, imatrix)
     checkpoint = open_checkpoint(Path(checkpoint_dir))
     out = Path(out)
-    if out.exists() and not overwrite and any(out.iterdir()):
-        raise InputError("output directory exists and is not empty", path=out, fix="Choose a new path or pass --overwrite.")
+    check_output_dir(out, overwrite=overwrite, kind=BUNDLE)
     if vision_dir is not None:
         check_vision_dir(vision_dir)
     if chosen.uses_imatrix and not calibration:
@@ -94,6 +94,9 @@ def quantize_checkpoint(
     work = Path(work_dir) if work_dir else out.parent / f".{out.name}.work"
     source_hash = checkpoint_hash(checkpoint)
     f16_path, f16_inputs = work / "decoder-F16.gguf", {"checkpoint": source_hash, "toolkit": __version__}
+    intermediates = [f16_path, work / "imatrix.gguf"] if chosen.uses_imatrix else [f16_path]
+    for path in intermediates:
+        _claim(path)
     plan = plan_tensors(checkpoint, "F16")
     f16_bytes = sum(t.nbytes for t in plan)
     params = sum(math.prod(t.shape) for t in plan)
@@ -106,6 +109,7 @@ def quantize_checkpoint(
     else:
         ensure_free_space(work / "x", work_needs)
         ensure_free_space(out, out_needs)
+    open_work_dir(work)
     reused: list[str] = []
 
     vision = _VisionOnce(checkpoint, vision_dir)
@@ -120,24 +124,25 @@ def quantize_checkpoint(
                                lambda tmp: _collect(checkpoint, vision, f16, calibration, calib_hash, tmp, threads),
                                "importance matrix", reused)
     log(f"quantize: {chosen.level} with llama.cpp{' and the importance matrix' if imatrix_path else ''}")
-    quantized = work / f"decoder-{chosen.level}.gguf"
-    _quantize(f16, quantized, chosen, imatrix_path, threads)
-    fidelity = _fidelity(checkpoint, vision, f16, quantized, evaluation)
-    if not np.isfinite(fidelity["kl_mean"]):
-        raise ValidationFailed(f"{chosen.level} decoder produces non-finite logits", path=quantized)
-    decoder_bytes = quantized.stat().st_size
-    details = {
-        "decoder": {"level": chosen.level, "bits_per_weight": round(decoder_bytes * 8 / params, 3), "bytes": decoder_bytes,
-                    "format": "gguf", "arch": "exaone4", "imatrix": imatrix_path is not None,
-                    "mtp": "dropped" if checkpoint.spec.decoder.nextn_layers else "none"},
-    }
-    inputs = {"checkpoint_sha256": source_hash, "calibration_sha256": calib_hash if imatrix_path else None,
-              "toolkit_version": __version__}
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        write_bundle(tmp, checkpoint, quantized, imatrix=imatrix_path, vision_dir=vision_dir, details=details,
-                     inputs=inputs, validation={"decoder_vs_f16": fidelity})
+    with scratch_dir(work, "quantize") as scratch:  # this run's own files: gone on exit, swept after a kill
+        quantized = scratch / f"decoder-{chosen.level}.gguf"
+        _quantize(f16, quantized, chosen, imatrix_path, threads)
+        fidelity = _fidelity(checkpoint, vision, f16, quantized, evaluation)
+        if not np.isfinite(fidelity["kl_mean"]):
+            raise ValidationFailed(f"{chosen.level} decoder produces non-finite logits", path=quantized)
+        decoder_bytes = quantized.stat().st_size
+        details = {
+            "decoder": {"level": chosen.level, "bits_per_weight": round(decoder_bytes * 8 / params, 3),
+                        "bytes": decoder_bytes, "format": "gguf", "arch": "exaone4", "imatrix": imatrix_path is not None,
+                        "mtp": "dropped" if checkpoint.spec.decoder.nextn_layers else "none"},
+        }
+        inputs = {"checkpoint_sha256": source_hash, "calibration_sha256": calib_hash if imatrix_path else None,
+                  "toolkit_version": __version__}
+        with atomic_dir(out, overwrite=overwrite, kind=BUNDLE) as tmp:
+            write_bundle(tmp, checkpoint, quantized, imatrix=imatrix_path, vision_dir=vision_dir, details=details,
+                         inputs=inputs, validation={"decoder_vs_f16": fidelity})
     if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
+        _remove_intermediates(work, intermediates)
     result = QuantizeResult(out, chosen.level, details["decoder"]["bits_per_weight"], decoder_bytes,
                             out / "imatrix.gguf" if imatrix_path else None, time.monotonic() - started,
                             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, fidelity, reused)
@@ -146,8 +151,37 @@ def quantize_checkpoint(
 
 # -- cached intermediates ---------------------------------------------------------------------------
 
+def _sidecar_path(path: Path) -> Path:
+    return path.with_suffix(path.suffix + ".json")
+
+
 def _sidecar(path: Path) -> dict[str, Any]:
-    return json.loads(path.with_suffix(path.suffix + ".json").read_text(encoding="utf-8"))
+    return json.loads(_sidecar_path(path).read_text(encoding="utf-8"))
+
+
+def _ours(path: Path) -> bool:
+    """Whether `path` (or its sidecar) was made by a run of ours: the sidecar records its inputs and checksum."""
+    try:
+        record = _sidecar(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"inputs", "bytes", "sha256"} <= record.keys()
+
+
+def _claim(path: Path) -> None:
+    """Refuse to replace a file at an intermediate's name that no run of ours made (the user's own, in --work-dir)."""
+    if (path.exists() or _sidecar_path(path).exists()) and not _ours(path):
+        raise InputError(f"the work folder holds {path.name} or {_sidecar_path(path).name}, which exaone-edge did not "
+                         "make; nothing was changed", path=path.parent, fix="Move it away, or pass another --work-dir.")
+
+
+def _remove_intermediates(work: Path, paths: list[Path]) -> None:
+    """Delete our intermediates (this run's or an earlier run's, known by their sidecar), never anything else."""
+    for path in paths:
+        if _ours(path):
+            path.unlink(missing_ok=True)
+            _sidecar_path(path).unlink(missing_ok=True)
+    close_work_dir(work)
 
 
 def _valid(path: Path, inputs: dict[str, Any]) -> bool:
@@ -169,11 +203,13 @@ def _cached(path: Path, inputs: dict[str, Any], make: Callable[[Path], None], wh
         return path
     from exaone_edge.files import atomic_path
 
-    sidecar = path.with_suffix(path.suffix + ".json")
-    sidecar.unlink(missing_ok=True)
+    _claim(path)
     with atomic_path(path) as tmp:
         make(tmp)
-    write_json(sidecar, {"inputs": _inputs_hash(inputs), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+        # The record goes first: a kill before the rename leaves a record that does not match (redone next time),
+        # never a file without one (which would look like the user's own).
+        write_json(_sidecar_path(path), {"inputs": _inputs_hash(inputs), "bytes": tmp.stat().st_size,
+                                         "sha256": sha256_file(tmp), "made_by": "exaone-edge quantize"})
     return path
 
 
