@@ -45,7 +45,7 @@ def inspect(
 def tiny_model(
     out: Annotated[Path, typer.Argument(help="Directory to write the checkpoint to.")],
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier output of this command (never a folder it did not write).")] = False,
     preset: Annotated[str, typer.Option(help="tiny (tests, demo) or bench (real layer widths, 2.4 GB).")] = "tiny",
     json_output: JsonFlag = False,
 ) -> None:
@@ -190,7 +190,7 @@ def quantize(
     vision: Annotated[Path | None, typer.Option(help="Vision export dir (`exaone-edge export`) to bundle.")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Where intermediates live (default: beside -o).")] = None,
     keep_work: Annotated[bool, typer.Option(help="Keep the F16 GGUF and imatrix for later runs.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier output of this command (never a folder it did not write).")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
     group_size: Annotated[int, typer.Option(help="GPTQ group size (-1: per channel).")] = 128,
     imatrix: Annotated[bool, typer.Option(help="Calibrate 4/5/6-bit levels with the document importance matrix.")] = True,
@@ -248,7 +248,7 @@ def export(
     precision: Annotated[str, typer.Option(help="fp32, fp16 (GPU), int8 (static QDQ) or int4 (weight-only).")] = "fp32",
     calibration: Annotated[Path | None, typer.Option(help="Document set or folder of PDFs/images for int8 "
                                                      "(default: a generated set).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier output of this command (never a folder it did not write).")] = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Export the vision encoder (tower + merger) to one ONNX graph for every page size, validated."""
@@ -277,18 +277,20 @@ def validate(
                                                          "(default: ~/.cache/exaone-edge/references).")] = None,
     reference_dtype: Annotated[str, typer.Option(help="Reference precision: auto (bf16 on CUDA, float32 on CPU), "
                                                  "bfloat16 or float32.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier report in -o (nothing else is ever replaced).")] = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Accuracy-regression report per artifact: vision/decoder fidelity, document-QA accuracy, speed, memory."""
     from exaone_edge.validate.collect import ValidateOptions, validate as collect
-    from exaone_edge.validate.report import load_baseline, write_report
+    from exaone_edge.validate.report import check_report_dir, load_baseline, write_report
 
+    check_report_dir(out, overwrite)  # a folder we may not write fails before the run, not after
     if baseline is not None:
         load_baseline(baseline)  # a bad baseline fails before the run, not after
     report = collect(reference, artifacts, eval_set, ValidateOptions(max_questions=max_questions, measure_speed=not no_speed),
                      reference_cache=reference_cache, reference_dtype=reference_dtype)
     overrides = {"kl_mean_increase": kl_threshold} if kl_threshold is not None else None
-    result = write_report(out, report, baseline, overrides)
+    result = write_report(out, report, baseline, overrides, overwrite=overwrite)
     lines = [f"{a['name']}: KL {((a.get('decoder') or {}).get('kl_mean'))}, ANLS {((a.get('task') or {}).get('anls'))}"
              for a in report["artifacts"]]
     lines.append(f"report: {result.directory / 'report.html'}")
@@ -342,7 +344,7 @@ def docs_make(
     lang: Annotated[str, typer.Option("--lang", help="Languages, comma-separated: ko, en.")] = "ko,en",
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical pages.")] = 0,
     pdf: Annotated[bool, typer.Option("--pdf", help="Also write each document as a PDF with a text layer.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier output of this command (never a folder it did not write).")] = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Write a synthetic set of invoices, receipts, statements, tables, charts and forms with QA pairs."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from exaone_edge.checkpoint import open_checkpoint
 from exaone_edge.errors import InputError, require
-from exaone_edge.files import atomic_dir
+from exaone_edge.files import atomic_dir, check_output_dir
 from exaone_edge.manifest import Manifest, write_manifest
 from exaone_edge.progress import log, stdout_to_stderr
 
@@ -99,6 +99,7 @@ def quantize_gptq(
     overwrite: bool = False,
 ) -> GptqResult:
     check_options(bits, group_size, _decoder_in_features(model_dir))
+    check_output_dir(Path(out), overwrite=overwrite, kind="gptq")  # before the model loads
     if len(calibration) < MIN_CALIBRATION:
         raise InputError(
             f"the calibration set gives {len(calibration)} samples; GPTQ needs at least {MIN_CALIBRATION}",
@@ -126,7 +127,7 @@ def _quantize(model_dir: Path, out: Path, calibration: list[Conversation], evalu
     from gptqmodel import GPTQModel, QuantizeConfig
 
     started = time.perf_counter()
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind="gptq") as tmp:
         tmp = tmp.resolve()  # GPTQModel runs inside the scratch dir: relative paths would land there
         scratch = tmp / ".scratch"
         scratch.mkdir()

@@ -172,7 +172,8 @@ def test_interrupted_run_leaves_no_final_files(tiny_model_dir, tmp_path, monkeyp
         quantize_checkpoint(tiny_model_dir, tmp_path / "out", bits=8, work_dir=tmp_path / "work")
     assert not (tmp_path / "out").exists()
     leftovers = sorted(p.name for p in (tmp_path / "work").iterdir())
-    assert leftovers == ["decoder-F16.gguf", "decoder-F16.gguf.json"]  # finished, verified, reusable
+    # finished, verified, reusable; the marker says a run of ours made the folder (so a later run may remove it)
+    assert leftovers == [".exaone-edge-work.json", "decoder-F16.gguf", "decoder-F16.gguf.json"]
 
 
 def test_no_disk_space_is_checked_up_front(tiny_model_dir, tmp_path, monkeypatch):
@@ -341,7 +342,7 @@ def test_cli_interrupted_during_imatrix_leaves_only_reusable_work(tiny_model_dir
     assert "interrupted:" in rest and "reused by the next run" in rest and "Traceback" not in rest, rest
     assert not out.exists()
     work = tmp_path / ".q4.work"
-    assert sorted(p.name for p in work.iterdir()) == ["decoder-F16.gguf", "decoder-F16.gguf.json"]
+    assert sorted(p.name for p in work.iterdir()) == [".exaone-edge-work.json", "decoder-F16.gguf", "decoder-F16.gguf.json"]
     assert not any(name.endswith(".partial") for name in os.listdir(tmp_path))
 
 
