@@ -113,6 +113,8 @@ LIMIT_CASES = {
     "top_k beyond int32": (body(top_k=2**40), 400, "invalid_request", "", "top_k"),
     "5 chat_template_kwargs (limit 4)": (body(chat_template_kwargs={f"k{i}": i for i in range(5)}), 400, "invalid_request",
                                          "limit is 4", "chat_template_kwargs"),
+    "a 9000-character link": (body(messages=user(image_part("https://example.com/" + "a" * 9000))), 400, "invalid_request",
+                              "limit is 8,192", "messages.0.content.0.image_url.url"),
     "a 300-character PDF page selection": (body(messages=user(image_part("data:application/pdf;base64,", pages="1," * 150))),
                                            400, "invalid_request", "", None),
 }

@@ -32,6 +32,7 @@ from exaone_edge.runtime.server.errors import (
     InvalidRequest,
     ModelNotFound,
     error_body,
+    error_status,
 )
 from exaone_edge.runtime.server.guard import RequestGuard
 from exaone_edge.runtime.server.inputs import count_documents, engine_messages
@@ -367,5 +368,6 @@ async def http_error(request: Request, error: Exception) -> Response:
 
 
 async def unexpected_error(request: Request, error: Exception) -> Response:
-    log.error("unexpected error on %s", request.url.path, exc_info=error)
+    if error_status(error)[0] == 500:  # a dead decoder (503) was logged once, with its cause, when it died
+        log.error("unexpected error on %s", request.url.path, exc_info=error)
     return _error_response(error)

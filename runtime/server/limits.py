@@ -7,11 +7,12 @@ every token), tens of thousands of messages or parts, or a `max_tokens` no conte
 from __future__ import annotations
 
 from exaone_edge.runtime.server.errors import InvalidRequest
-from exaone_edge.runtime.server.schemas import ChatCompletionRequest, TextPart
+from exaone_edge.runtime.server.schemas import ChatCompletionRequest, ImageUrlPart, TextPart
 from exaone_edge.runtime.server.settings import ServerSettings
 
 # What the server itself passes to the chat template (runtime/prompt.py ChatFormat.render): a request
 # may not replace them through chat_template_kwargs (a collision was a TypeError, a 500, before).
+MAX_URL_CHARS = 8192  # a link (not a data: URL, which the body size bounds); browsers and proxies stop near here
 RESERVED_TEMPLATE_NAMES = frozenset({
     "messages", "tools", "documents", "add_generation_prompt",
     "bos_token", "eos_token", "unk_token", "pad_token",
@@ -24,12 +25,17 @@ def check_request(body: ChatCompletionRequest, settings: ServerSettings, n_ctx: 
     if len(body.messages) > settings.max_messages:
         _refuse("messages", f"{len(body.messages):,} messages, the limit is {settings.max_messages:,}")
     parts = chars = 0
-    for message in body.messages:
+    for m, message in enumerate(body.messages):
         if isinstance(message.content, str):
             chars += len(message.content)
         elif message.content is not None:
             parts += len(message.content)
             chars += sum(len(part.text) for part in message.content if isinstance(part, TextPart))
+            for p, part in enumerate(message.content):
+                url = part.image_url.url if isinstance(part, ImageUrlPart) else ""
+                if len(url) > MAX_URL_CHARS and not url[:5].lower() == "data:":
+                    _refuse(f"messages.{m}.content.{p}.image_url.url",
+                            f"a URL of {len(url):,} characters, the limit is {MAX_URL_CHARS:,}")
     if parts > settings.max_content_parts:
         _refuse("messages", f"{parts:,} content parts in the request, the limit is {settings.max_content_parts:,}")
     if chars > settings.max_text_chars:
