@@ -6,6 +6,7 @@ preprocessor_config.json, so the tiny test model and the real one go through the
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,18 +132,41 @@ def _field(section: dict[str, Any], key: str, source: Path, kind: type = int, de
     return value
 
 
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(source: Path, message: str) -> None:
+    """One stderr line naming the file, once per file and message (configs are read more than once a run)."""
+    if (str(source), message) not in _warned:
+        _warned.add((str(source), message))
+        sys.stderr.write(f"warning: {source}: {message}\n")
+
+
+def _layer_types_from_pattern(pattern: Any, window: Any, layers: int) -> list[str]:
+    """transformers' Exaone4Config rule: every `pattern`-th layer global (an int), or an "LLLG" string repeated."""
+    if not window or not pattern:
+        return ["full_attention"] * layers
+    if isinstance(pattern, str):
+        letters = (pattern * (layers // len(pattern) + 1))[:layers]
+        return ["full_attention" if letter == "G" else "sliding_attention" for letter in letters]
+    if isinstance(pattern, int) and not isinstance(pattern, bool):
+        return ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)]
+    return ["full_attention"] * layers
+
+
 def decoder_spec(text: dict[str, Any], source: Path) -> DecoderSpec:
     layers = _field(text, "num_hidden_layers", source)
     heads = _field(text, "num_attention_heads", source)
     hidden = _field(text, "hidden_size", source)
     layer_types = text.get("layer_types")
     if layer_types is None:
-        every = text.get("sliding_window_pattern") or 0
-        window = text.get("sliding_window")
-        layer_types = [
-            "sliding_attention" if window and isinstance(every, int) and every and (i + 1) % every else "full_attention"
-            for i in range(layers)
-        ]
+        layer_types = _layer_types_from_pattern(text.get("sliding_window_pattern"), text.get("sliding_window"), layers)
+    nextn = _field(text, "num_nextn_predict_layers", source, default=0)
+    if 0 < len(layer_types) - layers <= max(nextn, 1):
+        # Reported for the released FP8 repo (65 for 64): the MTP layer is listed too. The decoder is the first `layers`.
+        _warn_once(source, f"text_config.layer_types has {len(layer_types)} entries for {layers} layers "
+                           f"(the extra one is taken for the MTP layer); using the first {layers}")
+        layer_types = layer_types[:layers]
     if len(layer_types) != layers:
         raise CheckpointError(
             f"text_config.layer_types has {len(layer_types)} entries for {layers} layers", path=source
@@ -162,7 +186,7 @@ def decoder_spec(text: dict[str, Any], source: Path) -> DecoderSpec:
         max_position_embeddings=_field(text, "max_position_embeddings", source),
         rope=rope,
         rms_norm_eps=float(text.get("rms_norm_eps", 1e-5)),
-        nextn_layers=_field(text, "num_nextn_predict_layers", source, default=0),
+        nextn_layers=nextn,
         tie_word_embeddings=bool(text.get("tie_word_embeddings", False)),
         bos_token_id=text.get("bos_token_id"),
         eos_token_id=text.get("eos_token_id"),

@@ -1,8 +1,11 @@
 """Build a small random EXAONE 4.5 checkpoint with the real transformers classes, offline.
 
-The decoder keeps the structure that matters to every stage: exactly 64 layers (llama.cpp turns on
-sliding-window attention only at 64), the LLLG pattern, llama3 rope, QK-norm, an MTP head, rows of
-256 so K-quants apply. The vision tower keeps GQA, window and full-attention blocks and the merger.
+Both presets copy the released EXAONE 4.5 33B's structure (tests/data/exaone45_33b_config.json, sources
+in tests/data/SOURCES.md). The decoder: exactly 64 layers (llama.cpp turns on sliding-window attention
+only at 64), the LLLG pattern, llama3 rope with the released factor / low / high, QK-norm, an MTP head,
+rows of 256 so K-quants apply. The vision tower: patch 14, GQA 4:1, window 112, a full-attention block
+after every run of windowed ones with the last block full, and the merger. Special-token ids are the
+released ones (tiny_tokenizer.py puts the tokens there).
 """
 
 from __future__ import annotations
@@ -29,29 +32,35 @@ TEXT = dict(
     max_position_embeddings=4096,
     rms_norm_eps=1e-5,
     num_nextn_predict_layers=1,
+    # The released rope (llama3, θ 1e6, factor 16, low 1, high 4). Its original context is scaled with the
+    # model: the release has 262144 / 8192 = 32× its original context, so 4096 / 32 = 128 here, and a tiny
+    # prompt with one page (a few hundred positions) runs well past it, as a long document does on the 33B.
     rope_parameters=dict(
         rope_type="llama3",
         rope_theta=1_000_000.0,
-        factor=8.0,
+        factor=16.0,
         low_freq_factor=1.0,
         high_freq_factor=4.0,
-        original_max_position_embeddings=512,
+        original_max_position_embeddings=128,
     ),
 )
 VISION = dict(
-    depth=4,
-    hidden_size=64,
-    intermediate_size=128,
-    num_heads=4,
-    num_key_value_heads=2,
-    patch_size=16,  # not Qwen's 14: nothing downstream may assume a patch size
+    depth=6,
+    hidden_size=128,
+    intermediate_size=256,
+    num_heads=8,
+    num_key_value_heads=2,  # GQA 4:1, as the released 32 / 8
+    patch_size=14,
     spatial_merge_size=2,
     temporal_patch_size=2,
-    window_size=64,
-    fullatt_block_indexes=[1, 3],
+    window_size=112,  # 4 × 4 merge units a window, as released
+    # The release makes every 7th of 28 blocks full (6, 13, 20, 27): runs of windowed blocks, the last block
+    # full. Scaled to 6 blocks: every 3rd, so each full block follows two windowed ones.
+    fullatt_block_indexes=[2, 5],
     hidden_act="silu",
 )
-IMAGE = dict(min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 256)
+MERGED_PATCH = 28  # patch 14 × merge 2: one image row (vision token) per 28 × 28 pixels
+IMAGE = dict(min_pixels=MERGED_PATCH**2 * 4, max_pixels=MERGED_PATCH**2 * 256)
 
 # The bench preset: EXAONE 4.5's real per-layer widths (tests/data/exaone45_33b_config.json) with few
 # layers, so speed and memory are dominated by real matrix shapes yet build and run in minutes. Two
@@ -72,15 +81,15 @@ BENCH_TEXT = dict(
 )
 BENCH_VISION = dict(
     VISION,
-    depth=4,
-    hidden_size=1792,
-    intermediate_size=4608,
-    num_heads=16,
+    depth=7,  # one period of the released tower (6 windowed blocks, then a full one): a page costs ¼ of 28 blocks
+    hidden_size=2048,
+    intermediate_size=5120,
+    num_heads=32,
     num_key_value_heads=8,
-    window_size=112,
-    fullatt_block_indexes=[3],  # the real tower has one full-attention block in eight
+    fullatt_block_indexes=[6],
 )
-BENCH_IMAGE = dict(min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 1024)  # an A4 page at 100 dpi fits
+# 1280 image rows at most (vLLM's EXAONE 4.5 example cap): an A4 page at 100 dpi (827 × 1169) fits unscaled.
+BENCH_IMAGE = dict(min_pixels=MERGED_PATCH**2 * 4, max_pixels=MERGED_PATCH**2 * 1280)
 
 
 @dataclass(frozen=True)
@@ -93,9 +102,10 @@ class Preset:
 
 
 PRESETS = {
-    "tiny": Preset(TEXT, VISION, IMAGE, "20MB", "64-layer hidden-256 decoder with MTP head, 4-block vision tower"),
+    "tiny": Preset(TEXT, VISION, IMAGE, "20MB", "64-layer hidden-256 decoder with MTP head, 6-block vision tower"),
     "bench": Preset(BENCH_TEXT, BENCH_VISION, BENCH_IMAGE, "1GB",
-                    "real EXAONE 4.5 widths: 2 decoder layers (hidden 5120, FFN 27392), 4 vision blocks (hidden 1792)"),
+                    "real EXAONE 4.5 widths: 2 decoder layers (hidden 5120, FFN 27392), "
+                    "7 vision blocks (hidden 2048, FFN 5120, 32 / 8 heads, patch 14)"),
 }
 VOCAB_SIZE = 2048
 NORM_JITTER = 0.2  # norms away from 1.0 so a swapped or dropped norm changes every output
@@ -156,9 +166,9 @@ def build_tiny_model(out: Path, seed: int = 0, overwrite: bool = False, preset: 
             elif name.endswith(".bias"):
                 param.copy_(0.02 * torch.randn(param.shape, generator=generator))
     image_processor = Qwen2VLImageProcessorPil(
-        patch_size=VISION["patch_size"],
-        temporal_patch_size=VISION["temporal_patch_size"],
-        merge_size=VISION["spatial_merge_size"],
+        patch_size=chosen.vision["patch_size"],
+        temporal_patch_size=chosen.vision["temporal_patch_size"],
+        merge_size=chosen.vision["spatial_merge_size"],
         size={"shortest_edge": chosen.image["min_pixels"], "longest_edge": chosen.image["max_pixels"]},
     )
 

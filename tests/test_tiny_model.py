@@ -21,9 +21,20 @@ def test_structure_matches_what_llama_cpp_and_the_stages_need(tiny_model_dir):
     assert decoder.rope["rope_type"] == "llama3"
     assert decoder.nextn_layers == 1 and "mtp.layers.0.self_attn.q_proj.weight" in checkpoint.tensors
     assert not decoder.tie_word_embeddings
-    assert vision.num_kv_heads < vision.num_heads and vision.depth >= 3
-    assert 0 < len(vision.fullatt_block_indexes) < vision.depth
-    assert checkpoint.image.patch_size == vision.patch_size != 14
+    assert decoder.rope["factor"] == 16 and decoder.rope["low_freq_factor"] == 1 and decoder.rope["high_freq_factor"] == 4
+    assert decoder.bos_token_id == 1 and decoder.eos_token_id == 53 and decoder.pad_token_id == 0
+    spec = checkpoint.spec
+    assert (spec.image_token_id, spec.video_token_id, spec.vision_start_token_id, spec.vision_end_token_id) == (67, 68, 73, 74)
+    # the released tower's shape at tiny widths (tests/data/exaone45_33b_config.json)
+    assert vision.num_heads == 4 * vision.num_kv_heads  # GQA 4:1, as 32 / 8
+    assert (vision.patch_size, vision.window_size, vision.spatial_merge_size) == (14, 112, 2)
+    full = vision.fullatt_block_indexes
+    assert full[-1] == vision.depth - 1 and len(full) >= 2  # the last block is full, as block 27 of 28
+    assert len({b - a for a, b in zip((-1, *full), full)}) == 1  # evenly spaced, as every 7th
+    assert full[0] >= 2  # each full block follows a run of windowed ones
+    assert checkpoint.image.patch_size == vision.patch_size
+    assert checkpoint.image.min_pixels % 28**2 == 0 and checkpoint.image.max_pixels % 28**2 == 0
+    assert all(name in checkpoint.tensors for name in ("mtp.fc.weight", "mtp.norm.weight", "mtp.pre_fc_norm_hidden.weight"))
     assert sum(path.stat().st_size for path in tiny_model_dir.iterdir()) < 60 * 2**20
 
 

@@ -75,10 +75,55 @@ def test_preprocess_refuses_unusable_shapes(checkpoint):
 
 def test_grid_follows_the_checkpoint_patch_size(checkpoint):
     spec = checkpoint.image
-    assert spec.patch_size == 16  # the tiny model, like EXAONE 4.5, does not use Qwen's 14
+    assert spec.patch_size == 14  # the tiny model, like the released EXAONE 4.5
     t, h, w = grid_for((640, 480), spec)
     assert (t, h % spec.merge_size, w % spec.merge_size) == (1, 0, 0)
     assert h * w * spec.patch_size**2 <= spec.max_pixels
+
+
+@pytest.fixture(scope="module")
+def patch16():
+    """A tower and processor with patch 16 (and window 128): nothing may assume EXAONE 4.5's 14."""
+    import torch
+    from transformers.models.exaone4_5.configuration_exaone4_5 import Exaone4_5_VisionConfig
+    from transformers.models.exaone4_5.modeling_exaone4_5 import Exaone4_5_VisionModel
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from exaone_edge.spec import ImageSpec, vision_spec
+
+    vision = dict(depth=3, hidden_size=64, intermediate_size=96, num_heads=4, num_key_value_heads=2, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=128, fullatt_block_indexes=[1],
+                  out_hidden_size=48, hidden_act="silu")
+    torch.manual_seed(0)
+    config = Exaone4_5_VisionConfig(**vision)
+    config._attn_implementation = "eager"
+    tower = Exaone4_5_VisionModel._from_config(config, dtype=torch.float32).eval()
+    size = {"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 200}
+    processor = Qwen2VLImageProcessorPil(patch_size=16, temporal_patch_size=2, merge_size=2, size=size)
+    image = ImageSpec(size["shortest_edge"], size["longest_edge"], 16, 2, 2, tuple(processor.image_mean),
+                      tuple(processor.image_std))
+    return tower, processor, image, vision_spec(vision, Path("patch16"))
+
+
+def test_another_patch_size_goes_through_the_same_code(patch16):
+    """Preprocessing, window geometry and the export wrapper take the patch size from the configs only."""
+    import torch
+
+    from exaone_edge.export.graph import VisionGraph
+    from exaone_edge.vision import INPUT_NAMES
+
+    tower, processor, image_spec, spec = patch16
+    graph = VisionGraph(tower).eval()
+    for seed, size in enumerate([(595, 842), (333, 517), (1024, 300)]):
+        picture = page(size, seed=seed)
+        want = processor(images=[picture], return_tensors="np")
+        patches, grid = preprocess(picture, image_spec)
+        assert grid == tuple(want["image_grid_thw"][0]) and np.array_equal(patches, want["pixel_values"])
+        feeds = {"pixel_patches": patches, **graph_inputs([grid], spec, 10000.0)}
+        with torch.no_grad():
+            expected = tower(torch.from_numpy(patches), grid_thw=torch.tensor([grid])).pooler_output.numpy()
+            got = graph(*(torch.from_numpy(feeds[name]) for name in INPUT_NAMES)).numpy()
+        assert np.abs(got - expected).max() <= 1e-5, size
 
 
 def test_geometry_inputs_reproduce_hf_tower(checkpoint, hf_tower):
@@ -106,7 +151,7 @@ def test_geometry_inputs_reproduce_hf_tower(checkpoint, hf_tower):
 @pytest.mark.parametrize("config", ["tiny", "exaone45_33b"])
 def test_geometry_equals_transformers_helpers(checkpoint, config):
     """Window order, window boundaries and rotary positions as transformers' vision_utils computes them,
-    for the tiny tower and the real one (patch 16, window 112: 3×3 merge units per window)."""
+    for the tiny tower and the released one (patch 14, window 112: 4×4 merge units per window)."""
     import torch
     from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
