@@ -1,4 +1,10 @@
-"""`exaone-edge run`: one question about images and PDF pages, answered by a bundle, streamed."""
+"""`exaone-edge run`: one question about images and PDF pages, answered by a bundle, streamed.
+
+Thinking is off unless asked for (`thinking=True`, `run --think`): document questions want short
+extractive answers, and EXAONE 4.5's reasoning costs hundreds to thousands of tokens before the answer
+(minutes at edge decode speeds, and context that the pages need). With it on, the reasoning comes apart
+from the answer in each chunk's `reasoning`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,9 @@ from typing import Any
 from exaone_edge.errors import InputError
 from exaone_edge.images import DocumentLimits, load_document
 from exaone_edge.runtime.generation import Chunk, GenerationParams, GenerationResult
+from exaone_edge.runtime.reasoning import parser_for, split_chunks
+
+THINKING_DEFAULT = False  # see the module docstring
 
 
 def question_messages(question: str, images: Sequence[Any]) -> list[dict[str, Any]]:
@@ -30,9 +39,10 @@ def ask(
     pages: str | None = None,
     params: GenerationParams = GenerationParams(),
     limits: DocumentLimits = DocumentLimits(),
+    thinking: bool = THINKING_DEFAULT,
     **engine_options: Any,
 ) -> Iterator[Chunk]:
-    """Load the documents and the bundle, then stream the answer."""
+    """Load the documents and the bundle, then stream the answer (`chunk.text`) and any reasoning (`chunk.reasoning`)."""
     from exaone_edge.bundle import load_bundle
     from exaone_edge.runtime.engine import Engine, EngineOptions
 
@@ -47,7 +57,9 @@ def ask(
         pictures.extend(load_document(Path(pdf), pages, max_pixels=bundle.image.max_pixels, limits=limits))
     engine = Engine(bundle, options)
     try:
-        yield from engine.generate(question_messages(question, pictures), params)
+        params = params.thinking(thinking)
+        chunks = engine.generate(question_messages(question, pictures), params)
+        yield from split_chunks(chunks, parser_for(engine.chat, params.template_kwargs))
     finally:
         engine.close()
 
@@ -55,6 +67,7 @@ def ask(
 def result_dict(result: GenerationResult) -> dict[str, Any]:
     return {
         "text": result.text,
+        "reasoning": result.reasoning,
         "finish_reason": result.finish_reason,
         "usage": asdict(result.usage),
         "timings": asdict(result.timings),

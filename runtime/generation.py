@@ -8,13 +8,17 @@ Messages are OpenAI-style dicts; an image part is `{"type": "image", "image": PI
     for chunk in engine.generate(messages, GenerationParams(max_tokens=256)):
         ...  # chunk.text; the last chunk has finish_reason, usage and timings
 
+The engine streams the raw reply, reasoning markers included; `runtime.reasoning.split_chunks` divides
+it into `reasoning` and `text` (what `run`, `serve` and `validate` show). Thinking is the chat
+template's `enable_thinking` (in `template_kwargs`); EXAONE 4.5's template thinks when it is unset.
+
 `generate` may be called from several threads: up to `parallel` generations (EngineOptions) decode
 together in one batch, more wait for a free slot; callers decide their own concurrency beyond that.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from exaone_edge.errors import InputError
@@ -36,6 +40,8 @@ class GenerationParams:
     ignore_eos: bool = False  # keep decoding past end-of-turn (benchmarks need a fixed token count)
     # Extra variables for the chat template (e.g. {"enable_thinking": True}), as vLLM's chat_template_kwargs.
     template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # A llama.cpp GBNF grammar the reply must match (as llama-server's `grammar`); `<[55]>` names a token id.
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         checks = (
@@ -45,6 +51,7 @@ class GenerationParams:
             (self.top_k >= 0, "top_k must be >= 0"),
             (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+            (self.grammar is None or (isinstance(self.grammar, str) and self.grammar.strip() != ""), "grammar must be a non-empty string"),
         )
         for ok, message in checks:
             if not ok:
@@ -53,6 +60,13 @@ class GenerationParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    def thinking(self, default: bool) -> GenerationParams:
+        """These parameters with `enable_thinking` set to `default` unless the template kwargs already set it."""
+        kwargs = {"enable_thinking": default, **self.template_kwargs}
+        if not isinstance(kwargs["enable_thinking"], bool):
+            raise InputError("enable_thinking must be true or false")
+        return replace(self, template_kwargs=kwargs)
 
 
 @dataclass(frozen=True)
@@ -80,11 +94,12 @@ class Timings:
 
 @dataclass(frozen=True)
 class Chunk:
-    text: str
+    text: str  # the answer (with reasoning split off), or the raw reply straight from the engine
     finish_reason: str | None = None  # None while streaming; "stop" or "length" on the last chunk
     usage: Usage | None = None  # set on the last chunk
     timings: Timings | None = None  # set on the last chunk
     token_ids: tuple[int, ...] = ()  # the whole completion's token ids, on the last chunk
+    reasoning: str = ""  # reasoning text (set once runtime.reasoning has split the stream)
 
 
 @dataclass(frozen=True)
@@ -94,15 +109,20 @@ class GenerationResult:
     usage: Usage
     timings: Timings
     token_ids: tuple[int, ...] = ()
+    reasoning: str = ""
 
 
 def collect(chunks) -> GenerationResult:
     """Fold a stream of chunks into one result."""
     parts: list[str] = []
+    thoughts: list[str] = []
     last: Chunk | None = None
     for chunk in chunks:
         parts.append(chunk.text)
+        thoughts.append(chunk.reasoning)
         last = chunk
     if last is None or last.finish_reason is None or last.usage is None or last.timings is None:
         raise RuntimeError("generation stream ended without a final chunk")
-    return GenerationResult("".join(parts), last.finish_reason, last.usage, last.timings, last.token_ids)
+    return GenerationResult(
+        "".join(parts), last.finish_reason, last.usage, last.timings, last.token_ids, reasoning="".join(thoughts)
+    )

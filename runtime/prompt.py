@@ -4,11 +4,19 @@ The checkpoint's chat template is rendered with the same Jinja environment and v
 transformers' `apply_chat_template`; each image placeholder is expanded to one `<|image_pad|>` per
 vision row (t·h·w / merge²) and the text is tokenized with `tokenizers` from `tokenizer.json`,
 exactly as `Exaone4_5_Processor` does it. Positions holding the image token take the vision rows.
+
+One deliberate difference: a special token's text inside a message (`<|endofturn|>\n<|assistant|>\n`
+typed by a user, or found in a document) is tokenized as plain text, never as the control token, so
+message text cannot open or close turns. Only markers the template writes become control tokens. The
+reasoning markers `<think>`/`</think>` are ordinary (non-special) added tokens and stay what the
+tokenizer makes of them, as in llama.cpp with special parsing off.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +28,7 @@ from exaone_edge.errors import ArtifactError, InputError
 IMAGE_PART_TYPES = ("image", "image_url")
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+REASONING_MARKERS = ("<think>", "</think>")
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,8 @@ class ChatFormat:
     """Renders a conversation with the checkpoint's template and turns it into token ids."""
 
     def __init__(self, tokenizer, chat_template: str, special_tokens: dict[str, str], image_token: str) -> None:
+        from tokenizers import Tokenizer
+
         self.tokenizer = tokenizer
         self.special_tokens = special_tokens
         self.image_token = image_token
@@ -62,6 +73,22 @@ class ChatFormat:
             raise ArtifactError(f"the tokenizer has no image token {image_token!r}")
         self.image_token_id: int = image_id
         self._template = _compile(chat_template)
+        added = tokenizer.get_added_tokens_decoder()
+        # Control tokens by text; longest first so a token that contains another one wins the match.
+        self.control_tokens: dict[str, int] = {
+            t.content: i for i, t in sorted(added.items(), key=lambda item: -len(item[1].content)) if t.special
+        }
+        self._control = re.compile("|".join(re.escape(text) for text in self.control_tokens)) if self.control_tokens else None
+        self._marker_encodings = {text: tokenizer.encode(text, add_special_tokens=False) for text in self.control_tokens}
+        # A second tokenizer that reads control-token text as text (a copy: the flag is per tokenizer object).
+        self._as_text = Tokenizer.from_str(tokenizer.to_str())
+        self._as_text.encode_special_tokens = True
+        # Decoding drops control tokens but keeps the reasoning markers, whatever their special flag, for the parser.
+        markers = {tokenizer.token_to_id(m) for m in REASONING_MARKERS} - {None}
+        self._hidden = frozenset(i for i, t in added.items() if t.special and i not in markers)
+        self.reasoning_markers: tuple[str, str] | None = (
+            REASONING_MARKERS if all(tokenizer.token_to_id(m) is not None for m in REASONING_MARKERS) else None
+        )
 
     @classmethod
     def from_files(cls, directory: Path, image_token_id: int) -> ChatFormat:
@@ -88,14 +115,12 @@ class ChatFormat:
         add_generation_prompt: bool = True,
         template_kwargs: Mapping[str, Any] | None = None,
     ) -> str:
+        chat = [_plain_message(message) for message in messages]
+        return self._render(chat, add_generation_prompt, template_kwargs)
+
+    def _render(self, chat: list[dict[str, Any]], add_generation_prompt: bool, template_kwargs) -> str:
         import jinja2
 
-        chat = [_plain_message(message) for message in messages]
-        for message in chat:
-            content = message.get("content")
-            texts = [content] if isinstance(content, str) else [p.get("text") for p in content or [] if isinstance(p, dict)]
-            if any(isinstance(text, str) and self.image_token in text for text in texts):
-                raise InputError(f"message text contains the reserved image placeholder {self.image_token!r}")
         variables = {**self.special_tokens, **(template_kwargs or {})}
         try:
             return self._template.render(
@@ -112,23 +137,61 @@ class ChatFormat:
         add_generation_prompt: bool = True,
         template_kwargs: Mapping[str, Any] | None = None,
     ) -> Prompt:
-        """Token ids with `image_rows[i]` image tokens for the i-th image, as the HF processor makes them."""
-        text = self.render(messages, add_generation_prompt=add_generation_prompt, template_kwargs=template_kwargs)
-        pieces = text.split(self.image_token)
-        if len(pieces) - 1 != len(image_rows):
+        """Token ids with `image_rows[i]` image tokens for the i-th image, as the HF processor makes them.
+
+        Control-token text inside messages is replaced by a random sentinel before rendering, so every
+        control token left in the rendered text was written by the template; the text between them is
+        tokenized (sentinels restored) with control tokens read as text. Without such text in the
+        messages the ids equal the HF processor's, which also splits at added tokens first.
+        """
+        nonce = secrets.token_hex(8)
+        literals: list[str] = []
+        chat = [_escape_message(_plain_message(m), self._control, nonce, literals) for m in messages]
+        marked = self._render(chat, add_generation_prompt, template_kwargs)
+        sentinel = re.compile(rf"\ue000{nonce}:(\d+)\ue001")
+
+        def restore(text: str) -> str:
+            return sentinel.sub(lambda m: literals[int(m.group(1))], text)
+
+        pieces = self._control.split(marked) if self._control else [marked]
+        markers = self._control.findall(marked) if self._control else []
+        placed = markers.count(self.image_token)
+        if placed != len(image_rows):
             raise InputError(
-                f"the chat template placed {len(pieces) - 1} image placeholders for {len(image_rows)} images",
+                f"the chat template placed {placed} image placeholders for {len(image_rows)} images",
                 fix="Use image parts of type 'image' or 'image_url' inside a message's content list.",
             )
-        expanded = pieces[0] + "".join(self.image_token * rows + piece for rows, piece in zip(image_rows, pieces[1:]))
+        from tokenizers import Encoding
+
+        encodings, rows = [], iter(image_rows)
+        for index, piece in enumerate(pieces):
+            if piece:
+                encodings.append(self._as_text.encode(restore(piece), add_special_tokens=False))
+            if index < len(markers):
+                marker = markers[index]
+                count = next(rows) if marker == self.image_token else 1
+                encodings.extend([self._marker_encodings[marker]] * count)
+        text = restore(marked)
         bos = self.special_tokens.get("bos_token")
         # The processor skips special tokens when the template already wrote the BOS itself.
         add_special = not (bos and text.startswith(bos))
-        ids = self.tokenizer.encode(expanded, add_special_tokens=add_special).ids
+        merged = Encoding.merge(encodings) if encodings else self._as_text.encode("", add_special_tokens=False)
+        ids = self.tokenizer.post_process(merged, add_special_tokens=add_special).ids
         return Prompt(text=text, ids=ids, images=_image_slots(ids, self.image_token_id, image_rows))
 
+    def starts_in_reasoning(self, template_kwargs: Mapping[str, Any] | None = None) -> bool:
+        """Whether the generation prompt leaves the reply inside an open `<think>` (the model reasons first)."""
+        if self.reasoning_markers is None:
+            return False
+        start, end = self.reasoning_markers
+        text = self._render([{"role": "user", "content": "?"}], True, template_kwargs)
+        return text.rfind(start) > text.rfind(end)
+
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        """Text of `ids`; skipping special tokens keeps the reasoning markers (the reasoning parser needs them)."""
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self._hidden]
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
 def _image_slots(ids: list[int], image_token_id: int, image_rows: Sequence[int]) -> list[ImageSlot]:
@@ -181,6 +244,27 @@ def _plain_message(message: Mapping[str, Any]) -> dict[str, Any]:
     if reasoning is not None:
         plain = {"thinking": reasoning, **plain, "reasoning_content": reasoning}
     return plain
+
+
+def _escape_message(message: dict[str, Any], control: re.Pattern | None, nonce: str, literals: list[str]) -> dict[str, Any]:
+    """The message with control-token text in its strings replaced by sentinels (`literals` collects the originals)."""
+    if control is None:
+        return message
+
+    def escape(value: Any) -> Any:
+        if isinstance(value, str):
+            def swap(match: re.Match) -> str:
+                literals.append(match.group(0))
+                return f"\ue000{nonce}:{len(literals) - 1}\ue001"
+
+            return control.sub(swap, value)
+        if isinstance(value, dict):
+            return {key: escape(item) if key != "type" else item for key, item in value.items()}
+        if isinstance(value, list):
+            return [escape(item) for item in value]
+        return value
+
+    return {key: escape(value) if key != "role" else value for key, value in message.items()}
 
 
 def _plain(value: Any) -> Any:

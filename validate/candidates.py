@@ -23,10 +23,11 @@ class BundleCandidate:
 
     kind = bundle_format.KIND
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, thinking: bool = False) -> None:
         from exaone_edge.runtime.engine import Engine
 
         self.path = Path(path)
+        self.thinking = thinking
         # f32 KV and no flash attention: measure the weights' error, not the cache's rounding.
         self.engine = Engine.load(self.path, flash_attn=False, kv_type="f32", n_ctx=4096)
         decoder = self.engine.bundle.manifest.details.get("decoder", {})
@@ -37,18 +38,19 @@ class BundleCandidate:
 
     def teacher_forced(self, question: Question, answer_ids: list[int]) -> np.ndarray:
         messages = question.user_message({"type": "image", "image": question.image})
-        rows = [self.engine.next_token_logits(messages)]
+        rows = [self.engine.next_token_logits(messages, {"enable_thinking": self.thinking})]
         for token in answer_ids[:-1]:
             self.engine.llama.append(token)
             rows.append(self.engine.llama.logits())
         return np.stack(rows)
 
     def generate(self, question: Question, max_tokens: int) -> str:
+        """The raw reply, reasoning included (validate scores only what follows `</think>`)."""
         from exaone_edge.runtime.generation import GenerationParams
 
         messages = question.user_message({"type": "image", "image": question.image})
-        chunks = self.engine.generate(messages, GenerationParams(max_tokens=max_tokens, temperature=0.0))
-        return "".join(chunk.text for chunk in chunks).strip()
+        params = GenerationParams(max_tokens=max_tokens, temperature=0.0).thinking(self.thinking)
+        return "".join(chunk.text for chunk in self.engine.generate(messages, params)).strip()
 
     def vision_rows(self, image) -> np.ndarray | None:
         return self.engine.vision.encode(image) if self.engine.vision is not None else None
@@ -60,14 +62,14 @@ class BundleCandidate:
 class GptqCandidate:
     kind = "gptq"
 
-    def __init__(self, path: Path, reference_dir: Path) -> None:
+    def __init__(self, path: Path, reference_dir: Path, thinking: bool = False) -> None:
         self.path = Path(path)
         manifest = read_manifest(self.path, kind="gptq")
         self.bits = manifest.details["bits"]
         self.name = f"GPTQ {self.bits}-bit"
         self.bytes = bundle_format.directory_bytes(self.path)
         with stdout_to_stderr():  # GPTQModel's kernel selection logs to stdout
-            self.model = HFModel(self.path, reference_dir)
+            self.model = HFModel(self.path, reference_dir, thinking)
 
     def teacher_forced(self, question: Question, answer_ids: list[int]) -> np.ndarray:
         with eager_gptq_kernels():
@@ -105,9 +107,10 @@ class VisionCandidate:
         pass
 
 
-def open_candidate(path: Path, reference_dir: Path) -> Any:
+def open_candidate(path: Path, reference_dir: Path, thinking: bool = False) -> Any:
     manifest = read_manifest(Path(path), verify=False)
-    kinds = {BundleCandidate.kind: lambda: BundleCandidate(path), "gptq": lambda: GptqCandidate(path, reference_dir),
+    kinds = {BundleCandidate.kind: lambda: BundleCandidate(path, thinking),
+             "gptq": lambda: GptqCandidate(path, reference_dir, thinking),
              VisionCandidate.kind: lambda: VisionCandidate(path)}
     if manifest.kind not in kinds:
         raise ArtifactError(f"cannot validate an artifact of kind '{manifest.kind}'", path=path,

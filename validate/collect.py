@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,17 +15,32 @@ from exaone_edge.errors import InputError
 from exaone_edge.machine import describe_machine
 from exaone_edge.metrics import ANLS_THRESHOLD, anls, exact_match, row_cosines
 from exaone_edge.progress import log
+from exaone_edge.runtime.reasoning import split_text
 from exaone_edge.validate.reference import Question
 from exaone_edge.validate.reference_file import ReferenceFile, topk_fidelity
 
 SCHEMA_VERSION = 1
 
 
+# Answer budgets per mode. Off: the answer comes at once, and document answers are a few words. On: the
+# reasoning comes first and runs to hundreds of tokens; a reply cut before `</think>` has no answer at all.
+ANSWER_TOKENS = {False: 24, True: 1024}
+
+
 @dataclass(frozen=True)
 class ValidateOptions:
     max_questions: int = 12
-    max_new_tokens: int = 24
+    max_new_tokens: int | None = None  # None: the mode's budget (ANSWER_TOKENS)
     measure_speed: bool = True
+    thinking: bool = False  # the template's enable_thinking for the reference and every candidate
+
+    @property
+    def answer_tokens(self) -> int:
+        return self.max_new_tokens if self.max_new_tokens is not None else ANSWER_TOKENS[self.thinking]
+
+    def answer(self, reply: str) -> str:
+        """What is scored: with thinking, only the text after `</think>` ("" when the budget ran out first)."""
+        return split_text(reply, in_reasoning=self.thinking).content.strip()
 
 
 def questions_from(documents, limit: int) -> list[Question]:
@@ -43,7 +58,7 @@ def _correct(answer: str, gold: list[str]) -> bool:
 
 def evaluate_artifact(candidate, reference: ReferenceFile, questions: list[Question], options: ValidateOptions,
                       pages_dir: Path) -> dict[str, Any]:
-    reference_answers = [entry.answer for entry in reference.entries]
+    reference_answers = [options.answer(entry.answer or "") for entry in reference.entries]
     result: dict[str, Any] = {"name": candidate.name, "kind": candidate.kind, "path": str(candidate.path),
                               "bits": candidate.bits, "bytes": candidate.bytes,
                               "vision": None, "decoder": None, "task": None, "speed": None}
@@ -69,7 +84,7 @@ def evaluate_artifact(candidate, reference: ReferenceFile, questions: list[Quest
                          "positions": fidelity.positions}
 
     log(f"validate: {candidate.name}: answering {len(questions)} questions")
-    answers = [candidate.generate(q, options.max_new_tokens) for q in questions]
+    answers = [options.answer(candidate.generate(q, options.answer_tokens)) for q in questions]
     scores = [anls(a, q.answers) for a, q in zip(answers, questions)]
     matches = [exact_match(a, q.answers) for a, q in zip(answers, questions)]
     flips = []
@@ -113,15 +128,18 @@ def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
     log(f"validate: reference {reference_dir} on {len(questions)} questions")
     from exaone_edge.validate.streamed import question_reference
 
-    key_options = {k: v for k, v in asdict(options).items() if k not in ("max_questions", "measure_speed")}
+    from exaone_edge.validate.reference import chat_inputs
+
+    key_options = {"max_new_tokens": options.answer_tokens, "thinking": options.thinking}
     reference, reference_file, reused = question_reference(
-        Path(reference_dir), questions, documents.content_hash, key_options, options.max_new_tokens,
-        cache_dir=reference_cache, dtype=reference_dtype)
-    reference_answers = [entry.answer for entry in reference.entries]
+        Path(reference_dir), questions, documents.content_hash, key_options, options.answer_tokens,
+        cache_dir=reference_cache, dtype=reference_dtype,
+        make_inputs=lambda processor, q: chat_inputs(processor, q, options.thinking))
+    reference_answers = [options.answer(entry.answer or "") for entry in reference.entries]
     results = []
     with tempfile.TemporaryDirectory(prefix="exaone-edge-validate-") as scratch:
         for path in artifacts:
-            candidate = open_candidate(Path(path), Path(reference_dir))
+            candidate = open_candidate(Path(path), Path(reference_dir), options.thinking)
             try:
                 results.append(evaluate_artifact(candidate, reference, questions, options, Path(scratch)))
             finally:
@@ -132,6 +150,9 @@ def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": describe_machine(),
         "reference": {"path": str(reference_dir), "file": str(reference_file), "reused": reused, **reference.details},
+        # One mode for the reference and every candidate, prompts and answers alike.
+        "mode": {"thinking": options.thinking, "answer_tokens": options.answer_tokens,
+                 "scored": "text after </think>" if options.thinking else "the whole reply"},
         "eval_set": {"path": str(eval_set) if eval_set else "built-in (6 documents, seed 1)",
                      "sha256": documents.content_hash, "documents": len(documents.documents),
                      "questions": len(questions)},

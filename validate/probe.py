@@ -22,7 +22,7 @@ def measure(bundle: Path, page: Path, question: str, max_tokens: int = 32) -> di
                                              {"type": "text", "text": question}]}]
     # min_tokens is not a llama.cpp sampler option: a random model may stop early, so count what came.
     last = None
-    for last in engine.generate(messages, GenerationParams(max_tokens=max_tokens)):
+    for last in engine.generate(messages, GenerationParams(max_tokens=max_tokens).thinking(False)):
         pass
     timings = last.timings
     return {

@@ -20,18 +20,21 @@ class Question:
         return [{"role": "user", "content": [image_part, {"type": "text", "text": self.question}]}]
 
 
-def chat_inputs(processor, question: Question):
-    """The prompt as transformers sees it (shared by the whole-model and the layer-streamed reference)."""
+def chat_inputs(processor, question: Question, thinking: bool = False):
+    """The prompt as transformers sees it (shared by the whole-model and the layer-streamed reference).
+
+    `thinking` is the template's `enable_thinking`, always passed: EXAONE 4.5's template thinks when unset.
+    """
     return processor.apply_chat_template(
         question.user_message({"type": "image", "image": question.image}),
-        tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt",
+        tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt", enable_thinking=thinking,
     )
 
 
 class HFModel:
     """A transformers EXAONE 4.5 (source or GPTQ) with its processor: logits, generation, vision rows."""
 
-    def __init__(self, model_dir: Path, processor_dir: Path) -> None:
+    def __init__(self, model_dir: Path, processor_dir: Path, thinking: bool = False) -> None:
         import torch
         from transformers import AutoProcessor, Exaone4_5_ForConditionalGeneration
 
@@ -40,9 +43,10 @@ class HFModel:
         kwargs = {"device_map": "cpu"} if (Path(model_dir) / "quantize_config.json").exists() else {}
         self.model = Exaone4_5_ForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, **kwargs).eval()
         self.eos_id = self.processor.tokenizer.eos_token_id
+        self.thinking = thinking
 
     def _inputs(self, question: Question):
-        return chat_inputs(self.processor, question)
+        return chat_inputs(self.processor, question, self.thinking)
 
     def answer_ids(self, answer: str) -> list[int]:
         return self.processor.tokenizer.encode(answer, add_special_tokens=False) + [self.eos_id]
@@ -67,7 +71,7 @@ class HFModel:
             output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                          eos_token_id=self.eos_id, pad_token_id=self.eos_id)
         new = output[0, inputs["input_ids"].shape[1]:]
-        return self.processor.tokenizer.decode(new, skip_special_tokens=True).strip()
+        return self.processor.tokenizer.decode(new, skip_special_tokens=True).strip()  # reasoning split by the caller
 
     def vision_rows(self, image) -> np.ndarray:
         torch = self._torch

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from exaone_edge.errors import ExaoneEdgeError
 from exaone_edge.runtime.generation import GenerationParams
+from exaone_edge.runtime.reasoning import parser_for, split_chunks_async
 from exaone_edge.runtime.server.body import check_content_type, parse_json
 from exaone_edge.runtime.server.errors import (
     AuthenticationFailed,
@@ -218,6 +219,10 @@ def _parse(body: bytes, max_depth: int) -> ChatCompletionRequest:
 
 def _params(body: ChatCompletionRequest, settings: ServerSettings) -> GenerationParams:
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    kwargs = {"enable_thinking": settings.thinking, **(body.chat_template_kwargs or {})}  # serve --thinking
+    if not isinstance(kwargs["enable_thinking"], bool):
+        param = "chat_template_kwargs.enable_thinking"
+        raise InvalidRequest(f"{param}: must be true or false", param=param)
     defaults = GenerationParams()
     return GenerationParams(
         max_tokens=body.max_completion_tokens or body.max_tokens or settings.default_max_tokens,
@@ -228,7 +233,8 @@ def _params(body: ChatCompletionRequest, settings: ServerSettings) -> Generation
         seed=body.seed,
         stop=stop,
         ignore_eos=body.ignore_eos,
-        template_kwargs=dict(body.chat_template_kwargs or {}),
+        template_kwargs=kwargs,
+        grammar=body.grammar,
     )
 
 
@@ -258,12 +264,14 @@ def _record(state: ServerState, last, admitted: float) -> dict[str, Any]:
 
 async def _complete(request, state, messages, params, completion_id, admitted) -> Response:
     async def collect():
-        parts, last = [], None
-        async with aclosing(state.worker.stream(messages, params)) as chunks:
+        parts, thoughts, last = [], [], None
+        parser = parser_for(state.engine.chat, params.template_kwargs)
+        async with aclosing(split_chunks_async(state.worker.stream(messages, params), parser)) as chunks:
             async for chunk in chunks:
                 parts.append(chunk.text)
+                thoughts.append(chunk.reasoning)
                 last = chunk
-        return "".join(parts), last
+        return "".join(parts), "".join(thoughts), last
 
     task = asyncio.ensure_future(collect())
     while not task.done():
@@ -272,13 +280,14 @@ async def _complete(request, state, messages, params, completion_id, admitted) -
             task.cancel()
             state.metrics.cancelled.inc()
             raise ClientGone()
-    text, last = task.result()
+    text, reasoning, last = task.result()
     timings = _record(state, last, admitted)
     completion = ChatCompletion(
         id=completion_id,
         created=int(time.time()),
         model=state.model_id,
-        choices=[Choice(message=AssistantMessage(content=text), finish_reason=last.finish_reason)],
+        choices=[Choice(message=AssistantMessage(content=text, reasoning_content=reasoning or None),
+                        finish_reason=last.finish_reason)],
         usage=_usage(last),
         timings=timings,
     )
@@ -295,8 +304,11 @@ async def _events(state, messages, params, completion_id, include_usage, admitte
     yield event([ChunkChoice(delta=Delta(role="assistant", content=""))])
     finished = False
     try:
-        async with aclosing(state.worker.stream(messages, params)) as chunks:
+        parser = parser_for(state.engine.chat, params.template_kwargs)
+        async with aclosing(split_chunks_async(state.worker.stream(messages, params), parser)) as chunks:
             async for chunk in chunks:
+                if chunk.reasoning:  # reasoning travels in its own deltas, as vLLM sends it
+                    yield event([ChunkChoice(delta=Delta(reasoning_content=chunk.reasoning))])
                 if chunk.text:
                     yield event([ChunkChoice(delta=Delta(content=chunk.text))])
                 if chunk.finish_reason is not None:

@@ -1,7 +1,9 @@
 """OpenAI chat-completions request and response shapes (the subset this server implements), as typed models.
 
 Unknown request fields are ignored, as OpenAI-compatible servers do; known fields are type-checked.
-Extensions: `top_k`, `min_p`, `chat_template_kwargs` (as vLLM), and `pages` on image/file parts (PDFs).
+Extensions: `top_k`, `min_p`, `chat_template_kwargs` (as vLLM; `enable_thinking` turns reasoning on or off),
+`grammar` (as llama-server), and `pages` on image/file parts (PDFs). With thinking on, replies carry
+`reasoning_content` beside `content`, in whole messages and as their own stream deltas (as vLLM).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class ChatCompletionRequest(_Request):
     ignore_eos: bool = False  # vLLM's extension: a fixed number of tokens, for load tests
     n: int = Field(1, ge=1, le=1)
     chat_template_kwargs: dict[str, Any] | None = None
+    grammar: str | None = Field(None, max_length=65536)  # llama-server's extension: GBNF the reply must match
 
 
 class PromptTokensDetails(BaseModel):
@@ -87,6 +90,7 @@ class CompletionUsage(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    reasoning_content: str | None = None  # vLLM's field: set when thinking was on
 
 
 class Choice(BaseModel):
@@ -108,6 +112,7 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
 
 
 class ChunkChoice(BaseModel):

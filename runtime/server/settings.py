@@ -58,6 +58,9 @@ class ServerSettings(BaseModel):
     max_queue: int = Field(8, ge=0)  # requests waiting for the engine beyond the running ones; more → 429
     parallel: int = Field(1, ge=1, le=64)  # generations decoded together (slots); each holds a ctx-sized KV cache
     default_max_tokens: int = Field(512, ge=1)
+    # Reasoning when a request does not say (chat_template_kwargs.enable_thinking). Off: document QA wants short
+    # extractive answers fast; EXAONE 4.5's own default (on) spends hundreds of tokens first.
+    thinking: bool = False
     # Engine options (EngineOptions), passed through by `serve`.
     ctx: int | None = Field(None, ge=16)
     gpu_layers: int = -1
