@@ -1,7 +1,8 @@
 """`exaone-edge plan`: will it fit? GPU memory for decoder, vision encoder and KV cache at a context.
 
 Weights come from the real artifact when a bundle is given (file sizes), otherwise from the
-checkpoint's parameter counts at each level's bits per weight. KV cache follows llama.cpp's layout:
+checkpoint's parameter counts at each level's bits per weight. A checkpoint folder needs only its
+config.json: plan before downloading the weights (the page size then defaults to the released limit). KV cache follows llama.cpp's layout:
 global layers hold the whole context, sliding-window layers at most the window (padded as llama.cpp
 pads it), once per parallel sequence (`serve --parallel`: llama.cpp's non-unified cache gives each a full
 context). Compute buffers and the runtimes' CUDA overhead are allowances, labelled as such.
@@ -18,6 +19,7 @@ from exaone_edge import bundle as bundle_format
 from exaone_edge.errors import InputError
 from exaone_edge.levels import LEVELS, estimated_bytes
 from exaone_edge.spec import DecoderSpec, ModelSpec, image_spec, model_spec
+from exaone_edge.vision.contract import FUSED_ATTENTION, PREPROCESSOR_FILE
 
 MIB = 2**20
 GIB = 2**30
@@ -27,6 +29,10 @@ KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 UBATCH = 512  # llama.cpp's default micro-batch; sizes the compute buffer and the SWA cache padding
 RUNTIME_OVERHEAD = 800 * MIB  # two CUDA contexts (ONNX Runtime + llama.cpp) with their BLAS workspaces
 HEADROOM = 0.05  # fragmentation and driver reserve
+# Pixel limits when a folder has no preprocessor_config.json: min 28·28 as vLLM's EXAONE 4.5 example, max the
+# reported released maximum (4,096 image rows), the larger of the published values (tests/data/SOURCES.md).
+RELEASED_MIN_PIXELS = 28 * 28
+RELEASED_MAX_PIXELS = 3_211_264
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,9 @@ class Plan:
     vision_on_gpu: bool
     decode_tokens_per_s_ceiling: float | None  # all `parallel` sequences together
     weights_measured: bool  # decoder/vision sizes are real file sizes, not estimates
+    max_pixels: int  # the largest page the vision activations are sized for
+    pixels_from: str  # where max_pixels came from: a preprocessor_config.json, or the released default
+    vision_attention_fused: bool  # full-attention blocks hold no [heads, patches, patches] score matrix
 
 
 def parse_gpu(value: str) -> Gpu:
@@ -90,19 +99,25 @@ def compute_buffer_bytes(decoder: DecoderSpec) -> int:
     return UBATCH * (decoder.vocab_size + 3 * decoder.intermediate_size + 4 * decoder.hidden_size) * 4
 
 
-def vision_activation_bytes(spec: ModelSpec, max_pixels: int) -> int:
-    """Peak of one full-attention block on the largest page: ONNX Runtime materialises the scores."""
+def vision_activation_bytes(spec: ModelSpec, max_pixels: int, fused: bool = False) -> int:
+    """Peak of one vision block on the largest page, float32. Unfused full attention materialises
+    [heads, patches, patches] scores; fused (CUDA's flash / memory-efficient kernels) holds none, and the
+    peak is then a windowed block's scores and probabilities, [heads, patches, patches per window] each."""
     vision = spec.vision
     patches = max_pixels // vision.patch_size**2
     rows = patches * (4 * vision.hidden_size + 3 * vision.intermediate_size) * 4
-    scores = vision.num_heads * patches * patches * 4
-    return rows + scores
+    window = (vision.window_size // vision.patch_size) ** 2
+    window_scores = 2 * vision.num_heads * patches * window * 4
+    full_scores = 0 if fused else vision.num_heads * patches * patches * 4
+    return rows + max(window_scores, full_scores)
 
 
 @dataclass(frozen=True)
 class _Source:
     spec: ModelSpec
     max_pixels: int
+    pixels_from: str
+    fused: bool
     decoder_params: int
     vision_params: int
     measured_level: str | None
@@ -110,34 +125,56 @@ class _Source:
     measured_vision_bytes: int | None
 
 
+def _max_pixels(directory: Path) -> tuple[int, str]:
+    from exaone_edge.checkpoint import read_json
+
+    path = directory / PREPROCESSOR_FILE
+    if path.is_file():
+        return image_spec(read_json(path, "image processor config"), path).max_pixels, str(path)
+    return RELEASED_MAX_PIXELS, f"no {PREPROCESSOR_FILE}: the released default"
+
+
+def _read_spec(directory: Path) -> ModelSpec:
+    from exaone_edge.checkpoint import read_json
+
+    config_path = directory / "config.json"
+    config = read_json(config_path, "config.json")
+    if not isinstance(config, dict):
+        from exaone_edge.errors import CheckpointError
+
+        raise CheckpointError("config.json is not a JSON object", path=config_path)
+    return model_spec(config, config_path)
+
+
 def _load_source(path: Path) -> _Source:
-    from exaone_edge.checkpoint import open_checkpoint, read_json
-    from exaone_edge.inspect_model import counts_from_config
+    """A bundle (measured file sizes) or a checkpoint folder, of which only config.json is needed."""
+    from exaone_edge.errors import CheckpointError
 
     path = Path(path)
-    manifest_path = path / "manifest.json"
-    if manifest_path.is_file():
+    if not path.is_dir():
+        raise CheckpointError("not a directory" if path.exists() else "directory does not exist", path=path,
+                              fix="Pass a checkpoint folder (config.json is enough) or a bundle.")
+    spec = _read_spec(path)
+    max_pixels, pixels_from = _max_pixels(path)
+    params = spec.decoder.body_params + spec.decoder.embedding_params
+    if (path / "manifest.json").is_file():
         from exaone_edge.manifest import read_manifest
 
         manifest = read_manifest(path, kind=bundle_format.KIND, verify=False)
-        config_path = path / "config.json"
-        spec = model_spec(read_json(config_path, "config.json"), config_path)
-        image = image_spec(read_json(path / "preprocessor_config.json", "image processor config"), path)
-        decoder_file = path / "decoder.gguf"
-        vision_bytes = sum(f.stat().st_size for f in (path / "vision").glob("vision.onnx*"))
+        decoder_file = path / bundle_format.DECODER_FILE
+        vision_dir = path / bundle_format.VISION_DIR
+        vision_bytes = sum(f.stat().st_size for f in vision_dir.glob("vision.onnx*"))
+        fused = False  # a graph exported before fused attention (or with none recorded) holds the scores
+        if (vision_dir / "manifest.json").is_file():
+            fused = read_manifest(vision_dir, verify=False).details.get("attention") == FUSED_ATTENTION
         return _Source(
-            spec, image.max_pixels,
-            spec.decoder.body_params + spec.decoder.embedding_params, spec.vision.params,
+            spec, max_pixels, pixels_from, fused, params, spec.vision.params,
             manifest.details.get("decoder", {}).get("level"),
             decoder_file.stat().st_size if decoder_file.is_file() else None,
             vision_bytes or None,
         )
-    checkpoint = open_checkpoint(path, read_weights=False)
-    counts = counts_from_config(checkpoint)
-    return _Source(
-        checkpoint.spec, checkpoint.image.max_pixels, counts.decoder + counts.embeddings, counts.vision,
-        None, None, None,
-    )
+    # A checkpoint: planned as `exaone-edge export` writes its vision graph, full attention fused.
+    return _Source(spec, max_pixels, pixels_from, True, params, spec.vision.params, None, None, None)
 
 
 def _components(
@@ -152,7 +189,7 @@ def _components(
         "kv_cache": parallel * kv_cache_bytes(decoder, context, kv_type),
         "decoder_compute_buffer": compute_buffer_bytes(decoder),
         "vision_weights": int(vision) if vision_on_gpu else 0,
-        "vision_activations": vision_activation_bytes(source.spec, source.max_pixels) if vision_on_gpu else 0,
+        "vision_activations": vision_activation_bytes(source.spec, source.max_pixels, source.fused) if vision_on_gpu else 0,
         "runtime_overhead": RUNTIME_OVERHEAD if vision_on_gpu else RUNTIME_OVERHEAD // 2,
     }
     return components, measured
@@ -200,6 +237,7 @@ def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: 
         gpu=card.name, gpu_bytes=card.memory_bytes, context=context, kv_type=kv_type, parallel=parallel, level=level,
         components=components, total_bytes=total, fits=total <= card.memory_bytes, max_context=low,
         best_level=best, vision_on_gpu=vision_on_gpu, decode_tokens_per_s_ceiling=ceiling, weights_measured=measured,
+        max_pixels=source.max_pixels, pixels_from=source.pixels_from, vision_attention_fused=source.fused,
     )
 
 
@@ -218,6 +256,9 @@ def render_text(result: Plan) -> str:
     lines.append(f"  {'total':<24}{gib(result.total_bytes)}  {'fits' if result.fits else 'DOES NOT FIT'}")
     lines.append(f"largest context at {result.level}{slots}: {result.max_context or 'none'}")
     lines.append(f"best level for context {result.context}: {result.best_level or 'none fits'}")
+    attention = "full attention fused" if result.vision_attention_fused else "full attention unfused (scores held)"
+    lines.append(f"pages up to {result.max_pixels:,} pixels ({result.pixels_from})"
+                 + (f", vision {attention}" if result.vision_on_gpu else ""))
     if result.decode_tokens_per_s_ceiling:
         rule = f"{result.parallel} × bandwidth / bytes per step" if result.parallel > 1 else "bandwidth / bytes per token"
         lines.append(f"decode ceiling ({rule}): {result.decode_tokens_per_s_ceiling:.1f} tokens/s")

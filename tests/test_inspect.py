@@ -33,20 +33,84 @@ def test_cli_text_and_json(tiny_model_dir):
     assert "64 layers" in text and "LLLG×16" in text and "Q4_K_M" in text
     report = json.loads(run_cli("inspect", str(tiny_model_dir), "--json", check=True).stdout)
     assert report["decoder"]["layers"] == 64
-    assert report["vision"]["patch_size"] == 16
+    assert report["vision"]["patch_size"] == 14
+    assert report["vision"]["pixels_per_vision_token"] == 28 * 28
 
 
-def test_published_33b_sizes_from_config_alone(tmp_path):
-    """The 33B config (decoder sizes from the model card; vision widths chosen to its 1.2B total)."""
+def test_released_33b_parameter_counts():
+    """tests/data/exaone45_33b_config.json (the released values, tests/data/SOURCES.md), counted two ways."""
+    import torch
+    from transformers import Exaone4_5_Config, Exaone4_5_ForConditionalGeneration
+
     from exaone_edge.spec import model_spec
 
+    path = DATA / "exaone45_33b_config.json"
+    config = json.loads(path.read_text())
+    spec = model_spec(config, path)
+    decoder, vision = spec.decoder, spec.vision
+    assert vision.params == 1_286_482_944  # the tower the sources describe; the "1.2B" of the model card
+    # One decoder layer: q and o 5120 × 5120 (40 heads × 128) twice, k and v 5120 × 1024 (8 × 128) twice,
+    # QK-norms 2 × 128, FFN 3 × 5120 × 27392, two post-norms 2 × 5120.
+    layer = 2 * 5120 * 5120 + 2 * 5120 * 1024 + 2 * 128 + 3 * 5120 * 27392 + 2 * 5120
+    assert decoder.layer_params == layer == 483_666_176
+    assert decoder.body_params == 64 * layer + 5120 == 30_954_640_384  # + the final norm
+    assert decoder.embedding_params == 2 * 153_600 * 5120 == 1_572_864_000  # untied input and output tables
+    # MTP: one more layer, fc 5120 × 10240, three norms of 5120
+    assert decoder.mtp_params == layer + 2 * 5120 * 5120 + 3 * 5120 == 536_110_336
+    assert decoder.body_params + decoder.embedding_params + vision.params == 33_813_987_328  # "33B"
+    assert decoder.pattern == "LLLG" * 16 and decoder.kv_bytes_per_token_per_layer_f16 == 4096
+    assert decoder.max_position_embeddings == 262144 and decoder.rope["original_max_position_embeddings"] == 8192
+
+    # transformers' own classes build the same model from the file (on the meta device: no memory)
+    with torch.device("meta"):
+        model = Exaone4_5_ForConditionalGeneration(Exaone4_5_Config(**config))
+    count = lambda prefix: sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefix))  # noqa: E731
+    assert count("model.visual.") == vision.params
+    assert count("model.language_model.") + count("lm_head.") == decoder.body_params + decoder.embedding_params
+
+
+def test_65_layer_types_for_64_layers_is_read_with_a_warning(tmp_path, capfd):
+    """Reported for the released FP8 repo: the MTP layer listed in layer_types. Read, warn once, not refuse."""
     config = json.loads((DATA / "exaone45_33b_config.json").read_text())
-    spec = model_spec(config, DATA / "exaone45_33b_config.json")
-    decoder = spec.decoder.body_params + spec.decoder.embedding_params
-    assert 31.5e9 < decoder < 33.0e9
-    assert 1.1e9 < spec.vision.params < 1.3e9
-    assert spec.decoder.pattern == "LLLG" * 16
-    assert spec.decoder.kv_bytes_per_token_per_layer_f16 == 4096
+    config["text_config"]["layer_types"].append("full_attention")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    from exaone_edge.spec import model_spec
+
+    spec = model_spec(config, path)
+    assert spec.decoder.num_layers == 64 and spec.decoder.pattern == "LLLG" * 16
+    model_spec(config, path)  # read again: no second warning
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"warning: {path}: ") and "65 entries for 64 layers" in err
+
+    config["text_config"]["layer_types"].append("full_attention")  # 66 for 64 is not that case: refused
+    from exaone_edge.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="66 entries for 64 layers"):
+        model_spec(config, path)
+
+
+def test_65_layer_types_through_the_cli(tmp_path):
+    directory = tmp_path / "fp8-like"
+    directory.mkdir()
+    config = json.loads((DATA / "exaone45_33b_config.json").read_text())
+    config["text_config"]["layer_types"].append("full_attention")
+    (directory / "config.json").write_text(json.dumps(config))
+    result = run_cli("plan", str(directory), "--gpu", "a100-80", "--context", "8192")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(directory / "config.json") in warnings[0]
+
+
+def test_layer_pattern_string_without_layer_types():
+    """transformers accepts sliding_window_pattern "LLLG" (the released form); read it without layer_types."""
+    from exaone_edge.spec import decoder_spec
+
+    text = json.loads((DATA / "exaone45_33b_config.json").read_text())["text_config"]
+    del text["layer_types"]
+    assert decoder_spec(text, DATA).pattern == "LLLG" * 16
+    assert decoder_spec(dict(text, sliding_window_pattern=4), DATA).pattern == "LLLG" * 16
+    assert decoder_spec(dict(text, sliding_window=None), DATA).pattern == "G" * 64
 
 
 def _copy(tiny_model_dir: Path, tmp_path: Path) -> Path:

@@ -9,22 +9,77 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from exaone_edge.plan import GIB, plan
+from exaone_edge.plan import GIB, RELEASED_MAX_PIXELS, plan, vision_activation_bytes
 
 DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
-def config_33b(tiny_model_dir, tmp_path_factory) -> Path:
-    """The 33B config with the tiny model's tokenizer: the planner needs no weights."""
+def config_33b(tmp_path_factory) -> Path:
+    """The released 33B config.json alone, as a user has it before downloading 66 GB: plan needs nothing else."""
     directory = tmp_path_factory.mktemp("exaone45-33b")
     shutil.copy(DATA / "exaone45_33b_config.json", directory / "config.json")
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(tiny_model_dir / name, directory / name)
-    preprocessor = json.loads((tiny_model_dir / "preprocessor_config.json").read_text())
-    preprocessor["size"] = {"shortest_edge": 56 * 56, "longest_edge": 16 * 16 * 4 * 1280}
+    return directory
+
+
+def _with_preprocessor(config_33b: Path, tmp_path: Path, max_pixels: int) -> Path:
+    directory = tmp_path / "with-preprocessor"
+    shutil.copytree(config_33b, directory)
+    # min_pixels / max_pixels at the top level, where llama.cpp's EXAONE 4.5 converter reads them
+    preprocessor = {"min_pixels": 28 * 28, "max_pixels": max_pixels, "patch_size": 14, "merge_size": 2,
+                    "temporal_patch_size": 2}
     (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     return directory
+
+
+def test_config_json_alone_is_enough(config_33b):
+    assert sorted(p.name for p in config_33b.iterdir()) == ["config.json"]
+    result = plan(config_33b, gpu="rtx4090", context=16384)
+    assert result.max_pixels == RELEASED_MAX_PIXELS == 4096 * 28 * 28 and "no preprocessor_config.json" in result.pixels_from
+    assert result.vision_attention_fused  # planned as `exaone-edge export` writes the graph
+    text = run_cli("plan", str(config_33b), "--context", "16384", check=True).stdout
+    assert "pages up to 3,211,264 pixels (no preprocessor_config.json: the released default)" in text
+
+
+def test_a_preprocessor_config_sets_the_page_size(config_33b, tmp_path):
+    directory = _with_preprocessor(config_33b, tmp_path, 1280 * 28 * 28)
+    result = plan(directory, gpu="rtx4090", context=16384)
+    assert result.max_pixels == 1_003_520 and result.pixels_from.endswith("preprocessor_config.json")
+    default = plan(config_33b, gpu="rtx4090", context=16384)
+    assert result.components["vision_activations"] < default.components["vision_activations"]
+
+
+def test_vision_memory_follows_the_released_tower(config_33b):
+    """Weights: 1,286,482,944 parameters in fp16. Activations of a 1280-row page (5120 patches of 14 × 14)."""
+    from exaone_edge.spec import model_spec
+
+    spec = model_spec(json.loads((config_33b / "config.json").read_text()), config_33b / "config.json")
+    result = plan(config_33b, gpu="a100-80", context=8192)
+    assert result.components["vision_weights"] == 2 * 1_286_482_944
+    rows = 5120 * (4 * 2048 + 3 * 5120) * 4  # residual, q/k/v/out and three FFN-wide tensors, float32
+    unfused = 32 * 5120 * 5120 * 4  # [heads, patches, patches] scores of a full-attention block
+    windowed = 2 * 32 * 5120 * 64 * 4  # scores and probabilities inside 8 × 8-patch windows
+    assert vision_activation_bytes(spec, 1280 * 28 * 28, fused=False) == rows + unfused  # 3.57 GiB
+    assert vision_activation_bytes(spec, 1280 * 28 * 28, fused=True) == rows + windowed  # 0.53 GiB
+
+
+def test_a_bundle_says_whether_its_vision_graph_is_fused(config_33b, tmp_path):
+    from exaone_edge.manifest import Manifest, write_manifest
+
+    sizes = {}
+    for fused in (True, False):
+        bundle = _with_preprocessor(config_33b, tmp_path / str(fused), 1280 * 28 * 28)
+        (bundle / "decoder.gguf").write_bytes(b"\0" * 1024)
+        (bundle / "vision").mkdir()
+        (bundle / "vision" / "vision.onnx").write_bytes(b"\0" * 2048)
+        details = {"attention": "fused-full-attention"} if fused else {}
+        write_manifest(bundle / "vision", Manifest(kind="vision-onnx", details=details))
+        write_manifest(bundle, Manifest(kind="bundle", details={"decoder": {"level": "Q4_K_M"}}))
+        result = plan(bundle, gpu="a100-80", context=8192)
+        assert result.weights_measured and result.components["vision_weights"] == 2048
+        assert result.vision_attention_fused is fused
+        sizes[fused] = result.components["vision_activations"]
+    assert sizes[False] - sizes[True] == 32 * 5120 * 5120 * 4 - 2 * 32 * 5120 * 64 * 4
 
 
 def test_kv_cache_follows_the_llama_cpp_layout(config_33b):

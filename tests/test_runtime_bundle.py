@@ -31,7 +31,7 @@ def files_bundle(tiny_model_dir, tmp_path):
 def test_loads_and_reads_specs(files_bundle):
     bundle = load_bundle(files_bundle)
     assert bundle.spec.decoder.num_layers == 64
-    assert bundle.image.patch_size == 16
+    assert bundle.image.patch_size == bundle.spec.vision.patch_size == 14
     assert bundle.eos_token_ids == {53}
     assert bundle.decoder_path.name == "decoder.gguf"
 
