@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/vision_export_memory.py [--depth 4] [--precision int8] [--work DIR]
 
-Builds (once) a checkpoint whose vision tower has the 33B model's real widths (tests/data/
-exaone45_33b_config.json: hidden 1792, MLP 4608, 16/8 heads, merger to 5120) with `--depth` blocks
-and random bf16 weights, on top of the tiny decoder. Exports it in a fresh process (int8 calibrates
+Builds (once) a checkpoint whose vision tower has the released 33B model's widths (tests/data/
+exaone45_33b_config.json: hidden 2048, MLP 5120, 32/8 heads, patch 14, merger to 5120) with `--depth`
+blocks, the last one full-attention as in the release, and random bf16 weights, on top of the tiny decoder. Exports it in a fresh process (int8 calibrates
 on a generated 3-page document set) and
 compares that process's peak RSS, minus the peak of exporting the tiny model the same way (the
 fixed cost of torch, transformers and ONNX Runtime), with the tower's float32 bytes. JSON on stdout.
