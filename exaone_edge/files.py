@@ -217,10 +217,11 @@ def check_output_dir(target: Path, *, overwrite: bool = False, kind: str | None 
         raise InputError(f"output folder is not empty and was not written by exaone-edge{why}; nothing in it was "
                          "changed", path=shown, fix=f"Choose a new or empty folder, e.g. -o {shown / 'exaone-edge-out'}.")
     if kind is not None and found != kind:
-        raise InputError(f"output folder holds an exaone-edge '{found}', not a '{kind}'; it was not changed", path=shown,
+        raise InputError(f"output folder is not empty: it holds an exaone-edge '{found}', not a '{kind}'; it was not "
+                         "changed", path=shown,
                          fix="Choose a new or empty folder.")
     if not overwrite:
-        raise InputError(f"output folder holds an earlier exaone-edge '{found}'", path=shown,
+        raise InputError(f"output folder is not empty: it holds an earlier exaone-edge '{found}'", path=shown,
                          fix="Pass --overwrite to replace it (the old one stays until the new one is complete), "
                              "or choose a new folder.")
 

@@ -76,7 +76,7 @@ def test_an_earlier_report_is_replaced_only_with_overwrite(tmp_path):
     write_report(out, REPORT)
     assert read_manifest(out, kind="report").files.keys() == {"report.json", "report.md", "report.html"}
     newer = {**REPORT, "artifacts": REPORT["artifacts"][:1]}
-    with pytest.raises(InputError, match="holds an earlier exaone-edge 'report'.*Pass --overwrite"):
+    with pytest.raises(InputError, match="not empty: it holds an earlier exaone-edge 'report'.*Pass --overwrite"):
         write_report(out, newer)
     assert len(json.loads((out / "report.json").read_text())["artifacts"]) == 3
     write_report(out, newer, overwrite=True)
