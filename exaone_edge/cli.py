@@ -97,6 +97,8 @@ def run(
     min_p: Annotated[float, typer.Option(help="Drop tokens below min_p × the top probability (0: off).")] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Sampling seed (default: random).")] = None,
     stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop when this text appears; repeatable.")] = None,
+    think: Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason first (reasoning shown dimmed on stderr, "
+                                        "the answer on stdout); off: answer directly.")] = False,
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context length (default: min(model max, 8192)).")] = None,
     gpu_layers: Annotated[int, typer.Option(help="Decoder layers on the GPU (-1: all).")] = -1,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
@@ -119,13 +121,24 @@ def run(
     chunks = ask(
         bundle, question, images=image or [], pdf=pdf, pages=pages, params=params, n_ctx=ctx,
         n_gpu_layers=gpu_layers, n_threads=threads, flash_attn=modes[flash_attn], kv_type=kv_type, verify=verify,
+        thinking=think,
     )
     if json_output:
         emit(result_dict(collect(chunks)), True, "")
         return
+    # Reasoning goes to stderr (dimmed on a terminal), so stdout holds only the answer and stays pipeable.
+    dim, undim = ("\x1b[2m", "\x1b[0m") if sys.stderr.isatty() else ("", "")
 
     def streamed():
+        reasoned = False
         for chunk in chunks:
+            if chunk.reasoning:
+                sys.stderr.write(f"{dim}{chunk.reasoning}{undim}")
+                sys.stderr.flush()
+                reasoned = True
+            if chunk.text and reasoned:
+                sys.stderr.write("\n")
+                reasoned = False
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
             yield chunk
@@ -159,6 +172,8 @@ def serve(
     max_queue: Annotated[int | None, typer.Option(help="Requests waiting beyond the running ones; more get 429 (8).")] = None,
     parallel: Annotated[int | None, typer.Option(help="Generations decoded together, each with a --ctx KV cache (1).")] = None,
     default_max_tokens: Annotated[int | None, typer.Option(help="max_tokens when a request gives none (512).")] = None,
+    thinking: Annotated[str | None, typer.Option(help="Default reasoning mode, on or off (off); a request's "
+                                                 "chat_template_kwargs.enable_thinking overrides it.")] = None,
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context length (default: min(model max, 8192)).")] = None,
     gpu_layers: Annotated[int | None, typer.Option(help="Decoder layers on the GPU (-1: all).")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
@@ -172,6 +187,8 @@ def serve(
     """
     flags = {name: value for name, value in locals().items() if name != "bundle"}  # flag name = setting name
     flags["allow_dir"] = tuple(allow_dir) if allow_dir else None
+    if thinking is not None and thinking not in ("on", "off"):
+        raise InputError(f"--thinking must be on or off, got '{thinking}'")
     for name in ("allow_remote_network", "allow_host", "allow_origin"):
         flags[name] = tuple(flags[name]) if flags[name] else None
     from exaone_edge.runtime.server.main import serve as run_server
@@ -278,6 +295,10 @@ def validate(
     reference_dtype: Annotated[str, typer.Option(help="Reference precision: auto (bf16 on CUDA, float32 on CPU), "
                                                  "bfloat16 or float32.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier report in -o (nothing else is ever replaced).")] = False,
+    think: Annotated[bool, typer.Option("--think/--no-think", help="Validate with reasoning on (answers scored after "
+                                        "</think>) or off (default, as run and serve answer).")] = False,
+    answer_tokens: Annotated[int | None, typer.Option(help="Token budget per answer (default: 24 without thinking, "
+                                                      "1024 with it; each token is a pass of the reference).")] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Accuracy-regression report per artifact: vision/decoder fidelity, document-QA accuracy, speed, memory."""
@@ -287,7 +308,11 @@ def validate(
     check_report_dir(out, overwrite)  # a folder we may not write fails before the run, not after
     if baseline is not None:
         load_baseline(baseline)  # a bad baseline fails before the run, not after
-    report = collect(reference, artifacts, eval_set, ValidateOptions(max_questions=max_questions, measure_speed=not no_speed),
+    if answer_tokens is not None and answer_tokens < 1:
+        raise InputError(f"--answer-tokens must be at least 1, got {answer_tokens}")
+    options = ValidateOptions(max_questions=max_questions, measure_speed=not no_speed, thinking=think,
+                              max_new_tokens=answer_tokens)
+    report = collect(reference, artifacts, eval_set, options,
                      reference_cache=reference_cache, reference_dtype=reference_dtype)
     overrides = {"kl_mean_increase": kl_threshold} if kl_threshold is not None else None
     result = write_report(out, report, baseline, overrides, overwrite=overwrite)

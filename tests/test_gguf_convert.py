@@ -49,8 +49,8 @@ def test_image_rows_fed_as_embeddings_match_transformers(tiny_model_dir, gguf_di
     model, tokenizer = hf_model(tiny_model_dir), hf_tokenizer(tiny_model_dir)
     inputs, rows = image_inputs(tiny_model_dir, page_image(1, size=(320, 256)))
     image_token = model.config.image_token_id
-    before = tokenizer("[|user|]<vision>", add_special_tokens=False)["input_ids"]
-    after = tokenizer("</vision>What is the total of item 2?[|endofturn|]\n[|assistant|]",
+    before = tokenizer("<|user|>\n<vision>", add_special_tokens=False)["input_ids"]
+    after = tokenizer("</vision>What is the total of item 2?<|endofturn|>\n<|assistant|>\n<think>\n\n</think>\n\n",
                       add_special_tokens=False)["input_ids"]
     ids = before + [image_token] * len(rows) + after
     assert len(ids) > 2 * model.config.text_config.sliding_window  # the window is exercised
@@ -107,7 +107,7 @@ TOKENIZER_TEXTS = [
     "대한민국 헌법 제1조 ① 대한민국은 민주공화국이다. 합계 금액: 1,823,250원",
     "0 1 12 123 1234 12345 123456 3.14159 -42 1e-5 2024-12-31 ₩1,000,000 $18,232.50",
     "| 항목 | 수량 | 단가 |\n|---|---:|---:|\n| Widget | 3 | 1,200 |\n\n\tindented\t\ttabs   spaces",
-    "[|user|]<vision><|image_pad|><|image_pad|></vision>합계는?[|endofturn|]\n[|assistant|]<think>\n\n</think>\n\n",
+    "<|user|>\n<vision><|image_pad|><|image_pad|></vision>합계는?<|endofturn|>\n<|assistant|>\n<think>\n\n</think>\n\n",
     "  leading spaces, émojis 🚀📄, mixed 한국어English123 and 'quotes' \"double\" don't",
 ]
 
@@ -134,10 +134,12 @@ def test_chat_template_renders_like_hf(tiny_model_dir, gguf_dir):
         ],
     ]
     for messages in conversations:
-        expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        rendered = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                                 add_generation_prompt=True)
-        assert rendered == expected
+        for thinking in (True, False):
+            expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                     enable_thinking=thinking)
+            rendered = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                     add_generation_prompt=True, enable_thinking=thinking)
+            assert rendered == expected
 
 
 def test_bad_inputs_are_typed_errors(tiny_model_dir, tmp_path):
