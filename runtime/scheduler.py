@@ -117,6 +117,8 @@ class Scheduler:
                 if self.failure is not None and request.events.empty():
                     raise self.failure
                 continue
+            if cancel is not None and cancel.is_set():
+                return
             if item is _DONE:
                 return
             if isinstance(item, BaseException):
