@@ -243,3 +243,28 @@ def test_input_preparation_has_a_deadline_and_text_requests_never_wait(server, i
     assert_error(post(server, body(messages=user(image_part(f"{intranet.url}/page.png")))), 400, None,
                  contains="no vision encoder")
     assert_still_serving(server)
+
+
+def test_preparation_pool_deadline_covers_the_wait_and_an_overrunning_step():
+    import asyncio
+
+    from exaone_edge.runtime.server.prepare import DeadlineExceeded, Preparation
+
+    def render(seconds, deadline):  # one step that cannot be interrupted (a page render)
+        time.sleep(seconds)
+        return "done"
+
+    async def scenario():
+        pool = Preparation(concurrency=1, timeout_s=0.3)
+        results = await asyncio.gather(pool.run(render, 0.8), pool.run(render, 0.0), return_exceptions=True)
+        busy = pool.running  # the overrunning step still holds its turn until it really ends
+        await asyncio.sleep(0.7)
+        after = await pool.run(render, 0.0)
+        pool.close()
+        return results, busy, after
+
+    start = time.monotonic()
+    (first, second), busy, after = asyncio.run(scenario())
+    assert isinstance(first, DeadlineExceeded) and "0.3 s limit" in str(first)
+    assert isinstance(second, DeadlineExceeded) and "waited 0.3 s for its turn" in str(second)
+    assert busy == 1 and after == "done" and time.monotonic() - start < 2.5
