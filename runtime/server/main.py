@@ -39,7 +39,8 @@ def serve(bundle_dir: Path | str, settings: ServerSettings) -> None:
             raise InputError(f"cannot listen on {settings.host}:{settings.port} ({exc.strerror})") from None
         port = sock.getsockname()[1]
         if not settings.loopback and settings.api_key is None:
-            sys.stderr.write(f"warning: listening on {settings.host} without an API key (--api-key)\n")
+            sys.stderr.write(f"warning: listening on {settings.host} without an API key (--api-key); only IP addresses "
+                             "and localhost are served as Host names (--allow-host for others)\n")
         address = f"[{settings.host}]" if ":" in settings.host else settings.host
         vision = "with vision" if engine.vision is not None else "text only"
         sys.stderr.write(
