@@ -5,8 +5,8 @@ rerun must succeed and leave nothing of the killed run behind.
 
 On the tiny model (built once under --root). Each command first runs once uncut: that gives its duration T
 and a complete output to start some tries from (`--overwrite` then has an old output to replace). Each try
-deletes or restores the output, starts the command, sends SIGKILL to its process group after U(0.02, 1.0)·T
-seconds, and checks:
+deletes or restores the output, starts the command, sends SIGKILL to its process group after
+U(0.02, 0.85)·T seconds (the machine's load varies: a later kill often finds the run done), and checks:
   - the output path holds nothing, the old output or the new one, and whatever it holds verifies against its
     manifest; no folder outside a `.partial` has a manifest.json whose checksums fail ("looks complete, is not");
   - the rerun (same command, not killed) exits 0, its output verifies, and no `.partial` file or folder and no
@@ -36,6 +36,15 @@ COMMANDS: dict[str, Argv] = {
     "export": lambda model, out: [*CLI, "export", str(model), "-o", str(out), "--overwrite"],
 }
 KINDS = {"quantize": "bundle", "export": "vision-onnx"}
+# What each command logs as it enters a stage (log lines wrap, so these are searched in the whole log).
+STAGES = {
+    "quantize": [("convert: checkpoint", "F16 conversion"), ("reusing F16", "F16 reused"),
+                 ("converted:", "F16 written"), ("imatrix:", "importance matrix"), ("quantize: ", "llama.cpp quantize"),
+                 ("validate: KL", "KL check and bundle write"), ("bits/weight", "finished")],
+    "export": [("loading the vision tower", "loading the tower"), ("exporting to ONNX", "ONNX export and optimisation"),
+               ("converting to", "precision conversion"), ("✓", "checklist and manifest"), ("✗", "checklist"),
+               ("wrote ", "finished")],
+}
 
 
 @dataclass
@@ -99,9 +108,11 @@ def leftovers(parent: Path, out: Path) -> list[str]:
     return sorted(names)
 
 
-def _stage(log: Path) -> str:
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1][:100] if lines else "(nothing logged yet: starting up)"
+def stage(command: str, log: Path) -> str:
+    """The last stage the command announced before it was killed."""
+    text = log.read_text(errors="replace").replace("\n", " ")
+    seen = [(text.rfind(marker), name) for marker, name in STAGES[command] if marker in text]
+    return max(seen)[1] if seen else "start-up (imports, checks)"
 
 
 def one_try(index: int, command: str, argv: Argv, model: Path, root: Path, delay: float,
@@ -124,7 +135,7 @@ def one_try(index: int, command: str, argv: Argv, model: Path, root: Path, delay
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             record.killed = True
-    record.stage = _stage(log) if record.killed else f"finished first (rc {process.returncode})"
+    record.stage = stage(command, log) if record.killed else f"finished first (rc {process.returncode})"
     record.after_kill = state(out, old, KINDS[command])
     record.partials_after_kill = leftovers(parent, out)
     record.looks_complete_but_is_not = false_complete(parent)
@@ -159,7 +170,7 @@ def run(model: Path, root: Path, tries: int, seed: int, commands: dict[str, Argv
     for index in range(tries):
         name = names[index % len(names)]
         seconds, pristine = baselines[name]
-        delay = rng.uniform(0.02, 1.0) * seconds
+        delay = rng.uniform(0.02, 0.85) * seconds  # load varies: a later kill often finds the run done
         record = one_try(index, name, commands[name], model, root, delay, pristine if rng.random() < 0.5 else None)
         records.append(record)
         report(f"try {index}: {name} killed={record.killed} after {record.kill_after_s} s at '{record.stage}': "

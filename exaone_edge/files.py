@@ -124,7 +124,13 @@ def scratch_dir(parent: Path, name: str) -> Iterator[Path]:
     parent = Path(parent)
     _mkdirs(parent)
     path = parent / partial_name(name)
-    path.mkdir()
+    try:
+        path.mkdir()
+    except OSError as exc:
+        from exaone_edge.errors import InputError
+
+        raise InputError(f"cannot create a work folder here ({exc.strerror}); outputs are built beside their final "
+                         "place and renamed in", path=parent, fix="Choose an output whose parent folder you can write to.") from None
     (path / OWNER_FILE).write_text(json.dumps({
         "tool": TOOL, "pid": os.getpid(), "host": _host(), "start": _start_ticks(os.getpid()), "target": name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n", encoding="utf-8")
