@@ -1,11 +1,12 @@
 """`exaone-edge plan`: will it fit? GPU memory for decoder, vision encoder and KV cache at a context.
 
 Weights come from the real artifact when a bundle is given (file sizes), otherwise from the
-checkpoint's parameter counts at each level's bits per weight. A checkpoint folder needs only its
-config.json: plan before downloading the weights (the page size then defaults to the released limit). KV cache follows llama.cpp's layout:
-global layers hold the whole context, sliding-window layers at most the window (padded as llama.cpp
-pads it), once per parallel sequence (`serve --parallel`: llama.cpp's non-unified cache gives each a full
-context). Compute buffers and the runtimes' CUDA overhead are allowances, labelled as such.
+checkpoint's parameter counts at each level's bits per weight; of a checkpoint only config.json is
+needed, so one can plan before downloading (pages then default to the released pixel limit). KV cache
+follows llama.cpp's layout: global layers hold the whole context, sliding-window layers at most the
+window (padded as llama.cpp pads it), once per parallel sequence (`serve --parallel`: llama.cpp's
+non-unified cache gives each a full context). Compute buffers and the runtimes' CUDA overhead are
+allowances, labelled as such.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from exaone_edge import bundle as bundle_format
-from exaone_edge.errors import InputError
+from exaone_edge.checkpoint import read_json
+from exaone_edge.errors import CheckpointError, InputError
 from exaone_edge.levels import LEVELS, estimated_bytes
 from exaone_edge.spec import DecoderSpec, ModelSpec, image_spec, model_spec
 from exaone_edge.vision.contract import FUSED_ATTENTION, PREPROCESSOR_FILE
@@ -29,9 +31,8 @@ KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 UBATCH = 512  # llama.cpp's default micro-batch; sizes the compute buffer and the SWA cache padding
 RUNTIME_OVERHEAD = 800 * MIB  # two CUDA contexts (ONNX Runtime + llama.cpp) with their BLAS workspaces
 HEADROOM = 0.05  # fragmentation and driver reserve
-# Pixel limits when a folder has no preprocessor_config.json: min 28·28 as vLLM's EXAONE 4.5 example, max the
-# reported released maximum (4,096 image rows), the larger of the published values (tests/data/SOURCES.md).
-RELEASED_MIN_PIXELS = 28 * 28
+# Largest page when a folder has no preprocessor_config.json: the reported released maximum (4,096 image rows),
+# the larger of the published values, so a plan made before downloading is not optimistic (tests/data/SOURCES.md).
 RELEASED_MAX_PIXELS = 3_211_264
 
 
@@ -67,7 +68,8 @@ class Plan:
     max_context: int  # largest context per sequence that fits at this level (0 if none)
     best_level: str | None  # best-quality level that fits the requested context
     vision_on_gpu: bool
-    decode_tokens_per_s_ceiling: float | None  # all `parallel` sequences together
+    placement: dict  # where each part runs: exaone_edge.device.Placement.as_dict(), as the runtime would decide
+    decode_tokens_per_s_ceiling: float | None  # all `parallel` sequences together; None unless the decoder is all on the GPU
     weights_measured: bool  # decoder/vision sizes are real file sizes, not estimates
     max_pixels: int  # the largest page the vision activations are sized for
     pixels_from: str  # where max_pixels came from: a preprocessor_config.json, or the released default
@@ -126,8 +128,6 @@ class _Source:
 
 
 def _max_pixels(directory: Path) -> tuple[int, str]:
-    from exaone_edge.checkpoint import read_json
-
     path = directory / PREPROCESSOR_FILE
     if path.is_file():
         return image_spec(read_json(path, "image processor config"), path).max_pixels, str(path)
@@ -135,21 +135,15 @@ def _max_pixels(directory: Path) -> tuple[int, str]:
 
 
 def _read_spec(directory: Path) -> ModelSpec:
-    from exaone_edge.checkpoint import read_json
-
     config_path = directory / "config.json"
     config = read_json(config_path, "config.json")
     if not isinstance(config, dict):
-        from exaone_edge.errors import CheckpointError
-
         raise CheckpointError("config.json is not a JSON object", path=config_path)
     return model_spec(config, config_path)
 
 
 def _load_source(path: Path) -> _Source:
     """A bundle (measured file sizes) or a checkpoint folder, of which only config.json is needed."""
-    from exaone_edge.errors import CheckpointError
-
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError("not a directory" if path.exists() else "directory does not exist", path=path,
@@ -178,19 +172,21 @@ def _load_source(path: Path) -> _Source:
 
 
 def _components(
-    source: _Source, level: str, context: int, kv_type: str, vision_on_gpu: bool, parallel: int = 1
+    source: _Source, level: str, context: int, kv_type: str, vision_on_gpu: bool, parallel: int = 1,
+    decoder_share: float = 1.0,
 ) -> tuple[dict[str, int], bool]:
+    """GPU bytes per part; `decoder_share` is the fraction of decoder layers offloaded (their weights and KV)."""
     decoder = source.spec.decoder
     measured = source.measured_level == level and source.measured_decoder_bytes is not None
     weights = source.measured_decoder_bytes if measured else estimated_bytes(source.decoder_params, level)
     vision = source.measured_vision_bytes or source.vision_params * 2
     components = {
-        "decoder_weights": int(weights),
-        "kv_cache": parallel * kv_cache_bytes(decoder, context, kv_type),
-        "decoder_compute_buffer": compute_buffer_bytes(decoder),
+        "decoder_weights": int(weights * decoder_share),
+        "kv_cache": int(parallel * kv_cache_bytes(decoder, context, kv_type) * decoder_share),
+        "decoder_compute_buffer": compute_buffer_bytes(decoder) if decoder_share else 0,
         "vision_weights": int(vision) if vision_on_gpu else 0,
         "vision_activations": vision_activation_bytes(source.spec, source.max_pixels, source.fused) if vision_on_gpu else 0,
-        "runtime_overhead": RUNTIME_OVERHEAD if vision_on_gpu else RUNTIME_OVERHEAD // 2,
+        "runtime_overhead": RUNTIME_OVERHEAD // 2 * (int(vision_on_gpu) + int(decoder_share > 0)),
     }
     return components, measured
 
@@ -200,7 +196,17 @@ def _total(components: dict[str, int], gpu: Gpu) -> int:
 
 
 def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: str = "f16",
-         level: str | None = None, vision_on_gpu: bool = True, parallel: int = 1) -> Plan:
+         level: str | None = None, vision_on_gpu: bool | None = None, parallel: int = 1, *, device: str = "auto",
+         gpu_layers: int | None = None, vision_provider: str = "auto") -> Plan:
+    """`device`, `gpu_layers`, `vision_provider` as for `run`/`serve`; the placement is what the runtime decides on
+    a GPU box set up as the README says (exaone_edge.device.predicted_placement). `vision_on_gpu=False` is
+    `vision_provider="cpu"`."""
+    from exaone_edge.device import predicted_placement
+
+    if vision_on_gpu is False:
+        vision_provider = "cpu"
+    placement = predicted_placement(device, gpu_layers, vision_provider)
+    vision_on_gpu = placement.vision_on_gpu
     if parallel < 1:
         raise InputError(f"parallel must be at least 1, got {parallel}")
     if kv_type not in KV_BYTES_PER_ELEMENT:
@@ -218,10 +224,14 @@ def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: 
     if level not in LEVELS:
         raise InputError(f"unknown level '{level}'", fix=f"Use one of {', '.join(LEVELS)}.")
 
-    def fits(lvl: str, ctx: int) -> bool:
-        return _total(_components(source, lvl, ctx, kv_type, vision_on_gpu, parallel)[0], card) <= card.memory_bytes
+    layers = decoder.num_layers
+    share = 1.0 if placement.gpu_layers < 0 else min(placement.gpu_layers, layers) / layers
 
-    components, measured = _components(source, level, context, kv_type, vision_on_gpu, parallel)
+    def fits(lvl: str, ctx: int) -> bool:
+        used = _total(_components(source, lvl, ctx, kv_type, vision_on_gpu, parallel, share)[0], card)
+        return used <= card.memory_bytes
+
+    components, measured = _components(source, level, context, kv_type, vision_on_gpu, parallel, share)
     total = _total(components, card)
     low, high = 0, decoder.max_position_embeddings
     while low < high:  # largest context that fits, to a multiple of 256
@@ -232,11 +242,12 @@ def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: 
     best = next((lvl for lvl in QUALITY_ORDER if fits(lvl, context)), None)
     # One decode step reads the weights once and every sequence's KV cache, and yields `parallel` tokens.
     bytes_per_step = components["decoder_weights"] + components["kv_cache"]
-    ceiling = parallel * card.bandwidth_gbs * 1e9 / bytes_per_step if card.bandwidth_gbs else None
+    ceiling = parallel * card.bandwidth_gbs * 1e9 / bytes_per_step if card.bandwidth_gbs and share == 1.0 else None
     return Plan(
         gpu=card.name, gpu_bytes=card.memory_bytes, context=context, kv_type=kv_type, parallel=parallel, level=level,
         components=components, total_bytes=total, fits=total <= card.memory_bytes, max_context=low,
-        best_level=best, vision_on_gpu=vision_on_gpu, decode_tokens_per_s_ceiling=ceiling, weights_measured=measured,
+        best_level=best, vision_on_gpu=vision_on_gpu, placement=placement.as_dict(), decode_tokens_per_s_ceiling=ceiling,
+        weights_measured=measured,
         max_pixels=source.max_pixels, pixels_from=source.pixels_from, vision_attention_fused=source.fused,
     )
 
@@ -250,6 +261,8 @@ def render_text(result: Plan) -> str:
     slots = f" × {result.parallel} parallel" if result.parallel > 1 else ""
     lines = [f"{result.gpu} ({gib(result.gpu_bytes).strip()}), {result.level}, context {result.context}{slots}, "
              f"KV {result.kv_type}, vision on {'GPU' if result.vision_on_gpu else 'CPU'}" + ("" if result.weights_measured else " — weights estimated from bits per weight")]
+    layers = result.placement["decoder"]["gpu_layers"]
+    lines.append("decoder layers on the GPU: " + {-1: "all", 0: "none (decoder on the CPU)"}.get(layers, str(layers)))
     for name, size in result.components.items():
         lines.append(f"  {name:<24}{gib(size)}")
     lines.append(f"  {'headroom (5%)':<24}{gib(int(HEADROOM * result.gpu_bytes))}")
