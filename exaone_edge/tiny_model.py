@@ -35,6 +35,7 @@ TEXT = dict(
     # The released rope (llama3, θ 1e6, factor 16, low 1, high 4). Its original context is scaled with the
     # model: the release has 262144 / 8192 = 32× its original context, so 4096 / 32 = 128 here, and a tiny
     # prompt with one page (a few hundred positions) runs well past it, as a long document does on the 33B.
+    # All three llama3 bands still hold frequencies at head_dim 64: 4 kept, 3 smoothed, 25 divided by 16.
     rope_parameters=dict(
         rope_type="llama3",
         rope_theta=1_000_000.0,
