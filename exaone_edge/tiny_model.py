@@ -78,7 +78,11 @@ BENCH_TEXT = dict(
     sliding_window=None,
     sliding_window_pattern=None,
     layer_types=["full_attention"] * 2,
+    # No MTP head: llama.cpp loads it but never runs it (NOTES.md), so it would add 0.54B parameters to
+    # every build and conversion and nothing to any timing.
     num_nextn_predict_layers=0,
+    max_position_embeddings=262144,  # the released context and rope
+    rope_parameters=dict(TEXT["rope_parameters"], original_max_position_embeddings=8192),
 )
 BENCH_VISION = dict(
     VISION,
@@ -134,24 +138,7 @@ def build_tiny_model(out: Path, seed: int = 0, overwrite: bool = False, preset: 
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tokenizer = _hf_tokenizer(PreTrainedTokenizerFast)
-    vocab = len(tokenizer)
-    config = Exaone4_5_Config(
-        text_config=dict(
-            model_type="exaone4",
-            vocab_size=vocab,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            tie_word_embeddings=False,
-            **chosen.text,
-        ),
-        vision_config=dict(out_hidden_size=chosen.text["hidden_size"], **chosen.vision),
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tokenizer.convert_tokens_to_ids("<vision>"),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids("</vision>"),
-        tie_word_embeddings=False,
-    )
+    config = preset_config(chosen, tokenizer, Exaone4_5_Config)
     torch.manual_seed(seed)
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # the bench preset is 1.2B parameters: never hold it in fp32
@@ -185,6 +172,27 @@ def build_tiny_model(out: Path, seed: int = 0, overwrite: bool = False, preset: 
         size = sum(f.stat().st_size for f in tmp.iterdir() if f.is_file())
     params = sum(p.numel() for p in model.parameters()) + mtp_params
     return TinyModelResult(path=Path(out), parameters=params, bytes_on_disk=size)
+
+
+def preset_config(chosen: Preset, tokenizer, config_class):
+    """The preset's `Exaone4_5_Config`, special-token ids taken from the tokenizer."""
+    return config_class(
+        text_config=dict(
+            model_type="exaone4",
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=False,
+            **chosen.text,
+        ),
+        vision_config=dict(out_hidden_size=chosen.text["hidden_size"], **chosen.vision),
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<vision>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("</vision>"),
+        tie_word_embeddings=False,
+    )
 
 
 def _is_norm(name: str) -> bool:

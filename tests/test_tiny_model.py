@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,36 @@ def test_structure_matches_what_llama_cpp_and_the_stages_need(tiny_model_dir):
     assert checkpoint.image.min_pixels % 28**2 == 0 and checkpoint.image.max_pixels % 28**2 == 0
     assert all(name in checkpoint.tensors for name in ("mtp.fc.weight", "mtp.norm.weight", "mtp.pre_fc_norm_hidden.weight"))
     assert sum(path.stat().st_size for path in tiny_model_dir.iterdir()) < 60 * 2**20
+
+
+def test_bench_preset_has_the_released_widths():
+    """Built on the meta device (no memory): every per-block width is the released one, only depths differ."""
+    import torch
+    from transformers import Exaone4_5_Config, Exaone4_5_ForConditionalGeneration, PreTrainedTokenizerFast
+
+    from exaone_edge.spec import model_spec
+    from exaone_edge.tiny_model import PRESETS, _hf_tokenizer, preset_config
+
+    path = Path(__file__).parent / "data" / "exaone45_33b_config.json"
+    released = model_spec(json.loads(path.read_text()), path)
+    config = preset_config(PRESETS["bench"], _hf_tokenizer(PreTrainedTokenizerFast), Exaone4_5_Config)
+    bench = model_spec(config.to_dict(), path)
+    same = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim")
+    assert all(getattr(bench.decoder, f) == getattr(released.decoder, f) for f in same)
+    assert bench.decoder.rope == released.decoder.rope
+    for field in ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "patch_size", "temporal_patch_size",
+                  "spatial_merge_size", "window_size", "out_hidden_size"):
+        assert getattr(bench.vision, field) == getattr(released.vision, field), field
+    assert bench.vision.fullatt_block_indexes == (6,) and bench.vision.depth == 7  # one period of 6, 13, 20, 27
+    with torch.device("meta"):
+        model = Exaone4_5_ForConditionalGeneration(config)
+    assert sum(p.numel() for n, p in model.named_parameters() if n.startswith("model.visual.")) == bench.vision.params
+    # 7 of the released 28 blocks: the difference is exactly 21 released blocks. One block: fused qkv
+    # 2048 × (32 + 2·8)·64 + bias, proj 2048² + bias, gate/up 2 × (2048 × 5120 + 5120), down 5120 × 2048 + 2048,
+    # two norms 2 × 2048.
+    block = 2048 * 3072 + 3072 + 2048 * 2048 + 2048 + 2 * (2048 * 5120 + 5120) + 5120 * 2048 + 2048 + 2 * 2048
+    assert released.vision.params - bench.vision.params == 21 * block == 21 * 41_964_544
+    assert bench.decoder.max_position_embeddings == released.decoder.max_position_embeddings
 
 
 def test_norms_are_randomised_so_swaps_show(tiny_model_dir):
