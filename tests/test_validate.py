@@ -48,6 +48,7 @@ def test_exact_bundle_matches_the_reference_and_writes_three_reports(tiny_model_
     assert artifact["task"]["flip_rate"] == 0.0
     assert artifact["speed"]["peak_rss_bytes"] > 0 and artifact["speed"]["ttft_s"] > 0
     assert report["eval_set"]["questions"] == 2 and report["machine"]["usable_cpus"]
+    assert report["mode"] == {"thinking": False, "answer_tokens": 24, "scored": "the whole reply"}  # the default
     assert (out / "report.md").read_text().count("| F32 | bundle |") == 1
     assert "<svg" in (out / "report.html").read_text()
 
@@ -72,3 +73,38 @@ def test_bad_inputs(tiny_model_dir, bundles, tmp_path):
     bad_baseline = _run(tiny_model_dir, bundles, bundles["exact"], tmp_path / "r2", "--baseline", str(tmp_path / "bad.json"),
                         "--no-speed")
     assert bad_baseline.returncode == 2 and "not an exaone-edge report.json" in bad_baseline.stderr
+
+
+def test_thinking_mode_is_chosen_recorded_and_budgeted(tiny_model_dir, bundles):
+    """--think: the reference and the bundle get the thinking prompt, the report records the mode and budget."""
+    out = bundles["root"] / "report-think"
+    result = _run(tiny_model_dir, bundles, bundles["exact"], out, "--think", "--answer-tokens", "6", "--no-speed")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["mode"] == {"thinking": True, "answer_tokens": 6, "scored": "text after </think>"}
+    assert report["artifacts"][0]["decoder"]["kl_mean"] < 1e-6  # same (thinking) prompt on both sides
+
+
+def test_answers_are_scored_after_the_reasoning():
+    from exaone_edge.validate.collect import ANSWER_TOKENS, ValidateOptions
+
+    thinking, plain = ValidateOptions(thinking=True), ValidateOptions()
+    assert (thinking.answer_tokens, plain.answer_tokens) == (ANSWER_TOKENS[True], ANSWER_TOKENS[False])
+    assert ANSWER_TOKENS[True] >= 20 * ANSWER_TOKENS[False]  # reasoning comes before the answer
+    assert thinking.answer("the table says 42\n</think>\n\n 42 ") == "42"
+    assert thinking.answer("ran out of tokens while reasoning") == ""  # no answer, not the reasoning
+    assert plain.answer(" 42 ") == "42"
+
+
+@pytest.mark.parametrize("thinking, ending", [(True, "<|assistant|>\n<think>\n"),
+                                              (False, "<|assistant|>\n<think>\n\n</think>\n\n")])
+def test_reference_prompt_follows_the_mode(tiny_model_dir, thinking, ending):
+    from PIL import Image
+
+    from exaone_edge.validate.reference import Question, chat_inputs
+    from runtime_fixtures import hf_processor
+
+    processor = hf_processor(tiny_model_dir)
+    question = Question("doc", Image.new("RGB", (56, 56), "white"), "Total?", ["42"])
+    ids = chat_inputs(processor, question, thinking)["input_ids"][0].tolist()
+    assert processor.tokenizer.decode(ids, skip_special_tokens=False).endswith("Total?<|endofturn|>\n" + ending)
