@@ -42,7 +42,7 @@ def compare_with_llama_cpp(engine: Any, gguf: Path, *, prompt_tokens: int, decod
     from exaone_edge.runtime.generation import GenerationParams, collect
 
     plain = Llama(model_path=str(gguf), n_ctx=engine.n_ctx, n_threads=threads, n_threads_batch=threads,
-                  n_batch=engine.options.n_batch, n_gpu_layers=engine.options.n_gpu_layers,
+                  n_batch=engine.options.n_batch, n_gpu_layers=engine.placement.gpu_layers,
                   flash_attn=bool(engine.options.flash_attn), verbose=False)
     counter = iter(range(1, 1 << 30))
 

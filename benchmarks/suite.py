@@ -33,6 +33,9 @@ class BenchOptions:
     page: Path | None = None
     sections: tuple[str, ...] = SECTIONS
     mtmd: bool = False
+    device: str = "auto"  # as run/serve: exaone_edge.device.choose_placement
+    gpu_layers: int | None = None
+    vision_provider: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,9 @@ def run_bench(bundle_dir: Path, options: BenchOptions) -> dict[str, Any]:
     bundle = load_bundle(bundle_dir)
     level = bundle.manifest.details.get("decoder", {}).get("level", "?")
     results: list[Result] = []
-    engine = Engine(bundle, EngineOptions(n_threads=options.threads, flash_attn=False, verify=False))
-    n_ctx = engine.n_ctx
+    engine = Engine(bundle, EngineOptions(n_threads=options.threads, flash_attn=False, verify=False, device=options.device,
+                                          n_gpu_layers=options.gpu_layers, vision_provider=options.vision_provider))
+    n_ctx, placement = engine.n_ctx, engine.placement.as_dict()
     model = _transformers_model(options) if options.model_dir and {"decode", "vision", "first_token"} & set(options.sections) else None
     try:
         if "decode" in options.sections:
@@ -124,6 +128,7 @@ def run_bench(bundle_dir: Path, options: BenchOptions) -> dict[str, Any]:
         "model_dir": str(options.model_dir) if options.model_dir else None,
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
         "machine": describe_machine(),
+        "placement": placement,
         "results": [asdict(r) for r in results],
     }
 

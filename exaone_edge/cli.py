@@ -100,7 +100,7 @@ def run(
     think: Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason first (reasoning shown dimmed on stderr, "
                                         "the answer on stdout); off: answer directly.")] = False,
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context length (default: min(model max, 8192)).")] = None,
-    gpu_layers: Annotated[int, typer.Option(help="Decoder layers on the GPU (-1: all).")] = -1,
+    gpu_layers: Annotated[int | None, typer.Option(help="Decoder layers on the GPU (-1: all).")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
     flash_attn: Annotated[str, typer.Option(help="Flash attention: auto, on or off.")] = "auto",
     kv_type: Annotated[str, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = "f16",

@@ -126,7 +126,7 @@ def check_tokenizer(gguf_path: Path, checkpoint: Checkpoint) -> dict:
     from tokenizers import Tokenizer
 
     from exaone_edge.errors import ValidationFailed
-    from exaone_edge.quantize.llama_eval import tokenize_with_gguf
+    from exaone_edge.llama import tokenize as tokenize_with_gguf
 
     reference = Tokenizer.from_file(str(checkpoint.tokenizer_file))
     specials = [t.content for t in reference.get_added_tokens_decoder().values() if t.special][:12]

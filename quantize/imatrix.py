@@ -44,9 +44,9 @@ GgmlTensor._fields_ = [
 
 
 def _ggml_base():
-    import llama_cpp
+    from exaone_edge.llama import library
 
-    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(library().__file__), "lib", "libggml-base.so"))
     lib.ggml_op_name.restype, lib.ggml_op_name.argtypes = ctypes.c_char_p, [ctypes.c_int]
     lib.ggml_tensor_overhead.restype = ctypes.c_size_t
     lib.ggml_backend_buffer_is_host.restype, lib.ggml_backend_buffer_is_host.argtypes = ctypes.c_bool, [ctypes.c_void_p]
@@ -78,7 +78,7 @@ class Imatrix:
 
 
 class ImatrixCollector:
-    """A `cb_eval` callback for `LlamaRunner` that fills an Imatrix."""
+    """A `cb_eval` callback for `LlamaContext` that fills an Imatrix."""
 
     def __init__(self, include_output: bool = True) -> None:
         lib = _ggml_base()
@@ -183,17 +183,21 @@ def load_imatrix(path: Path) -> Imatrix:
     return imatrix
 
 
-def collect_imatrix(gguf_path: Path, prompts: list[list], datasets: list[str], threads: int | None = None) -> Imatrix:
-    """Decode every calibration prompt (logits on at all positions, so the last layers see every row)."""
+def collect_imatrix(gguf_path: Path, prompts: list[list], datasets: list[str], threads: int | None = None,
+                    gpu_layers: int | None = None) -> Imatrix:
+    """Decode every calibration prompt (logits on at all positions, so the last layers see every row).
+
+    `gpu_layers`: decoder layers on the GPU (None: all when llama.cpp has a GPU backend, else none); activations
+    of offloaded matmuls are copied back to the host by the collector."""
+    from exaone_edge.llama_context import LlamaContext
     from exaone_edge.progress import track
-    from exaone_edge.quantize.llama_eval import LlamaRunner
+    from exaone_edge.quantize.llama_eval import context_for
 
     collector = ImatrixCollector()
-    longest = max(sum(len(s) for s in prompt) for prompt in prompts)
-    n_ctx = (longest + 255) // 256 * 256
-    with LlamaRunner(gguf_path, n_ctx=n_ctx, threads=threads, cb_eval=collector) as runner:
+    options, _ = context_for(prompts, gpu_layers, threads)
+    with LlamaContext(gguf_path, options, cb_eval=collector) as llama:
         for prompt in track(prompts, "imatrix: calibration prompts", total=len(prompts)):
-            runner.run(prompt)  # Ctrl-C is held until llama_decode returns (see llama_eval)
+            llama.evaluate(prompt)  # Ctrl-C is held until llama_decode returns (see exaone_edge.llama_context)
             if collector.error:
                 raise RuntimeError(f"imatrix collection failed: {collector.error}")
             collector.imatrix.chunks += 1

@@ -1,201 +1,77 @@
-"""Run a GGUF through llama.cpp (llama-cpp-python's low-level API) for logits over whole prompts.
+"""A quantized decoder against its F16 source, through llama.cpp: KL divergence and top-1 agreement per position.
 
-The quantize stage uses it to validate conversions, measure KL divergence between levels and
-collect the importance matrix (through `cb_eval`). Prompts are segments: token ids, or embedding
-rows (vision output). Tokens and embeddings cannot share a llama.cpp batch, so each segment is its
-own batch in one sequence, positions counting on across segments (EXAONE 4.5 uses 1-D positions).
+Only one model is mapped at a time (for the 33B, F16 is 65 GB and Q4_K_M 20 GB): the reference's logits
+at every evaluation position are computed first into a scratch file (positions × vocabulary float32,
+memory-mapped, so RAM does not grow with it: 0.6 MB a position at EXAONE 4.5's 153,600-token
+vocabulary), the reference is closed, then the candidate is opened and compared batch by batch.
+The scratch file holds full rows, so the numbers are exact, not a top-k approximation.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import os
-import signal
-import threading
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from exaone_edge.errors import ArtifactError, InputError
-
-Segment = Sequence[int] | np.ndarray  # token ids, or float32 rows [n, n_embd]
-_KV_TYPES = {"f32": 0, "f16": 1}  # ggml_type ids
-_quiet_logger = None
+from exaone_edge.errors import ArtifactError
+from exaone_edge.llama import ALL_LAYERS, supports_gpu_offload
+from exaone_edge.llama_context import LlamaContext, reference_options
 
 
-def _quiet(llama_cpp) -> None:
-    """llama.cpp logs every tensor on load; keep stderr for our progress lines."""
-    global _quiet_logger
-    if _quiet_logger is None:
-        _quiet_logger = llama_cpp.llama_log_callback(lambda level, text, data: None)
-        llama_cpp.llama_log_set(_quiet_logger, ctypes.c_void_p(0))
-        llama_cpp.llama_backend_init()
+def default_gpu_layers() -> int:
+    """`--gpu-layers` default for imatrix and KL: every layer when llama.cpp has a GPU backend, else none."""
+    return ALL_LAYERS if supports_gpu_offload() else 0
 
 
-def tokenize_with_gguf(gguf_path: Path, texts: Sequence[str]) -> list[list[int]]:
-    """llama.cpp's tokenization of `texts` (special tokens parsed, none added), loading only the vocabulary."""
-    import llama_cpp
-
-    _quiet(llama_cpp)
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), params)
-    if not model:
-        raise ArtifactError("llama.cpp cannot load this GGUF's vocabulary", path=gguf_path, fix="Re-create it.")
-    try:
-        vocab = llama_cpp.llama_model_get_vocab(model)
-        out = []
-        for text in texts:
-            data = text.encode("utf-8")
-            buffer = (llama_cpp.llama_token * (len(data) + 16))()
-            count = llama_cpp.llama_tokenize(vocab, data, len(data), buffer, len(buffer), False, True)
-            out.append(list(buffer[:max(count, 0)]))
-        return out
-    finally:
-        llama_cpp.llama_model_free(model)
+def context_for(prompts: Sequence[Sequence], gpu_layers: int | None = None, threads: int | None = None):
+    """(options, lengths): a reference context that holds the longest prompt (a multiple of 256 positions)."""
+    lengths = [sum(len(segment) for segment in prompt) for prompt in prompts]
+    n_ctx = (max(lengths) + 255) // 256 * 256
+    layers = default_gpu_layers() if gpu_layers is None else gpu_layers
+    return reference_options(n_ctx, n_gpu_layers=layers, n_threads=threads), lengths
 
 
-@contextlib.contextmanager
-def _deferred_interrupt():
-    """Hold Ctrl-C until llama_decode returns: raised inside a Python eval callback it would be swallowed by
-    ctypes (or abort the graph half-way); after the call it is an ordinary KeyboardInterrupt."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
+@dataclass(frozen=True)
+class Comparison:
+    kl: np.ndarray  # KL(reference ‖ candidate) per position
+    top1: np.ndarray  # the two argmaxes agree, per position
 
 
-class LlamaRunner:
-    """One model and one context for reference runs: flash attention off (on CPU it computes in F16)
-    and an F32 KV cache (llama.cpp's default F16 cache alone moves logits by ~1e-3)."""
+def compare_decoders(reference: Path, candidate: Path, prompts: Sequence[Sequence], *, scratch_dir: Path,
+                     gpu_layers: int | None = None, threads: int | None = None) -> Comparison:
+    options, lengths = context_for(prompts, gpu_layers, threads)
+    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".kl-") as tmp:
+        with LlamaContext(reference, options) as llama:
+            saved = np.lib.format.open_memmap(Path(tmp) / "reference-logits.npy", mode="w+", dtype=np.float32,
+                                              shape=(sum(lengths), llama.n_vocab))
+            for prompt, first in zip(prompts, np.cumsum([0, *lengths[:-1]])):
+                def keep(start: int, rows: np.ndarray, first: int = int(first)) -> None:
+                    saved[first + start:first + start + len(rows)] = rows
+                llama.evaluate(prompt, keep)
+            saved.flush()
+        kls: list[np.ndarray] = []
+        agree: list[np.ndarray] = []
+        with LlamaContext(candidate, options) as llama:  # opened only after the reference is closed
+            if llama.n_vocab != saved.shape[1]:
+                raise ArtifactError(f"the candidate has {llama.n_vocab} tokens, its reference {saved.shape[1]}",
+                                    path=candidate, fix="Quantize from the same F16 GGUF.")
+            for prompt, first in zip(prompts, np.cumsum([0, *lengths[:-1]])):
+                def compare(start: int, rows: np.ndarray, first: int = int(first)) -> None:
+                    kl, same = kl_rows(saved[first + start:first + start + len(rows)], rows)
+                    kls.append(kl)
+                    agree.append(same)
+                llama.evaluate(prompt, compare)
+        saved = None  # unmapped before its directory goes
+    return Comparison(np.concatenate(kls), np.concatenate(agree))
 
-    def __init__(self, gguf_path: Path, *, n_ctx: int = 2048, n_batch: int = 512, flash_attn: bool = False,
-                 threads: int | None = None, kv_type: str = "f32", cb_eval=None) -> None:
-        import llama_cpp
 
-        self._lib = llama_cpp
-        _quiet(llama_cpp)
-        params = llama_cpp.llama_model_default_params()
-        params.n_gpu_layers = 0
-        self._model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), params)
-        if not self._model:
-            raise ArtifactError("llama.cpp cannot load this GGUF", path=gguf_path, fix="Re-create it.")
-        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        self.n_embd = llama_cpp.llama_model_n_embd(self._model)
-        ctx_params = llama_cpp.llama_context_default_params()
-        ctx_params.n_ctx = n_ctx
-        ctx_params.n_batch = ctx_params.n_ubatch = min(n_batch, n_ctx)
-        ctx_params.n_seq_max = 1
-        ctx_params.n_threads = ctx_params.n_threads_batch = threads or os.cpu_count() or 1
-        ctx_params.flash_attn_type = 1 if flash_attn else 0
-        ctx_params.type_k = ctx_params.type_v = _KV_TYPES[kv_type]
-        if cb_eval is not None:
-            self._cb = llama_cpp.ggml_backend_sched_eval_callback(cb_eval)  # kept alive with the context
-            ctx_params.cb_eval = self._cb
-            ctx_params.cb_eval_user_data = None
-        self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
-        if not self._ctx:
-            llama_cpp.llama_model_free(self._model)
-            raise InputError(f"llama.cpp cannot create a context of {n_ctx} tokens")
-        self.n_ctx = n_ctx
-        self.n_batch = min(n_batch, n_ctx)
+def kl_rows(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """KL(softmax(reference) ‖ softmax(candidate)) per row, and whether the argmaxes agree."""
+    from exaone_edge.metrics import log_softmax
 
-    # -- prompts -------------------------------------------------------------------------------
-
-    def logits(self, segments: Sequence[Segment]) -> np.ndarray:
-        """Logits at every position of the prompt [n_positions, n_vocab], from an empty context."""
-        out = np.empty((sum(len(s) for s in segments), self.n_vocab), dtype=np.float32)
-        self.run(segments, lambda start, rows: out.__setitem__(slice(start, start + len(rows)), rows))
-        return out
-
-    def run(self, segments: Sequence[Segment], on_logits: Callable[[int, np.ndarray], None] | None = None) -> int:
-        """Decode a prompt from an empty context with logits at every position (so every layer sees every
-        row); `on_logits(first_position, rows)` gets each batch's logits, a view valid during the call."""
-        lib = self._lib
-        lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
-        total = sum(len(s) for s in segments)
-        if total > self.n_ctx:
-            raise InputError(f"the prompt has {total} positions, the context holds {self.n_ctx}")
-        position = 0
-        for segment in segments:
-            rows = np.asarray(segment)
-            for start in range(0, len(rows), self.n_batch):
-                part = rows[start:start + self.n_batch]
-                self._decode(part, position)
-                if on_logits is not None:
-                    pointer = lib.llama_get_logits(self._ctx)
-                    on_logits(position, np.ctypeslib.as_array(pointer, shape=(len(part), self.n_vocab)))
-                position += len(part)
-        return position
-
-    def _decode(self, part: np.ndarray, position: int) -> None:
-        lib = self._lib
-        n = len(part)
-        is_embd = part.ndim == 2
-        if is_embd and part.shape[1] != self.n_embd:
-            raise InputError(f"embedding rows have width {part.shape[1]}, the model's is {self.n_embd}")
-        batch = lib.llama_batch_init(n, self.n_embd if is_embd else 0, 1)
-        try:
-            batch.n_tokens = n
-            if is_embd:
-                rows = np.ascontiguousarray(part, dtype=np.float32)
-                ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
-            for i in range(n):
-                if not is_embd:
-                    batch.token[i] = int(part[i])
-                batch.pos[i] = position + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = True
-            with _deferred_interrupt():
-                status = lib.llama_decode(self._ctx, batch)
-            if status != 0:
-                raise InputError(f"llama_decode failed with status {status}")
-        finally:
-            lib.llama_batch_free(batch)
-
-    # -- tokenizer and metadata ------------------------------------------------------------------
-
-    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
-        capacity = len(data) + 16
-        buffer = (self._lib.llama_token * capacity)()
-        count = self._lib.llama_tokenize(self._vocab, data, len(data), buffer, capacity, add_special, parse_special)
-        if count < 0:
-            raise InputError(f"text needs {-count} tokens, more than the buffer of {capacity}")
-        return list(buffer[:count])
-
-    def meta(self, key: str) -> str | None:
-        buffer = ctypes.create_string_buffer(1 << 16)
-        length = self._lib.llama_model_meta_val_str(self._model, key.encode(), buffer, len(buffer))
-        return None if length < 0 else buffer.value.decode("utf-8")
-
-    def chat_template(self) -> str | None:
-        raw = self._lib.llama_model_chat_template(self._model, None)
-        return raw.decode("utf-8") if raw else None
-
-    # -- lifetime --------------------------------------------------------------------------------
-
-    def close(self) -> None:
-        if getattr(self, "_ctx", None):
-            self._lib.llama_free(self._ctx)
-            self._ctx = None
-        if getattr(self, "_model", None):
-            self._lib.llama_model_free(self._model)
-            self._model = None
-
-    def __enter__(self) -> LlamaRunner:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    ref_logp, cand_logp = log_softmax(np.asarray(reference)), log_softmax(candidate)
+    kl = np.maximum((np.exp(ref_logp) * (ref_logp - cand_logp)).sum(axis=-1), 0.0)
+    return kl, np.asarray(reference).argmax(-1) == candidate.argmax(-1)

@@ -16,11 +16,10 @@ from exaone_edge.quantize.recipes import Recipe
 def quantize_gguf(source: Path, target: Path, recipe: Recipe, imatrix: dict[str, np.ndarray] | None = None,
                   threads: int | None = None) -> Path:
     """Write `target` (atomically) at `recipe`'s level; `imatrix` maps weight names to mean x² per column."""
-    import llama_cpp
+    from exaone_edge.llama import init_backend, library
 
-    from exaone_edge.quantize.llama_eval import _quiet
-
-    _quiet(llama_cpp)
+    llama_cpp = library()
+    init_backend()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = recipe.ftype
     params.nthread = threads or os.cpu_count() or 1

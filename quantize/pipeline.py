@@ -73,6 +73,7 @@ def quantize_checkpoint(
     overwrite: bool = False,
     threads: int | None = None,
     imatrix: bool = True,
+    gpu_layers: int | None = None,  # decoder layers on the GPU for imatrix and KL; None: all if llama.cpp has a GPU backend
 ) -> QuantizeResult:
     require("gguf", "quantize")
     require("llama_cpp", "quantize")
@@ -121,13 +122,13 @@ def quantize_checkpoint(
         imatrix_inputs = {"decoder": _sidecar(f16)["sha256"], "calibration": calib_hash, "rows": vision.source,
                           **IMATRIX_SETTINGS}
         imatrix_path = _cached(work / "imatrix.gguf", imatrix_inputs,
-                               lambda tmp: _collect(checkpoint, vision, f16, calibration, calib_hash, tmp, threads),
+                               lambda tmp: _collect(checkpoint, vision, f16, calibration, calib_hash, tmp, threads, gpu_layers),
                                "importance matrix", reused)
     log(f"quantize: {chosen.level} with llama.cpp{' and the importance matrix' if imatrix_path else ''}")
     with scratch_dir(work, "quantize") as scratch:  # this run's own files: gone on exit, swept after a kill
         quantized = scratch / f"decoder-{chosen.level}.gguf"
         _quantize(f16, quantized, chosen, imatrix_path, threads)
-        fidelity = _fidelity(checkpoint, vision, f16, quantized, evaluation)
+        fidelity = _fidelity(checkpoint, vision, f16, quantized, evaluation, threads, gpu_layers)
         if not np.isfinite(fidelity["kl_mean"]):
             raise ValidationFailed(f"{chosen.level} decoder produces non-finite logits", path=quantized)
         decoder_bytes = quantized.stat().st_size
@@ -271,7 +272,8 @@ class _VisionOnce:
         return PromptBuilder(self.checkpoint, self._rows)
 
 
-def _collect(checkpoint, vision: _VisionOnce, f16: Path, samples, calib_hash: str, tmp: Path, threads: int | None) -> None:
+def _collect(checkpoint, vision: _VisionOnce, f16: Path, samples, calib_hash: str, tmp: Path, threads: int | None,
+             gpu_layers: int | None) -> None:
     from exaone_edge.quantize.calibration import build_prompts
     from exaone_edge.quantize.imatrix import collect_imatrix, save_imatrix
 
@@ -279,7 +281,7 @@ def _collect(checkpoint, vision: _VisionOnce, f16: Path, samples, calib_hash: st
     rows_from = "the exported ONNX encoder" if vision.vision_dir else "the PyTorch vision tower"
     log(f"imatrix: {len(samples)} calibration prompts ({with_images} with page images, rows from {rows_from})")
     prompts = build_prompts(vision.builder(samples), samples, IMATRIX_SETTINGS["max_positions"])
-    imatrix = collect_imatrix(f16, prompts, [f"exaone-edge documents sha256:{calib_hash[:16]}"], threads)
+    imatrix = collect_imatrix(f16, prompts, [f"exaone-edge documents sha256:{calib_hash[:16]}"], threads, gpu_layers)
     save_imatrix(imatrix, tmp, chunk_size=max(sum(len(s) for s in p) for p in prompts))
 
 
@@ -291,39 +293,19 @@ def _quantize(f16: Path, target: Path, recipe: Recipe, imatrix_path: Path | None
     quantize_gguf(f16, target, recipe, values, threads)
 
 
-def _fidelity(checkpoint, vision: _VisionOnce, f16: Path, quantized: Path,
-              samples: Sequence[CalibrationSample]) -> dict[str, Any]:
-    """KL(F16 ‖ quantized) at every position of held-out prompts (page rows included), streamed per batch so
-    only one prompt's reference logits are held (a 153,600-token vocabulary makes them large)."""
+def _fidelity(checkpoint, vision: _VisionOnce, f16: Path, quantized: Path, samples: Sequence[CalibrationSample],
+              threads: int | None = None, gpu_layers: int | None = None) -> dict[str, Any]:
+    """KL(F16 ‖ quantized) at every position of held-out prompts (page rows included); one model mapped at a time,
+    the F16 logits kept in a scratch file beside the candidate (quantize/llama_eval.py)."""
     from exaone_edge.quantize.calibration import build_prompts
-    from exaone_edge.quantize.llama_eval import LlamaRunner
+    from exaone_edge.quantize.llama_eval import compare_decoders
 
     with_images = sum(sample.image is not None for sample in samples)
     log(f"validate: KL of the quantized decoder vs F16 on {len(samples)} held-out prompts ({with_images} with images)")
     prompts = build_prompts(vision.builder(samples), samples, EVAL_MAX_POSITIONS)
-    n_ctx = (max(sum(len(s) for s in p) for p in prompts) + 255) // 256 * 256
-    kls: list[np.ndarray] = []
-    agree: list[np.ndarray] = []
-
-    def compare(reference: np.ndarray):
-        def on_logits(start: int, rows: np.ndarray) -> None:
-            kl, same = _kl_rows(reference[start:start + len(rows)], rows)
-            kls.append(kl)
-            agree.append(same)
-        return on_logits
-
-    with LlamaRunner(f16, n_ctx=n_ctx) as reference_runner, LlamaRunner(quantized, n_ctx=n_ctx) as candidate_runner:
-        for prompt in prompts:
-            candidate_runner.run(prompt, compare(reference_runner.logits(prompt)))
-    kl = np.concatenate(kls)
+    result = compare_decoders(f16, quantized, prompts, scratch_dir=quantized.parent, gpu_layers=gpu_layers,
+                              threads=threads)
+    kl = result.kl
     return {"reference": "F16", "prompts": len(prompts), "prompts_with_images": with_images, "positions": len(kl),
             "kl_mean": float(kl.mean()), "kl_p99": float(np.percentile(kl, 99)), "kl_max": float(kl.max()),
-            "top1_agreement": float(np.concatenate(agree).mean())}
-
-
-def _kl_rows(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from exaone_edge.metrics import log_softmax
-
-    ref_logp, cand_logp = log_softmax(reference), log_softmax(candidate)
-    kl = np.maximum((np.exp(ref_logp) * (ref_logp - cand_logp)).sum(axis=-1), 0.0)
-    return kl, reference.argmax(-1) == candidate.argmax(-1)
+            "top1_agreement": float(result.top1.mean())}

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,10 +27,11 @@ import numpy as np
 from PIL import Image
 
 from exaone_edge.bundle import Bundle, load_bundle
+from exaone_edge.device import choose_placement
 from exaone_edge.errors import ArtifactError, ImageRejected, InputError, MissingDependency
 from exaone_edge.images import to_rgb
+from exaone_edge.llama_context import EmbeddingSegment, LlamaContext, LlamaOptions, Segment, TextSegment
 from exaone_edge.runtime.generation import Chunk, GenerationParams, PromptTooLong, Timings, Usage
-from exaone_edge.runtime.llama import EmbeddingSegment, LlamaContext, LlamaOptions, Segment, TextSegment
 from exaone_edge.runtime.prompt import ChatFormat, Prompt, message_images
 from exaone_edge.runtime.scheduler import DecoderDied, Request, Scheduler
 from exaone_edge.runtime.textstream import Detokenizer, StopScanner
@@ -46,13 +48,14 @@ class _Cancelled(Exception):
 class EngineOptions:
     n_ctx: int | None = None  # per request; None: min(model maximum, 8192)
     parallel: int = 1  # generations decoded together; each holds its own n_ctx KV cache
-    n_gpu_layers: int = -1
+    device: str = "auto"  # auto, cpu or cuda: where each part runs (exaone_edge/device.py decides)
+    n_gpu_layers: int | None = None  # decoder layers on the GPU (-1 all, 0 none); None: all when the decoder may use it
+    vision_provider: str = "auto"  # auto, cpu, cuda or tensorrt (only when asked)
     n_threads: int | None = None
     n_batch: int = 512
     flash_attn: bool | None = None  # None: llama.cpp decides; False for exact parity on CPU
     kv_type: str = "f16"
     swa_full: bool = False
-    providers: tuple[str, ...] | None = None  # ONNX Runtime providers; None: TensorRT → CUDA → CPU
     vision_cache_entries: int = 64
     vision_cache_bytes: int = 1 << 30
     verify: bool = True  # hash every bundle file on load
@@ -80,6 +83,10 @@ class Engine:
         self.bundle = bundle
         self.options = options
         self.chat = ChatFormat.from_files(bundle.path, bundle.spec.image_token_id)
+        placement = choose_placement(options.device, options.n_gpu_layers, options.vision_provider,
+                                     has_vision=vision is None and bundle.has_vision)
+        self.placement = placement if vision is None else replace(placement, vision="caller")
+        sys.stderr.write(f"placement: {self.placement.describe()}\n")  # one unwrapped line, for people and for grep
         if vision is None and bundle.has_vision:
             try:
                 from exaone_edge.vision import VisionEncoder
@@ -88,15 +95,14 @@ class Engine:
                     f"the bundle has a vision encoder but exaone_edge.vision cannot be imported ({exc})",
                     fix="Install exaone-edge with the runtime extra: pip install 'exaone-edge[runtime]'.",
                 ) from None
-            providers = list(options.providers) if options.providers else None
-            vision = VisionEncoder(bundle.vision_dir, providers=providers)
+            vision = VisionEncoder(bundle.vision_dir, providers=list(self.placement.providers))
         self.vision = vision
         n_ctx = options.n_ctx or min(bundle.spec.decoder.max_position_embeddings, DEFAULT_CONTEXT)
         self.llama = LlamaContext(
             bundle.decoder_path,
             LlamaOptions(
                 n_ctx=n_ctx,
-                n_gpu_layers=options.n_gpu_layers,
+                n_gpu_layers=self.placement.gpu_layers,
                 n_threads=options.n_threads,
                 n_batch=options.n_batch,
                 flash_attn=options.flash_attn,

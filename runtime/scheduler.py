@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from exaone_edge.runtime.llama import LlamaContext, PrefillStats, PrefillStopped, Sampler, Segment, prompt_keys
+from exaone_edge.llama_context import LlamaContext, PrefillStats, PrefillStopped, Sampler, Segment, prompt_keys
 
 _DONE = object()
 POLL_S = 0.05  # how often a waiting consumer looks at its cancel event and at the decode thread's health

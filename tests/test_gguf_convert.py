@@ -20,9 +20,9 @@ def gguf_dir(tmp_path_factory):
 
 
 def _runner(path):
-    from exaone_edge.quantize.llama_eval import LlamaRunner
+    from exaone_edge.llama_context import LlamaContext, reference_options
 
-    return LlamaRunner(path, n_ctx=512)
+    return LlamaContext(path, reference_options(512))
 
 
 @pytest.mark.parametrize("out_type", ["F32", "F16"])
@@ -36,7 +36,7 @@ def test_text_logits_match_transformers(tiny_model_dir, gguf_dir, out_type):
             ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             with torch.no_grad():
                 reference = model(input_ids=torch.tensor([ids])).logits[0].numpy()
-            diff = np.abs(runner.logits([ids]) - reference).max()
+            diff = np.abs(runner.logits_all([ids]) - reference).max()
             assert diff <= TOLERANCE[out_type], f"{out_type} max abs diff {diff:.2e} on {prompt[:30]!r}"
 
 
@@ -58,7 +58,7 @@ def test_image_rows_fed_as_embeddings_match_transformers(tiny_model_dir, gguf_di
         reference = model(input_ids=torch.tensor([ids]), pixel_values=inputs["pixel_values"],
                           image_grid_thw=inputs["image_grid_thw"]).logits[0].numpy()
     with _runner(path) as runner:
-        logits = runner.logits([before, rows, after])
+        logits = runner.logits_all([before, rows, after])
     diff = np.abs(logits - reference).max()
     assert diff <= TOLERANCE[out_type], f"{out_type} max abs diff {diff:.2e}"
 
@@ -93,13 +93,13 @@ def test_metadata_records_swa_pattern_rope_and_provenance(tiny_model_dir, gguf_d
     from exaone_edge.quantize.gguf_convert import checkpoint_hash
 
     with _runner(converted(tiny_model_dir, "F16", gguf_dir)) as runner:
-        assert runner.meta("general.architecture") == "exaone4"
-        assert runner.meta("exaone4.block_count") == "64"
-        assert runner.meta("exaone4.attention.sliding_window") == "32"
-        assert runner.meta("tokenizer.ggml.pre") == "exaone-moe"  # EXAONE 4.5 uses the K-EXAONE split
-        assert runner.meta("exaone_edge.toolkit_version") == __version__
-        assert runner.meta("exaone_edge.source_checkpoint_sha256") == checkpoint_hash(open_checkpoint(tiny_model_dir))
-        assert runner.meta("exaone_edge.mtp_policy") == "dropped"
+        assert runner.model.meta("general.architecture") == "exaone4"
+        assert runner.model.meta("exaone4.block_count") == "64"
+        assert runner.model.meta("exaone4.attention.sliding_window") == "32"
+        assert runner.model.meta("tokenizer.ggml.pre") == "exaone-moe"  # EXAONE 4.5 uses the K-EXAONE split
+        assert runner.model.meta("exaone_edge.toolkit_version") == __version__
+        assert runner.model.meta("exaone_edge.source_checkpoint_sha256") == checkpoint_hash(open_checkpoint(tiny_model_dir))
+        assert runner.model.meta("exaone_edge.mtp_policy") == "dropped"
 
 
 TOKENIZER_TEXTS = [
@@ -116,14 +116,14 @@ TOKENIZER_TEXTS = [
 def test_tokenization_is_identical_to_hf(tiny_model_dir, gguf_dir, text):
     tokenizer = hf_tokenizer(tiny_model_dir)
     with _runner(converted(tiny_model_dir, "F16", gguf_dir)) as runner:
-        assert runner.tokenize(text, add_special=False) == tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert runner.tokenize(text, add_special=True) == tokenizer(text)["input_ids"]
+        assert runner.model.tokenize(text, add_special=False) == tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert runner.model.tokenize(text, add_special=True) == tokenizer(text)["input_ids"]
 
 
 def test_chat_template_renders_like_hf(tiny_model_dir, gguf_dir):
     tokenizer = hf_tokenizer(tiny_model_dir)
     with _runner(converted(tiny_model_dir, "F16", gguf_dir)) as runner:
-        template = runner.chat_template()
+        template = runner.model.chat_template()
     conversations = [
         [{"role": "user", "content": "What is the invoice total?"}],
         [
@@ -226,7 +226,7 @@ def test_bf16_weights_are_the_checkpoint_bytes_and_run(tiny_model_dir, gguf_dir)
     stored = np.asarray(tensors["blk.5.ffn_down.weight"].data).view(np.uint16).reshape(source.shape)
     assert np.array_equal(stored, source)
     with _runner(path) as runner:
-        assert np.isfinite(runner.logits([[5, 6, 7, 8]])).all()
+        assert np.isfinite(runner.logits_all([[5, 6, 7, 8]])).all()
 
 
 def test_pieces_converted_by_several_threads_give_the_same_file(tiny_model_dir, gguf_dir, tmp_path, monkeypatch):

@@ -351,7 +351,7 @@ def test_ctrl_c_inside_the_eval_callback_is_raised_after_decode(tiny_model_dir, 
     import signal
 
     from exaone_edge.quantize.imatrix import ImatrixCollector
-    from exaone_edge.quantize.llama_eval import LlamaRunner
+    from exaone_edge.llama_context import LlamaContext, reference_options
 
     collector = ImatrixCollector()
     sent = []
@@ -362,9 +362,9 @@ def test_ctrl_c_inside_the_eval_callback_is_raised_after_decode(tiny_model_dir, 
             os.kill(os.getpid(), signal.SIGINT)  # arrives while Python runs inside llama_decode
         return collector(tensor, ask, data)
 
-    with LlamaRunner(converted(tiny_model_dir, "F16", tmp_path), n_ctx=256, cb_eval=callback) as runner:
+    with LlamaContext(converted(tiny_model_dir, "F16", tmp_path), reference_options(256), cb_eval=callback) as llama:
         with pytest.raises(KeyboardInterrupt):
-            runner.run([[5, 6, 7, 8, 9]])
+            llama.evaluate([[5, 6, 7, 8, 9]])
     assert collector.error is None and len(collector.imatrix.sums) == 64 * 7 + 1  # the graph ran to the end
 
 

@@ -19,7 +19,6 @@ Known llama.cpp differences, kept visible here rather than hidden:
 
 from __future__ import annotations
 
-import ctypes
 import json
 import subprocess
 import sys
@@ -58,44 +57,24 @@ CORPUS = {
 
 
 class VocabOnly:
-    """llama.cpp's tokenizer over a GGUF vocabulary (no weights loaded)."""
+    """llama.cpp's tokenizer over a GGUF vocabulary (no weights loaded), through the toolkit's binding."""
 
     def __init__(self, path: Path) -> None:
-        import llama_cpp
+        from exaone_edge.llama import Model
 
-        from exaone_edge.quantize.llama_eval import _quiet
-
-        _quiet(llama_cpp)
-        self._lib = llama_cpp
-        params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
-        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-        assert self._model, f"llama.cpp cannot load {path}"
-        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._model = Model(path, vocab_only=True)
 
     def tokenize(self, text: str, parse_special: bool) -> list[int]:
-        data = text.encode("utf-8")
-        buffer = (self._lib.llama_token * (len(data) + 16))()
-        count = self._lib.llama_tokenize(self._vocab, data, len(data), buffer, len(buffer), False, parse_special)
-        assert count >= 0
-        return list(buffer[:count])
+        return self._model.tokenize(text, parse_special=parse_special)
 
     def pieces(self, ids: list[int], special: bool) -> str:
-        out = b""
-        for token in ids:
-            buffer = ctypes.create_string_buffer(256)
-            count = self._lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, special)
-            out += buffer.raw[:count]
-        return out.decode("utf-8")
+        return b"".join(self._model.piece(token, special=special) for token in ids).decode("utf-8")
 
     def detokenize(self, ids: list[int], remove_special: bool) -> str:
-        tokens = (self._lib.llama_token * max(len(ids), 1))(*ids)
-        buffer = ctypes.create_string_buffer(8 * len(ids) + 64)
-        count = self._lib.llama_detokenize(self._vocab, tokens, len(ids), buffer, len(buffer), remove_special, True)
-        return buffer.raw[:count].decode("utf-8")
+        return self._model.detokenize(ids, remove_special=remove_special)
 
     def close(self) -> None:
-        self._lib.llama_model_free(self._model)
+        self._model.close()
 
 
 def build_variant(out: Path, pre_tokenizer: str, normalizer: str | None) -> Path:

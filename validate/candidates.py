@@ -23,13 +23,13 @@ class BundleCandidate:
 
     kind = bundle_format.KIND
 
-    def __init__(self, path: Path, thinking: bool = False) -> None:
+    def __init__(self, path: Path, thinking: bool = False, engine_options: dict[str, Any] | None = None) -> None:
         from exaone_edge.runtime.engine import Engine
 
         self.path = Path(path)
         self.thinking = thinking
         # f32 KV and no flash attention: measure the weights' error, not the cache's rounding.
-        self.engine = Engine.load(self.path, flash_attn=False, kv_type="f32", n_ctx=4096)
+        self.engine = Engine.load(self.path, flash_attn=False, kv_type="f32", n_ctx=4096, **(engine_options or {}))
         decoder = self.engine.bundle.manifest.details.get("decoder", {})
         level = decoder.get("level", "?")
         self.name = level + (" +imatrix" if decoder.get("imatrix") else "")
@@ -107,9 +107,10 @@ class VisionCandidate:
         pass
 
 
-def open_candidate(path: Path, reference_dir: Path, thinking: bool = False) -> Any:
+def open_candidate(path: Path, reference_dir: Path, thinking: bool = False,
+                   engine_options: dict[str, Any] | None = None) -> Any:
     manifest = read_manifest(Path(path), verify=False)
-    kinds = {BundleCandidate.kind: lambda: BundleCandidate(path, thinking),
+    kinds = {BundleCandidate.kind: lambda: BundleCandidate(path, thinking, engine_options),
              "gptq": lambda: GptqCandidate(path, reference_dir, thinking),
              VisionCandidate.kind: lambda: VisionCandidate(path)}
     if manifest.kind not in kinds:

@@ -33,6 +33,12 @@ class ValidateOptions:
     max_new_tokens: int | None = None  # None: the mode's budget (ANSWER_TOKENS)
     measure_speed: bool = True
     thinking: bool = False  # the template's enable_thinking for the reference and every candidate
+    device: str = "auto"  # where bundles run (as `run --device`); exaone_edge.device decides each part
+    gpu_layers: int | None = None
+    vision_provider: str = "auto"
+
+    def engine_options(self) -> dict[str, Any]:
+        return {"device": self.device, "n_gpu_layers": self.gpu_layers, "vision_provider": self.vision_provider}
 
     @property
     def answer_tokens(self) -> int:
@@ -107,7 +113,7 @@ def evaluate_artifact(candidate, reference: ReferenceFile, questions: list[Quest
 
         page = pages_dir / "probe.png"
         questions[0].image.save(page)
-        result["speed"] = probe(candidate.path, page, questions[0].question)
+        result["speed"] = probe(candidate.path, page, questions[0].question, options.engine_options())
     return result
 
 
@@ -139,7 +145,7 @@ def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
     results = []
     with tempfile.TemporaryDirectory(prefix="exaone-edge-validate-") as scratch:
         for path in artifacts:
-            candidate = open_candidate(Path(path), Path(reference_dir), options.thinking)
+            candidate = open_candidate(Path(path), Path(reference_dir), options.thinking, options.engine_options())
             try:
                 results.append(evaluate_artifact(candidate, reference, questions, options, Path(scratch)))
             finally:

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 
-def measure(bundle: Path, page: Path, question: str, max_tokens: int = 32) -> dict[str, Any]:
+def measure(bundle: Path, page: Path, question: str, max_tokens: int = 32,
+            engine_options: dict[str, Any] | None = None) -> dict[str, Any]:
     from exaone_edge.images import open_image
     from exaone_edge.runtime.engine import Engine
     from exaone_edge.runtime.generation import GenerationParams
 
-    engine = Engine.load(bundle, n_ctx=4096)
+    engine = Engine.load(bundle, n_ctx=4096, **(engine_options or {}))
     messages = [{"role": "user", "content": [{"type": "image", "image": open_image(Path(page))},
                                              {"type": "text", "text": question}]}]
     # min_tokens is not a llama.cpp sampler option: a random model may stop early, so count what came.
@@ -42,9 +43,10 @@ def peak_rss_bytes() -> int:
     raise OSError("no VmHWM in /proc/self/status")
 
 
-def probe(bundle: Path, page: Path, question: str) -> dict[str, Any]:
+def probe(bundle: Path, page: Path, question: str, engine_options: dict[str, Any] | None = None) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, "-m", "exaone_edge.validate.probe", str(bundle), str(page), question],
+        [sys.executable, "-m", "exaone_edge.validate.probe", str(bundle), str(page), question,
+         json.dumps(engine_options or {})],
         capture_output=True, text=True, timeout=600,
     )
     if result.returncode != 0:
@@ -53,4 +55,5 @@ def probe(bundle: Path, page: Path, question: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])))
+    print(json.dumps(measure(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3],
+                             engine_options=json.loads(sys.argv[4]) if len(sys.argv) > 4 else None)))

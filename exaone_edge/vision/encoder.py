@@ -30,7 +30,17 @@ def session(path: Path, providers: list[str] | None = None, threads: int | None 
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    wanted = list(providers or ["CPUExecutionProvider"])
+    created = ort.InferenceSession(str(path), options, providers=wanted)
+    # ONNX Runtime falls back to the CPU, with only a log line, when a GPU provider's CUDA/cuDNN libraries are missing.
+    if wanted[0] not in created.get_providers():
+        from exaone_edge.device import ORT_GPU_INSTALL, DeviceUnavailable
+
+        raise DeviceUnavailable(f"onnxruntime could not start {wanted[0]} for the vision encoder "
+                                f"(running on {', '.join(created.get_providers())})",
+                                fix=f"Check the CUDA and cuDNN libraries onnxruntime-gpu needs ({ORT_GPU_INSTALL}), "
+                                    "or use --device cpu.")
+    return created
 
 
 class VisionEncoder:
@@ -45,6 +55,7 @@ class VisionEncoder:
         self.image = image_spec(json.loads(preprocessor.read_text(encoding="utf-8")), preprocessor)
         self.precision = self.manifest.details.get("precision", "fp32")
         self.session = session(self.path / GRAPH_FILE, providers, threads)
+        self.providers = tuple(self.session.get_providers())  # what ONNX Runtime actually runs it on
         names = [i.name for i in self.session.get_inputs()]
         if tuple(names) != INPUT_NAMES:
             raise ArtifactError(f"graph inputs are {names}, expected {list(INPUT_NAMES)}",

@@ -125,8 +125,10 @@ async def health(request: Request) -> Response:
     if failure is not None:  # the decode thread is gone: nothing can be generated until a restart
         status, body = error_body(failure)
         return JSONResponse({"status": "error", "model": state.model_id, **body}, status_code=status)
+    placement = getattr(state.engine, "placement", None)
     return JSONResponse(
-        {"status": "ok", "model": state.model_id, "queue_depth": state.worker.waiting, "running": state.worker.running}
+        {"status": "ok", "model": state.model_id, "queue_depth": state.worker.waiting, "running": state.worker.running,
+         **({"placement": placement.as_dict()} if placement is not None else {})}
     )
 
 

@@ -35,6 +35,12 @@ class ServerMetrics:
         Gauge("exaone_edge_vision_encoder_runs", "Vision-encoder runs since start", registry=r).set_function(
             lambda: getattr(worker.engine, "vision_runs", 0)
         )
+        placement = getattr(worker.engine, "placement", None)
+        if placement is not None:  # constant 1 per part; the labels say where it runs
+            where = Gauge("exaone_edge_placement", "Where each part runs (1); decoder gpu_layers -1 = all",
+                          ["part", "runtime", "device", "gpu_layers"], registry=r)
+            for part, info in placement.as_dict().items():
+                where.labels(part, info["runtime"], info["device"], str(info.get("gpu_layers", ""))).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

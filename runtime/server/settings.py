@@ -63,7 +63,9 @@ class ServerSettings(BaseModel):
     thinking: bool = False
     # Engine options (EngineOptions), passed through by `serve`.
     ctx: int | None = Field(None, ge=16)
-    gpu_layers: int = -1
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where each part runs (exaone_edge/device.py)
+    gpu_layers: int | None = Field(None, ge=-1)  # decoder layers on the GPU; None: all when llama.cpp has a GPU backend
+    vision_provider: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
     threads: int | None = Field(None, ge=1)
     flash_attn: Literal["auto", "on", "off"] = "auto"
     kv_type: str = "f16"
@@ -114,6 +116,7 @@ class ServerSettings(BaseModel):
     def engine_options(self) -> dict[str, Any]:
         flash = {"auto": None, "on": True, "off": False}[self.flash_attn]
         return dict(
-            n_ctx=self.ctx, n_gpu_layers=self.gpu_layers, n_threads=self.threads, flash_attn=flash,
+            n_ctx=self.ctx, device=self.device, n_gpu_layers=self.gpu_layers, vision_provider=self.vision_provider,
+            n_threads=self.threads, flash_attn=flash,
             kv_type=self.kv_type, verify=self.verify, parallel=self.parallel,
         )
