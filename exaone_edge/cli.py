@@ -145,6 +145,10 @@ def run(
 
     result = collect(streamed())
     sys.stdout.write("\n")
+    if result.reasoning and not result.text:
+        sys.stderr.write("\n")
+        if result.finish_reason == "length":
+            sys.stderr.write("note: the reasoning used every --max-tokens token before an answer; raise --max-tokens\n")
     sys.stderr.write(stats_line(result) + "\n")  # one unwrapped line, for people and for grep
 
 
