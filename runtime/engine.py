@@ -183,6 +183,8 @@ class Engine:
         images = self._images(messages)
         rows = [self.vision.rows_for(image.size) for image in images]
         prompt = self.chat.encode(messages, rows, template_kwargs=params.template_kwargs)
+        if params.grammar is not None:
+            self.llama.check_grammar(params.grammar)
         if len(prompt.ids) >= self.n_ctx:
             raise PromptTooLong(
                 f"the prompt takes {len(prompt.ids)} positions ({sum(rows)} of them vision rows), "
@@ -232,7 +234,8 @@ class Engine:
         seed = params.seed if params.seed is not None else secrets.randbits(32)
         request = Request(
             prepared.segments,
-            sampling=dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p, seed=seed),
+            sampling=dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p, min_p=params.min_p, seed=seed,
+                          grammar=params.grammar),
             max_tokens=params.max_tokens,
             ignore_eos=params.ignore_eos,
             stop_ids=frozenset(self._stop_ids),
