@@ -27,10 +27,10 @@ class Throughput:
 
 
 def compare_concurrency(bundle: Path, *, concurrency: int, parallel: int, max_tokens: int, threads: int, ctx: int,
-                        repeats: int) -> Throughput:
+                        repeats: int, flags: tuple[str, ...] = ()) -> Throughput:
     import httpx
 
-    with serving(bundle, parallel=parallel, threads=threads, ctx=ctx, max_queue=concurrency) as url:
+    with serving(bundle, parallel=parallel, threads=threads, ctx=ctx, max_queue=concurrency, flags=flags) as url:
         model = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"]
         counter = iter(range(1 << 30))
 
@@ -52,13 +52,15 @@ def compare_concurrency(bundle: Path, *, concurrency: int, parallel: int, max_to
 
 
 @contextmanager
-def serving(bundle: Path, *, parallel: int, threads: int, ctx: int, max_queue: int) -> Iterator[str]:
-    """`exaone-edge serve` in its own process (as deployed), on a free loopback port, until the block ends."""
+def serving(bundle: Path, *, parallel: int, threads: int, ctx: int, max_queue: int,
+            flags: tuple[str, ...] = ()) -> Iterator[str]:
+    """`exaone-edge serve` in its own process (as deployed), on a free loopback port, until the block ends;
+    `flags` are more serve flags (the bench's placement)."""
     import httpx
 
     port = _free_port()
     command = [sys.executable, "-m", "exaone_edge.cli", "serve", str(bundle), "--port", str(port),
-               "--threads", str(threads), "--ctx", str(ctx), "--max-queue", str(max_queue), "--no-verify"]
+               "--threads", str(threads), "--ctx", str(ctx), "--max-queue", str(max_queue), "--no-verify", *flags]
     if parallel > 1:
         command += ["--parallel", str(parallel)]
     log = tempfile.TemporaryFile("w+")  # a pipe nobody reads would block the server once full

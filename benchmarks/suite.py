@@ -37,6 +37,10 @@ class BenchOptions:
     gpu_layers: int | None = None
     vision_provider: str = "auto"
 
+    def placement_flags(self) -> tuple[str, ...]:
+        layers = () if self.gpu_layers is None else ("--gpu-layers", str(self.gpu_layers))
+        return ("--device", self.device, "--vision-provider", self.vision_provider, *layers)
+
 
 @dataclass(frozen=True)
 class Target:
@@ -224,7 +228,7 @@ def _server(bundle_dir: Path, n_ctx: int, options: BenchOptions) -> list[Result]
 
     load = compare_concurrency(bundle_dir, concurrency=options.concurrency, parallel=options.parallel,
                                max_tokens=options.decode_tokens * 2, threads=options.threads, ctx=n_ctx,
-                               repeats=options.repeats)
+                               repeats=options.repeats, flags=options.placement_flags())
     return [result(f"server: {load.concurrency} concurrent ÷ one (aggregate)", load.concurrent_tokens_per_s,
                    load.one_tokens_per_s, "tok/s", load.concurrent_tokens_per_s / load.one_tokens_per_s, at_least(2),
                    f"--parallel {load.parallel}")]

@@ -20,6 +20,13 @@ app = typer.Typer(
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+# Where each part runs, declared once for run, serve, validate, bench and plan (exaone_edge/device.py decides).
+DeviceFlag = Annotated[str | None, typer.Option(help="auto (the GPU for each part whose runtime has a GPU build), "
+                                                "cpu, or cuda (an error if a runtime lacks it).")]
+GpuLayersFlag = Annotated[int | None, typer.Option(help="Decoder layers on the GPU: -1 all, 0 none "
+                                                   "(default: all when llama.cpp has a GPU backend).")]
+VisionProviderFlag = Annotated[str | None, typer.Option(help="Vision encoder's ONNX Runtime provider: auto, cpu, "
+                                                        "cuda or tensorrt (used only when asked).")]
 
 
 def emit(result: Any, as_json: bool, text: str) -> None:
@@ -62,22 +69,29 @@ def tiny_model(
 
 @app.command()
 def plan(
-    model: Annotated[Path, typer.Argument(help="Checkpoint directory or bundle.")],
+    model: Annotated[Path, typer.Argument(help="Checkpoint directory (config.json alone is enough) or bundle.")],
     gpu: Annotated[str, typer.Option(help="rtx4090, a10g, a100-40, a100-80, or a size such as 48GiB.")] = "rtx4090",
     context: Annotated[int | None, typer.Option(help="Context length in tokens (default: min(model max, 32768)).")] = None,
     kv_type: Annotated[str, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = "f16",
     level: Annotated[str | None, typer.Option(help="Decoder level (default: the bundle's, else Q4_K_M).")] = None,
-    vision_on: Annotated[str, typer.Option(help="Where the vision encoder runs: gpu or cpu.")] = "gpu",
+    vision_on: Annotated[str, typer.Option(help="Where the vision encoder runs: gpu or cpu (cpu = --vision-provider cpu).")] = "gpu",
     parallel: Annotated[int, typer.Option(help="Requests decoded together (serve --parallel); each holds a context.")] = 1,
+    device: DeviceFlag = "auto",
+    gpu_layers: GpuLayersFlag = None,
+    vision_provider: VisionProviderFlag = "auto",
     json_output: JsonFlag = False,
 ) -> None:
-    """Predict GPU memory for a deployment and find the largest context and best level that fit."""
+    """Predict GPU memory for a deployment and find the largest context and best level that fit.
+
+    Placement flags as for run/serve: the plan places each part as the runtime would on a GPU box with the
+    GPU builds installed."""
     from exaone_edge.plan import plan as make_plan, plan_dict, render_text
 
     if vision_on not in ("gpu", "cpu"):
         raise InputError(f"--vision-on must be gpu or cpu, got '{vision_on}'")
     result = make_plan(
-        model, gpu=gpu, context=context, kv_type=kv_type, level=level, vision_on_gpu=vision_on == "gpu", parallel=parallel
+        model, gpu=gpu, context=context, kv_type=kv_type, level=level, vision_on_gpu=vision_on == "gpu", parallel=parallel,
+        device=device, gpu_layers=gpu_layers, vision_provider=vision_provider,
     )
     emit(plan_dict(result), json_output, render_text(result))
 
@@ -100,7 +114,9 @@ def run(
     think: Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason first (reasoning shown dimmed on stderr, "
                                         "the answer on stdout); off: answer directly.")] = False,
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context length (default: min(model max, 8192)).")] = None,
-    gpu_layers: Annotated[int | None, typer.Option(help="Decoder layers on the GPU (-1: all).")] = None,
+    device: DeviceFlag = "auto",
+    gpu_layers: GpuLayersFlag = None,
+    vision_provider: VisionProviderFlag = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
     flash_attn: Annotated[str, typer.Option(help="Flash attention: auto, on or off.")] = "auto",
     kv_type: Annotated[str, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = "f16",
@@ -120,7 +136,8 @@ def run(
     )
     chunks = ask(
         bundle, question, images=image or [], pdf=pdf, pages=pages, params=params, n_ctx=ctx,
-        n_gpu_layers=gpu_layers, n_threads=threads, flash_attn=modes[flash_attn], kv_type=kv_type, verify=verify,
+        device=device, n_gpu_layers=gpu_layers, vision_provider=vision_provider, n_threads=threads,
+        flash_attn=modes[flash_attn], kv_type=kv_type, verify=verify,
         thinking=think,
     )
     if json_output:
@@ -179,7 +196,9 @@ def serve(
     thinking: Annotated[str | None, typer.Option(help="Default reasoning mode, on or off (off); a request's "
                                                  "chat_template_kwargs.enable_thinking overrides it.")] = None,
     ctx: Annotated[int | None, typer.Option("--ctx", help="Context length (default: min(model max, 8192)).")] = None,
-    gpu_layers: Annotated[int | None, typer.Option(help="Decoder layers on the GPU (-1: all).")] = None,
+    device: DeviceFlag = None,
+    gpu_layers: GpuLayersFlag = None,
+    vision_provider: VisionProviderFlag = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
     flash_attn: Annotated[str | None, typer.Option(help="Flash attention: auto, on or off.")] = None,
     kv_type: Annotated[str | None, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = None,
@@ -215,6 +234,8 @@ def quantize(
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
     group_size: Annotated[int, typer.Option(help="GPTQ group size (-1: per channel).")] = 128,
     imatrix: Annotated[bool, typer.Option(help="Calibrate 4/5/6-bit levels with the document importance matrix.")] = True,
+    gpu_layers: Annotated[int | None, typer.Option(help="F16 decoder layers on the GPU for the imatrix and KL steps: "
+                                                   "-1 all, 0 none (default: all when llama.cpp has a GPU backend).")] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Quantize the decoder: GGUF at 4/8 bits with a document-calibrated importance matrix, as a bundle."""
@@ -234,7 +255,7 @@ def quantize(
             model_dir, out, recipe=chosen.level, calibration=calib.calibration if calib else None,
             evaluation=calib.evaluation if calib else None, calibration_hash=calib.content_hash if calib else None,
             vision_dir=vision, work_dir=work_dir, keep_work=keep_work, overwrite=overwrite, threads=threads,
-            imatrix=imatrix,
+            imatrix=imatrix, gpu_layers=gpu_layers,
         )
     except KeyboardInterrupt:
         work = work_dir or out.parent / f".{out.name}.work"
@@ -303,6 +324,9 @@ def validate(
                                         "</think>) or off (default, as run and serve answer).")] = False,
     answer_tokens: Annotated[int | None, typer.Option(help="Token budget per answer (default: 24 without thinking, "
                                                       "1024 with it; each token is a pass of the reference).")] = None,
+    device: DeviceFlag = "auto",
+    gpu_layers: GpuLayersFlag = None,
+    vision_provider: VisionProviderFlag = "auto",
     json_output: JsonFlag = False,
 ) -> None:
     """Accuracy-regression report per artifact: vision/decoder fidelity, document-QA accuracy, speed, memory."""
@@ -315,7 +339,8 @@ def validate(
     if answer_tokens is not None and answer_tokens < 1:
         raise InputError(f"--answer-tokens must be at least 1, got {answer_tokens}")
     options = ValidateOptions(max_questions=max_questions, measure_speed=not no_speed, thinking=think,
-                              max_new_tokens=answer_tokens)
+                              max_new_tokens=answer_tokens, device=device, gpu_layers=gpu_layers,
+                              vision_provider=vision_provider)
     report = collect(reference, artifacts, eval_set, options,
                      reference_cache=reference_cache, reference_dtype=reference_dtype)
     overrides = {"kl_mean_increase": kl_threshold} if kl_threshold is not None else None
@@ -345,6 +370,9 @@ def bench(
     parallel: Annotated[int, typer.Option(help="Server slots for the concurrency test.")] = 4,
     mtmd: Annotated[bool, typer.Option(help="Also time llama.cpp's mtmd vision path (builds it once; minutes).")] = False,
     save: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("bench.json"),
+    device: DeviceFlag = "auto",
+    gpu_layers: GpuLayersFlag = None,
+    vision_provider: VisionProviderFlag = "auto",
     json_output: JsonFlag = False,
 ) -> None:
     """Speed and memory as ratios against llama-cpp-python, transformers, the memory bandwidth and a copy."""
@@ -354,7 +382,8 @@ def bench(
     if repeats < 1 or prompt_tokens < 8 or decode_tokens < 2:
         raise InputError("--repeats must be >= 1, --prompt-tokens >= 8 and --decode-tokens >= 2")
     options = BenchOptions(model_dir=model_dir, repeats=repeats, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
-                           page=page, parallel=parallel, mtmd=mtmd,
+                           page=page, parallel=parallel, mtmd=mtmd, device=device, gpu_layers=gpu_layers,
+                           vision_provider=vision_provider,
                            sections=tuple(s.strip() for s in only.split(",")) if only else SECTIONS,
                            **({"threads": threads} if threads else {}))
     report = run_bench(bundle, options)
