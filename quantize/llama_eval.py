@@ -2,9 +2,9 @@
 
 Only one model is mapped at a time (for the 33B, F16 is 65 GB and Q4_K_M 20 GB): the reference's logits
 at every evaluation position are computed first into a scratch file (positions × vocabulary float32,
-memory-mapped, so RAM does not grow with it: 0.6 MB a position at EXAONE 4.5's 153,600-token
-vocabulary), the reference is closed, then the candidate is opened and compared batch by batch.
-The scratch file holds full rows, so the numbers are exact, not a top-k approximation.
+memory-mapped, so RAM does not grow with it), the reference is closed, then the candidate is opened and
+compared batch by batch; prompts beyond the scratch budget take further passes. The scratch file holds
+full rows, so the numbers are exact, not a top-k approximation.
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ import numpy as np
 from exaone_edge.errors import ArtifactError
 from exaone_edge.llama import ALL_LAYERS, supports_gpu_offload
 from exaone_edge.llama_context import LlamaContext, reference_options
+
+# Reference logits kept per pass. EXAONE 4.5's 153,600-token vocabulary makes a position 0.6 MB, so this holds
+# about 27,000 positions; more prompts than that take several passes, each reopening both models (reading the
+# F16 GGUF again costs far less than decoding it).
+SCRATCH_BYTES = 16 * 2**30
 
 
 def default_gpu_layers() -> int:
@@ -41,30 +46,41 @@ class Comparison:
 
 
 def compare_decoders(reference: Path, candidate: Path, prompts: Sequence[Sequence], *, scratch_dir: Path,
-                     gpu_layers: int | None = None, threads: int | None = None) -> Comparison:
+                     gpu_layers: int | None = None, threads: int | None = None,
+                     scratch_bytes: int = SCRATCH_BYTES) -> Comparison:
+    """KL and top-1 agreement at every position of `prompts`, in passes whose reference logits fit `scratch_bytes`
+    (each pass opens the reference, then the candidate; one pass unless the prompts are many)."""
     options, lengths = context_for(prompts, gpu_layers, threads)
+    firsts = np.cumsum([0, *lengths])
+    kls: list[np.ndarray] = []
+    agree: list[np.ndarray] = []
+    start = 0
     with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".kl-") as tmp:
-        with LlamaContext(reference, options) as llama:
-            saved = np.lib.format.open_memmap(Path(tmp) / "reference-logits.npy", mode="w+", dtype=np.float32,
-                                              shape=(sum(lengths), llama.n_vocab))
-            for prompt, first in zip(prompts, np.cumsum([0, *lengths[:-1]])):
-                def keep(start: int, rows: np.ndarray, first: int = int(first)) -> None:
-                    saved[first + start:first + start + len(rows)] = rows
-                llama.evaluate(prompt, keep)
-            saved.flush()
-        kls: list[np.ndarray] = []
-        agree: list[np.ndarray] = []
-        with LlamaContext(candidate, options) as llama:  # opened only after the reference is closed
-            if llama.n_vocab != saved.shape[1]:
-                raise ArtifactError(f"the candidate has {llama.n_vocab} tokens, its reference {saved.shape[1]}",
-                                    path=candidate, fix="Quantize from the same F16 GGUF.")
-            for prompt, first in zip(prompts, np.cumsum([0, *lengths[:-1]])):
-                def compare(start: int, rows: np.ndarray, first: int = int(first)) -> None:
-                    kl, same = kl_rows(saved[first + start:first + start + len(rows)], rows)
-                    kls.append(kl)
-                    agree.append(same)
-                llama.evaluate(prompt, compare)
-        saved = None  # unmapped before its directory goes
+        while start < len(prompts):
+            with LlamaContext(reference, options) as llama:
+                n_vocab = llama.n_vocab
+                stop = start + 1  # at least one prompt a pass, then as many as the budget holds
+                while stop < len(prompts) and (firsts[stop + 1] - firsts[start]) * n_vocab * 4 <= scratch_bytes:
+                    stop += 1
+                saved = np.lib.format.open_memmap(Path(tmp) / "reference-logits.npy", mode="w+", dtype=np.float32,
+                                                  shape=(int(firsts[stop] - firsts[start]), n_vocab))
+                for index in range(start, stop):
+                    def keep(first: int, rows: np.ndarray, base: int = int(firsts[index] - firsts[start])) -> None:
+                        saved[base + first:base + first + len(rows)] = rows
+                    llama.evaluate(prompts[index], keep)
+                saved.flush()
+            with LlamaContext(candidate, options) as llama:  # opened only after the reference is closed
+                if llama.n_vocab != n_vocab:
+                    raise ArtifactError(f"the candidate has {llama.n_vocab} tokens, its reference {n_vocab}",
+                                        path=candidate, fix="Quantize from the same F16 GGUF.")
+                for index in range(start, stop):
+                    def compare(first: int, rows: np.ndarray, base: int = int(firsts[index] - firsts[start])) -> None:
+                        kl, same = kl_rows(saved[base + first:base + first + len(rows)], rows)
+                        kls.append(kl)
+                        agree.append(same)
+                    llama.evaluate(prompts[index], compare)
+            saved = None  # unmapped before the next pass rewrites the file, and before its directory goes
+            start = stop
     return Comparison(np.concatenate(kls), np.concatenate(agree))
 
 

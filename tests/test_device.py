@@ -224,6 +224,13 @@ def test_kl_never_maps_both_models(tiny_model_dir, tmp_path, monkeypatch):
     result = compare_decoders(reference, candidate, prompts, scratch_dir=tmp_path, gpu_layers=0, threads=2)
     assert seen == [[reference], [candidate]] and llama.open_models() == []
     assert not list(tmp_path.glob(".kl-*"))  # the scratch logits are gone
+    with llama.Model(reference, vocab_only=True) as vocab:
+        first_prompt = 16 * vocab.n_vocab * 4  # 15 positions fit, 15 + 5 do not
+    seen.clear()  # a scratch budget below both prompts' logits: two passes, the same numbers
+    two = compare_decoders(reference, candidate, prompts, scratch_dir=tmp_path, gpu_layers=0, threads=2,
+                           scratch_bytes=first_prompt)
+    assert seen == [[reference], [candidate], [reference], [candidate]]
+    assert np.array_equal(two.kl, result.kl) and np.array_equal(two.top1, result.top1)
     expected = []
     for prompt in prompts:
         options = reference_options(256, n_threads=2)
