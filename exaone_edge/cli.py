@@ -27,6 +27,13 @@ GpuLayersFlag = Annotated[int | None, typer.Option(help="Decoder layers on the G
                                                    "(default: all when llama.cpp has a GPU backend).")]
 VisionProviderFlag = Annotated[str | None, typer.Option(help="Vision encoder's ONNX Runtime provider: auto, cpu, "
                                                         "cuda or tensorrt (used only when asked).")]
+# The other engine flags of run and serve (EngineOptions / ServerSettings), declared once; serve's defaults are None
+# so that EXAONE_EDGE_* variables can fill them.
+CtxFlag = Annotated[int | None, typer.Option("--ctx", help="Context length (default: min(model max, 8192)).")]
+ThreadsFlag = Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")]
+FlashAttnFlag = Annotated[str | None, typer.Option(help="Flash attention: auto, on or off.")]
+KvTypeFlag = Annotated[str | None, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")]
+VerifyFlag = Annotated[bool | None, typer.Option(help="Hash every bundle file before loading (--no-verify: sizes only).")]
 
 
 def emit(result: Any, as_json: bool, text: str) -> None:
@@ -113,14 +120,14 @@ def run(
     stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop when this text appears; repeatable.")] = None,
     think: Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason first (reasoning shown dimmed on stderr, "
                                         "the answer on stdout); off: answer directly.")] = False,
-    ctx: Annotated[int | None, typer.Option("--ctx", help="Context length (default: min(model max, 8192)).")] = None,
+    ctx: CtxFlag = None,
     device: DeviceFlag = "auto",
     gpu_layers: GpuLayersFlag = None,
     vision_provider: VisionProviderFlag = "auto",
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
-    flash_attn: Annotated[str, typer.Option(help="Flash attention: auto, on or off.")] = "auto",
-    kv_type: Annotated[str, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = "f16",
-    verify: Annotated[bool, typer.Option(help="Hash every bundle file before loading (--no-verify: sizes only).")] = True,
+    threads: ThreadsFlag = None,
+    flash_attn: FlashAttnFlag = "auto",
+    kv_type: KvTypeFlag = "f16",
+    verify: VerifyFlag = True,
     json_output: JsonFlag = False,
 ) -> None:
     """Ask a question about images or PDF pages; the answer streams to stdout, timings go to stderr."""
@@ -195,14 +202,14 @@ def serve(
     default_max_tokens: Annotated[int | None, typer.Option(help="max_tokens when a request gives none (512).")] = None,
     thinking: Annotated[str | None, typer.Option(help="Default reasoning mode, on or off (off); a request's "
                                                  "chat_template_kwargs.enable_thinking overrides it.")] = None,
-    ctx: Annotated[int | None, typer.Option("--ctx", help="Context length (default: min(model max, 8192)).")] = None,
+    ctx: CtxFlag = None,
     device: DeviceFlag = None,
     gpu_layers: GpuLayersFlag = None,
     vision_provider: VisionProviderFlag = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
-    flash_attn: Annotated[str | None, typer.Option(help="Flash attention: auto, on or off.")] = None,
-    kv_type: Annotated[str | None, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = None,
-    verify: Annotated[bool | None, typer.Option(help="Hash every bundle file before loading.")] = None,
+    threads: ThreadsFlag = None,
+    flash_attn: FlashAttnFlag = None,
+    kv_type: KvTypeFlag = None,
+    verify: VerifyFlag = None,
 ) -> None:
     """OpenAI-compatible server (/v1/chat/completions, /v1/models, /health, /metrics); loopback by default.
 
