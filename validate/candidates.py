@@ -89,7 +89,8 @@ class GptqCandidate:
 class VisionCandidate:
     kind = vision_format.KIND
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, engine_options: dict[str, Any] | None = None) -> None:
+        from exaone_edge.device import choose_placement
         from exaone_edge.vision import VisionEncoder
 
         self.path = Path(path)
@@ -98,7 +99,9 @@ class VisionCandidate:
         self.name = f"vision {precision}"
         self.bits = VISION_BITS.get(precision)
         self.bytes = bundle_format.directory_bytes(self.path)
-        self.encoder = VisionEncoder(self.path)
+        options = engine_options or {}
+        placement = choose_placement(options.get("device", "auto"), 0, options.get("vision_provider", "auto"))
+        self.encoder = VisionEncoder(self.path, providers=list(placement.providers))
 
     def vision_rows(self, image) -> np.ndarray:
         return self.encoder.encode(image)
@@ -112,7 +115,7 @@ def open_candidate(path: Path, reference_dir: Path, thinking: bool = False,
     manifest = read_manifest(Path(path), verify=False)
     kinds = {BundleCandidate.kind: lambda: BundleCandidate(path, thinking, engine_options),
              "gptq": lambda: GptqCandidate(path, reference_dir, thinking),
-             VisionCandidate.kind: lambda: VisionCandidate(path)}
+             VisionCandidate.kind: lambda: VisionCandidate(path, engine_options)}
     if manifest.kind not in kinds:
         raise ArtifactError(f"cannot validate an artifact of kind '{manifest.kind}'", path=path,
                             fix="Pass bundles (quantize), GPTQ checkpoints or vision exports.")
