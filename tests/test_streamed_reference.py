@@ -45,6 +45,8 @@ def test_streamed_reference_equals_the_whole_model(tiny_model_dir, questions, wh
     assert [streamed.decode(g) for g in generated] == whole_model["generated"]
     for mine, theirs in zip(rows, whole_model["rows"]):
         assert np.abs(mine - theirs).max() <= 1e-4
+    again = streamed.vision_rows(inputs[:1])[0]  # the tower was released and is read again
+    assert np.array_equal(again.numpy(), rows[0])
     # One pass for teacher forcing + prefill, then one per generated token: every weight read once per pass.
     layers = sum(1 for name in streamed.weights.layout if name.endswith(".self_attn.q_proj.weight")
                  and name.startswith("model.language_model.layers."))

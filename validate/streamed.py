@@ -162,9 +162,12 @@ class StreamedReference:
                 if "pixel_values" not in item:
                     rows.append(None)
                     continue
-                out = visual(item["pixel_values"].to(self.device, self.dtype), grid_thw=item["image_grid_thw"])
+                out = visual(item["pixel_values"].to(self.device, self.dtype),
+                             grid_thw=item["image_grid_thw"].to(self.device))
                 rows.append(out.pooler_output)
-        self._release(visual)
+        for name, child in visual.named_children():
+            if name != "rotary_pos_emb":  # built for real in __init__: keep it for the next call
+                self._release(child)
         return rows
 
     def _masks(self, sequence: _Sequence) -> None:
