@@ -34,6 +34,10 @@ class InputError(ExaoneEdgeError):
     """A user-supplied file or option is unusable."""
 
 
+class PromptTooLong(InputError):
+    """The prompt (text tokens plus vision rows) does not fit the context window."""
+
+
 class ImageRejected(InputError):
     """An image or PDF page is unreadable, too large, or otherwise unusable."""
 

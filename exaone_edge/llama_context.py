@@ -132,7 +132,7 @@ class LlamaContext:
         if not keys:
             raise InputError("the prompt is empty")
         if len(keys) >= self.n_ctx:
-            from exaone_edge.runtime.generation import PromptTooLong
+            from exaone_edge.errors import PromptTooLong
 
             raise PromptTooLong(
                 f"the prompt takes {len(keys)} positions, the context holds {self.n_ctx}",

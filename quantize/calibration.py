@@ -75,7 +75,7 @@ class VisionRows:
         from transformers.models.exaone4_5.modeling_exaone4_5 import Exaone4_5_VisionModel
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-        from exaone_edge.quantize.safetensors_stream import read_f32, read_layout
+        from exaone_edge.safetensors_stream import read_f32, read_layout
 
         config = Exaone4_5_Config.from_pretrained(checkpoint.path)
         self.model = Exaone4_5_VisionModel._from_config(config.vision_config, dtype=torch.float32).eval()

@@ -26,7 +26,7 @@ from exaone_edge.errors import CheckpointError, InputError, require
 from exaone_edge.files import atomic_path
 from exaone_edge.progress import log, track
 from exaone_edge.quantize.gguf_vocab import read_vocab, write_vocab
-from exaone_edge.quantize.safetensors_stream import Piece, StoredTensor, ordered_map, pieces, read_layout, read_piece
+from exaone_edge.safetensors_stream import Piece, StoredTensor, ordered_map, pieces, read_layout, read_piece
 from exaone_edge.spec import DecoderSpec
 
 ARCH = "exaone4"

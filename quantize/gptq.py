@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from exaone_edge.errors import InputError, require
 from exaone_edge.files import atomic_dir, check_output_dir
 from exaone_edge.manifest import Manifest, write_manifest
 from exaone_edge.progress import log, stdout_to_stderr
+from exaone_edge.validate.candidates import eager_gptq_kernels
 
 GPTQ_BITS = (4, 8)
 MIN_CALIBRATION = 4  # GPTQ's Hessians need several documents; real models want 128+
@@ -110,16 +110,6 @@ def quantize_gptq(
     with stdout_to_stderr(), eager_gptq_kernels():
         return _quantize(Path(model_dir).resolve(), Path(out), calibration, evaluation, bits, group_size,
                          calibration_hash, overwrite)
-
-
-@contextlib.contextmanager
-def eager_gptq_kernels() -> Iterator[None]:
-    """GPTQModel torch.compiles every TorchLinear's dequantization; on CPU each new sequence length
-    recompiles until dynamo's limit (validating 6 questions took > 16 min). Eager takes seconds."""
-    import torch
-
-    with torch._dynamo.config.patch(disable=True):
-        yield
 
 
 def _quantize(model_dir: Path, out: Path, calibration: list[Conversation], evaluation: list[Conversation],

@@ -21,11 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from exaone_edge.errors import InputError
-
-
-class PromptTooLong(InputError):
-    """The prompt (text tokens plus vision rows) does not fit the context window."""
+from exaone_edge.errors import InputError, PromptTooLong  # noqa: F401  (PromptTooLong: part of the engine's contract)
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,7 @@ def test_bf16_weights_are_the_checkpoint_bytes_and_run(tiny_model_dir, gguf_dir)
 
 
 def test_pieces_converted_by_several_threads_give_the_same_file(tiny_model_dir, gguf_dir, tmp_path, monkeypatch):
-    from exaone_edge.quantize import safetensors_stream
+    from exaone_edge import safetensors_stream
     from exaone_edge.quantize.gguf_convert import convert_to_gguf
 
     whole = converted(tiny_model_dir, "F16", gguf_dir)

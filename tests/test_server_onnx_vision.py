@@ -52,7 +52,9 @@ def client(url: str) -> openai.OpenAI:
 
 def direct(engine, images, question=QUESTION, max_tokens=8) -> str:
     parts = [{"type": "image", "image": image} for image in images] + [{"type": "text", "text": question}]
-    return collect(engine.generate([{"role": "user", "content": parts}], GenerationParams(max_tokens=max_tokens))).text
+    # the server's default: thinking off (EXAONE 4.5's template alone would think)
+    params = GenerationParams(max_tokens=max_tokens).thinking(False)
+    return collect(engine.generate([{"role": "user", "content": parts}], params)).text
 
 
 def test_image_data_url_streaming_and_not(server, engine):

@@ -51,7 +51,7 @@ class ShardReader:
 
     def __init__(self, model_dir: Path) -> None:
         from exaone_edge.checkpoint import open_checkpoint
-        from exaone_edge.quantize.safetensors_stream import read_layout
+        from exaone_edge.safetensors_stream import read_layout
 
         checkpoint = open_checkpoint(Path(model_dir), read_weights=True)
         self.layout = {}
