@@ -83,6 +83,7 @@ def plan(
     level: Annotated[str | None, typer.Option(help="Decoder level (default: the bundle's, else Q4_K_M).")] = None,
     vision_on: Annotated[str, typer.Option(help="Where the vision encoder runs: gpu or cpu (cpu = --vision-provider cpu).")] = "gpu",
     parallel: Annotated[int, typer.Option(help="Requests decoded together (serve --parallel); each holds a context.")] = 1,
+    vision_precision: Annotated[str, typer.Option(help="Vision export precision for a checkpoint: fp32, fp16, int8 or int4 (a bundle's file is measured).")] = "fp16",
     device: DeviceFlag = "auto",
     gpu_layers: GpuLayersFlag = None,
     vision_provider: VisionProviderFlag = "auto",
@@ -98,7 +99,7 @@ def plan(
         raise InputError(f"--vision-on must be gpu or cpu, got '{vision_on}'")
     result = make_plan(
         model, gpu=gpu, context=context, kv_type=kv_type, level=level, vision_on_gpu=vision_on == "gpu", parallel=parallel,
-        device=device, gpu_layers=gpu_layers, vision_provider=vision_provider,
+        device=device, gpu_layers=gpu_layers, vision_provider=vision_provider, vision_precision=vision_precision,
     )
     emit(plan_dict(result), json_output, render_text(result))
 

@@ -34,6 +34,9 @@ HEADROOM = 0.05  # fragmentation and driver reserve
 # Largest page when a folder has no preprocessor_config.json: the reported released maximum (4,096 image rows),
 # the larger of the published values, so a plan made before downloading is not optimistic (tests/data/SOURCES.md).
 RELEASED_MAX_PIXELS = 3_211_264
+# Vision weight bytes per parameter for a checkpoint plan, by export precision (a bundle's file is measured):
+# int4 is MatMulNBits with block 32 (4 bits + an fp16 scale per block), which ONNX Runtime's CUDA EP runs.
+VISION_WEIGHT_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 4.5 / 8}
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class Plan:
     max_pixels: int  # the largest page the vision activations are sized for
     pixels_from: str  # where max_pixels came from: a preprocessor_config.json, or the released default
     vision_attention_fused: bool  # full-attention blocks hold no [heads, patches, patches] score matrix
+    vision_precision: str  # the export precision the vision weights are sized at ("measured": a bundle's file)
 
 
 def parse_gpu(value: str) -> Gpu:
@@ -173,13 +177,13 @@ def _load_source(path: Path) -> _Source:
 
 def _components(
     source: _Source, level: str, context: int, kv_type: str, vision_on_gpu: bool, parallel: int = 1,
-    decoder_share: float = 1.0,
+    decoder_share: float = 1.0, vision_precision: str = "fp16",
 ) -> tuple[dict[str, int], bool]:
     """GPU bytes per part; `decoder_share` is the fraction of decoder layers offloaded (their weights and KV)."""
     decoder = source.spec.decoder
     measured = source.measured_level == level and source.measured_decoder_bytes is not None
     weights = source.measured_decoder_bytes if measured else estimated_bytes(source.decoder_params, level)
-    vision = source.measured_vision_bytes or source.vision_params * 2
+    vision = source.measured_vision_bytes or source.vision_params * VISION_WEIGHT_BYTES[vision_precision]
     components = {
         "decoder_weights": int(weights * decoder_share),
         "kv_cache": int(parallel * kv_cache_bytes(decoder, context, kv_type) * decoder_share),
@@ -197,7 +201,7 @@ def _total(components: dict[str, int], gpu: Gpu) -> int:
 
 def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: str = "f16",
          level: str | None = None, vision_on_gpu: bool | None = None, parallel: int = 1, *, device: str = "auto",
-         gpu_layers: int | None = None, vision_provider: str = "auto") -> Plan:
+         gpu_layers: int | None = None, vision_provider: str = "auto", vision_precision: str = "fp16") -> Plan:
     """`device`, `gpu_layers`, `vision_provider` as for `run`/`serve`; the placement is what the runtime decides on
     a GPU box set up as the README says (exaone_edge.device.predicted_placement). `vision_on_gpu=False` is
     `vision_provider="cpu"`."""
@@ -209,6 +213,8 @@ def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: 
     vision_on_gpu = placement.vision_on_gpu
     if parallel < 1:
         raise InputError(f"parallel must be at least 1, got {parallel}")
+    if vision_precision not in VISION_WEIGHT_BYTES:
+        raise InputError(f"unknown vision precision '{vision_precision}'", fix=f"Use one of {', '.join(VISION_WEIGHT_BYTES)}.")
     if kv_type not in KV_BYTES_PER_ELEMENT:
         raise InputError(f"unknown KV cache type '{kv_type}'", fix=f"Use one of {', '.join(KV_BYTES_PER_ELEMENT)}.")
     card = parse_gpu(gpu)
@@ -228,10 +234,10 @@ def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: 
     share = 1.0 if placement.gpu_layers < 0 else min(placement.gpu_layers, layers) / layers
 
     def fits(lvl: str, ctx: int) -> bool:
-        used = _total(_components(source, lvl, ctx, kv_type, vision_on_gpu, parallel, share)[0], card)
+        used = _total(_components(source, lvl, ctx, kv_type, vision_on_gpu, parallel, share, vision_precision)[0], card)
         return used <= card.memory_bytes
 
-    components, measured = _components(source, level, context, kv_type, vision_on_gpu, parallel, share)
+    components, measured = _components(source, level, context, kv_type, vision_on_gpu, parallel, share, vision_precision)
     total = _total(components, card)
     low, high = 0, decoder.max_position_embeddings
     while low < high:  # largest context that fits, to a multiple of 256
@@ -249,6 +255,7 @@ def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: 
         best_level=best, vision_on_gpu=vision_on_gpu, placement=placement.as_dict(), decode_tokens_per_s_ceiling=ceiling,
         weights_measured=measured,
         max_pixels=source.max_pixels, pixels_from=source.pixels_from, vision_attention_fused=source.fused,
+        vision_precision="measured" if source.measured_vision_bytes else vision_precision,
     )
 
 
@@ -271,7 +278,7 @@ def render_text(result: Plan) -> str:
     lines.append(f"best level for context {result.context}: {result.best_level or 'none fits'}")
     attention = "full attention fused" if result.vision_attention_fused else "full attention unfused (scores held)"
     lines.append(f"pages up to {result.max_pixels:,} pixels ({result.pixels_from})"
-                 + (f", vision {attention}" if result.vision_on_gpu else ""))
+                 + (f", vision {result.vision_precision} weights, {attention}" if result.vision_on_gpu else ""))
     if result.decode_tokens_per_s_ceiling:
         rule = f"{result.parallel} × bandwidth / bytes per step" if result.parallel > 1 else "bandwidth / bytes per token"
         lines.append(f"decode ceiling ({rule}): {result.decode_tokens_per_s_ceiling:.1f} tokens/s")

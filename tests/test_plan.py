@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from exaone_edge.errors import InputError
 from exaone_edge.plan import GIB, RELEASED_MAX_PIXELS, plan, vision_activation_bytes
 
 DATA = Path(__file__).parent / "data"
@@ -140,3 +141,18 @@ def test_parallel_sequences_each_hold_a_context(config_33b):
     assert one.decode_tokens_per_s_ceiling < four.decode_tokens_per_s_ceiling < 4 * one.decode_tokens_per_s_ceiling
     report = json.loads(run_cli("plan", str(config_33b), "--parallel", "4", "--context", "16384", "--json", check=True).stdout)
     assert report["parallel"] == 4 and report["components"]["kv_cache"] == four.components["kv_cache"]
+
+
+def test_the_33b_fits_one_24gb_card_with_vision_on_the_gpu(config_33b, tmp_path):
+    """int4 vision weights (MatMulNBits), a q8_0 KV cache and 1,280-row pages leave room for Q4_K_M at 16K
+    on an RTX 4090; fp16 vision weights do not, and on the A10G's smaller usable memory plan picks Q4_K_S."""
+    pages = _with_preprocessor(config_33b, tmp_path, 1280 * 28 * 28)
+    int4 = plan(pages, gpu="rtx4090", context=16384, kv_type="q8_0", vision_precision="int4")
+    fp16 = plan(pages, gpu="rtx4090", context=16384, kv_type="q8_0", vision_precision="fp16")
+    assert int4.fits and int4.vision_on_gpu and int4.best_level == "Q4_K_M" and int4.max_context >= 16384
+    assert not fp16.fits
+    assert fp16.components["vision_weights"] / int4.components["vision_weights"] == pytest.approx(2 / (4.5 / 8))
+    a10g = plan(pages, gpu="a10g", context=16384, kv_type="q8_0", vision_precision="int4")
+    assert not a10g.fits and a10g.best_level == "Q4_K_S"
+    with pytest.raises(InputError, match="unknown vision precision"):
+        plan(pages, vision_precision="int3")
