@@ -60,7 +60,26 @@ def open_models() -> list[Path]:
     with _lock:
         return list(_open.values())
 
-class Model:
+class Owned:
+    """Frees its llama.cpp object on close(), at the end of a `with` block, or when collected."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the library may already be gone
+            pass
+
+
+class Model(Owned):
     """A loaded GGUF: weights (`n_gpu_layers` of them on the GPU; -1 all, 0 none) or only its vocabulary."""
 
     def __init__(self, path: Path, *, n_gpu_layers: int = 0, vocab_only: bool = False, verbose: bool = False) -> None:
@@ -122,18 +141,6 @@ class Model:
             self._model = None
             with _lock:
                 _open.pop(id(self), None)
-
-    def __enter__(self) -> Model:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: the library may already be gone
-            pass
 
 
 def tokenize(gguf_path: Path, texts: Sequence[str]) -> list[list[int]]:

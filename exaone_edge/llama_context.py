@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from exaone_edge.errors import ArtifactError, InputError
-from exaone_edge.llama import ALL_LAYERS, KV_TYPES, Model
+from exaone_edge.llama import ALL_LAYERS, KV_TYPES, Model, Owned
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class PrefillStopped(Exception):
     """A prefill was stopped between batches because its request was cancelled."""
 
 
-class LlamaContext:
+class LlamaContext(Owned):
     """A model and one context over it; `cb_eval` (a ggml eval callback) sees every tensor computed."""
 
     def __init__(self, gguf_path: Path, options: LlamaOptions = LlamaOptions(), *, cb_eval=None) -> None:
@@ -250,18 +250,6 @@ class LlamaContext:
         if getattr(self, "model", None) is not None:
             self.model.close()
 
-    def __enter__(self) -> LlamaContext:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: the library may already be gone
-            pass
-
     # -- internals -----------------------------------------------------------------------------
 
     def _require_open(self) -> None:
@@ -349,7 +337,7 @@ def _deferred_interrupt() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-class Sampler:
+class Sampler(Owned):
     """llama.cpp's sampler chain: [grammar →] top-k → top-p → min-p → temperature → draw, or greedy argmax."""
 
     def __init__(
@@ -386,15 +374,9 @@ class Sampler:
         return int(self._lib.llama_sampler_sample(self._chain, self._ctx, index))
 
     def close(self) -> None:
-        if self._chain:
+        if getattr(self, "_chain", None):
             self._lib.llama_sampler_free(self._chain)
             self._chain = None
-
-    def __enter__(self) -> Sampler:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def prompt_keys(segments: Sequence[Segment]) -> list[Hashable]:

@@ -15,7 +15,7 @@ step $BIN plan "$WORK/tiny" --gpu rtx4090 --context 4096
 step $BIN docs make "$WORK/docs" --n 12 --lang ko,en --seed 0 --overwrite
 step $BIN export "$WORK/tiny" -o "$WORK/vision" --precision fp32 --overwrite
 step $BIN quantize "$WORK/tiny" --bits 4 --calibration "$WORK/docs" --vision "$WORK/vision" -o "$WORK/bundle-q4" --overwrite
-step $BIN validate "$WORK/bundle-q4" --reference "$WORK/tiny" --eval "$WORK/docs" --max-questions 4 -o "$WORK/report"
+step $BIN validate "$WORK/bundle-q4" --reference "$WORK/tiny" --eval "$WORK/docs" --max-questions 4 -o "$WORK/report" --overwrite
 page=$(ls "$WORK"/docs/pages/*.png | head -1)
 step $BIN run "$WORK/bundle-q4" --image "$page" --max-tokens 24 "What is the total amount on this invoice?"
 printf '\nreport: %s\n' "$WORK/report/report.html" >&2
