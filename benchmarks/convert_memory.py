@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/convert_memory.py [--layers 2] [--work /tmp/exaone-edge-bench] [--keep]
 
-Builds (once) a bf16 checkpoint with the 33B model's hidden/FFN/vocab sizes (tests/data/
+Builds (once) a bf16 checkpoint with the 33B model's hidden/FFN/vocab sizes (exaone_edge/data/
 exaone45_33b_config.json) but only `--layers` decoder layers, all global attention (llama.cpp's
 sliding-window pattern needs exactly 64 layers, irrelevant to memory). Converts it to F16 in a
 fresh process and compares that process's peak RSS with 1.5 × the largest tensor + the fixed
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_CONFIG = REPO / "tests" / "data" / "exaone45_33b_config.json"
+from exaone_edge.spec import RELEASED_33B_CONFIG
+
 CHUNK = 16 << 20  # elements generated at a time while building
 
 
 def build_checkpoint(out: Path, tiny: Path, layers: int, seed: int = 0) -> int:
     """Write a bf16 checkpoint, one tensor per shard, never holding more than a chunk in memory."""
-    real = json.loads(REAL_CONFIG.read_text())["text_config"]
+    real = json.loads(RELEASED_33B_CONFIG.read_text())["text_config"]
     config = json.loads((tiny / "config.json").read_text())
     text = dict(config["text_config"])
     text.update({k: real[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",

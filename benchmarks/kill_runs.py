@@ -6,7 +6,8 @@ rerun must succeed and leave nothing of the killed run behind.
 On the tiny model (built once under --root). Each command first runs once uncut: that gives its duration T
 (then updated to each rerun's) and a complete output to start some tries from (`--overwrite` then has an old
 output to replace). Each try deletes or restores the output, starts the command, sends SIGKILL to its process
-group after U(0.02, 0.85)·T seconds (a run that ends first is tried again, up to 3 times), and checks:
+group after U(0.02, 0.85)·T seconds (a run that ends first is tried again, up to 3 times, after U(0.1, 0.8) of
+its uncut rerun), and checks:
   - the output path holds nothing, the old output or the new one, and whatever it holds verifies against its
     manifest; no folder outside a `.partial` has a manifest.json whose checksums fail ("looks complete, is not");
   - the rerun (same command, not killed) exits 0, its output verifies, and no `.partial` file or folder and no
@@ -148,6 +149,20 @@ def one_try(index: int, command: str, argv: Argv, model: Path, root: Path, delay
     return record
 
 
+def kill_until_killed(index: int, command: str, argv: Argv, model: Path, root: Path, delay: float,
+                      previous: Path | None, rng: random.Random, attempts: int = 3) -> list[Try]:
+    """Tries until one is killed: the machine's speed and load vary, and a run that ends before its kill is
+    tried again after U(0.1, 0.8) of the uncut rerun that followed it."""
+    records: list[Try] = []
+    for _ in range(attempts):
+        record = one_try(index + len(records), command, argv, model, root, delay, previous)
+        records.append(record)
+        if record.killed:
+            break
+        delay = rng.uniform(0.1, 0.8) * record.rerun_s
+    return records
+
+
 def measure(command: str, argv: Argv, model: Path, root: Path) -> tuple[float, Path]:
     """One uncut run: its duration, and its output kept as the 'old output' some tries start from."""
     pristine = root / "pristine" / command
@@ -171,17 +186,14 @@ def run(model: Path, root: Path, tries: int, seed: int, commands: dict[str, Argv
     for index in range(tries):
         name = names[index % len(names)]
         pristine = baselines[name][1] if rng.random() < 0.5 else None
-        for attempt in range(3):  # the machine's load varies: a run that finished before its kill is tried again
-            delay = rng.uniform(0.02, 0.85) * latest[name]
-            record = one_try(len(records), name, commands[name], model, root, delay, pristine)
+        delay = rng.uniform(0.02, 0.85) * latest[name]
+        for record in kill_until_killed(len(records), name, commands[name], model, root, delay, pristine, rng):
             records.append(record)
             latest[name] = record.rerun_s or latest[name]  # the newest uncut duration
             report(f"try {record.index}: {name} killed={record.killed} after {record.kill_after_s} s at '{record.stage}'"
                    f": {record.after_kill}, left {record.partials_after_kill}; rerun rc {record.rerun_rc} in "
                    f"{record.rerun_s} s → {record.after_rerun}, left {record.left_after_rerun} → "
                    f"{'ok' if record.ok else 'FAILED'}")
-            if record.killed:
-                break
     return {"seed": seed, "baseline_s": {name: round(s, 1) for name, (s, _) in baselines.items()},
             "tries": [{**asdict(r), "ok": r.ok} for r in records], "kills": sum(r.killed for r in records),
             "failed": sum(not r.ok for r in records)}

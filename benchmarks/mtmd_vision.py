@@ -218,7 +218,7 @@ def embedding_check(model_dir: Path, decoder_gguf: Path, mmproj: Path, image: Pa
     from PIL import Image
 
     from exaone_edge.checkpoint import open_checkpoint
-    from exaone_edge.export.weights import load_vision_model
+    from exaone_edge.torch_weights import load_vision_tower
     from exaone_edge.images import open_image
     from exaone_edge.vision import grid_for, preprocess
 
@@ -235,7 +235,7 @@ def embedding_check(model_dir: Path, decoder_gguf: Path, mmproj: Path, image: Pa
         ours = np.fromfile(dump, dtype=np.float32, offset=8).reshape(n_tokens, n_embd)
     patches, grid = preprocess(sized, checkpoint.image)
     with torch.no_grad():
-        reference = load_vision_model(checkpoint)(torch.from_numpy(patches), grid_thw=torch.tensor([grid]))
+        reference = load_vision_tower(checkpoint, attention="eager")(torch.from_numpy(patches), grid_thw=torch.tensor([grid]))
     reference = reference.pooler_output.float().numpy()
     if ours.shape != reference.shape:
         raise MtmdError(f"mtmd rows {ours.shape} vs HF rows {reference.shape}")

@@ -75,7 +75,7 @@ def with_layers(base: Path, layers: int, work: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from exaone_edge.validate.streamed import ShardReader
+    from exaone_edge.torch_weights import ShardReader
 
     if layers == 2:
         return base

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/vision_export_memory.py [--depth 4] [--precision int8] [--work DIR]
 
-Builds (once) a checkpoint whose vision tower has the released 33B model's widths (tests/data/
+Builds (once) a checkpoint whose vision tower has the released 33B model's widths (exaone_edge/data/
 exaone45_33b_config.json: hidden 2048, MLP 5120, 32/8 heads, patch 14, merger to 5120) with `--depth`
 blocks, the last one full-attention as in the release, and random bf16 weights, on top of the tiny decoder. Exports it in a fresh process (int8 calibrates
 on a generated 3-page document set) and
@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_CONFIG = REPO / "tests" / "data" / "exaone45_33b_config.json"
+from exaone_edge.spec import RELEASED_33B_CONFIG
 
 
 def build(out: Path, tiny: Path, depth: int) -> int:
@@ -33,7 +31,7 @@ def build(out: Path, tiny: Path, depth: int) -> int:
     from transformers.models.exaone4_5.modeling_exaone4_5 import Exaone4_5_VisionModel
 
     shutil.copytree(tiny, out)
-    real = json.loads(REAL_CONFIG.read_text())["vision_config"]
+    real = json.loads(RELEASED_33B_CONFIG.read_text())["vision_config"]
     vision = dict(real, depth=depth, fullatt_block_indexes=[depth - 1],
                   rope_parameters={"rope_theta": 10000.0, "rope_type": "axial"})
     index_path = out / "model.safetensors.index.json"

@@ -16,6 +16,12 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def kl_per_row(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """KL(softmax(reference) ‖ softmax(candidate)) for each row of logits, float64."""
+    ref_logp, cand_logp = log_softmax(reference), log_softmax(candidate)
+    return np.maximum((np.exp(ref_logp) * (ref_logp - cand_logp)).sum(axis=-1), 0.0)  # rounding can give -1e-17
+
+
 def row_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     """Cosine similarity of each row pair (vision rows: the direction the decoder reads)."""
     reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
@@ -39,30 +45,29 @@ class LogitFidelity:
             return None
         return self.ppl_candidate / self.ppl_reference
 
+    @classmethod
+    def from_rows(cls, kl: np.ndarray, top1_same: np.ndarray, reference_target_logp: np.ndarray | None = None,
+                  candidate_target_logp: np.ndarray | None = None) -> LogitFidelity:
+        """Summary of per-position KL, argmax agreement and (optionally) the answer tokens' log-probabilities."""
+        def ppl(logp: np.ndarray | None) -> float | None:
+            return None if logp is None or not len(logp) else float(np.exp(-np.mean(logp)))
+
+        return cls(positions=len(kl), kl_mean=float(kl.mean()), kl_p99=float(np.percentile(kl, 99)),
+                   kl_max=float(kl.max()), top1_agreement=float(np.mean(top1_same)),
+                   ppl_reference=ppl(reference_target_logp), ppl_candidate=ppl(candidate_target_logp))
+
 
 def logit_fidelity(reference: np.ndarray, candidate: np.ndarray, targets: np.ndarray | None = None) -> LogitFidelity:
     """KL(reference ‖ candidate) per position, top-1 agreement, and perplexity on `targets` if given."""
     reference, candidate = np.asarray(reference), np.asarray(candidate)
     if reference.shape != candidate.shape or reference.ndim != 2:
         raise ValueError(f"logits must be [positions, vocab] of one shape, got {reference.shape} and {candidate.shape}")
-    ref_logp, cand_logp = log_softmax(reference), log_softmax(candidate)
-    kl = (np.exp(ref_logp) * (ref_logp - cand_logp)).sum(axis=-1)
-    kl = np.maximum(kl, 0.0)  # rounding can give -1e-17
-    agreement = float((reference.argmax(-1) == candidate.argmax(-1)).mean())
-    ppl_ref = ppl_cand = None
-    if targets is not None:
-        rows = np.arange(len(targets))
-        ppl_ref = float(np.exp(-ref_logp[rows, targets].mean()))
-        ppl_cand = float(np.exp(-cand_logp[rows, targets].mean()))
-    return LogitFidelity(
-        positions=len(kl),
-        kl_mean=float(kl.mean()),
-        kl_p99=float(np.percentile(kl, 99)),
-        kl_max=float(kl.max()),
-        top1_agreement=agreement,
-        ppl_reference=ppl_ref,
-        ppl_candidate=ppl_cand,
-    )
+    same = reference.argmax(-1) == candidate.argmax(-1)
+    if targets is None:
+        return LogitFidelity.from_rows(kl_per_row(reference, candidate), same)
+    rows = np.arange(len(targets))
+    return LogitFidelity.from_rows(kl_per_row(reference, candidate), same, log_softmax(reference)[rows, targets],
+                                   log_softmax(candidate)[rows, targets])
 
 
 def normalize_answer(text: str) -> str:

@@ -14,6 +14,8 @@ from typing import Any
 from exaone_edge.errors import CheckpointError
 
 MODEL_TYPE = "exaone4_5"
+# The released 33B's config.json, assembled from public sources (each value's source: exaone45_33b_SOURCES.md beside it).
+RELEASED_33B_CONFIG = Path(__file__).parent / "data" / "exaone45_33b_config.json"
 
 
 @dataclass(frozen=True)

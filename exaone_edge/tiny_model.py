@@ -1,7 +1,7 @@
 """Build a small random EXAONE 4.5 checkpoint with the real transformers classes, offline.
 
-Both presets copy the released EXAONE 4.5 33B's structure (tests/data/exaone45_33b_config.json, sources
-in tests/data/SOURCES.md). The decoder: exactly 64 layers (llama.cpp turns on sliding-window attention
+Both presets copy the released EXAONE 4.5 33B's structure (exaone_edge/data/exaone45_33b_config.json, sources
+in exaone_edge/data/exaone45_33b_SOURCES.md). The decoder: exactly 64 layers (llama.cpp turns on sliding-window attention
 only at 64), the LLLG pattern, llama3 rope with the released factor / low / high, QK-norm, an MTP head,
 rows of 256 so K-quants apply. The vision tower: patch 14, GQA 4:1, window 112, a full-attention block
 after every run of windowed ones with the last block full, and the merger. Special-token ids are the
@@ -11,7 +11,6 @@ released ones (tiny_tokenizer.py puts the tokens there).
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +62,7 @@ VISION = dict(
 MERGED_PATCH = 28  # patch 14 × merge 2: one image row (vision token) per 28 × 28 pixels
 IMAGE = dict(min_pixels=MERGED_PATCH**2 * 4, max_pixels=MERGED_PATCH**2 * 256)
 
-# The bench preset: EXAONE 4.5's real per-layer widths (tests/data/exaone45_33b_config.json) with few
+# The bench preset: EXAONE 4.5's real per-layer widths (exaone_edge/data/exaone45_33b_config.json) with few
 # layers, so speed and memory are dominated by real matrix shapes yet build and run in minutes. Two
 # decoder layers can't carry llama.cpp's 64-layer sliding-window switch, so every layer is global
 # (with RoPE) on both sides, which keeps llama.cpp and transformers computing the same thing.

@@ -47,6 +47,10 @@ class ExportResult:
     seconds: float
     manifest: Manifest
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "precision": self.precision, "bytes": self.bytes_on_disk,
+                "seconds": round(self.seconds, 2), "validation": self.manifest.validation}
+
     def summary(self) -> str:
         verdict = "passed" if all(c.ok for c in self.checks) else "FAILED"
         worst = min(c.mean_row_cosine for c in self.checks)
@@ -72,11 +76,13 @@ def calibration_pages(images: Iterable[Image.Image] | None, source: str, limit: 
 
 
 def export_vision(model_dir: Path, out: Path, *, precision: str = "fp32",
-                  calibration: Iterable[Image.Image] | None = None, calibration_source: str = "",
+                  calibration: Path | Iterable[Image.Image] | None = None, calibration_source: str = "",
                   overwrite: bool = False, pages: tuple[tuple[str, tuple[int, int]], ...] = PAGES) -> ExportResult:
-    """Export, convert to `precision`, validate against PyTorch; raises ValidationFailed on a missed tolerance."""
+    """Export, convert to `precision`, validate against PyTorch; raises ValidationFailed on a missed tolerance.
+
+    int8 calibrates on `calibration`: page images, or a document set / folder (default: a generated set)."""
     from exaone_edge.checkpoint import open_checkpoint
-    from exaone_edge.export.weights import vision_tensor_names
+    from exaone_edge.torch_weights import vision_prefix
 
     check_precision(precision)
     check_output_dir(Path(out), overwrite=overwrite, kind=KIND)  # before minutes of loading and tracing
@@ -84,7 +90,9 @@ def export_vision(model_dir: Path, out: Path, *, precision: str = "fp32",
         require(module, "export")
     started = time.perf_counter()
     checkpoint = open_checkpoint(Path(model_dir))
-    vision_tensor_names(checkpoint)  # a checkpoint without a vision tower fails here, before torch loads
+    vision_prefix(checkpoint.tensors, checkpoint.path)  # a checkpoint without a vision tower fails here, before torch loads
+    if precision == "int8" and (calibration is None or isinstance(calibration, (str, Path))):
+        calibration, calibration_source = document_pages(calibration)
     calib = calibration_pages(calibration, calibration_source or "given") if precision == "int8" else []
     spec, theta = checkpoint.spec.vision, rope_theta(checkpoint.config["vision_config"])
     weight_bytes = 4 * spec.params
@@ -159,9 +167,9 @@ def _reference(checkpoint, samples) -> tuple[Any, list[np.ndarray]]:
     """The export wrapper and HF's own forward on every validation page (one set of weights for both)."""
     import torch
 
-    from exaone_edge.export.weights import load_vision_model
+    from exaone_edge.torch_weights import load_vision_tower
 
-    model = load_vision_model(checkpoint)
+    model = load_vision_tower(checkpoint, attention="eager")
     references = []
     with torch.no_grad():
         for name, size, image in samples:

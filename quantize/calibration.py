@@ -71,24 +71,11 @@ class VisionRows:
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         import torch
-        from transformers import Exaone4_5_Config
-        from transformers.models.exaone4_5.modeling_exaone4_5 import Exaone4_5_VisionModel
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-        from exaone_edge.safetensors_stream import read_f32, read_layout
+        from exaone_edge.torch_weights import load_vision_tower
 
-        config = Exaone4_5_Config.from_pretrained(checkpoint.path)
-        self.model = Exaone4_5_VisionModel._from_config(config.vision_config, dtype=torch.float32).eval()
-        state: dict[str, Any] = {}
-        for shard in checkpoint.shards:
-            for name, tensor in read_layout(shard).items():
-                for prefix in ("model.visual.", "visual."):
-                    if name.startswith(prefix):
-                        state[name[len(prefix):]] = torch.from_numpy(read_f32(tensor))
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise InputError(f"vision tower weights do not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})",
-                             path=checkpoint.path)
+        self.model = load_vision_tower(checkpoint)
         self.processor = Qwen2VLImageProcessorPil.from_pretrained(checkpoint.path)
         self._torch = torch
 
@@ -189,37 +176,20 @@ def _fit(segments: list[Any], limit: int) -> tuple[list[Any] | None, str]:
     return kept, ""
 
 
-def images_in_folder(folder: Path) -> list[CalibrationSample]:
-    """A plain folder of page images, for when the documents package is not installed."""
-    from PIL import Image
-
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})
-    if not paths:
-        raise InputError("no page images (.png/.jpg/.jpeg/.webp) in the calibration folder", path=folder)
-    return [CalibrationSample(Image.open(p).convert("RGB"), DEFAULT_QUESTION, None, p.name) for p in paths]
-
-
 @dataclass(frozen=True)
 class CalibrationSet:
     calibration: list[CalibrationSample]
-    evaluation: list[CalibrationSample] | None  # None: the pipeline holds out its own
+    evaluation: list[CalibrationSample] | None  # None: the set was too small to hold pages out
     content_hash: str
     description: str
 
 
 def load_calibration(path: Path | None, eval_fraction: float = 0.25, builtin_documents: int = 8) -> CalibrationSet:
-    """A document set (`exaone_edge.docs`) split into calibration and held-out pages; without a path, the
-    built-in synthetic set. Without the documents package, a plain folder of page images."""
-    try:
-        from exaone_edge.docs import generate_set, load_documents
-    except ImportError:
-        if path is None:
-            raise InputError("no calibration set given and the built-in document generator is not installed",
-                             fix="Pass --calibration DIR (a folder of page images).") from None
-        samples = images_in_folder(Path(path))
-        return CalibrationSet(samples, None, samples_hash(samples), f"{len(samples)} page images in {path}")
-    documents = load_documents(Path(path)) if path is not None else generate_set(builtin_documents, ["en", "ko"], 0)
+    """A document set (`exaone_edge.docs`: a generated set or a folder of PDFs/images) split into calibration
+    and held-out pages; without a path, the built-in synthetic set."""
+    from exaone_edge.docs import documents_or_builtin
+
+    documents, where = documents_or_builtin(path, builtin=builtin_documents, seed=0)
     calib, evals = documents.split(eval_fraction=eval_fraction, seed=0)
-    where = str(path) if path is not None else "built-in synthetic set"
     return CalibrationSet(samples_from_documents(calib), samples_from_documents(evals) if evals.documents else None,
                           documents.content_hash, f"{len(documents.documents)} documents ({where})")

@@ -25,6 +25,8 @@ from exaone_edge.validate.candidates import eager_gptq_kernels
 
 GPTQ_BITS = (4, 8)
 MIN_CALIBRATION = 4  # GPTQ's Hessians need several documents; real models want 128+
+BUILTIN_DOCUMENTS = 8  # the generated set used without --calibration: 6 calibrate (≥ MIN_CALIBRATION), 2 judge
+EVAL_FRACTION = 0.25
 # Loaders (vLLM, transformers) must not expect quantized weights here.
 KEEP_UNQUANTIZED = {"-:.*visual.*": {}, "-:.*mtp.*": {}}
 PROCESSOR_FILES = ("preprocessor_config.json", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json")
@@ -41,6 +43,12 @@ class GptqResult:
     top1_agreement: float
     bytes: int
     seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path)}
+
+    def summary(self) -> str:
+        return f"{self.path}: GPTQ {self.bits}-bit, KL vs source {self.kl_mean:.3g}"
 
 
 def check_options(bits: int, group_size: int, in_features: list[int]) -> None:
@@ -86,6 +94,20 @@ def _decoder_in_features(model_dir: Path) -> list[int]:
         for name, info in checkpoint.tensors.items()
         if name.startswith("model.language_model.layers.") and name.endswith("proj.weight") and len(info.shape) == 2
     })
+
+
+def gptq_from_documents(model_dir: Path, out: Path, documents: Path | None = None, *, bits: int = 4,
+                        group_size: int = 128, overwrite: bool = False) -> GptqResult:
+    """`exaone-edge quantize --format gptq`: a document set (default: the built-in one) split into calibration and
+    held-out conversations, then `quantize_gptq`."""
+    from exaone_edge.docs import documents_or_builtin
+
+    check_options(bits, group_size, _decoder_in_features(model_dir))  # bad options fail before pages are made
+    document_set, _ = documents_or_builtin(documents, builtin=BUILTIN_DOCUMENTS, seed=0)
+    calib, evals = document_set.split(eval_fraction=EVAL_FRACTION, seed=0)
+    return quantize_gptq(model_dir, out, document_conversations(calib.documents), document_conversations(evals.documents),
+                         bits=bits, group_size=group_size, calibration_hash=document_set.content_hash,
+                         overwrite=overwrite)
 
 
 def quantize_gptq(

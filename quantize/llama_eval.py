@@ -86,8 +86,6 @@ def compare_decoders(reference: Path, candidate: Path, prompts: Sequence[Sequenc
 
 def kl_rows(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """KL(softmax(reference) ‖ softmax(candidate)) per row, and whether the argmaxes agree."""
-    from exaone_edge.metrics import log_softmax
+    from exaone_edge.metrics import kl_per_row
 
-    ref_logp, cand_logp = log_softmax(np.asarray(reference)), log_softmax(candidate)
-    kl = np.maximum((np.exp(ref_logp) * (ref_logp - cand_logp)).sum(axis=-1), 0.0)
-    return kl, np.asarray(reference).argmax(-1) == candidate.argmax(-1)
+    return kl_per_row(reference, candidate), np.asarray(reference).argmax(-1) == candidate.argmax(-1)

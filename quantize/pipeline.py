@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import resource
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from exaone_edge.errors import InputError, ValidationFailed, require
 from exaone_edge.files import (atomic_dir, check_output_dir, close_work_dir, open_work_dir, scratch_dir, sha256_file,
                                write_json)
 from exaone_edge.levels import estimated_bytes
+from exaone_edge.metrics import LogitFidelity
 from exaone_edge.progress import log
 from exaone_edge.quantize.calibration import CalibrationSample, samples_hash
 from exaone_edge.quantize.recipes import Recipe, choose_recipe
@@ -41,6 +43,20 @@ BUILTIN_EVAL = [  # text-only fallback when no held-out documents are given
 
 
 @dataclass(frozen=True)
+class DecoderFidelity:
+    """The quantized decoder against its F16 source on held-out prompts (bundle manifest: decoder_vs_f16)."""
+
+    prompts: int
+    prompts_with_images: int
+    logits: LogitFidelity
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reference": "F16", "prompts": self.prompts, "prompts_with_images": self.prompts_with_images,
+                "positions": self.logits.positions, "kl_mean": self.logits.kl_mean, "kl_p99": self.logits.kl_p99,
+                "kl_max": self.logits.kl_max, "top1_agreement": self.logits.top1_agreement}
+
+
+@dataclass(frozen=True)
 class QuantizeResult:
     bundle: Path
     level: str
@@ -49,13 +65,40 @@ class QuantizeResult:
     imatrix: Path | None
     seconds: float
     peak_rss_bytes: int
-    fidelity: dict[str, Any]
+    fidelity: DecoderFidelity
     reused: list[str] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"bundle": str(self.bundle), "level": self.level, "bits_per_weight": self.bits_per_weight,
+                "decoder_bytes": self.decoder_bytes, "imatrix": str(self.imatrix) if self.imatrix else None,
+                "seconds": round(self.seconds, 2), "peak_rss_bytes": self.peak_rss_bytes,
+                "fidelity": self.fidelity.to_dict(), "reused": self.reused}
+
     def summary(self) -> str:
-        kl = self.fidelity.get("kl_mean")
+        kl = self.fidelity.logits.kl_mean
         return (f"{self.bundle}: {self.level} {self.decoder_bytes / 2**20:.1f} MiB, {self.bits_per_weight:.2f} bits/weight, "
                 f"KL vs F16 {kl:.2e}, {self.seconds:.1f} s, peak RSS {self.peak_rss_bytes / 2**30:.2f} GiB")
+
+
+def quantize_gguf(checkpoint_dir: Path, out: Path, *, bits: int | None = None, recipe: str | None = None,
+                  calibration: Path | None = None, imatrix: bool = True, work_dir: Path | None = None,
+                  **options: Any) -> QuantizeResult:
+    """`exaone-edge quantize --format gguf`: the level from bits/recipe, calibration pages from a document set (or
+    the built-in one) when the level is imatrix-calibrated, then `quantize_checkpoint`."""
+    from exaone_edge.quantize.calibration import load_calibration
+
+    chosen = choose_recipe(bits, recipe, imatrix)  # a bad --bits/--recipe fails before any loading
+    calib = load_calibration(calibration) if chosen.uses_imatrix else None
+    try:
+        return quantize_checkpoint(
+            checkpoint_dir, out, recipe=chosen.level, calibration=calib.calibration if calib else None,
+            evaluation=calib.evaluation if calib else None, calibration_hash=calib.content_hash if calib else None,
+            work_dir=work_dir, imatrix=imatrix, **options)
+    except KeyboardInterrupt:
+        work = work_dir or Path(out).parent / f".{Path(out).name}.work"
+        # one unwrapped line (log() wraps): people and scripts grep for it
+        sys.stderr.write(f"interrupted: {out} was not written; finished steps in {work} are reused by the next run\n")
+        raise
 
 
 def quantize_checkpoint(
@@ -129,7 +172,7 @@ def quantize_checkpoint(
         quantized = scratch / f"decoder-{chosen.level}.gguf"
         _quantize(f16, quantized, chosen, imatrix_path, threads)
         fidelity = _fidelity(checkpoint, vision, f16, quantized, evaluation, threads, gpu_layers)
-        if not np.isfinite(fidelity["kl_mean"]):
+        if not np.isfinite(fidelity.logits.kl_mean):
             raise ValidationFailed(f"{chosen.level} decoder produces non-finite logits", path=quantized)
         decoder_bytes = quantized.stat().st_size
         details = {
@@ -141,7 +184,7 @@ def quantize_checkpoint(
                   "toolkit_version": __version__}
         with atomic_dir(out, overwrite=overwrite, kind=BUNDLE) as tmp:
             write_bundle(tmp, checkpoint, quantized, imatrix=imatrix_path, vision_dir=vision_dir, details=details,
-                         inputs=inputs, validation={"decoder_vs_f16": fidelity})
+                         inputs=inputs, validation={"decoder_vs_f16": fidelity.to_dict()})
     if not keep_work:
         _remove_intermediates(work, intermediates)
     result = QuantizeResult(out, chosen.level, details["decoder"]["bits_per_weight"], decoder_bytes,
@@ -294,7 +337,7 @@ def _quantize(f16: Path, target: Path, recipe: Recipe, imatrix_path: Path | None
 
 
 def _fidelity(checkpoint, vision: _VisionOnce, f16: Path, quantized: Path, samples: Sequence[CalibrationSample],
-              threads: int | None = None, gpu_layers: int | None = None) -> dict[str, Any]:
+              threads: int | None = None, gpu_layers: int | None = None) -> DecoderFidelity:
     """KL(F16 ‖ quantized) at every position of held-out prompts (page rows included); one model mapped at a time,
     the F16 logits kept in a scratch file beside the candidate (quantize/llama_eval.py)."""
     from exaone_edge.quantize.calibration import build_prompts
@@ -305,7 +348,4 @@ def _fidelity(checkpoint, vision: _VisionOnce, f16: Path, quantized: Path, sampl
     prompts = build_prompts(vision.builder(samples), samples, EVAL_MAX_POSITIONS)
     result = compare_decoders(f16, quantized, prompts, scratch_dir=quantized.parent, gpu_layers=gpu_layers,
                               threads=threads)
-    kl = result.kl
-    return {"reference": "F16", "prompts": len(prompts), "prompts_with_images": with_images, "positions": len(kl),
-            "kl_mean": float(kl.mean()), "kl_p99": float(np.percentile(kl, 99)), "kl_max": float(kl.max()),
-            "top1_agreement": float(result.top1.mean())}
+    return DecoderFidelity(len(prompts), with_images, LogitFidelity.from_rows(result.kl, result.top1))

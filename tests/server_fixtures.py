@@ -17,7 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from PIL import Image
+from PIL import Image, ImageDraw
+
+from exaone_edge.benchmarks.server_load import stop
 
 START_TIMEOUT_S = 120
 
@@ -46,12 +48,7 @@ def serve_process(bundle: Path, *args: str, env: dict[str, str] | None = None):
         url = _wait_for_url(lines, process, log)
         yield url, process.pid
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop(process, timeout_s=15)
         reader.join(timeout=5)
         sys.stderr.write("".join(log[-20:]))
 
@@ -135,6 +132,28 @@ def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
     rows = zlib.compress(b"\x00" * (width + 1) * 16, 9)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def text_page(text: str, size: tuple[int, int] = (160, 120)) -> Image.Image:
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).text((10, 10), text, fill="black")
+    return image
+
+
+def openai_client(url: str):
+    import openai
+
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def engine_answer(engine, images, question: str, max_tokens: int = 8) -> str:
+    """The engine called in this process on the same pages, with the server's default: thinking off (EXAONE
+    4.5's template alone would think)."""
+    from exaone_edge.runtime.generation import GenerationParams, collect
+
+    parts = [{"type": "image", "image": image} for image in images] + [{"type": "text", "text": question}]
+    params = GenerationParams(max_tokens=max_tokens).thinking(False)
+    return collect(engine.generate([{"role": "user", "content": parts}], params)).text
 
 
 def image_part(url: str, **extra) -> dict:

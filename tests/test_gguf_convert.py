@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from exaone_edge.spec import RELEASED_33B_CONFIG
 from gguf_fixtures import TEXT_PROMPTS, converted, hf_model, hf_tokenizer, image_inputs, page_image
 
 # llama.cpp's CPU matmul rounds activations to F16 for F16 weights (measured ~2e-3 on the tiny
@@ -168,7 +169,7 @@ def test_sliding_window_depth_rule(tiny_model_dir, tmp_path):
     from exaone_edge.quantize.gguf_convert import check_swa_depth, convert_to_gguf
     from exaone_edge.spec import decoder_spec
 
-    real = json.loads((Path(__file__).parent / "data" / "exaone45_33b_config.json").read_text())["text_config"]
+    real = json.loads(RELEASED_33B_CONFIG.read_text())["text_config"]
     check_swa_depth(decoder_spec(real, Path("config.json")), Path("config.json"))
     shallow = tmp_path / "shallow"
     shutil.copytree(tiny_model_dir, shallow)

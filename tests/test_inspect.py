@@ -11,8 +11,9 @@ import pytest
 from conftest import run_cli
 from exaone_edge.checkpoint import open_checkpoint
 from exaone_edge.inspect_model import counts_from_config, inspect_checkpoint
+from exaone_edge.spec import RELEASED_33B_CONFIG
 
-DATA = Path(__file__).parent / "data"
+DATA = RELEASED_33B_CONFIG.parent
 
 
 def test_counts_equal_the_sum_of_tensor_sizes(tiny_model_dir):
@@ -38,7 +39,7 @@ def test_cli_text_and_json(tiny_model_dir):
 
 
 def test_released_33b_parameter_counts():
-    """tests/data/exaone45_33b_config.json (the released values, tests/data/SOURCES.md), counted two ways."""
+    """exaone_edge/data/exaone45_33b_config.json (the released values, exaone45_33b_SOURCES.md), counted two ways."""
     import torch
     from transformers import Exaone4_5_Config, Exaone4_5_ForConditionalGeneration
 

@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from exaone_edge.benchmarks.kill_runs import COMMANDS, one_try
+from exaone_edge.benchmarks.kill_runs import COMMANDS, kill_until_killed
 from exaone_edge.manifest import Manifest, write_manifest
 
 # The export's checklist on one small page instead of six: the same writer, a third of the time.
@@ -35,11 +35,13 @@ def _old_export(path: Path) -> Path:
 def test_kill_9_at_random_moments_never_leaves_a_complete_looking_output(tiny_model_dir, tmp_path):
     rng = random.Random(1717)
     records = [
-        one_try(0, "quantize", COMMANDS["quantize"], tiny_model_dir, tmp_path, rng.uniform(3.0, 12.0), previous=None),
-        one_try(1, "export", _export_one_page, tiny_model_dir, tmp_path, rng.uniform(3.0, 12.0),
-                previous=_old_export(tmp_path / "old-export")),
+        *kill_until_killed(0, "quantize", COMMANDS["quantize"], tiny_model_dir, tmp_path, rng.uniform(3.0, 12.0),
+                           previous=None, rng=rng),
+        *kill_until_killed(10, "export", _export_one_page, tiny_model_dir, tmp_path, rng.uniform(3.0, 12.0),
+                           previous=_old_export(tmp_path / "old-export"), rng=rng),
     ]
     for record in records:
         assert record.ok, asdict(record)
         assert record.after_kill in ("absent", "old", "new")
-    assert all(record.killed for record in records), [asdict(r) for r in records]
+    # A faster machine may finish before a kill; each command is retried until one run of it was killed.
+    assert {r.command for r in records if r.killed} == {"quantize", "export"}, [asdict(r) for r in records]

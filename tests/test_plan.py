@@ -11,8 +11,9 @@ import pytest
 from conftest import run_cli
 from exaone_edge.errors import InputError
 from exaone_edge.plan import GIB, RELEASED_MAX_PIXELS, plan, vision_activation_bytes
+from exaone_edge.spec import RELEASED_33B_CONFIG
 
-DATA = Path(__file__).parent / "data"
+DATA = RELEASED_33B_CONFIG.parent
 
 
 @pytest.fixture(scope="module")

@@ -135,10 +135,10 @@ def test_q8_0_and_q4_k_m_kl_vs_f16(q4, tiny_model_dir, tmp_path):
     q8_result = quantize_checkpoint(tiny_model_dir, tmp_path / "q8", bits=8, calibration=_samples(),
                                     work_dir=root / "work", keep_work=True)
     assert q8_result.imatrix is None and "F16 GGUF" in q8_result.reused
-    kl8, kl4 = q8_result.fidelity["kl_mean"], q4_result.fidelity["kl_mean"]
+    kl8, kl4 = q8_result.fidelity.logits.kl_mean, q4_result.fidelity.logits.kl_mean
     print(f"mean KL vs F16: Q8_0 {kl8:.3e}, Q4_K_M {kl4:.3e}")
     assert 0 < kl8 < kl4 < 0.1
-    assert q8_result.fidelity["top1_agreement"] > 0.8
+    assert q8_result.fidelity.logits.top1_agreement > 0.8
 
 
 def test_rerun_reuses_valid_intermediates_and_redoes_corrupt_ones(q4, tiny_model_dir, tmp_path):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from exaone_edge.runtime.generation import GenerationParams, PromptTooLong, collect
+from exaone_edge.errors import PromptTooLong
+from exaone_edge.runtime.generation import GenerationParams, collect
 from runtime_fixtures import hf_inputs, hf_processor, noise_image
 from runtime_bundle_fixture import TransformersVisionRows, build_tiny_bundle
 

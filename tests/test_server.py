@@ -372,7 +372,7 @@ def test_serve_cli_errors_are_one_line(tmp_path, text_bundle):
 def test_error_table_maps_typed_errors_once():
     from exaone_edge.errors import ArtifactError, InputError
     from exaone_edge.errors import ImageRejected
-    from exaone_edge.runtime.generation import PromptTooLong
+    from exaone_edge.errors import PromptTooLong
     from exaone_edge.runtime.server.errors import NotAllowed, QueueFull, error_body
 
     class NarrowerImageError(ImageRejected):

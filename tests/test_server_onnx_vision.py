@@ -5,23 +5,15 @@ The served answers are compared with the same bundle's Engine called in this pro
 
 from __future__ import annotations
 
-import openai
 import pytest
-from PIL import Image, ImageDraw
 
 from exaone_edge.images import open_image, render_pdf
-from exaone_edge.runtime.generation import GenerationParams, collect
 from runtime_bundle_fixture import build_tiny_bundle
-from server_fixtures import data_url, image_part, pdf_bytes, png_bytes, serve_process, user
+from server_fixtures import data_url, engine_answer, image_part, openai_client, pdf_bytes, png_bytes, serve_process, text_page, user
 
 MODEL = "vision-bundle"
 QUESTION = "What is the total amount?"
 
-
-def page(text: str, size=(160, 120)) -> Image.Image:
-    image = Image.new("RGB", size, "white")
-    ImageDraw.Draw(image).text((10, 10), text, fill="black")
-    return image
 
 
 @pytest.fixture(scope="module")
@@ -41,48 +33,38 @@ def engine(bundle):
 @pytest.fixture(scope="module")
 def server(bundle, tmp_path_factory):
     allowed = tmp_path_factory.mktemp("onnx-pages")
-    page("INVOICE 7 TOTAL 1,250").save(allowed / "invoice.png")
+    text_page("INVOICE 7 TOTAL 1,250").save(allowed / "invoice.png")
     with serve_process(bundle, "--ctx", "2048", "--threads", "2", "--allow-dir", str(allowed)) as (url, _):
         yield url, allowed
 
 
-def client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-def direct(engine, images, question=QUESTION, max_tokens=8) -> str:
-    parts = [{"type": "image", "image": image} for image in images] + [{"type": "text", "text": question}]
-    # the server's default: thinking off (EXAONE 4.5's template alone would think)
-    params = GenerationParams(max_tokens=max_tokens).thinking(False)
-    return collect(engine.generate([{"role": "user", "content": parts}], params)).text
-
 
 def test_image_data_url_streaming_and_not(server, engine):
     url, _ = server
-    png = png_bytes(page("RECEIPT 88 TOTAL 12.50"))
+    png = png_bytes(text_page("RECEIPT 88 TOTAL 12.50"))
     messages = user(image_part(data_url(png, "image/png")), text=QUESTION)
-    answer = client(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=8)
+    answer = openai_client(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=8)
     assert answer.model_extra["timings"]["image_rows"] > 0
-    assert answer.choices[0].message.content == direct(engine, [open_image(png)])
-    stream = client(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=8, stream=True)
+    assert answer.choices[0].message.content == engine_answer(engine, [open_image(png)], QUESTION)
+    stream = openai_client(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=8, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == answer.choices[0].message.content
 
 
 def test_pdf_page(server, engine):
     url, _ = server
-    pdf = pdf_bytes([page("PAGE ONE"), page("PAGE TWO TOTAL 99", size=(120, 160))])
+    pdf = pdf_bytes([text_page("PAGE ONE"), text_page("PAGE TWO TOTAL 99", size=(120, 160))])
     part = {"type": "file", "file": {"file_data": data_url(pdf, "application/pdf"), "pages": "2"}}
-    answer = client(url).chat.completions.create(model=MODEL, messages=user(part, text=QUESTION), max_tokens=8)
+    answer = openai_client(url).chat.completions.create(model=MODEL, messages=user(part, text=QUESTION), max_tokens=8)
     rendered = render_pdf(pdf, "2", max_pixels=engine.bundle.image.max_pixels)
     assert answer.model_extra["timings"]["image_rows"] == engine.vision.rows_for(rendered[0].size)
-    assert answer.choices[0].message.content == direct(engine, rendered)
+    assert answer.choices[0].message.content == engine_answer(engine, rendered, QUESTION)
 
 
 def test_second_question_on_the_same_page_runs_no_vision_encoder(server):
     url, allowed = server
     path = f"file://{allowed / 'invoice.png'}"
-    first = client(url).chat.completions.create(model=MODEL, messages=user(image_part(path), text=QUESTION), max_tokens=4)
-    second = client(url).chat.completions.create(
+    first = openai_client(url).chat.completions.create(model=MODEL, messages=user(image_part(path), text=QUESTION), max_tokens=4)
+    second = openai_client(url).chat.completions.create(
         model=MODEL, messages=user(image_part(path), text="Who issued it?"), max_tokens=4
     )
     t1, t2 = first.model_extra["timings"], second.model_extra["timings"]

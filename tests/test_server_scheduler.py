@@ -20,7 +20,7 @@ from PIL import Image
 
 from exaone_edge.bundle import load_bundle
 from exaone_edge.runtime.engine import Engine, EngineOptions
-from exaone_edge.runtime.generation import GenerationParams, collect
+from exaone_edge.runtime.generation import GenerationParams
 from exaone_edge.runtime.server import ServerSettings, create_app
 from runtime_bundle_fixture import build_tiny_bundle
 from server_fixtures import _wait_for_url, data_url, image_part, png_bytes, serve_in_process, user

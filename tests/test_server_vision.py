@@ -10,21 +10,14 @@ from __future__ import annotations
 
 import openai
 import pytest
-from PIL import Image, ImageDraw
 
 from exaone_edge.images import open_image, render_pdf
-from exaone_edge.runtime.generation import GenerationParams, collect
 from runtime_bundle_fixture import TransformersVisionRows, build_tiny_bundle
-from server_fixtures import data_url, image_part, pdf_bytes, png_bytes, serve_in_process, user
+from server_fixtures import data_url, engine_answer, image_part, openai_client, pdf_bytes, png_bytes, serve_in_process, text_page, user
 
 MODEL = "bundle"
 QUESTION = "What is the total amount?"
 
-
-def page(text: str, size=(160, 120)) -> Image.Image:
-    image = Image.new("RGB", size, "white")
-    ImageDraw.Draw(image).text((10, 10), text, fill="black")
-    return image
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +39,7 @@ def engine(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def allowed(tmp_path_factory):
     directory = tmp_path_factory.mktemp("pages")
-    page("INVOICE 2026-117 TOTAL 4,310").save(directory / "invoice.png")
+    text_page("INVOICE 2026-117 TOTAL 4,310").save(directory / "invoice.png")
     return directory
 
 
@@ -62,33 +55,23 @@ def url(engine, allowed):
         yield base
 
 
-def client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-def direct(engine, images, question=QUESTION, max_tokens=8) -> str:
-    parts = [{"type": "image", "image": image} for image in images] + [{"type": "text", "text": question}]
-    # the server's default: thinking off (EXAONE 4.5's template alone would think)
-    params = GenerationParams(max_tokens=max_tokens).thinking(False)
-    return collect(engine.generate([{"role": "user", "content": parts}], params)).text
-
 
 def test_image_data_url_non_streaming_and_streaming(url, engine):
-    png = png_bytes(page("RECEIPT 88 TOTAL 12.50"))
+    png = png_bytes(text_page("RECEIPT 88 TOTAL 12.50"))
     messages = user(image_part(data_url(png, "image/png")), text=QUESTION)
-    answer = client(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=8)
+    answer = openai_client(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=8)
     timings = answer.model_extra["timings"]
     assert timings["image_rows"] > 0 and answer.usage.prompt_tokens > timings["image_rows"]
-    assert answer.choices[0].message.content == direct(engine, [open_image(png)])
-    stream = client(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=8, stream=True)
+    assert answer.choices[0].message.content == engine_answer(engine, [open_image(png)], QUESTION)
+    stream = openai_client(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=8, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == answer.choices[0].message.content
 
 
 def test_second_question_on_the_same_page_skips_the_vision_encoder(url, engine, allowed):
     path = f"file://{allowed / 'invoice.png'}"
     runs = engine.vision.runs
-    first = client(url).chat.completions.create(model=MODEL, messages=user(image_part(path), text=QUESTION), max_tokens=4)
-    second = client(url).chat.completions.create(
+    first = openai_client(url).chat.completions.create(model=MODEL, messages=user(image_part(path), text=QUESTION), max_tokens=4)
+    second = openai_client(url).chat.completions.create(
         model=MODEL, messages=user(image_part(path), text="Who issued it?"), max_tokens=4
     )
     t1, t2 = first.model_extra["timings"], second.model_extra["timings"]
@@ -100,26 +83,26 @@ def test_second_question_on_the_same_page_skips_the_vision_encoder(url, engine, 
 
 @pytest.mark.parametrize("as_file_part", [True, False], ids=["file part", "image_url part"])
 def test_pdf_page(url, engine, as_file_part):
-    pdf = pdf_bytes([page("PAGE ONE"), page("PAGE TWO TOTAL 99", size=(120, 160))])
+    pdf = pdf_bytes([text_page("PAGE ONE"), text_page("PAGE TWO TOTAL 99", size=(120, 160))])
     source = data_url(pdf, "application/pdf")
     part = ({"type": "file", "file": {"file_data": source, "filename": "two.pdf", "pages": "2"}} if as_file_part
             else image_part(source, pages="2"))
-    answer = client(url).chat.completions.create(model=MODEL, messages=user(part, text=QUESTION), max_tokens=8)
+    answer = openai_client(url).chat.completions.create(model=MODEL, messages=user(part, text=QUESTION), max_tokens=8)
     rendered = render_pdf(pdf, "2", max_pixels=engine.bundle.image.max_pixels)
     assert answer.model_extra["timings"]["image_rows"] == engine.vision.rows_for(rendered[0].size)
-    assert answer.choices[0].message.content == direct(engine, rendered)
+    assert answer.choices[0].message.content == engine_answer(engine, rendered, QUESTION)
 
 
 def test_two_images_and_limits_on_a_vision_server(url):
-    small = data_url(png_bytes(page("A")), "image/png")
-    answer = client(url).chat.completions.create(
-        model=MODEL, messages=user(image_part(small), image_part(data_url(png_bytes(page("B")), "image/png"))), max_tokens=2
+    small = data_url(png_bytes(text_page("A")), "image/png")
+    answer = openai_client(url).chat.completions.create(
+        model=MODEL, messages=user(image_part(small), image_part(data_url(png_bytes(text_page("B")), "image/png"))), max_tokens=2
     )
     assert answer.choices[0].finish_reason in ("stop", "length")
     with pytest.raises(openai.BadRequestError):  # 5 > max_images
-        client(url).chat.completions.create(model=MODEL, messages=user(*[image_part(small)] * 5), max_tokens=2)
+        openai_client(url).chat.completions.create(model=MODEL, messages=user(*[image_part(small)] * 5), max_tokens=2)
     with pytest.raises(openai.BadRequestError) as info:
-        client(url).chat.completions.create(
+        openai_client(url).chat.completions.create(
             model=MODEL, messages=user(image_part(data_url(b"GIF89a not really", "image/gif"))), max_tokens=2
         )
     assert info.value.code == "invalid_image"
@@ -144,12 +127,12 @@ def http_files(allowed):
 
 
 def test_remote_url_fetched_when_allowed(url, engine, allowed, http_files):
-    answer = client(url).chat.completions.create(
+    answer = openai_client(url).chat.completions.create(
         model=MODEL, messages=user(image_part(f"{http_files}/invoice.png")), max_tokens=4
     )
-    assert answer.choices[0].message.content == direct(engine, [open_image(allowed / "invoice.png")],
-                                                       question="What is on this page?", max_tokens=4)
+    assert answer.choices[0].message.content == engine_answer(engine, [open_image(allowed / "invoice.png")],
+                                                              "What is on this page?", max_tokens=4)
     with pytest.raises(openai.BadRequestError) as info:
-        client(url).chat.completions.create(model=MODEL, messages=user(image_part(f"{http_files}/absent.png")), max_tokens=2)
+        openai_client(url).chat.completions.create(model=MODEL, messages=user(image_part(f"{http_files}/absent.png")), max_tokens=2)
     assert info.value.code == "invalid_image" and "did not return a file" in info.value.message
     assert "404" not in info.value.message  # the upstream's status and body stay in the server log

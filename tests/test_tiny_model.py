@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from exaone_edge.checkpoint import open_checkpoint
 from exaone_edge.files import sha256_file
+from exaone_edge.spec import RELEASED_33B_CONFIG
 from exaone_edge.tiny_model import build_tiny_model
 
 
@@ -26,7 +26,7 @@ def test_structure_matches_what_llama_cpp_and_the_stages_need(tiny_model_dir):
     assert decoder.bos_token_id == 1 and decoder.eos_token_id == 53 and decoder.pad_token_id == 0
     spec = checkpoint.spec
     assert (spec.image_token_id, spec.video_token_id, spec.vision_start_token_id, spec.vision_end_token_id) == (67, 68, 73, 74)
-    # the released tower's shape at tiny widths (tests/data/exaone45_33b_config.json)
+    # the released tower's shape at tiny widths (exaone_edge/data/exaone45_33b_config.json)
     assert vision.num_heads == 4 * vision.num_kv_heads  # GQA 4:1, as 32 / 8
     assert (vision.patch_size, vision.window_size, vision.spatial_merge_size) == (14, 112, 2)
     full = vision.fullatt_block_indexes
@@ -47,7 +47,7 @@ def test_bench_preset_has_the_released_widths():
     from exaone_edge.spec import model_spec
     from exaone_edge.tiny_model import PRESETS, _hf_tokenizer, preset_config
 
-    path = Path(__file__).parent / "data" / "exaone45_33b_config.json"
+    path = RELEASED_33B_CONFIG
     released = model_spec(json.loads(path.read_text()), path)
     config = preset_config(PRESETS["bench"], _hf_tokenizer(PreTrainedTokenizerFast), Exaone4_5_Config)
     bench = model_spec(config.to_dict(), path)

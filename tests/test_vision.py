@@ -14,6 +14,7 @@ from PIL import Image
 
 from exaone_edge.checkpoint import open_checkpoint
 from exaone_edge.errors import ArtifactError, InputError
+from exaone_edge.spec import RELEASED_33B_CONFIG
 from exaone_edge.vision import graph_inputs, grid_for, preprocess, rope_theta, rows_for
 
 # (width, height): square, tall A4, wide, tiny (below min_pixels), large (above max_pixels), odd primes
@@ -42,9 +43,9 @@ def hf_processor(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def hf_tower(checkpoint):
-    from exaone_edge.export.weights import load_vision_model
+    from exaone_edge.torch_weights import load_vision_tower
 
-    return load_vision_model(checkpoint)
+    return load_vision_tower(checkpoint, attention="eager")
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -158,7 +159,7 @@ def test_geometry_equals_transformers_helpers(checkpoint, config):
     from exaone_edge.spec import vision_spec
     from exaone_edge.vision.geometry import position_ids, window_index
 
-    path = Path(__file__).parent / "data" / "exaone45_33b_config.json"
+    path = RELEASED_33B_CONFIG
     spec = checkpoint.spec.vision if config == "tiny" else vision_spec(json.loads(path.read_text())["vision_config"], path)
     grids = [(1, 74, 52), (1, 6, 4), (1, 2, 2), (1, 12, 18), (1, 38, 26)]
     want_order, cu = get_vision_window_index(torch.tensor(grids), spec.spatial_merge_size, spec.window_size,

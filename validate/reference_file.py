@@ -185,12 +185,9 @@ def topk_fidelity(reference: Sequence[ReferenceEntry], candidate_logits: Sequenc
             cand_logp = log_softmax(logits)
             ref_lp.append(entry.target_logprob)
             cand_lp.append(cand_logp[np.arange(len(logits)), np.asarray(entry.answer_ids)])
-    kl = np.concatenate(kls)
-    ppl_ref = float(np.exp(-np.concatenate(ref_lp).mean())) if ref_lp else None
-    ppl_cand = float(np.exp(-np.concatenate(cand_lp).mean())) if cand_lp else None
-    return LogitFidelity(positions=len(kl), kl_mean=float(kl.mean()), kl_p99=float(np.percentile(kl, 99)),
-                         kl_max=float(kl.max()), top1_agreement=float(np.concatenate(agree).mean()),
-                         ppl_reference=ppl_ref, ppl_candidate=ppl_cand)
+    return LogitFidelity.from_rows(np.concatenate(kls), np.concatenate(agree),
+                                   np.concatenate(ref_lp) if ref_lp else None,
+                                   np.concatenate(cand_lp) if cand_lp else None)
 
 
 def target_logprobs(reference: TopK, logits_targets: np.ndarray) -> np.ndarray:

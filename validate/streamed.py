@@ -12,7 +12,7 @@ For the 33B in bf16 a pass reads ~66 GB: disk-bound, about 30–60 s on NVMe whe
 fit the page cache, so `max_new_tokens` 24 costs ~25 passes.
 
 Shards are read with positional reads into fresh buffers, not kept memory-mapped, so pages of
-tensors already used never count against the process (see quantize/safetensors_stream.py).
+tensors already used never count against the process (exaone_edge/torch_weights.py).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from exaone_edge.errors import CheckpointError, InputError
+from exaone_edge.errors import InputError
 from exaone_edge.progress import log
+from exaone_edge.torch_weights import ShardReader, vision_prefix
 
 DTYPES = ("auto", "bfloat16", "float32")
 HEAD_ROWS = 256  # positions per lm_head chunk: bounds the [rows, vocab] float32 logits (153,600 wide for the 33B)
-_READ_BYTES = 1 << 30  # one read() moves at most ~2 GiB on Linux
 
 
 def resolve_placement(dtype: str = "auto", device: str | None = None) -> tuple[str, str]:
@@ -44,53 +44,6 @@ def resolve_placement(dtype: str = "auto", device: str | None = None) -> tuple[s
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     return dtype, device
-
-
-class ShardReader:
-    """Every tensor of the checkpoint by name, read on demand (one positional read per tensor)."""
-
-    def __init__(self, model_dir: Path) -> None:
-        from exaone_edge.checkpoint import open_checkpoint
-        from exaone_edge.safetensors_stream import read_layout
-
-        checkpoint = open_checkpoint(Path(model_dir), read_weights=True)
-        self.layout = {}
-        for shard in checkpoint.shards:
-            self.layout.update(read_layout(shard))
-        self.bytes_read = 0
-
-    def names(self, prefix: str) -> list[str]:
-        return [name for name in self.layout if name.startswith(prefix)]
-
-    def read(self, name: str, dtype, device: str):
-        import torch
-
-        stored = self.layout[name]
-        torch_dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}.get(stored.dtype)
-        if torch_dtype is None:
-            raise CheckpointError(f"tensor '{name}' has dtype {stored.dtype}; the reference reads BF16, F16 or F32",
-                                  path=stored.file)
-        buffer = torch.empty(stored.nbytes, dtype=torch.uint8)
-        view = memoryview(buffer.numpy())
-        with open(stored.file, "rb", buffering=0) as handle:
-            done = 0
-            while done < stored.nbytes:
-                handle.seek(stored.offset + done)
-                got = handle.readinto(view[done:done + _READ_BYTES])
-                if not got:
-                    raise CheckpointError(f"tensor '{name}' is truncated", path=stored.file,
-                                          fix="Download the shard again.")
-                done += got
-        self.bytes_read += stored.nbytes
-        return buffer.view(torch_dtype).reshape(stored.shape).to(device=device, dtype=dtype)
-
-    def load(self, module, prefix: str, dtype, device: str) -> None:
-        """Materialise a meta module from the tensors under `prefix` (every parameter must be there)."""
-        state = {name[len(prefix):]: self.read(name, dtype, device) for name in self.names(prefix)}
-        missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
-        if missing or unexpected:
-            raise CheckpointError(f"weights under '{prefix}' do not fit the config (missing {missing[:3]}, "
-                                  f"unexpected {unexpected[:3]})", fix="Use an unmodified EXAONE 4.5 checkpoint.")
 
 
 @dataclass
@@ -155,7 +108,7 @@ class StreamedReference:
         visual = self.model.model.visual
         if not any("pixel_values" in item for item in inputs):
             return [None] * len(inputs)
-        self.weights.load(visual, "model.visual.", self.dtype, self.device)
+        self.weights.load(visual, vision_prefix(self.weights.layout, self.model_dir), self.dtype, self.device)
         rows = []
         with torch.no_grad():
             for item in inputs:

@@ -45,13 +45,18 @@ def _value_questions(ctx: Ctx, title: str, labels: list[str], values: list[int])
             QA("차트의 제목은 무엇입니까?" if ko else "What is the title of the chart?", [title], 0)]
 
 
-def bar_chart(ctx: Ctx) -> Built:
+def _chart(ctx: Ctx):
+    """A series with one clear maximum, and its page with titled axes: (title, labels, values, page, box, color)."""
     title, labels, values = _series(ctx)
     # Ties would make "the highest" ambiguous; nudge the maximum up.
     values[values.index(max(values))] = max(values) + 1 if values.count(max(values)) > 1 else max(values)
     page = ctx.page(landscape=ctx.rng.random() < 0.6)
-    left, top, right, bottom = _axes(ctx, page, title)
-    color = ctx.rng.choice(PALETTE)
+    box = _axes(ctx, page, title)
+    return title, labels, values, page, box, ctx.rng.choice(PALETTE)
+
+
+def bar_chart(ctx: Ctx) -> Built:
+    title, labels, values, page, (left, top, right, bottom), color = _chart(ctx)
     slot = (right - left) / len(values)
     scale = (bottom - top - 30) / max(values)
     for i, (label, value) in enumerate(zip(labels, values)):
@@ -64,11 +69,7 @@ def bar_chart(ctx: Ctx) -> Built:
 
 
 def line_chart(ctx: Ctx) -> Built:
-    title, labels, values = _series(ctx)
-    values[values.index(max(values))] = max(values) + 1 if values.count(max(values)) > 1 else max(values)
-    page = ctx.page(landscape=ctx.rng.random() < 0.6)
-    left, top, right, bottom = _axes(ctx, page, title)
-    color = ctx.rng.choice(PALETTE)
+    title, labels, values, page, (left, top, right, bottom), color = _chart(ctx)
     step = (right - left - 40) / max(1, len(values) - 1)
     scale = (bottom - top - 40) / max(values)
     points = [(left + 20 + step * i, bottom - v * scale) for i, v in enumerate(values)]

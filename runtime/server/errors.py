@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from exaone_edge.errors import ExaoneEdgeError, ImageRejected, InputError
-from exaone_edge.runtime.generation import PromptTooLong
+from exaone_edge.errors import ExaoneEdgeError, ImageRejected, InputError, PromptTooLong
 from exaone_edge.runtime.scheduler import DecoderDied
 from exaone_edge.runtime.server.prepare import DeadlineExceeded
 from exaone_edge.runtime.server.schemas import ErrorBody, ErrorDetail
