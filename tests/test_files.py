@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,10 @@ from conftest import run_cli
 from exaone_edge import files
 from exaone_edge.errors import InputError
 from exaone_edge.manifest import Manifest, read_manifest, write_manifest
+from exaone_edge.validate.schema import ValidationReport
 from test_validate_report import _report
 
-REPORT = _report()
+REPORT = ValidationReport.from_dict(_report())
 
 
 def _user_folder(path: Path) -> Path:
@@ -75,7 +77,7 @@ def test_an_earlier_report_is_replaced_only_with_overwrite(tmp_path):
     out = tmp_path / "report"
     write_report(out, REPORT)
     assert read_manifest(out, kind="report").files.keys() == {"report.json", "report.md", "report.html"}
-    newer = {**REPORT, "artifacts": REPORT["artifacts"][:1]}
+    newer = replace(REPORT, artifacts=REPORT.artifacts[:1])
     with pytest.raises(InputError, match="not empty: it holds an earlier exaone-edge 'report'.*Pass --overwrite"):
         write_report(out, newer)
     assert len(json.loads((out / "report.json").read_text())["artifacts"]) == 3
@@ -85,7 +87,7 @@ def test_an_earlier_report_is_replaced_only_with_overwrite(tmp_path):
     # a report from before reports had a manifest is still recognised; another kind of our outputs is not a report
     legacy = tmp_path / "legacy"
     legacy.mkdir()
-    (legacy / "report.json").write_text(json.dumps(REPORT))
+    (legacy / "report.json").write_text(json.dumps(REPORT.to_dict()))
     (legacy / "report.md").write_text("# old")
     write_report(legacy, REPORT, overwrite=True)
     assert (legacy / "manifest.json").is_file()

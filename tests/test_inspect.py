@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_cli
 from exaone_edge.checkpoint import open_checkpoint
-from exaone_edge.inspect_model import counts_from_config, inspect_checkpoint
+from exaone_edge.inspect_model import inspect_checkpoint
 from exaone_edge.spec import RELEASED_33B_CONFIG
 
 DATA = RELEASED_33B_CONFIG.parent
@@ -19,14 +19,43 @@ DATA = RELEASED_33B_CONFIG.parent
 def test_counts_equal_the_sum_of_tensor_sizes(tiny_model_dir):
     report = inspect_checkpoint(tiny_model_dir)
     checkpoint = open_checkpoint(tiny_model_dir)
-    assert report["parameters"]["total"] == sum(info.numel for info in checkpoint.tensors.values())
+    assert report.parameters.total == sum(info.numel for info in checkpoint.tensors.values())
     vision = sum(i.numel for n, i in checkpoint.tensors.items() if n.startswith("model.visual."))
     mtp = sum(i.numel for n, i in checkpoint.tensors.items() if n.startswith("mtp."))
     embeddings = sum(i.numel for n, i in checkpoint.tensors.items() if "embed_tokens" in n or n == "lm_head.weight")
-    assert report["parameters"]["vision"] == vision
-    assert report["parameters"]["mtp"] == mtp
-    assert report["parameters"]["embeddings"] == embeddings
-    assert report["decoder"]["attention_pattern"] == "LLLG×16"
+    assert report.parameters.vision == vision
+    assert report.parameters.mtp == mtp
+    assert report.parameters.embeddings == embeddings
+    assert report.decoder.attention_pattern == "LLLG×16"
+
+
+# `inspect --json`'s keys, pinned: scripts and users read them.
+JSON_KEYS = {
+    "path": None,
+    "parameters": {"vision", "decoder", "embeddings", "mtp", "total"},
+    "decoder": {"layers", "hidden_size", "intermediate_size", "attention_heads", "kv_heads", "head_dim",
+                "attention_pattern", "sliding_window", "global_layers", "vocab_size", "context_length", "rope",
+                "mtp_layers", "kv_cache_bytes_per_token_f16"},
+    "vision": {"depth", "hidden_size", "heads", "kv_heads", "patch_size", "spatial_merge_size", "temporal_patch_size",
+               "window_size", "full_attention_blocks", "out_hidden_size", "min_pixels", "max_pixels",
+               "pixels_per_vision_token"},
+    "tokens": {"image", "video", "vision_start", "vision_end", "bos", "eos"},
+    "estimated_bytes": {"decoder", "vision"},
+    "weights": {"files", "bytes", "tensors"},
+}
+
+
+def test_json_keys_and_values_are_the_typed_report(tiny_model_dir):
+    report = inspect_checkpoint(tiny_model_dir)
+    data = report.to_dict()
+    assert list(data) == list(JSON_KEYS)
+    assert {key: set(value) if isinstance(value, dict) else None for key, value in data.items()} == JSON_KEYS
+    assert data == json.loads(json.dumps(data))  # plain JSON types already
+    assert data["parameters"]["total"] == report.parameters.total
+    assert data["vision"]["full_attention_blocks"] == list(report.vision.full_attention_blocks)
+    assert data["estimated_bytes"] == {"decoder": report.estimated_bytes.decoder, "vision": report.estimated_bytes.vision}
+    assert list(data["estimated_bytes"]["decoder"]) == ["BF16", "Q8_0", "Q4_K_M"]
+    assert data["weights"]["files"] == list(report.weights.files) and len(report.weights.files) == 4
 
 
 def test_cli_text_and_json(tiny_model_dir):

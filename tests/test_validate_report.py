@@ -1,34 +1,44 @@
-"""Report rendering and the regression gate on hand-made reports."""
+"""report.json's typed form, the regression gate and rendering, on hand-made reports."""
 
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from exaone_edge.validate.gate import compare, thresholds_for
+from exaone_edge.errors import InputError
+from exaone_edge.validate.gate import GATED, compare, thresholds_for
 from exaone_edge.validate.render import render_html, render_markdown
+from exaone_edge.validate.report import ReportResult, load_baseline
+from exaone_edge.validate.schema import ProbeFailed, Speed, ValidationReport
 
 
 def _report() -> dict:
+    """A report.json as `validate` writes it today (key order included)."""
     artifact = lambda name, bits, kl, top1, anls, size: {  # noqa: E731
-        "name": name, "kind": "bundle", "bits": bits, "bytes": size,
-        "decoder": {"kl_mean": kl, "kl_p99": kl * 4, "top1_agreement": top1, "ppl_ratio": 1 + kl},
+        "name": name, "kind": "bundle", "path": f"/bundles/{name}", "bits": bits, "bytes": size,
+        "vision": {"cosine_min": 0.9999, "cosine_mean": 0.99995, "max_abs": 1e-5},
+        "decoder": {"kl_mean": kl, "kl_p99": kl * 4, "kl_max": kl * 8, "top1_agreement": top1, "ppl_ratio": 1 + kl,
+                    "positions": 40},
         "task": {"anls": anls, "exact_match": anls, "recovery": anls / 0.8, "flip_rate": 0.1,
                  "flips": [{"question": "총액은?", "reference_answer": "1,823,250원", "answer": "1,823,205원",
                             "change": "correct → wrong"}],
+                 "same_answer_as_reference": 0.5,
                  "per_question": [{"reference_correct": q % 3 != 0, "correct": q % 4 != 1, "same_answer": q % 2 == 0}
                                   for q in range(9)]},
-        "vision": {"cosine_min": 0.9999, "max_abs": 1e-5},
-        "speed": {"ttft_s": 0.2, "decode_tokens_per_s": 40.0, "peak_rss_bytes": 2**30},
+        "speed": {"ttft_s": 0.2, "decode_tokens_per_s": 40.0, "prompt_tokens": 300, "completion_tokens": 24,
+                  "peak_rss_bytes": 2**30},
     }
     return {
         "schema": 1, "toolkit_version": "0.1.0", "created_at": "2026-11-23T00:00:00+00:00",
         "machine": {"cpu": "test", "cores": 2, "memory_bytes": 24 * 2**30, "platform": "linux"},
-        "reference": {"path": "/models/ref"},
+        "reference": {"path": "/models/ref", "file": "/cache/ref.npz", "reused": True, "dtype": "float32",
+                      "rest_mass_max": 1e-5},
+        "mode": {"thinking": False, "answer_tokens": 24, "scored": "the whole reply"},
         "eval_set": {"path": "/sets/eval", "sha256": "ab" * 32, "documents": 3, "questions": 9},
         "reference_task": {"anls": 0.8, "exact_match": 0.7},
         "artifacts": [artifact("F16", 16, 1e-6, 1.0, 0.8, 60 * 2**30), artifact("Q8_0", 8, 0.002, 0.99, 0.79, 32 * 2**30),
@@ -36,30 +46,93 @@ def _report() -> dict:
     }
 
 
-def test_identical_reports_pass_the_gate():
+def _first_report() -> dict:
+    """A report.json as the first schema-1 reports were: no mode, reference, answer grid or machine's newer keys."""
     report = _report()
-    assert compare(report, copy.deepcopy(report)) == []
+    del report["mode"]
+    report["reference"] = {"path": "/models/ref"}
+    for artifact in report["artifacts"]:
+        del artifact["task"]["per_question"]
+    return report
+
+
+def _typed(report: dict) -> ValidationReport:
+    return ValidationReport.from_dict(report)
+
+
+def test_report_json_round_trips_byte_for_byte():
+    report = _report()
+    report["artifacts"][1]["speed"] = {"error": "probe: out of memory"}
+    report["artifacts"].append({"name": "vision int8", "kind": "vision", "path": "/v", "bits": 8, "bytes": 2**19,
+                                "vision": {"cosine_min": 0.9994, "cosine_mean": 0.9998, "max_abs": 0.01},
+                                "decoder": None, "task": None, "speed": None})
+    typed = _typed(report)
+    assert isinstance(typed.artifacts[0].speed, Speed) and typed.artifacts[1].speed == ProbeFailed("probe: out of memory")
+    assert typed.mode.scored == "the whole reply" and typed.reference.details == {"dtype": "float32", "rest_mass_max": 1e-5}
+    assert json.dumps(typed.to_dict(), ensure_ascii=False) == json.dumps(report, ensure_ascii=False)
+
+
+def test_a_first_schema_1_report_reads_renders_and_gates(tmp_path: Path):
+    old = _typed(_first_report())
+    assert old.mode is None and old.reference.file is None and old.artifacts[0].task.per_question == ()
+    assert "| Q4_K_M | bundle |" in render_markdown(old) and "<svg" in render_html(old)
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(_first_report()))
+    report = _report()
+    report["artifacts"][0]["decoder"]["kl_mean"] = 1.0
+    assert [(r.artifact, r.metric) for r in compare(_typed(report).artifacts, load_baseline(path))] == \
+        [("F16", "decoder.kl_mean")]
+
+
+@pytest.mark.parametrize("content", ["{}", "[]", '{"artifacts": [{"kind": "bundle"}]}', '{"artifacts": 3}'])
+def test_what_is_not_a_report_is_refused_as_a_baseline(tmp_path: Path, content: str):
+    path = tmp_path / "report.json"
+    path.write_text(content)
+    with pytest.raises(InputError, match="not an exaone-edge report.json"):
+        load_baseline(path)
+
+
+def test_identical_reports_pass_the_gate():
+    report = _typed(_report())
+    assert compare(report.artifacts, copy.deepcopy(report).artifacts) == []
 
 
 def test_a_broken_artifact_is_flagged_with_what_regressed():
     baseline, report = _report(), _report()
     report["artifacts"][2]["decoder"].update(kl_mean=2.5, top1_agreement=0.2)
     report["artifacts"][2]["task"]["anls"] = 0.1
-    found = {(r.artifact, r.metric) for r in compare(report, baseline)}
+    found = {(r.artifact, r.metric) for r in compare(_typed(report).artifacts, _typed(baseline).artifacts)}
     assert found == {("Q4_K_M", "decoder.kl_mean"), ("Q4_K_M", "decoder.top1_agreement"), ("Q4_K_M", "task.anls")}
+    assert {metric.name for metric in GATED} == {"decoder.kl_mean", "decoder.top1_agreement", "task.anls",
+                                                 "vision.cosine_min"}
 
 
 def test_thresholds_are_per_bit_width_and_overridable():
     baseline, report = _report(), _report()
     report["artifacts"][1]["decoder"]["kl_mean"] += 0.05  # beyond the 8-bit allowance, within the 4-bit one
     report["artifacts"][2]["decoder"]["kl_mean"] += 0.05
-    assert [r.artifact for r in compare(report, baseline)] == ["Q8_0"]
-    assert compare(report, baseline, overrides={"kl_mean_increase": 0.1}) == []
+    current, previous = _typed(report).artifacts, _typed(baseline).artifacts
+    assert [r.artifact for r in compare(current, previous)] == ["Q8_0"]
+    assert compare(current, previous, overrides={"kl_mean_increase": 0.1}) == []
     assert thresholds_for(16).kl_mean_increase < thresholds_for(8).kl_mean_increase < thresholds_for(4).kl_mean_increase
 
 
+def test_summary_and_report_json_carry_the_gate(tmp_path: Path):
+    baseline, report = _typed(_report()), _report()
+    report["artifacts"][2]["decoder"]["kl_mean"] = 2.5
+    current = _typed(report)
+    result = ReportResult(tmp_path, current, compare(current.artifacts, baseline.artifacts), tmp_path / "old.json")
+    assert result.summary().splitlines() == [
+        "F16: KL 1e-06, ANLS 0.8", "Q8_0: KL 0.002, ANLS 0.79", "Q4_K_M: KL 2.5, ANLS 0.75",
+        f"report: {tmp_path / 'report.html'}", "REGRESSION Q4_K_M: decoder.kl_mean 0.03 → 2.5 (allowed change 0.1)"]
+    gate = result.to_dict()["gate"]
+    assert gate == {"baseline": str(tmp_path / "old.json"), "regressions": [
+        {"artifact": "Q4_K_M", "metric": "decoder.kl_mean", "baseline": 0.03, "current": 2.5, "allowed": 0.1}]}
+    assert "gate" not in ReportResult(tmp_path, current, None).to_dict()
+
+
 def test_markdown_and_self_contained_html():
-    report = _report()
+    report = _typed(_report())
     markdown = render_markdown(report, regressions=["Q4_K_M: decoder.kl_mean 0.03 → 2.5 (allowed change 0.1)"])
     assert "| Q4_K_M | bundle |" in markdown and "✗ Q4_K_M" in markdown and "1,823,205원" in markdown
     page = render_html(report, regressions=[])
@@ -86,7 +159,7 @@ def test_html_report_shows_its_plots_in_headless_chromium(tmp_path: Path):
     from PIL import Image
 
     page = tmp_path / "report.html"
-    page.write_text(render_html(_report(), regressions=[]), encoding="utf-8")
+    page.write_text(render_html(_typed(_report()), regressions=[]), encoding="utf-8")
     shot = tmp_path / "report.png"
     subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000", f"--screenshot={shot}",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,8 @@ from exaone_edge.progress import log
 from exaone_edge.runtime.reasoning import split_text
 from exaone_edge.validate.reference import Question
 from exaone_edge.validate.reference_file import ReferenceFile, topk_fidelity
-
-SCHEMA_VERSION = 1
+from exaone_edge.validate.schema import (ArtifactResult, DecoderFidelity, EvalSet, Flip, Mode, QuestionOutcome,
+                                         ReferenceRun, ReferenceTask, TaskAccuracy, ValidationReport, VisionFidelity)
 
 
 # Answer budgets per mode. Off: the answer comes at once, and document answers are a few words. On: the
@@ -62,80 +62,77 @@ def _correct(answer: str, gold: list[str]) -> bool:
     return anls(answer, gold) >= ANLS_THRESHOLD
 
 
-def evaluate_artifact(candidate, reference: ReferenceFile, questions: list[Question], options: ValidateOptions,
-                      pages_dir: Path) -> dict[str, Any]:
-    reference_answers = [options.answer(entry.answer or "") for entry in reference.entries]
-    result: dict[str, Any] = {"name": candidate.name, "kind": candidate.kind, "path": str(candidate.path),
-                              "bits": candidate.bits, "bytes": candidate.bytes,
-                              "vision": None, "decoder": None, "task": None, "speed": None}
+def vision_fidelity(candidate, reference: ReferenceFile, questions: list[Question]) -> VisionFidelity | None:
     cosines, max_abs = [], 0.0
     for question, entry in zip(questions, reference.entries):
         rows = candidate.vision_rows(question.image)
         if rows is None:
             break
-        expected = entry.vision_rows
-        cosines.append(row_cosines(expected, rows))
-        max_abs = max(max_abs, float(np.abs(expected - rows).max()))
-    if cosines:
-        every = np.concatenate(cosines)
-        result["vision"] = {"cosine_min": float(every.min()), "cosine_mean": float(every.mean()), "max_abs": max_abs}
+        cosines.append(row_cosines(entry.vision_rows, rows))
+        max_abs = max(max_abs, float(np.abs(entry.vision_rows - rows).max()))
+    if not cosines:
+        return None
+    every = np.concatenate(cosines)
+    return VisionFidelity(cosine_min=float(every.min()), cosine_mean=float(every.mean()), max_abs=max_abs)
+
+
+def task_accuracy(questions: list[Question], reference_answers: list[str], answers: list[str]) -> TaskAccuracy:
+    scores = [anls(a, q.answers) for a, q in zip(answers, questions)]
+    matches = [exact_match(a, q.answers) for a, q in zip(answers, questions)]
+    outcomes = [QuestionOutcome(_correct(r, q.answers), _correct(a, q.answers), same_answer=a == r)
+                for q, r, a in zip(questions, reference_answers, answers)]
+    flips = tuple(Flip(q.question, r, a, "correct → wrong" if o.reference_correct else "wrong → correct")
+                  for q, r, a, o in zip(questions, reference_answers, answers, outcomes)
+                  if o.reference_correct != o.correct)
+    reference_anls = float(np.mean([anls(r, q.answers) for r, q in zip(reference_answers, questions)]))
+    return TaskAccuracy(
+        anls=float(np.mean(scores)), exact_match=float(np.mean(matches)),
+        recovery=float(np.mean(scores)) / reference_anls if reference_anls > 0 else None,
+        flip_rate=len(flips) / len(questions), flips=flips,
+        same_answer_as_reference=float(np.mean([o.same_answer for o in outcomes])), per_question=tuple(outcomes),
+    )
+
+
+def evaluate_artifact(candidate, reference: ReferenceFile, questions: list[Question], options: ValidateOptions,
+                      pages_dir: Path) -> ArtifactResult:
+    result = ArtifactResult(candidate.name, candidate.kind, str(candidate.path), candidate.bits, candidate.bytes,
+                            vision=vision_fidelity(candidate, reference, questions))
     if not hasattr(candidate, "teacher_forced"):
         return result
 
     log(f"validate: {candidate.name}: teacher-forced logits on {len(questions)} answers")
     candidate_logits = [candidate.teacher_forced(q, list(e.answer_ids)) for q, e in zip(questions, reference.entries)]
-    fidelity = topk_fidelity(reference.entries, candidate_logits)  # KL with the mass outside the top k lumped
-    result["decoder"] = {"kl_mean": fidelity.kl_mean, "kl_p99": fidelity.kl_p99, "kl_max": fidelity.kl_max,
-                         "top1_agreement": fidelity.top1_agreement, "ppl_ratio": fidelity.ppl_ratio,
-                         "positions": fidelity.positions}
+    decoder = DecoderFidelity.from_logits(topk_fidelity(reference.entries, candidate_logits))  # KL, rest lumped
 
     log(f"validate: {candidate.name}: answering {len(questions)} questions")
     answers = [options.answer(candidate.generate(q, options.answer_tokens)) for q in questions]
-    scores = [anls(a, q.answers) for a, q in zip(answers, questions)]
-    matches = [exact_match(a, q.answers) for a, q in zip(answers, questions)]
-    flips = []
-    for q, ref_answer, answer in zip(questions, reference_answers, answers):
-        before, after = _correct(ref_answer, q.answers), _correct(answer, q.answers)
-        if before != after:
-            flips.append({"question": q.question, "reference_answer": ref_answer, "answer": answer,
-                          "change": "correct → wrong" if before else "wrong → correct"})
-    reference_anls = float(np.mean([anls(a, q.answers) for a, q in zip(reference_answers, questions)]))
-    result["task"] = {
-        "anls": float(np.mean(scores)), "exact_match": float(np.mean(matches)),
-        "recovery": float(np.mean(scores)) / reference_anls if reference_anls > 0 else None,
-        "flip_rate": len(flips) / len(questions), "flips": flips,
-        "same_answer_as_reference": float(np.mean([a == r for a, r in zip(answers, reference_answers)])),
-        "per_question": [{"reference_correct": _correct(r, q.answers), "correct": _correct(a, q.answers),
-                          "same_answer": a == r} for q, r, a in zip(questions, reference_answers, answers)],
-    }
+    reference_answers = [options.answer(entry.answer or "") for entry in reference.entries]
+    speed = None
     if options.measure_speed and candidate.kind == "bundle":
         from exaone_edge.validate.probe import probe
 
         page = pages_dir / "probe.png"
         questions[0].image.save(page)
-        result["speed"] = probe(candidate.path, page, questions[0].question, options.engine_options())
-    return result
+        speed = probe(candidate.path, page, questions[0].question, options.engine_options())
+    return replace(result, decoder=decoder, task=task_accuracy(questions, reference_answers, answers), speed=speed)
 
 
 def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
              options: ValidateOptions = ValidateOptions(), reference_cache: Path | None = None,
-             reference_dtype: str = "auto") -> dict[str, Any]:
-    from exaone_edge.docs import generate_set, load_documents
+             reference_dtype: str = "auto") -> ValidationReport:
+    from exaone_edge.docs import documents_or_builtin
+    from exaone_edge.manifest import read_manifest
     from exaone_edge.validate.candidates import open_candidate
+    from exaone_edge.validate.reference import chat_inputs
+    from exaone_edge.validate.streamed import question_reference
 
     if not artifacts:
         raise InputError("no artifacts to validate", fix="Pass one or more bundles, GPTQ checkpoints or vision exports.")
-    from exaone_edge.manifest import read_manifest
-
     for path in artifacts:  # fail on a wrong path before minutes of reference work
         read_manifest(Path(path), verify=False)
-    documents = load_documents(eval_set) if eval_set else generate_set(6, ["en", "ko"], 1)
+    documents, source = documents_or_builtin(eval_set, builtin=6, seed=1)
     questions = questions_from(documents, options.max_questions)
     log(f"validate: reference {reference_dir} on {len(questions)} questions")
-    from exaone_edge.validate.streamed import question_reference
-
-    from exaone_edge.validate.reference import chat_inputs
-
     key_options = {"max_new_tokens": options.answer_tokens, "thinking": options.thinking}
     reference, reference_file, reused = question_reference(
         Path(reference_dir), questions, documents.content_hash, key_options, options.answer_tokens,
@@ -150,21 +147,17 @@ def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
                 results.append(evaluate_artifact(candidate, reference, questions, options, Path(scratch)))
             finally:
                 candidate.close()
-    return {
-        "schema": SCHEMA_VERSION,
-        "toolkit_version": __version__,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": describe_machine(),
-        "reference": {"path": str(reference_dir), "file": str(reference_file), "reused": reused, **reference.details},
-        # One mode for the reference and every candidate, prompts and answers alike.
-        "mode": {"thinking": options.thinking, "answer_tokens": options.answer_tokens,
-                 "scored": "text after </think>" if options.thinking else "the whole reply"},
-        "eval_set": {"path": str(eval_set) if eval_set else "built-in (6 documents, seed 1)",
-                     "sha256": documents.content_hash, "documents": len(documents.documents),
-                     "questions": len(questions)},
-        "reference_task": {
-            "anls": float(np.mean([anls(a, q.answers) for a, q in zip(reference_answers, questions)])),
-            "exact_match": float(np.mean([exact_match(a, q.answers) for a, q in zip(reference_answers, questions)])),
-        },
-        "artifacts": results,
-    }
+    return ValidationReport(
+        toolkit_version=__version__,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        machine=describe_machine(),
+        reference=ReferenceRun(str(reference_dir), str(reference_file), reused, reference.details),
+        mode=Mode(thinking=options.thinking, answer_tokens=options.answer_tokens),
+        eval_set=EvalSet(path=source, sha256=documents.content_hash, documents=len(documents.documents),
+                         questions=len(questions)),
+        reference_task=ReferenceTask(
+            anls=float(np.mean([anls(a, q.answers) for a, q in zip(reference_answers, questions)])),
+            exact_match=float(np.mean([exact_match(a, q.answers) for a, q in zip(reference_answers, questions)])),
+        ),
+        artifacts=tuple(results),
+    )

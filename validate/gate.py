@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from exaone_edge.validate.schema import ArtifactResult
 
 
 @dataclass(frozen=True)
@@ -37,34 +39,42 @@ class Regression:
 
 def thresholds_for(bits: int | None, overrides: dict[str, float] | None = None) -> Thresholds:
     base = DEFAULT_THRESHOLDS[min(DEFAULT_THRESHOLDS, key=lambda b: abs(b - (bits or 16)))]
-    return Thresholds(**{**base.__dict__, **(overrides or {})})
+    return replace(base, **(overrides or {}))
 
 
-def _get(section: dict[str, Any] | None, key: str) -> float | None:
-    value = (section or {}).get(key)
-    return float(value) if isinstance(value, (int, float)) else None
+@dataclass(frozen=True)
+class Gated:
+    """One metric the gate watches: how to read it from a result, and which allowance bounds its change."""
+
+    name: str  # as the report and the regression lines name it
+    read: Callable[[ArtifactResult], float | None]
+    allowed: Callable[[Thresholds], float]
+    higher_is_worse: bool = False
 
 
-def compare(report: dict[str, Any], baseline: dict[str, Any],
+GATED = (
+    Gated("decoder.kl_mean", lambda a: a.decoder and a.decoder.kl_mean, lambda t: t.kl_mean_increase, True),
+    Gated("decoder.top1_agreement", lambda a: a.decoder and a.decoder.top1_agreement, lambda t: t.top1_drop),
+    Gated("task.anls", lambda a: a.task and a.task.anls, lambda t: t.anls_drop),
+    Gated("vision.cosine_min", lambda a: a.vision and a.vision.cosine_min, lambda t: t.vision_cosine_drop),
+)
+
+
+def compare(current: Sequence[ArtifactResult], baseline: Sequence[ArtifactResult],
             overrides: dict[str, float] | None = None) -> list[Regression]:
     """Every metric that worsened beyond its threshold; artifacts missing from the baseline are new, not failures."""
-    previous = {artifact["name"]: artifact for artifact in baseline.get("artifacts", [])}
+    previous = {artifact.name: artifact for artifact in baseline}
     found: list[Regression] = []
-    for artifact in report.get("artifacts", []):
-        old = previous.get(artifact["name"])
+    for artifact in current:
+        old = previous.get(artifact.name)
         if old is None:
             continue
-        limits = thresholds_for(artifact.get("bits"), overrides)
-        checks = (
-            ("decoder", "kl_mean", +1, limits.kl_mean_increase),
-            ("decoder", "top1_agreement", -1, limits.top1_drop),
-            ("task", "anls", -1, limits.anls_drop),
-            ("vision", "cosine_min", -1, limits.vision_cosine_drop),
-        )
-        for section, key, worse, allowed in checks:
-            before, after = _get(old.get(section), key), _get(artifact.get(section), key)
+        limits = thresholds_for(artifact.bits, overrides)
+        for metric in GATED:
+            before, after = metric.read(old), metric.read(artifact)
             if before is None or after is None:
                 continue
-            if (after - before) * worse > allowed:
-                found.append(Regression(artifact["name"], f"{section}.{key}", before, after, allowed))
+            allowed = metric.allowed(limits)
+            if (after - before) * (1 if metric.higher_is_worse else -1) > allowed:
+                found.append(Regression(artifact.name, metric.name, before, after, allowed))
     return found

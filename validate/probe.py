@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from exaone_edge.validate.schema import ProbeFailed, Speed
+
 
 def measure(bundle: Path, page: Path, question: str, max_tokens: int = 32,
-            engine_options: dict[str, Any] | None = None) -> dict[str, Any]:
+            engine_options: dict[str, Any] | None = None) -> Speed:
     from exaone_edge.images import open_image
     from exaone_edge.runtime.engine import Engine
     from exaone_edge.runtime.generation import GenerationParams
@@ -26,13 +29,8 @@ def measure(bundle: Path, page: Path, question: str, max_tokens: int = 32,
     for last in engine.generate(messages, GenerationParams(max_tokens=max_tokens).thinking(False)):
         pass
     timings = last.timings
-    return {
-        "ttft_s": timings.ttft_s,
-        "decode_tokens_per_s": timings.tokens_per_s,
-        "prompt_tokens": last.usage.prompt_tokens,
-        "completion_tokens": last.usage.completion_tokens,
-        "peak_rss_bytes": peak_rss_bytes(),
-    }
+    return Speed(ttft_s=timings.ttft_s, decode_tokens_per_s=timings.tokens_per_s, prompt_tokens=last.usage.prompt_tokens,
+                 completion_tokens=last.usage.completion_tokens, peak_rss_bytes=peak_rss_bytes())
 
 
 def peak_rss_bytes() -> int:
@@ -43,17 +41,17 @@ def peak_rss_bytes() -> int:
     raise OSError("no VmHWM in /proc/self/status")
 
 
-def probe(bundle: Path, page: Path, question: str, engine_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def probe(bundle: Path, page: Path, question: str, engine_options: dict[str, Any] | None = None) -> Speed | ProbeFailed:
     result = subprocess.run(
         [sys.executable, "-m", "exaone_edge.validate.probe", str(bundle), str(page), question,
          json.dumps(engine_options or {})],
         capture_output=True, text=True, timeout=600,
     )
     if result.returncode != 0:
-        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "probe failed"}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        return ProbeFailed(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "probe failed")
+    return Speed(**json.loads(result.stdout.strip().splitlines()[-1]))
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3],
-                             engine_options=json.loads(sys.argv[4]) if len(sys.argv) > 4 else None)))
+    print(json.dumps(asdict(measure(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3],
+                                    engine_options=json.loads(sys.argv[4]) if len(sys.argv) > 4 else None))))

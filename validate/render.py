@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Callable
 from typing import Any
 
 from exaone_edge.plan import GPUS
+from exaone_edge.validate.schema import ArtifactResult, Flip, Speed, ValidationReport
 
 _WIDTH, _HEIGHT, _PAD = 640, 320, 56
 
@@ -23,48 +25,63 @@ def _mib(count: int | None) -> str:
     return "–" if count is None else f"{count / 2**20:,.1f} MiB"
 
 
-def _rows(report: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for a in report["artifacts"]:
-        decoder, task, vision, speed = (a.get(k) or {} for k in ("decoder", "task", "vision", "speed"))
-        rows.append([
-            a["name"], a["kind"], _mib(a.get("bytes")),
-            _fmt(decoder.get("kl_mean")), _fmt(decoder.get("kl_p99")), _fmt(decoder.get("top1_agreement"), 3),
-            _fmt(decoder.get("ppl_ratio")), _fmt(task.get("anls"), 3), _fmt(task.get("exact_match"), 3),
-            _fmt(task.get("recovery"), 3), _fmt(task.get("flip_rate"), 3),
-            _fmt(vision.get("cosine_min"), 6), _fmt(vision.get("max_abs")),
-            _fmt(speed.get("ttft_s"), 3), _fmt(speed.get("decode_tokens_per_s"), 3), _mib(speed.get("peak_rss_bytes")),
-        ])
-    return rows
+def _speed(a: ArtifactResult) -> Speed | None:
+    return a.speed if isinstance(a.speed, Speed) else None  # a failed probe shows as not measured
 
 
-HEADER = ["artifact", "kind", "size", "KL mean", "KL p99", "top-1", "ppl ratio", "ANLS", "EM", "recovery",
-          "flip rate", "vision cos min", "vision max abs", "TTFT s", "decode tok/s", "peak RSS"]
+# The summary table, one column each; a part an artifact does not have reads as None and shows as "–".
+COLUMNS: tuple[tuple[str, Callable[[ArtifactResult], str]], ...] = (
+    ("artifact", lambda a: a.name),
+    ("kind", lambda a: a.kind),
+    ("size", lambda a: _mib(a.bytes)),
+    ("KL mean", lambda a: _fmt(a.decoder and a.decoder.kl_mean)),
+    ("KL p99", lambda a: _fmt(a.decoder and a.decoder.kl_p99)),
+    ("top-1", lambda a: _fmt(a.decoder and a.decoder.top1_agreement, 3)),
+    ("ppl ratio", lambda a: _fmt(a.decoder and a.decoder.ppl_ratio)),
+    ("ANLS", lambda a: _fmt(a.task and a.task.anls, 3)),
+    ("EM", lambda a: _fmt(a.task and a.task.exact_match, 3)),
+    ("recovery", lambda a: _fmt(a.task and a.task.recovery, 3)),
+    ("flip rate", lambda a: _fmt(a.task and a.task.flip_rate, 3)),
+    ("vision cos min", lambda a: _fmt(a.vision and a.vision.cosine_min, 6)),
+    ("vision max abs", lambda a: _fmt(a.vision and a.vision.max_abs)),
+    ("TTFT s", lambda a: _fmt(_speed(a) and _speed(a).ttft_s, 3)),
+    ("decode tok/s", lambda a: _fmt(_speed(a) and _speed(a).decode_tokens_per_s, 3)),
+    ("peak RSS", lambda a: _mib(_speed(a) and _speed(a).peak_rss_bytes)),
+)
+HEADER = [name for name, _ in COLUMNS]
 
 
-def render_markdown(report: dict[str, Any], regressions: list[str] | None = None) -> str:
-    machine = report["machine"]
+def _rows(report: ValidationReport) -> list[list[str]]:
+    return [[cell(a) for _, cell in COLUMNS] for a in report.artifacts]
+
+
+def _flips(report: ValidationReport) -> list[tuple[str, Flip]]:
+    return [(a.name, flip) for a in report.artifacts if a.task for flip in a.task.flips]
+
+
+def render_markdown(report: ValidationReport, regressions: list[str] | None = None) -> str:
+    machine, eval_set = report.machine, report.eval_set
     lines = [
         "# EXAONE 4.5 accuracy-regression report", "",
-        f"Reference: `{report['reference']['path']}` · eval set: `{report['eval_set']['path']}` "
-        f"({report['eval_set']['documents']} documents, {report['eval_set']['questions']} questions, "
-        f"sha256 {report['eval_set']['sha256'][:12]}) · toolkit {report['toolkit_version']} · {report['created_at']}",
+        f"Reference: `{report.reference.path}` · eval set: `{eval_set.path}` "
+        f"({eval_set.documents} documents, {eval_set.questions} questions, "
+        f"sha256 {eval_set.sha256[:12]}) · toolkit {report.toolkit_version} · {report.created_at}",
+        # the machine description's older keys (cores, platform) too: old reports render as well
         f"Machine: {machine.get('cpu')} · {machine.get('usable_cpus', machine.get('cores'))} cores · "
         f"{_mib(machine.get('memory_bytes'))} RAM · {machine.get('os', machine.get('platform'))}",
-        f"Reference task accuracy (transformers): ANLS {_fmt(report['reference_task'].get('anls'), 3)}, "
-        f"exact match {_fmt(report['reference_task'].get('exact_match'), 3)}", "",
+        f"Reference task accuracy (transformers): ANLS {_fmt(report.reference_task.anls, 3)}, "
+        f"exact match {_fmt(report.reference_task.exact_match, 3)}", "",
         "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(report)]
     if regressions is not None:
         lines += ["", "## Regression gate", ""]
         lines += [f"- ✗ {item}" for item in regressions] or ["- ✓ nothing regressed beyond its threshold"]
-    flips = [(a["name"], f) for a in report["artifacts"] for f in (a.get("task") or {}).get("flips", [])]
+    flips = _flips(report)
     if flips:
         lines += ["", "## Answers whose correctness changed", "", "| artifact | question | reference | artifact answer | change |",
                   "|---|---|---|---|---|"]
-        lines += [f"| {name} | {f['question']} | {f['reference_answer']} | {f['answer']} | {f['change']} |"
-                  for name, f in flips]
+        lines += [f"| {name} | {f.question} | {f.reference_answer} | {f.answer} | {f.change} |" for name, f in flips]
     return "\n".join(lines) + "\n"
 
 
@@ -87,10 +104,13 @@ def _svg_frame(title: str, body: str, x_label: str, y_label: str) -> str:
     ))
 
 
-def accuracy_vs_memory_svg(report: dict[str, Any]) -> str:
+def _accuracy_points(report: ValidationReport) -> list[tuple[int, float, str]]:
+    return [(a.bytes, a.task.anls, a.name) for a in report.artifacts if a.bytes and a.task and a.task.anls is not None]
+
+
+def accuracy_vs_memory_svg(report: ValidationReport) -> str:
     """ANLS against bytes on a log axis, with each target GPU's memory drawn as a vertical line."""
-    points = [(a["bytes"], (a.get("task") or {}).get("anls"), a["name"]) for a in report["artifacts"]
-              if a.get("bytes") and (a.get("task") or {}).get("anls") is not None]
+    points = _accuracy_points(report)
     limits = [(gpu.memory_bytes, name) for name, gpu in GPUS.items()]
     xs = [p[0] for p in points] + [b for b, _ in limits]
     low, high = math.log10(min(xs) / 2), math.log10(max(xs) * 2)
@@ -110,8 +130,8 @@ def accuracy_vs_memory_svg(report: dict[str, Any]) -> str:
     return _svg_frame("Task accuracy vs size (GPU memory limits dashed)", body, "bytes (log scale)", "ANLS")
 
 
-def kl_bars_svg(report: dict[str, Any]) -> str:
-    bars = [(a["name"], a["decoder"]["kl_mean"]) for a in report["artifacts"] if (a.get("decoder") or {}).get("kl_mean") is not None]
+def kl_bars_svg(report: ValidationReport) -> str:
+    bars = [(a.name, a.decoder.kl_mean) for a in report.artifacts if a.decoder and a.decoder.kl_mean is not None]
     if not bars:
         return ""
     top = max(v for _, v in bars) or 1.0
@@ -133,10 +153,10 @@ _OUTCOME_COLOURS = {(True, True): ("#4a4", "correct, as the reference"), (True, 
                     (False, True): ("#36c", "gained: reference wrong"), (False, False): ("#ddd", "wrong, as the reference")}
 
 
-def answers_grid_svg(report: dict[str, Any]) -> str:
+def answers_grid_svg(report: ValidationReport) -> str:
     """Where answers flipped: one row per artifact, one cell per question, coloured by the change in
     correctness against the reference; a black dot where the answer's text differs from the reference's."""
-    rows = [(a["name"], a["task"]["per_question"]) for a in report["artifacts"] if (a.get("task") or {}).get("per_question")]
+    rows = [(a.name, a.task.per_question) for a in report.artifacts if a.task and a.task.per_question]
     if not rows:
         return ""
     questions = max(len(cells) for _, cells in rows)
@@ -148,10 +168,10 @@ def answers_grid_svg(report: dict[str, Any]) -> str:
         y = top + r * cell
         body += f'<text x="{left - 6}" y="{y + cell * 0.7:.1f}" text-anchor="end" font-size="11">{html.escape(name)}</text>'
         for q, outcome in enumerate(cells):
-            colour, _ = _OUTCOME_COLOURS[(outcome["reference_correct"], outcome["correct"])]
+            colour, _ = _OUTCOME_COLOURS[(outcome.reference_correct, outcome.correct)]
             x = left + q * cell
             body += f'<rect x="{x:.1f}" y="{y:.1f}" width="{cell - 1:.1f}" height="{cell - 1:.1f}" fill="{colour}"/>'
-            if not outcome["same_answer"]:
+            if not outcome.same_answer:
                 body += f'<circle cx="{x + cell / 2 - 0.5:.1f}" cy="{y + cell / 2 - 0.5:.1f}" r="{cell / 6:.1f}" fill="black"/>'
     y = top + cell * len(rows) + 16
     body += f'<text x="{left}" y="{y:.1f}" font-size="10">questions 1–{questions} →</text>'
@@ -163,7 +183,7 @@ def answers_grid_svg(report: dict[str, Any]) -> str:
     return _svg("Where answers flipped", body, height=height)
 
 
-def render_html(report: dict[str, Any], regressions: list[str] | None = None) -> str:
+def render_html(report: ValidationReport, regressions: list[str] | None = None) -> str:
     table = "".join(
         "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in _rows(report)
     )
@@ -172,9 +192,9 @@ def render_html(report: dict[str, Any], regressions: list[str] | None = None) ->
         items = "".join(f"<li class=bad>✗ {html.escape(r)}</li>" for r in regressions) or "<li>✓ nothing regressed</li>"
         gate = f"<h2>Regression gate</h2><ul>{items}</ul>"
     flips = "".join(
-        f"<tr><td>{html.escape(a['name'])}</td><td>{html.escape(f['question'])}</td>"
-        f"<td>{html.escape(f['reference_answer'])}</td><td>{html.escape(f['answer'])}</td><td>{html.escape(f['change'])}</td></tr>"
-        for a in report["artifacts"] for f in (a.get("task") or {}).get("flips", [])
+        f"<tr><td>{html.escape(name)}</td><td>{html.escape(f.question)}</td><td>{html.escape(f.reference_answer)}</td>"
+        f"<td>{html.escape(f.answer)}</td><td>{html.escape(f.change)}</td></tr>"
+        for name, f in _flips(report)
     )
     flips_html = (f"<h2>Answers whose correctness changed</h2><table><tr><th>artifact</th><th>question</th>"
                   f"<th>reference</th><th>artifact answer</th><th>change</th></tr>{flips}</table>") if flips else ""
@@ -187,6 +207,6 @@ def render_html(report: dict[str, Any], regressions: list[str] | None = None) ->
         "</style></head><body>"
         f"<h1>EXAONE 4.5 accuracy-regression report</h1><p>{head}</p>{gate}"
         f"<table><tr>{''.join(f'<th>{h}</th>' for h in HEADER)}</tr>{table}</table>"
-        f"<div>{accuracy_vs_memory_svg(report) if any((a.get('task') or {}).get('anls') is not None for a in report['artifacts']) else ''}"
+        f"<div>{accuracy_vs_memory_svg(report) if any(a.task and a.task.anls is not None for a in report.artifacts) else ''}"
         f"{kl_bars_svg(report)}{answers_grid_svg(report)}</div>{flips_html}</body></html>\n"
     )
