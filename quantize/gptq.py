@@ -184,21 +184,22 @@ def gptq_fidelity(source: Path, quantized: Path, conversations: list[Conversatio
     from transformers import AutoProcessor, Exaone4_5_ForConditionalGeneration
 
     from exaone_edge.validate.reference_file import topk_fidelity
-    from exaone_edge.validate.streamed import chat_reference
+    from exaone_edge.validate.streamed import chat_reference, resolve_placement
 
     if not conversations:
         raise InputError("no evaluation samples for the GPTQ fidelity check", fix="Use a set with at least 2 documents.")
     processor = AutoProcessor.from_pretrained(source)
     reference = chat_reference(source, processor, conversations, cache_dir=reference_cache)
+    dtype, device = resolve_placement()  # as the reference: bf16 on a CUDA GPU, float32 on the CPU
     candidate = Exaone4_5_ForConditionalGeneration.from_pretrained(
-        quantized, dtype=torch.float32, device_map="cpu"
+        quantized, dtype=getattr(torch, dtype), device_map=device
     ).eval()
 
     def candidate_logits():
         with torch.no_grad():
             for chat in conversations:  # one chat's full logits at a time
                 inputs = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_tensors="pt")
-                yield candidate(**inputs).logits[0].float().numpy()
+                yield candidate(**inputs.to(device)).logits[0].float().cpu().numpy()
 
     result = topk_fidelity(reference.entries, candidate_logits())
     del candidate
