@@ -8,7 +8,7 @@ only the llama.cpp, bandwidth and server comparisons run.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,13 @@ class BenchOptions:
     device: str = "auto"  # as run/serve: exaone_edge.device.choose_placement
     gpu_layers: int | None = None
     vision_provider: str = "auto"
+    image_max_tokens: int | None = None  # as run/serve --image-max-tokens: rows a page becomes (None: the bundle's)
 
-    def placement_flags(self) -> tuple[str, ...]:
+    def engine_flags(self) -> tuple[str, ...]:
+        """The serve flags that make the server's engine this run's engine."""
         layers = () if self.gpu_layers is None else ("--gpu-layers", str(self.gpu_layers))
-        return ("--device", self.device, "--vision-provider", self.vision_provider, *layers)
+        pages = () if self.image_max_tokens is None else ("--image-max-tokens", str(self.image_max_tokens))
+        return ("--device", self.device, "--vision-provider", self.vision_provider, *layers, *pages)
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,8 @@ def run_bench(bundle_dir: Path, options: BenchOptions) -> dict[str, Any]:
     level = bundle.manifest.details.get("decoder", {}).get("level", "?")
     results: list[Result] = []
     engine = Engine(bundle, EngineOptions(n_threads=options.threads, flash_attn=False, verify=False, device=options.device,
-                                          n_gpu_layers=options.gpu_layers, vision_provider=options.vision_provider))
+                                          n_gpu_layers=options.gpu_layers, vision_provider=options.vision_provider,
+                                          image_max_tokens=options.image_max_tokens))
     n_ctx, placement = engine.n_ctx, engine.placement.as_dict()
     model = _transformers_model(options) if options.model_dir and {"decode", "vision", "first_token"} & set(options.sections) else None
     try:
@@ -212,8 +216,11 @@ def _first_token(engine, model, options: BenchOptions) -> list[Result]:
     from exaone_edge.benchmarks.first_token import compare_with_transformers, image_only_processor
 
     page = bench_page(options.page)
-    timing = compare_with_transformers(engine, model, image_only_processor(options.model_dir), page,
-                                       repeats=options.repeats)
+    processor = image_only_processor(options.model_dir)
+    if options.image_max_tokens is not None:  # transformers gets the same page size as our engine
+        image_processor = processor.image_processor
+        image_processor.size = replace(image_processor.size, longest_edge=engine.image.max_pixels)
+    timing = compare_with_transformers(engine, model, processor, page, repeats=options.repeats)
     note = f"{page.width}x{page.height} page, {timing.prompt_positions} prompt positions"
     return [
         result("page + question TTFT: transformers bf16 ÷ ours (speed-up)", timing.ours_s, timing.transformers_s, "s",
@@ -228,7 +235,7 @@ def _server(bundle_dir: Path, n_ctx: int, options: BenchOptions) -> list[Result]
 
     load = compare_concurrency(bundle_dir, concurrency=options.concurrency, parallel=options.parallel,
                                max_tokens=options.decode_tokens * 2, threads=options.threads, ctx=n_ctx,
-                               repeats=options.repeats, flags=options.placement_flags())
+                               repeats=options.repeats, flags=options.engine_flags())
     return [result(f"server: {load.concurrency} concurrent ÷ one (aggregate)", load.concurrent_tokens_per_s,
                    load.one_tokens_per_s, "tok/s", load.concurrent_tokens_per_s / load.one_tokens_per_s, at_least(2),
                    f"--parallel {load.parallel}")]

@@ -34,6 +34,10 @@ ThreadsFlag = Annotated[int | None, typer.Option(help="CPU threads (default: all
 FlashAttnFlag = Annotated[str | None, typer.Option(help="Flash attention: auto, on or off.")]
 KvTypeFlag = Annotated[str | None, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")]
 VerifyFlag = Annotated[bool | None, typer.Option(help="Hash every bundle file before loading (--no-verify: sizes only).")]
+# The page budget of run, serve, bench and plan, named as llama.cpp's mtmd / llama-server flag.
+ImageMaxTokensFlag = Annotated[int | None, typer.Option(help="Most decoder rows (merged image tokens) an image or PDF "
+                                                        "page becomes; one row is (patch × merge)² pixels, 28×28 for "
+                                                        "EXAONE 4.5 (default: the bundle's max_pixels).")]
 
 
 def emit(result: Any, as_json: bool, text: str) -> None:
@@ -52,7 +56,7 @@ def inspect(
     from exaone_edge.inspect_model import inspect_checkpoint, render_text
 
     report = inspect_checkpoint(model_dir)
-    emit(report, json_output, render_text(report))
+    emit(report.to_dict(), json_output, render_text(report))
 
 
 @app.command("tiny-model")
@@ -84,6 +88,7 @@ def plan(
     vision_on: Annotated[str, typer.Option(help="Where the vision encoder runs: gpu or cpu (cpu = --vision-provider cpu).")] = "gpu",
     parallel: Annotated[int, typer.Option(help="Requests decoded together (serve --parallel); each holds a context.")] = 1,
     vision_precision: Annotated[str, typer.Option(help="Vision export precision for a checkpoint: fp32, fp16, int8 or int4 (a bundle's file is measured).")] = "fp16",
+    image_max_tokens: ImageMaxTokensFlag = None,
     device: DeviceFlag = "auto",
     gpu_layers: GpuLayersFlag = None,
     vision_provider: VisionProviderFlag = "auto",
@@ -100,6 +105,7 @@ def plan(
     result = make_plan(
         model, gpu=gpu, context=context, kv_type=kv_type, level=level, vision_on_gpu=vision_on == "gpu", parallel=parallel,
         device=device, gpu_layers=gpu_layers, vision_provider=vision_provider, vision_precision=vision_precision,
+        image_max_tokens=image_max_tokens,
     )
     emit(plan_dict(result), json_output, render_text(result))
 
@@ -122,6 +128,7 @@ def run(
     think: Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason first (reasoning shown dimmed on stderr, "
                                         "the answer on stdout); off: answer directly.")] = False,
     ctx: CtxFlag = None,
+    image_max_tokens: ImageMaxTokensFlag = None,
     device: DeviceFlag = "auto",
     gpu_layers: GpuLayersFlag = None,
     vision_provider: VisionProviderFlag = "auto",
@@ -144,8 +151,8 @@ def run(
     )
     chunks = ask(
         bundle, question, images=image or [], pdf=pdf, pages=pages, params=params, n_ctx=ctx,
-        device=device, n_gpu_layers=gpu_layers, vision_provider=vision_provider, n_threads=threads,
-        flash_attn=modes[flash_attn], kv_type=kv_type, verify=verify,
+        image_max_tokens=image_max_tokens, device=device, n_gpu_layers=gpu_layers, vision_provider=vision_provider,
+        n_threads=threads, flash_attn=modes[flash_attn], kv_type=kv_type, verify=verify,
         thinking=think,
     )
     if json_output:
@@ -204,6 +211,7 @@ def serve(
     thinking: Annotated[str | None, typer.Option(help="Default reasoning mode, on or off (off); a request's "
                                                  "chat_template_kwargs.enable_thinking overrides it.")] = None,
     ctx: CtxFlag = None,
+    image_max_tokens: ImageMaxTokensFlag = None,
     device: DeviceFlag = None,
     gpu_layers: GpuLayersFlag = None,
     vision_provider: VisionProviderFlag = None,
@@ -247,48 +255,20 @@ def quantize(
     json_output: JsonFlag = False,
 ) -> None:
     """Quantize the decoder: GGUF at 4/8 bits with a document-calibrated importance matrix, as a bundle."""
-    from exaone_edge.quantize.calibration import load_calibration
-    from exaone_edge.quantize.recipes import choose_recipe
-
     if format not in ("gguf", "gptq"):
         raise InputError(f"--format must be gguf or gptq, got '{format}'")
     if format == "gptq":
-        return _quantize_gptq(model_dir, out, bits or 4, group_size, calibration, overwrite, json_output)
-    chosen = choose_recipe(bits, recipe, imatrix)  # bad --bits/--recipe fail before any loading
-    calib = load_calibration(calibration) if chosen.uses_imatrix else None
-    from exaone_edge.quantize.pipeline import quantize_checkpoint
+        from exaone_edge.quantize.gptq import gptq_from_documents
 
-    try:
-        result = quantize_checkpoint(
-            model_dir, out, recipe=chosen.level, calibration=calib.calibration if calib else None,
-            evaluation=calib.evaluation if calib else None, calibration_hash=calib.content_hash if calib else None,
-            vision_dir=vision, work_dir=work_dir, keep_work=keep_work, overwrite=overwrite, threads=threads,
-            imatrix=imatrix, gpu_layers=gpu_layers,
-        )
-    except KeyboardInterrupt:
-        work = work_dir or out.parent / f".{out.name}.work"
-        sys.stderr.write(f"interrupted: {out} was not written; finished steps in {work} are reused by the next run\n")
-        raise
-    payload = {"bundle": str(result.bundle), "level": result.level, "bits_per_weight": result.bits_per_weight,
-               "decoder_bytes": result.decoder_bytes, "imatrix": str(result.imatrix) if result.imatrix else None,
-               "seconds": round(result.seconds, 2), "peak_rss_bytes": result.peak_rss_bytes,
-               "fidelity": result.fidelity, "reused": result.reused}
-    emit(payload, json_output, result.summary())
+        result = gptq_from_documents(model_dir, out, calibration, bits=bits or 4, group_size=group_size,
+                                     overwrite=overwrite)
+    else:
+        from exaone_edge.quantize.pipeline import quantize_gguf
 
-
-def _quantize_gptq(model_dir: Path, out: Path, bits: int, group_size: int, calibration: Path | None,
-                   overwrite: bool, json_output: bool) -> None:
-    from dataclasses import asdict
-
-    from exaone_edge.docs import documents_or_builtin
-    from exaone_edge.quantize.gptq import document_conversations, quantize_gptq
-
-    documents, _ = documents_or_builtin(calibration, builtin=8, seed=0)
-    calib, evals = documents.split(eval_fraction=0.25, seed=0)
-    result = quantize_gptq(model_dir, out, document_conversations(calib.documents),
-                           document_conversations(evals.documents), bits=bits, group_size=group_size,
-                           calibration_hash=documents.content_hash, overwrite=overwrite)
-    emit(asdict(result), json_output, f"{result.path}: GPTQ {result.bits}-bit, KL vs source {result.kl_mean:.3g}")
+        result = quantize_gguf(model_dir, out, bits=bits, recipe=recipe, calibration=calibration, imatrix=imatrix,
+                               vision_dir=vision, work_dir=work_dir, keep_work=keep_work, overwrite=overwrite,
+                               threads=threads, gpu_layers=gpu_layers)
+    emit(result.to_dict(), json_output, result.summary())
 
 
 @app.command()
@@ -302,15 +282,10 @@ def export(
     json_output: JsonFlag = False,
 ) -> None:
     """Export the vision encoder (tower + merger) to one ONNX graph for every page size, validated."""
-    from exaone_edge.export.vision import check_precision, document_pages, export_vision
+    from exaone_edge.export.vision import export_vision
 
-    check_precision(precision)  # a bad --precision fails before any loading
-    pages, source = document_pages(calibration) if precision == "int8" else (None, "")
-    result = export_vision(model_dir, out, precision=precision, calibration=pages, calibration_source=source,
-                           overwrite=overwrite)
-    payload = {"path": str(result.path), "precision": result.precision, "bytes": result.bytes_on_disk,
-               "seconds": round(result.seconds, 2), "validation": result.manifest.validation}
-    emit(payload, json_output, result.summary())
+    result = export_vision(model_dir, out, precision=precision, calibration=calibration, overwrite=overwrite)
+    emit(result.to_dict(), json_output, result.summary())
 
 
 @app.command()
@@ -353,12 +328,7 @@ def validate(
                      reference_cache=reference_cache, reference_dtype=reference_dtype)
     overrides = {"kl_mean_increase": kl_threshold} if kl_threshold is not None else None
     result = write_report(out, report, baseline, overrides, overwrite=overwrite)
-    lines = [f"{a['name']}: KL {((a.get('decoder') or {}).get('kl_mean'))}, ANLS {((a.get('task') or {}).get('anls'))}"
-             for a in report["artifacts"]]
-    lines.append(f"report: {result.directory / 'report.html'}")
-    if result.regressions:
-        lines += [f"REGRESSION {r}" for r in result.regressions]
-    emit(result.report, json_output, "\n".join(lines))
+    emit(result.to_dict(), json_output, result.summary())
     if result.regressions:
         raise typer.Exit(1)
 
@@ -378,6 +348,7 @@ def bench(
     parallel: Annotated[int, typer.Option(help="Server slots for the concurrency test.")] = 4,
     mtmd: Annotated[bool, typer.Option(help="Also time llama.cpp's mtmd vision path (builds it once; minutes).")] = False,
     save: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("bench.json"),
+    image_max_tokens: ImageMaxTokensFlag = None,
     device: DeviceFlag = "auto",
     gpu_layers: GpuLayersFlag = None,
     vision_provider: VisionProviderFlag = "auto",
@@ -391,7 +362,7 @@ def bench(
         raise InputError("--repeats must be >= 1, --prompt-tokens >= 8 and --decode-tokens >= 2")
     options = BenchOptions(model_dir=model_dir, repeats=repeats, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
                            page=page, parallel=parallel, mtmd=mtmd, device=device, gpu_layers=gpu_layers,
-                           vision_provider=vision_provider,
+                           vision_provider=vision_provider, image_max_tokens=image_max_tokens,
                            sections=tuple(s.strip() for s in only.split(",")) if only else SECTIONS,
                            **({"threads": threads} if threads else {}))
     report = run_bench(bundle, options)

@@ -2,7 +2,8 @@
 decompression bombs early. Used by `run`/`serve`, document sets and preprocessing alike.
 
 Pixel counts are checked from the file header before any pixel is decoded. PDF pages are rendered
-at the resolution the vision encoder will use anyway (its `max_pixels` budget), never more.
+at the resolution the vision encoder will use anyway (its `max_pixels` budget, lowered by
+`--image-max-tokens` where given), never more.
 """
 
 from __future__ import annotations

@@ -6,22 +6,25 @@ needed, so one can plan before downloading (pages then default to the released p
 follows llama.cpp's layout: global layers hold the whole context, sliding-window layers at most the
 window (padded as llama.cpp pads it), once per parallel sequence (`serve --parallel`: llama.cpp's
 non-unified cache gives each a full context). Compute buffers and the runtimes' CUDA overhead are
-allowances, labelled as such.
+allowances, labelled as such. The token-embedding table is host memory, not GPU memory: llama.cpp
+never offloads the input layer. Pages are sized by the preprocessor's max_pixels, or by
+`--image-max-tokens` as run/serve enforce it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from exaone_edge import bundle as bundle_format
 from exaone_edge.checkpoint import read_json
-from exaone_edge.errors import CheckpointError, InputError
-from exaone_edge.levels import LEVELS, estimated_bytes
+from exaone_edge.errors import ArtifactError, CheckpointError, InputError
+from exaone_edge.levels import LEVELS, embedding_bytes, estimated_bytes
 from exaone_edge.spec import DecoderSpec, ModelSpec, image_spec, model_spec
 from exaone_edge.vision.contract import FUSED_ATTENTION, PREPROCESSOR_FILE
+from exaone_edge.vision.preprocess import budget_max_pixels
 
 MIB = 2**20
 GIB = 2**30
@@ -65,8 +68,11 @@ class Plan:
     kv_type: str
     parallel: int  # sequences decoded together, each with its own `context` of KV cache
     level: str
-    components: dict[str, int]
-    total_bytes: int
+    components: dict[str, int]  # GPU memory
+    total_bytes: int  # GPU memory: the components and the headroom
+    host_components: dict[str, int]  # weights llama.cpp keeps in host memory even with every layer on the GPU
+    host_bytes: int
+    token_embedding_from: str  # "read from decoder.gguf", or the estimate: vocab × hidden at a ggml type
     fits: bool
     max_context: int  # largest context per sequence that fits at this level (0 if none)
     best_level: str | None  # best-quality level that fits the requested context
@@ -75,7 +81,8 @@ class Plan:
     decode_tokens_per_s_ceiling: float | None  # all `parallel` sequences together; None unless the decoder is all on the GPU
     weights_measured: bool  # decoder/vision sizes are real file sizes, not estimates
     max_pixels: int  # the largest page the vision activations are sized for
-    pixels_from: str  # where max_pixels came from: a preprocessor_config.json, or the released default
+    pixels_from: str  # where max_pixels came from: --image-max-tokens, preprocessor_config.json, the released default
+    image_max_tokens: int | None  # the page budget asked for (run/serve --image-max-tokens); None: the preprocessor's
     vision_attention_fused: bool  # full-attention blocks hold no [heads, patches, patches] score matrix
     vision_precision: str  # the export precision the vision weights are sized at ("measured": a bundle's file)
 
@@ -123,19 +130,42 @@ class _Source:
     spec: ModelSpec
     max_pixels: int
     pixels_from: str
+    min_pixels: int
+    token_side: int  # pixels a side of one image token (patch × merge)
     fused: bool
     decoder_params: int
     vision_params: int
     measured_level: str | None
     measured_decoder_bytes: int | None
     measured_vision_bytes: int | None
+    measured_embedding_bytes: int | None  # token_embd in decoder.gguf
 
 
-def _max_pixels(directory: Path) -> tuple[int, str]:
+def _pixels(directory: Path, spec: ModelSpec) -> tuple[int, int, int, str]:
+    """min_pixels, max_pixels, pixels a side of an image token, and where they came from."""
     path = directory / PREPROCESSOR_FILE
     if path.is_file():
-        return image_spec(read_json(path, "image processor config"), path).max_pixels, str(path)
-    return RELEASED_MAX_PIXELS, f"no {PREPROCESSOR_FILE}: the released default"
+        image = image_spec(read_json(path, "image processor config"), path)
+        return image.min_pixels, image.max_pixels, image.patch_size * image.merge_size, str(path)
+    side = spec.vision.patch_size * spec.vision.spatial_merge_size
+    # The released min_pixels is one token (28·28, exaone_edge/data/exaone45_33b_SOURCES.md); the budget's lower bound.
+    return side * side, RELEASED_MAX_PIXELS, side, f"no {PREPROCESSOR_FILE}: the released default"
+
+
+def _gguf_embedding_bytes(path: Path) -> int | None:
+    """token_embd's bytes in a GGUF file; None without the gguf package (the conversion extra), then estimated."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return None
+    try:
+        tensors = GGUFReader(str(path)).tensors
+    except (ValueError, OSError) as exc:
+        raise ArtifactError(f"not a readable GGUF file ({exc})", path=path, fix="Re-create the bundle.") from None
+    sizes = [int(tensor.n_bytes) for tensor in tensors if tensor.name == "token_embd.weight"]
+    if not sizes:
+        raise ArtifactError("the GGUF file has no token_embd.weight", path=path, fix="Re-create the bundle.")
+    return sizes[0]
 
 
 def _read_spec(directory: Path) -> ModelSpec:
@@ -153,7 +183,7 @@ def _load_source(path: Path) -> _Source:
         raise CheckpointError("not a directory" if path.exists() else "directory does not exist", path=path,
                               fix="Pass a checkpoint folder (config.json is enough) or a bundle.")
     spec = _read_spec(path)
-    max_pixels, pixels_from = _max_pixels(path)
+    min_pixels, max_pixels, token_side, pixels_from = _pixels(path, spec)
     params = spec.decoder.body_params + spec.decoder.embedding_params
     if (path / "manifest.json").is_file():
         from exaone_edge.manifest import read_manifest
@@ -166,13 +196,38 @@ def _load_source(path: Path) -> _Source:
         if (vision_dir / "manifest.json").is_file():
             fused = read_manifest(vision_dir, verify=False).details.get("attention") == FUSED_ATTENTION
         return _Source(
-            spec, max_pixels, pixels_from, fused, params, spec.vision.params,
+            spec, max_pixels, pixels_from, min_pixels, token_side, fused, params, spec.vision.params,
             manifest.details.get("decoder", {}).get("level"),
             decoder_file.stat().st_size if decoder_file.is_file() else None,
             vision_bytes or None,
+            _gguf_embedding_bytes(decoder_file) if decoder_file.is_file() else None,
         )
     # A checkpoint: planned as `exaone-edge export` writes its vision graph, full attention fused.
-    return _Source(spec, max_pixels, pixels_from, True, params, spec.vision.params, None, None, None)
+    return _Source(spec, max_pixels, pixels_from, min_pixels, token_side, True, params, spec.vision.params,
+                   None, None, None, None)
+
+
+def _page_budget(source: _Source, image_max_tokens: int | None) -> _Source:
+    """Pages of at most `image_max_tokens` rows, as run/serve --image-max-tokens enforce them."""
+    if image_max_tokens is None:
+        return source
+    side = source.token_side
+    max_pixels = budget_max_pixels(image_max_tokens, side, source.min_pixels, source.max_pixels)
+    if max_pixels < source.max_pixels:
+        pixels_from = (f"--image-max-tokens {image_max_tokens:,} × {side}×{side}; "
+                       f"{source.pixels_from} allows {source.max_pixels:,}")
+    else:
+        pixels_from = f"{source.pixels_from}; --image-max-tokens {image_max_tokens:,} allows more"
+    return replace(source, max_pixels=max_pixels, pixels_from=pixels_from)
+
+
+def _token_embedding(source: _Source, level: str) -> tuple[int, str]:
+    """token_embd's bytes at `level`, and where they came from (the bundle's GGUF, or an estimate)."""
+    if source.measured_level == level and source.measured_embedding_bytes is not None:
+        return source.measured_embedding_bytes, f"read from {bundle_format.DECODER_FILE}"
+    decoder = source.spec.decoder
+    estimate = f"estimated: {decoder.vocab_size:,} × {decoder.hidden_size:,} at {LEVELS[level].embedding_type}"
+    return embedding_bytes(decoder.vocab_size, decoder.hidden_size, level), estimate
 
 
 def _components(
@@ -183,6 +238,11 @@ def _components(
     decoder = source.spec.decoder
     measured = source.measured_level == level and source.measured_decoder_bytes is not None
     weights = source.measured_decoder_bytes if measured else estimated_bytes(source.decoder_params, level)
+    # llama.cpp keeps the input layer (token_embd) in host memory whatever -ngl says: src/llama-model.cpp,
+    # load_tensors, "assign the input layer ... always keep it on the CPU" (dev_input = the CPU's buffer list).
+    # A tied table is loaded a second time as the output layer, on the GPU: then all of the file is there.
+    if not decoder.tie_word_embeddings:
+        weights -= _token_embedding(source, level)[0]
     vision = source.measured_vision_bytes or source.vision_params * VISION_WEIGHT_BYTES[vision_precision]
     components = {
         "decoder_weights": int(weights * decoder_share),
@@ -201,10 +261,11 @@ def _total(components: dict[str, int], gpu: Gpu) -> int:
 
 def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: str = "f16",
          level: str | None = None, vision_on_gpu: bool | None = None, parallel: int = 1, *, device: str = "auto",
-         gpu_layers: int | None = None, vision_provider: str = "auto", vision_precision: str = "fp16") -> Plan:
-    """`device`, `gpu_layers`, `vision_provider` as for `run`/`serve`; the placement is what the runtime decides on
-    a GPU box set up as the README says (exaone_edge.device.predicted_placement). `vision_on_gpu=False` is
-    `vision_provider="cpu"`."""
+         gpu_layers: int | None = None, vision_provider: str = "auto", vision_precision: str = "fp16",
+         image_max_tokens: int | None = None) -> Plan:
+    """`device`, `gpu_layers`, `vision_provider`, `image_max_tokens` as for `run`/`serve`; the placement is what the
+    runtime decides on a GPU box set up as the README says (exaone_edge.device.predicted_placement).
+    `vision_on_gpu=False` is `vision_provider="cpu"`."""
     from exaone_edge.device import predicted_placement
 
     if vision_on_gpu is False:
@@ -218,7 +279,7 @@ def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: 
     if kv_type not in KV_BYTES_PER_ELEMENT:
         raise InputError(f"unknown KV cache type '{kv_type}'", fix=f"Use one of {', '.join(KV_BYTES_PER_ELEMENT)}.")
     card = parse_gpu(gpu)
-    source = _load_source(path)
+    source = _page_budget(_load_source(path), image_max_tokens)
     decoder = source.spec.decoder
     context = context or min(decoder.max_position_embeddings, 32768)
     if not 0 < context <= decoder.max_position_embeddings:
@@ -239,6 +300,8 @@ def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: 
 
     components, measured = _components(source, level, context, kv_type, vision_on_gpu, parallel, share, vision_precision)
     total = _total(components, card)
+    embedding, embedding_from = _token_embedding(source, level)
+    host = {"token_embedding": embedding}
     low, high = 0, decoder.max_position_embeddings
     while low < high:  # largest context that fits, to a multiple of 256
         mid = (low + high + 256) // 512 * 256
@@ -251,10 +314,12 @@ def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: 
     ceiling = parallel * card.bandwidth_gbs * 1e9 / bytes_per_step if card.bandwidth_gbs and share == 1.0 else None
     return Plan(
         gpu=card.name, gpu_bytes=card.memory_bytes, context=context, kv_type=kv_type, parallel=parallel, level=level,
-        components=components, total_bytes=total, fits=total <= card.memory_bytes, max_context=low,
+        components=components, total_bytes=total, host_components=host, host_bytes=sum(host.values()),
+        token_embedding_from=embedding_from, fits=total <= card.memory_bytes, max_context=low,
         best_level=best, vision_on_gpu=vision_on_gpu, placement=placement.as_dict(), decode_tokens_per_s_ceiling=ceiling,
         weights_measured=measured,
-        max_pixels=source.max_pixels, pixels_from=source.pixels_from, vision_attention_fused=source.fused,
+        max_pixels=source.max_pixels, pixels_from=source.pixels_from, image_max_tokens=image_max_tokens,
+        vision_attention_fused=source.fused,
         vision_precision="measured" if source.measured_vision_bytes else vision_precision,
     )
 
@@ -274,6 +339,9 @@ def render_text(result: Plan) -> str:
         lines.append(f"  {name:<24}{gib(size)}")
     lines.append(f"  {'headroom (5%)':<24}{gib(int(HEADROOM * result.gpu_bytes))}")
     lines.append(f"  {'total':<24}{gib(result.total_bytes)}  {'fits' if result.fits else 'DOES NOT FIT'}")
+    lines.append("host memory, not in the GPU total (llama.cpp keeps the input embedding on the CPU):")
+    for name, size in result.host_components.items():
+        lines.append(f"  {name:<24}{gib(size)}  ({result.token_embedding_from})")
     lines.append(f"largest context at {result.level}{slots}: {result.max_context or 'none'}")
     lines.append(f"best level for context {result.context}: {result.best_level or 'none fits'}")
     attention = "full attention fused" if result.vision_attention_fused else "full attention unfused (scores held)"

@@ -45,16 +45,19 @@ def ask(
     """Load the documents and the bundle, then stream the answer (`chunk.text`) and any reasoning (`chunk.reasoning`)."""
     from exaone_edge.bundle import load_bundle
     from exaone_edge.runtime.engine import Engine, EngineOptions
+    from exaone_edge.vision.preprocess import with_image_max_tokens
 
     if pages is not None and pdf is None:
         raise InputError("--pages needs --pdf")
     options = EngineOptions(**engine_options)
     bundle = load_bundle(bundle_dir, verify=options.verify)
+    # PDF pages render no larger than the encoder will take them (the Engine bounds images the same way).
+    max_pixels = with_image_max_tokens(bundle.image, options.image_max_tokens).max_pixels
     pictures = []
     for path in images:
-        pictures.extend(load_document(Path(path), max_pixels=bundle.image.max_pixels, limits=limits))
+        pictures.extend(load_document(Path(path), max_pixels=max_pixels, limits=limits))
     if pdf is not None:
-        pictures.extend(load_document(Path(pdf), pages, max_pixels=bundle.image.max_pixels, limits=limits))
+        pictures.extend(load_document(Path(pdf), pages, max_pixels=max_pixels, limits=limits))
     engine = Engine(bundle, options)
     try:
         params = params.thinking(thinking)

@@ -36,6 +36,8 @@ from exaone_edge.runtime.prompt import ChatFormat, Prompt, message_images
 from exaone_edge.runtime.scheduler import DecoderDied, Request, Scheduler
 from exaone_edge.runtime.textstream import Detokenizer, StopScanner
 from exaone_edge.runtime.vision_cache import VisionCache, image_key
+from exaone_edge.spec import ImageSpec
+from exaone_edge.vision.preprocess import with_image_max_tokens
 
 DEFAULT_CONTEXT = 8192
 
@@ -47,6 +49,9 @@ class _Cancelled(Exception):
 @dataclass(frozen=True)
 class EngineOptions:
     n_ctx: int | None = None  # per request; None: min(model maximum, 8192)
+    # Decoder rows (merged image tokens) an image or PDF page may become, as llama.cpp's --image-max-tokens;
+    # None: the bundle's preprocessor max_pixels. Bounds the vision encoder's activations, hence its GPU memory.
+    image_max_tokens: int | None = None
     parallel: int = 1  # generations decoded together; each holds its own n_ctx KV cache
     device: str = "auto"  # auto, cpu or cuda: where each part runs (exaone_edge/device.py decides)
     n_gpu_layers: int | None = None  # decoder layers on the GPU (-1 all, 0 none); None: all when the decoder may use it
@@ -79,9 +84,14 @@ class ImageEncoder(Protocol):
 
 class Engine:
     def __init__(self, bundle: Bundle, options: EngineOptions, vision: ImageEncoder | None = None) -> None:
-        """`vision` defaults to the bundle's ONNX encoder (`exaone_edge.vision.VisionEncoder`)."""
+        """`vision` defaults to the bundle's ONNX encoder (`exaone_edge.vision.VisionEncoder`), which resizes pages
+        to `self.image`; an encoder passed in does its own preprocessing."""
         self.bundle = bundle
         self.options = options
+        # Every image and rendered PDF page is bounded by this (a bad image_max_tokens fails before anything loads).
+        self.image: ImageSpec = with_image_max_tokens(bundle.image, options.image_max_tokens)
+        # Rows depend on the page budget as well as on the encoder and its preprocessing config.
+        self._preprocessing = f"{bundle.preprocessing_id}:max_pixels={self.image.max_pixels}"
         self.chat = ChatFormat.from_files(bundle.path, bundle.spec.image_token_id)
         placement = choose_placement(options.device, options.n_gpu_layers, options.vision_provider,
                                      has_vision=vision is None and bundle.has_vision)
@@ -95,7 +105,8 @@ class Engine:
                     f"the bundle has a vision encoder but exaone_edge.vision cannot be imported ({exc})",
                     fix="Install exaone-edge with the runtime extra: pip install 'exaone-edge[runtime]'.",
                 ) from None
-            vision = VisionEncoder(bundle.vision_dir, providers=list(self.placement.providers))
+            vision = VisionEncoder(bundle.vision_dir, providers=list(self.placement.providers),
+                                   image_max_tokens=options.image_max_tokens)
         self.vision = vision
         n_ctx = options.n_ctx or min(bundle.spec.decoder.max_position_embeddings, DEFAULT_CONTEXT)
         self.llama = LlamaContext(
@@ -146,6 +157,11 @@ class Engine:
     @property
     def parallel(self) -> int:
         return self.llama.n_seq
+
+    @property
+    def image_max_tokens(self) -> int:
+        """The most decoder rows one image or page becomes here (the effective --image-max-tokens)."""
+        return self.image.max_pixels // (self.image.patch_size * self.image.merge_size) ** 2
 
     def generate(
         self,
@@ -302,7 +318,7 @@ class Engine:
             if cancel is not None and cancel.is_set():
                 raise _Cancelled()
             image = to_rgb(image)
-            key = image_key(image, self.bundle.preprocessing_id)
+            key = image_key(image, self._preprocessing)
             rows = self.cache.get(key)
             if rows is None:
                 rows = np.asarray(self.vision.encode(image), dtype=np.float32)

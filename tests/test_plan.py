@@ -1,4 +1,5 @@
-"""The memory planner: KV layout as llama.cpp lays it out, GPU catalog, and clear errors."""
+"""The memory planner: KV layout as llama.cpp lays it out, the token embedding in host memory, page budgets,
+GPU catalog, and clear errors."""
 
 from __future__ import annotations
 
@@ -22,6 +23,22 @@ def config_33b(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("exaone45-33b")
     shutil.copy(DATA / "exaone45_33b_config.json", directory / "config.json")
     return directory
+
+
+def _write_gguf(path: Path, embedding: tuple[int, int] = (32, 16)) -> int:
+    """A small GGUF with a token_embd.weight of `embedding` (vocab, hidden) in F32 and one layer tensor;
+    returns token_embd's bytes."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), "exaone4")
+    writer.add_tensor("token_embd.weight", np.zeros(embedding, dtype=np.float32))
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((16, 16), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return embedding[0] * embedding[1] * 4
 
 
 def _with_preprocessor(config_33b: Path, tmp_path: Path, max_pixels: int) -> Path:
@@ -71,7 +88,7 @@ def test_a_bundle_says_whether_its_vision_graph_is_fused(config_33b, tmp_path):
     sizes = {}
     for fused in (True, False):
         bundle = _with_preprocessor(config_33b, tmp_path / str(fused), 1280 * 28 * 28)
-        (bundle / "decoder.gguf").write_bytes(b"\0" * 1024)
+        _write_gguf(bundle / "decoder.gguf")
         (bundle / "vision").mkdir()
         (bundle / "vision" / "vision.onnx").write_bytes(b"\0" * 2048)
         details = {"attention": "fused-full-attention"} if fused else {}
@@ -95,9 +112,46 @@ def test_kv_cache_follows_the_llama_cpp_layout(config_33b):
 
 
 def test_decoder_estimate_is_near_the_published_q4_k_m_file(config_33b):
+    """The file is the GPU's decoder weights plus the token embedding, which llama.cpp keeps in host memory."""
     result = plan(config_33b, gpu="a100-80", context=4096, level="Q4_K_M")
     published = 20.05e9  # the official EXAONE-4.5 Q4_K_M GGUF (NOTES.md)
-    assert abs(result.components["decoder_weights"] - published) / published < 0.10
+    file_bytes = result.components["decoder_weights"] + result.host_components["token_embedding"]
+    assert abs(file_bytes - published) / published < 0.10
+
+
+def test_the_token_embedding_is_host_memory(config_33b):
+    """llama.cpp never offloads the input layer (src/llama-model.cpp, load_tensors: dev_input is the CPU), so
+    token_embd leaves the GPU total. From config.json it is vocab × hidden at the level's token_embd type:
+    153,600 × 5,120 at Q4_K (4.5 bits) = 442,368,000 bytes for Q4_K_M, 8.5 bits (Q8_0) for Q8_0."""
+    from exaone_edge.levels import estimated_bytes
+    from exaone_edge.spec import model_spec
+
+    spec = model_spec(json.loads((config_33b / "config.json").read_text()), config_33b / "config.json")
+    result = plan(config_33b, gpu="rtx4090", context=16384, level="Q4_K_M")
+    assert result.host_components == {"token_embedding": 153_600 * 5_120 * 9 // 16} and result.host_bytes == 442_368_000
+    everything = estimated_bytes(spec.decoder.body_params + spec.decoder.embedding_params, "Q4_K_M")
+    assert result.components["decoder_weights"] == everything - 442_368_000
+    assert result.token_embedding_from == "estimated: 153,600 × 5,120 at Q4_K"
+    assert plan(config_33b, gpu="a100-80", context=4096, level="Q8_0").host_bytes == 153_600 * 5_120 * 17 // 16
+    text = run_cli("plan", str(config_33b), "--context", "16384", check=True).stdout
+    assert "host memory, not in the GPU total" in text and "token_embedding           0.41 GiB" in text
+    report = json.loads(run_cli("plan", str(config_33b), "--context", "16384", "--json", check=True).stdout)
+    assert report["host_components"] == {"token_embedding": 442_368_000}
+    assert "token_embedding" not in report["components"]
+
+
+def test_a_bundle_s_token_embedding_is_read_from_its_gguf(config_33b, tmp_path):
+    from exaone_edge.manifest import Manifest, write_manifest
+
+    bundle = _with_preprocessor(config_33b, tmp_path, 1280 * 28 * 28)
+    embedding = _write_gguf(bundle / "decoder.gguf", (40, 32))
+    write_manifest(bundle, Manifest(kind="bundle", details={"decoder": {"level": "Q4_K_M"}}))
+    result = plan(bundle, gpu="a100-80", context=8192)
+    assert result.host_components == {"token_embedding": embedding} == {"token_embedding": 40 * 32 * 4}
+    assert result.components["decoder_weights"] == (bundle / "decoder.gguf").stat().st_size - embedding
+    assert result.token_embedding_from == "read from decoder.gguf"
+    other_level = plan(bundle, gpu="a100-80", context=8192, level="Q8_0")  # not the file's level: estimated
+    assert other_level.token_embedding_from.startswith("estimated")
 
 
 def test_bigger_cards_fit_more(config_33b):
@@ -128,6 +182,7 @@ def test_cli_json_and_errors(config_33b):
         (["--kv-type", "f8"], "unknown KV cache type 'f8'"),
         (["--context", "999999999"], "outside 1..262144"),
         (["--level", "Q3_X"], "unknown level 'Q3_X'"),
+        (["--image-max-tokens", "0"], "--image-max-tokens 0 is outside the allowed range: at least 1"),
     ):
         result = run_cli("plan", str(config_33b), *args)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
@@ -146,14 +201,43 @@ def test_parallel_sequences_each_hold_a_context(config_33b):
 
 def test_the_33b_fits_one_24gb_card_with_vision_on_the_gpu(config_33b, tmp_path):
     """int4 vision weights (MatMulNBits), a q8_0 KV cache and 1,280-row pages leave room for Q4_K_M at 16K
-    on an RTX 4090; fp16 vision weights do not, and on the A10G's smaller usable memory plan picks Q4_K_S."""
+    on an RTX 4090 (22.60 GiB of 23.99, up to 58,880 tokens, with token_embd's 0.41 GiB in host memory);
+    fp16 vision weights do not (24.33 GiB), and on the A10G's smaller usable memory plan picks Q4_K_S
+    (Q4_K_M needs 22.53 GiB of 22.49)."""
     pages = _with_preprocessor(config_33b, tmp_path, 1280 * 28 * 28)
     int4 = plan(pages, gpu="rtx4090", context=16384, kv_type="q8_0", vision_precision="int4")
     fp16 = plan(pages, gpu="rtx4090", context=16384, kv_type="q8_0", vision_precision="fp16")
-    assert int4.fits and int4.vision_on_gpu and int4.best_level == "Q4_K_M" and int4.max_context >= 16384
+    assert int4.fits and int4.vision_on_gpu and int4.best_level == "Q4_K_M" and int4.max_context == 58880
+    assert round(int4.total_bytes / GIB, 2) == 22.60 and round(fp16.total_bytes / GIB, 2) == 24.33
     assert not fp16.fits
     assert fp16.components["vision_weights"] / int4.components["vision_weights"] == pytest.approx(2 / (4.5 / 8))
     a10g = plan(pages, gpu="a10g", context=16384, kv_type="q8_0", vision_precision="int4")
     assert not a10g.fits and a10g.best_level == "Q4_K_S"
     with pytest.raises(InputError, match="unknown vision precision"):
         plan(pages, vision_precision="int3")
+
+
+def test_image_max_tokens_sizes_the_page_like_a_preprocessor_config(config_33b, tmp_path):
+    """`plan --image-max-tokens 1280` on config.json alone gives the same numbers as a preprocessor_config.json
+    with max_pixels 1280·28·28: what run/serve enforce with the flag is what plan sizes."""
+    budget = plan(config_33b, gpu="rtx4090", context=16384, kv_type="q8_0", vision_precision="int4", image_max_tokens=1280)
+    written = plan(_with_preprocessor(config_33b, tmp_path, 1280 * 28 * 28), gpu="rtx4090", context=16384,
+                   kv_type="q8_0", vision_precision="int4")
+    assert budget.max_pixels == written.max_pixels == 1_003_520 and budget.image_max_tokens == 1280
+    assert budget.components == written.components and budget.total_bytes == written.total_bytes
+    assert (budget.max_context, budget.best_level, budget.fits) == (written.max_context, written.best_level, written.fits)
+    assert budget.pixels_from == ("--image-max-tokens 1,280 × 28×28; no preprocessor_config.json: the released default "
+                                  "allows 3,211,264")
+    larger = plan(config_33b, gpu="rtx4090", context=16384, image_max_tokens=9999)  # above the page limit: no change
+    assert larger.max_pixels == RELEASED_MAX_PIXELS and "--image-max-tokens 9,999 allows more" in larger.pixels_from
+    text = run_cli("plan", str(config_33b), "--context", "16384", "--image-max-tokens", "1280", check=True).stdout
+    assert "pages up to 1,003,520 pixels (--image-max-tokens 1,280 × 28×28;" in text
+    for bad in (0, -5):
+        with pytest.raises(InputError, match=r"--image-max-tokens -?\d+ is outside the allowed range: at least 1 "):
+            plan(config_33b, image_max_tokens=bad)
+    tight = _with_preprocessor(config_33b, tmp_path / "tight", 1280 * 28 * 28)  # min_pixels of 4 tokens
+    config = json.loads((tight / "preprocessor_config.json").read_text())
+    (tight / "preprocessor_config.json").write_text(json.dumps({**config, "min_pixels": 4 * 28 * 28}))
+    with pytest.raises(InputError, match="at least 4 "):
+        plan(tight, image_max_tokens=3)
+    assert plan(tight, image_max_tokens=4).max_pixels == 4 * 28 * 28

@@ -13,7 +13,7 @@ from exaone_edge.manifest import read_manifest
 from exaone_edge.spec import VisionSpec, image_spec, vision_spec
 from exaone_edge.vision.contract import GRAPH_FILE, INPUT_NAMES, KIND, OUTPUT_NAME, PREPROCESSOR_FILE
 from exaone_edge.vision.geometry import Grid, graph_inputs, rope_theta
-from exaone_edge.vision.preprocess import preprocess, rows_for
+from exaone_edge.vision.preprocess import preprocess, rows_for, with_image_max_tokens
 
 
 def session(path: Path, providers: list[str] | None = None, threads: int | None = None):
@@ -47,12 +47,14 @@ class VisionEncoder:
     """`encode(image)` → [rows, out_hidden] float32; one ONNX graph serves every page size."""
 
     def __init__(self, export_dir: Path | str, providers: list[str] | None = None, *, verify: bool = True,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, image_max_tokens: int | None = None) -> None:
+        """`image_max_tokens` lowers the page size to that many rows an image (None: the export's max_pixels)."""
         self.path = Path(export_dir)
         self.manifest = read_manifest(self.path, kind=KIND, verify=verify)
         self.vision, self.theta = _vision_spec(self.manifest.details.get("spec"), self.path / "manifest.json")
         preprocessor = self.path / PREPROCESSOR_FILE
-        self.image = image_spec(json.loads(preprocessor.read_text(encoding="utf-8")), preprocessor)
+        image = image_spec(json.loads(preprocessor.read_text(encoding="utf-8")), preprocessor)
+        self.image = with_image_max_tokens(image, image_max_tokens)  # a bad value fails before the session loads
         self.precision = self.manifest.details.get("precision", "fp32")
         self.session = session(self.path / GRAPH_FILE, providers, threads)
         self.providers = tuple(self.session.get_providers())  # what ONNX Runtime actually runs it on

@@ -6,6 +6,7 @@ Every step copies the reference's arithmetic (dtypes included), so the patches a
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -38,6 +39,29 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     return h_bar, w_bar
+
+
+def budget_max_pixels(image_max_tokens: int, factor: int, min_pixels: int, max_pixels: int) -> int:
+    """The page limit for `image_max_tokens` merged image tokens (decoder rows) a page, as llama.cpp's
+    `--image-max-tokens`: min(max_pixels, tokens × factor²), where factor = patch × merge (28 for EXAONE 4.5)."""
+    unit = factor * factor
+    fewest = max(1, -(-min_pixels // unit))  # below this, smart_resize's lower bound would exceed the upper one
+    if isinstance(image_max_tokens, bool) or not isinstance(image_max_tokens, int) or image_max_tokens < fewest:
+        raise InputError(
+            f"--image-max-tokens {image_max_tokens} is outside the allowed range: at least {fewest:,} "
+            f"(min_pixels {min_pixels:,} at {factor}×{factor} pixels a token)",
+            fix=f"Pass a whole number from {fewest:,} up; the model's own page limit is {max_pixels // unit:,} tokens "
+                f"(max_pixels {max_pixels:,}), and larger values change nothing.",
+        )
+    return min(max_pixels, image_max_tokens * unit)
+
+
+def with_image_max_tokens(spec: ImageSpec, image_max_tokens: int | None) -> ImageSpec:
+    """`spec` with its max_pixels lowered to `image_max_tokens` image tokens a page (None: unchanged)."""
+    if image_max_tokens is None:
+        return spec
+    factor = spec.patch_size * spec.merge_size
+    return replace(spec, max_pixels=budget_max_pixels(image_max_tokens, factor, spec.min_pixels, spec.max_pixels))
 
 
 def grid_for(image_size: tuple[int, int], spec: ImageSpec) -> tuple[int, int, int]:

@@ -126,9 +126,13 @@ async def health(request: Request) -> Response:
         status, body = error_body(failure)
         return JSONResponse({"status": "error", "model": state.model_id, **body}, status_code=status)
     placement = getattr(state.engine, "placement", None)
+    image = getattr(state.engine, "image", None)
     return JSONResponse(
         {"status": "ok", "model": state.model_id, "queue_depth": state.worker.waiting, "running": state.worker.running,
-         **({"placement": placement.as_dict()} if placement is not None else {})}
+         **({"placement": placement.as_dict()} if placement is not None else {}),
+         # The page budget in force, so an operator can check that --image-max-tokens took effect.
+         **({"image_max_tokens": state.engine.image_max_tokens, "image_max_pixels": image.max_pixels}
+            if image is not None else {})}
     )
 
 
@@ -158,7 +162,7 @@ async def chat_completions(request: Request) -> Response:
     ticket = state.worker.admit()
     admitted = time.perf_counter()
     try:
-        max_pixels = engine.bundle.image.max_pixels
+        max_pixels = engine.image.max_pixels  # the bundle's, or lower with --image-max-tokens
         if count_documents(body.messages):  # its own pool and deadline (408), so text-only requests never wait here
             messages = await state.preparation.run(engine_messages, body.messages, settings, max_pixels)
         else:

@@ -63,6 +63,9 @@ class ServerSettings(BaseModel):
     thinking: bool = False
     # Engine options (EngineOptions), passed through by `serve`.
     ctx: int | None = Field(None, ge=16)
+    # Decoder rows an image or PDF page may become (llama.cpp's --image-max-tokens); None: the bundle's max_pixels.
+    # Checked against the bundle's min_pixels when the engine loads.
+    image_max_tokens: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where each part runs (exaone_edge/device.py)
     gpu_layers: int | None = Field(None, ge=-1)  # decoder layers on the GPU; None: all when llama.cpp has a GPU backend
     vision_provider: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
@@ -116,7 +119,7 @@ class ServerSettings(BaseModel):
     def engine_options(self) -> dict[str, Any]:
         flash = {"auto": None, "on": True, "off": False}[self.flash_attn]
         return dict(
-            n_ctx=self.ctx, device=self.device, n_gpu_layers=self.gpu_layers, vision_provider=self.vision_provider,
+            n_ctx=self.ctx, image_max_tokens=self.image_max_tokens, device=self.device, n_gpu_layers=self.gpu_layers, vision_provider=self.vision_provider,
             n_threads=self.threads, flash_attn=flash,
             kv_type=self.kv_type, verify=self.verify, parallel=self.parallel,
         )
