@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from exaone_edge.cli_flags import EngineFlags, engine_flags
 from exaone_edge.errors import ExaoneEdgeError, InputError
 
 app = typer.Typer(
@@ -20,24 +21,7 @@ app = typer.Typer(
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-# Where each part runs, declared once for run, serve, validate, bench and plan (exaone_edge/device.py decides).
-DeviceFlag = Annotated[str | None, typer.Option(help="auto (the GPU for each part whose runtime has a GPU build), "
-                                                "cpu, or cuda (an error if a runtime lacks it).")]
-GpuLayersFlag = Annotated[int | None, typer.Option(help="Decoder layers on the GPU: -1 all, 0 none "
-                                                   "(default: all when llama.cpp has a GPU backend).")]
-VisionProviderFlag = Annotated[str | None, typer.Option(help="Vision encoder's ONNX Runtime provider: auto, cpu, "
-                                                        "cuda or tensorrt (used only when asked).")]
-# The other engine flags of run and serve (EngineOptions / ServerSettings), declared once; serve's defaults are None
-# so that EXAONE_EDGE_* variables can fill them.
-CtxFlag = Annotated[int | None, typer.Option("--ctx", help="Context length (default: min(model max, 8192)).")]
-ThreadsFlag = Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")]
-FlashAttnFlag = Annotated[str | None, typer.Option(help="Flash attention: auto, on or off.")]
-KvTypeFlag = Annotated[str | None, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")]
-VerifyFlag = Annotated[bool | None, typer.Option(help="Hash every bundle file before loading (--no-verify: sizes only).")]
-# The page budget of run, serve, bench and plan, named as llama.cpp's mtmd / llama-server flag.
-ImageMaxTokensFlag = Annotated[int | None, typer.Option(help="Most decoder rows (merged image tokens) an image or PDF "
-                                                        "page becomes; one row is (patch × merge)² pixels, 28×28 for "
-                                                        "EXAONE 4.5 (default: the bundle's max_pixels).")]
+PLACEMENT = ("image_max_tokens", "device", "gpu_layers", "vision_provider")  # where each part runs, page size
 
 
 def emit(result: Any, as_json: bool, text: str) -> None:
@@ -79,20 +63,17 @@ def tiny_model(
 
 
 @app.command()
+@engine_flags("kv_type", *PLACEMENT)
 def plan(
     model: Annotated[Path, typer.Argument(help="Checkpoint directory (config.json alone is enough) or bundle.")],
     gpu: Annotated[str, typer.Option(help="rtx4090, a10g, a100-40, a100-80, or a size such as 48GiB.")] = "rtx4090",
     context: Annotated[int | None, typer.Option(help="Context length in tokens (default: min(model max, 32768)).")] = None,
-    kv_type: Annotated[str, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = "f16",
     level: Annotated[str | None, typer.Option(help="Decoder level (default: the bundle's, else Q4_K_M).")] = None,
     vision_on: Annotated[str, typer.Option(help="Where the vision encoder runs: gpu or cpu (cpu = --vision-provider cpu).")] = "gpu",
     parallel: Annotated[int, typer.Option(help="Requests decoded together (serve --parallel); each holds a context.")] = 1,
     vision_precision: Annotated[str, typer.Option(help="Vision export precision for a checkpoint: fp32, fp16, int8 or int4 (a bundle's file is measured).")] = "fp16",
-    image_max_tokens: ImageMaxTokensFlag = None,
-    device: DeviceFlag = "auto",
-    gpu_layers: GpuLayersFlag = None,
-    vision_provider: VisionProviderFlag = "auto",
     json_output: JsonFlag = False,
+    engine: EngineFlags = EngineFlags(),
 ) -> None:
     """Predict GPU memory for a deployment and find the largest context and best level that fit.
 
@@ -103,15 +84,16 @@ def plan(
     if vision_on not in ("gpu", "cpu"):
         raise InputError(f"--vision-on must be gpu or cpu, got '{vision_on}'")
     result = make_plan(
-        model, gpu=gpu, context=context, kv_type=kv_type, level=level, vision_on_gpu=vision_on == "gpu", parallel=parallel,
-        device=device, gpu_layers=gpu_layers, vision_provider=vision_provider, vision_precision=vision_precision,
-        image_max_tokens=image_max_tokens,
+        model, gpu=gpu, context=context, kv_type=engine.kv_type, level=level, vision_on_gpu=vision_on == "gpu",
+        parallel=parallel, device=engine.device, gpu_layers=engine.gpu_layers, vision_provider=engine.vision_provider,
+        vision_precision=vision_precision, image_max_tokens=engine.image_max_tokens,
     )
     emit(plan_dict(result), json_output, render_text(result))
 
 
 
 @app.command()
+@engine_flags("ctx", *PLACEMENT, "threads", "flash_attn", "kv_type", "verify")
 def run(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `exaone-edge quantize`.")],
     question: Annotated[str, typer.Argument(help="The question about the document.")],
@@ -127,33 +109,22 @@ def run(
     stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop when this text appears; repeatable.")] = None,
     think: Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason first (reasoning shown dimmed on stderr, "
                                         "the answer on stdout); off: answer directly.")] = False,
-    ctx: CtxFlag = None,
-    image_max_tokens: ImageMaxTokensFlag = None,
-    device: DeviceFlag = "auto",
-    gpu_layers: GpuLayersFlag = None,
-    vision_provider: VisionProviderFlag = "auto",
-    threads: ThreadsFlag = None,
-    flash_attn: FlashAttnFlag = "auto",
-    kv_type: KvTypeFlag = "f16",
-    verify: VerifyFlag = True,
     json_output: JsonFlag = False,
+    engine: EngineFlags = EngineFlags(),
 ) -> None:
     """Ask a question about images or PDF pages; the answer streams to stdout, timings go to stderr."""
     from exaone_edge.runtime.ask import ask, result_dict, stats_line
     from exaone_edge.runtime.generation import GenerationParams, collect
 
-    modes = {"auto": None, "on": True, "off": False}
-    if flash_attn not in modes:
-        raise InputError(f"--flash-attn must be auto, on or off, got '{flash_attn}'")
     params = GenerationParams(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
         stop=tuple(stop or ()),
     )
     chunks = ask(
-        bundle, question, images=image or [], pdf=pdf, pages=pages, params=params, n_ctx=ctx,
-        image_max_tokens=image_max_tokens, device=device, n_gpu_layers=gpu_layers, vision_provider=vision_provider,
-        n_threads=threads, flash_attn=modes[flash_attn], kv_type=kv_type, verify=verify,
-        thinking=think,
+        bundle, question, images=image or [], pdf=pdf, pages=pages, params=params, n_ctx=engine.ctx,
+        image_max_tokens=engine.image_max_tokens, device=engine.device, n_gpu_layers=engine.gpu_layers,
+        vision_provider=engine.vision_provider, n_threads=engine.threads, flash_attn=engine.flash_attn_mode,
+        kv_type=engine.kv_type, verify=engine.verify, thinking=think,
     )
     if json_output:
         emit(result_dict(collect(chunks)), True, "")
@@ -185,6 +156,7 @@ def run(
 
 
 @app.command()
+@engine_flags("ctx", *PLACEMENT, "threads", "flash_attn", "kv_type", "verify", unset=True)
 def serve(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `exaone-edge quantize`.")],
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
@@ -210,21 +182,14 @@ def serve(
     default_max_tokens: Annotated[int | None, typer.Option(help="max_tokens when a request gives none (512).")] = None,
     thinking: Annotated[str | None, typer.Option(help="Default reasoning mode, on or off (off); a request's "
                                                  "chat_template_kwargs.enable_thinking overrides it.")] = None,
-    ctx: CtxFlag = None,
-    image_max_tokens: ImageMaxTokensFlag = None,
-    device: DeviceFlag = None,
-    gpu_layers: GpuLayersFlag = None,
-    vision_provider: VisionProviderFlag = None,
-    threads: ThreadsFlag = None,
-    flash_attn: FlashAttnFlag = None,
-    kv_type: KvTypeFlag = None,
-    verify: VerifyFlag = None,
+    engine: EngineFlags = EngineFlags(),
 ) -> None:
     """OpenAI-compatible server (/v1/chat/completions, /v1/models, /health, /metrics); loopback by default.
 
     Every flag can also come from EXAONE_EDGE_<FLAG> (e.g. EXAONE_EDGE_MAX_QUEUE=4); flags win.
     """
-    flags = {name: value for name, value in locals().items() if name != "bundle"}  # flag name = setting name
+    # flag name = setting name
+    flags = {name: value for name, value in locals().items() if name not in ("bundle", "engine")} | engine.to_dict()
     flags["allow_dir"] = tuple(allow_dir) if allow_dir else None
     if thinking is not None and thinking not in ("on", "off"):
         raise InputError(f"--thinking must be on or off, got '{thinking}'")
@@ -289,6 +254,7 @@ def export(
 
 
 @app.command()
+@engine_flags("device", "gpu_layers", "vision_provider")
 def validate(
     artifacts: Annotated[list[Path], typer.Argument(help="Bundles, GPTQ checkpoints or vision exports.")],
     reference: Annotated[Path, typer.Option(help="The original Hugging Face checkpoint.")],
@@ -307,10 +273,8 @@ def validate(
                                         "</think>) or off (default, as run and serve answer).")] = False,
     answer_tokens: Annotated[int | None, typer.Option(help="Token budget per answer (default: 24 without thinking, "
                                                       "1024 with it; each token is a pass of the reference).")] = None,
-    device: DeviceFlag = "auto",
-    gpu_layers: GpuLayersFlag = None,
-    vision_provider: VisionProviderFlag = "auto",
     json_output: JsonFlag = False,
+    engine: EngineFlags = EngineFlags(),
 ) -> None:
     """Accuracy-regression report per artifact: vision/decoder fidelity, document-QA accuracy, speed, memory."""
     from exaone_edge.validate.collect import ValidateOptions, validate as collect
@@ -322,8 +286,8 @@ def validate(
     if answer_tokens is not None and answer_tokens < 1:
         raise InputError(f"--answer-tokens must be at least 1, got {answer_tokens}")
     options = ValidateOptions(max_questions=max_questions, measure_speed=not no_speed, thinking=think,
-                              max_new_tokens=answer_tokens, device=device, gpu_layers=gpu_layers,
-                              vision_provider=vision_provider)
+                              max_new_tokens=answer_tokens, device=engine.device, gpu_layers=engine.gpu_layers,
+                              vision_provider=engine.vision_provider)
     report = collect(reference, artifacts, eval_set, options,
                      reference_cache=reference_cache, reference_dtype=reference_dtype)
     overrides = {"kl_mean_increase": kl_threshold} if kl_threshold is not None else None
@@ -334,6 +298,7 @@ def validate(
 
 
 @app.command()
+@engine_flags(*PLACEMENT)
 def bench(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `exaone-edge quantize`.")],
     model_dir: Annotated[Path | None, typer.Option(help="The checkpoint the bundle was made from "
@@ -348,11 +313,8 @@ def bench(
     parallel: Annotated[int, typer.Option(help="Server slots for the concurrency test.")] = 4,
     mtmd: Annotated[bool, typer.Option(help="Also time llama.cpp's mtmd vision path (builds it once; minutes).")] = False,
     save: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("bench.json"),
-    image_max_tokens: ImageMaxTokensFlag = None,
-    device: DeviceFlag = "auto",
-    gpu_layers: GpuLayersFlag = None,
-    vision_provider: VisionProviderFlag = "auto",
     json_output: JsonFlag = False,
+    engine: EngineFlags = EngineFlags(),
 ) -> None:
     """Speed and memory as ratios against llama-cpp-python, transformers, the memory bandwidth and a copy."""
     from exaone_edge.benchmarks.suite import SECTIONS, BenchOptions, render_table, run_bench
@@ -361,8 +323,8 @@ def bench(
     if repeats < 1 or prompt_tokens < 8 or decode_tokens < 2:
         raise InputError("--repeats must be >= 1, --prompt-tokens >= 8 and --decode-tokens >= 2")
     options = BenchOptions(model_dir=model_dir, repeats=repeats, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
-                           page=page, parallel=parallel, mtmd=mtmd, device=device, gpu_layers=gpu_layers,
-                           vision_provider=vision_provider, image_max_tokens=image_max_tokens,
+                           page=page, parallel=parallel, mtmd=mtmd, device=engine.device, gpu_layers=engine.gpu_layers,
+                           vision_provider=engine.vision_provider, image_max_tokens=engine.image_max_tokens,
                            sections=tuple(s.strip() for s in only.split(",")) if only else SECTIONS,
                            **({"threads": threads} if threads else {}))
     report = run_bench(bundle, options)

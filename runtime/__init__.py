@@ -1,11 +1,10 @@
 """The deployment runtime: bundle loading, prompt assembly, ONNX vision + llama.cpp decoding. Never imports torch."""
 
-from exaone_edge.errors import ImageRejected
+from exaone_edge.errors import ImageRejected, PromptTooLong
 from exaone_edge.runtime.generation import (
     Chunk,
     GenerationParams,
     GenerationResult,
-    PromptTooLong,
     Timings,
     Usage,
     collect,

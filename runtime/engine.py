@@ -28,10 +28,10 @@ from PIL import Image
 
 from exaone_edge.bundle import Bundle, load_bundle
 from exaone_edge.device import choose_placement
-from exaone_edge.errors import ArtifactError, ImageRejected, InputError, MissingDependency
+from exaone_edge.errors import ArtifactError, ImageRejected, InputError, MissingDependency, PromptTooLong
 from exaone_edge.images import to_rgb
 from exaone_edge.llama_context import EmbeddingSegment, LlamaContext, LlamaOptions, Segment, TextSegment
-from exaone_edge.runtime.generation import Chunk, GenerationParams, PromptTooLong, Timings, Usage
+from exaone_edge.runtime.generation import Chunk, GenerationParams, Timings, Usage
 from exaone_edge.runtime.prompt import ChatFormat, Prompt, message_images
 from exaone_edge.runtime.scheduler import DecoderDied, Request, Scheduler
 from exaone_edge.runtime.textstream import Detokenizer, StopScanner

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from exaone_edge.errors import InputError, PromptTooLong  # noqa: F401  (PromptTooLong: part of the engine's contract)
+from exaone_edge.errors import InputError
 
 
 @dataclass(frozen=True)
