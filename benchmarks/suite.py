@@ -55,6 +55,11 @@ class Target:
     def met(self, ratio: float) -> bool:
         return (self.at_least is None or ratio >= self.at_least) and (self.at_most is None or ratio <= self.at_most)
 
+    def describe(self) -> str:
+        """'≥ 0.97', '≤ 0.2'."""
+        return " ".join(f"{sign} {bound:g}" for bound, sign in ((self.at_least, "≥"), (self.at_most, "≤"))
+                        if bound is not None)
+
 
 def at_least(bound: float) -> Target:
     return Target(at_least=bound)
@@ -62,14 +67,6 @@ def at_least(bound: float) -> Target:
 
 def at_most(bound: float) -> Target:
     return Target(at_most=bound)
-
-
-def describe_target(target: dict[str, float | None] | None) -> str:
-    """'≥ 0.97' / '≤ 0.2' / '' for a Target as stored in bench.json."""
-    if not target:
-        return ""
-    return " ".join(f"{sign} {target[key]:g}" for key, sign in (("at_least", "≥"), ("at_most", "≤"))
-                    if target.get(key) is not None)
 
 
 @dataclass(frozen=True)
@@ -90,7 +87,24 @@ def result(name: str, ours: float, baseline: float, unit: str, ratio: float, tar
     return Result(name, round(ours, 4), round(baseline, 4), unit, round(ratio, 4), target, met, note)
 
 
-def run_bench(bundle_dir: Path, options: BenchOptions) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BenchReport:
+    bundle: Path
+    decoder_level: str
+    options: BenchOptions
+    machine: dict[str, Any]  # exaone_edge.machine.describe_machine()
+    placement: dict[str, Any]  # where each part ran
+    results: list[Result]
+
+    def to_dict(self) -> dict[str, Any]:
+        """bench.json."""
+        return {"bundle": str(self.bundle), "decoder_level": self.decoder_level,
+                "model_dir": str(self.options.model_dir) if self.options.model_dir else None,
+                "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.options).items()},
+                "machine": self.machine, "placement": self.placement, "results": [asdict(r) for r in self.results]}
+
+
+def run_bench(bundle_dir: Path, options: BenchOptions) -> BenchReport:
     from exaone_edge.benchmarks.machine import read_bandwidth
     from exaone_edge.machine import describe_machine
     from exaone_edge.bundle import load_bundle
@@ -130,15 +144,7 @@ def run_bench(bundle_dir: Path, options: BenchOptions) -> dict[str, Any]:
     if "conversion" in options.sections:
         log("bench: checkpoint → GGUF conversion vs a plain copy")
         results += _conversion(options)
-    return {
-        "bundle": str(bundle_dir),
-        "decoder_level": level,
-        "model_dir": str(options.model_dir) if options.model_dir else None,
-        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
-        "machine": describe_machine(),
-        "placement": placement,
-        "results": [asdict(r) for r in results],
-    }
+    return BenchReport(Path(bundle_dir), level, options, describe_machine(), placement, results)
 
 
 def _transformers_model(options: BenchOptions):
@@ -268,22 +274,22 @@ def bench_page(path: Path | None) -> Image.Image:
     return rasterize(generated.pages[0], Scan(dpi=100))
 
 
-def render_table(report: dict[str, Any]) -> str:
+def render_table(report: BenchReport) -> str:
     """The results as a text table (rich), with the machine on top."""
     from io import StringIO
 
     from rich.console import Console
     from rich.table import Table
 
-    machine = report["machine"]
-    table = Table(title=f"exaone-edge bench: {report['bundle']} ({report['decoder_level']})", title_justify="left")
+    machine = report.machine
+    table = Table(title=f"exaone-edge bench: {report.bundle} ({report.decoder_level})", title_justify="left")
     for column, justify in (("comparison", "left"), ("ours", "right"), ("baseline", "right"), ("unit", "left"),
                             ("ratio", "right"), ("target", "left"), ("", "left"), ("note", "left")):
         table.add_column(column, justify=justify)
-    for r in report["results"]:
-        verdict = {True: "✓", False: "✗", None: ""}[r["met"]]
-        table.add_row(r["name"], f"{r['ours']:.4g}", f"{r['baseline']:.4g}", r["unit"], f"{r['ratio']:.3g}",
-                      describe_target(r["target"]), verdict, r["note"])
+    for r in report.results:
+        verdict = {True: "✓", False: "✗", None: ""}[r.met]
+        table.add_row(r.name, f"{r.ours:.4g}", f"{r.baseline:.4g}", r.unit, f"{r.ratio:.3g}",
+                      r.target.describe() if r.target else "", verdict, r.note)
     buffer = StringIO()
     console = Console(file=buffer, width=200, force_terminal=False)
     console.print(f"machine: {machine['cpu']}, {machine['usable_cpus']} cores, "

@@ -216,7 +216,7 @@ def quantize(
     group_size: Annotated[int, typer.Option(help="GPTQ group size (-1: per channel).")] = 128,
     imatrix: Annotated[bool, typer.Option(help="Calibrate 4/5/6-bit levels with the document importance matrix.")] = True,
     gpu_layers: Annotated[int | None, typer.Option(help="F16 decoder layers on the GPU for the imatrix and KL steps: "
-                                                   "-1 all, 0 none (default: all when llama.cpp has a GPU backend).")] = None,
+                                                   "-1 all, 0 none (default: as many as fit the GPU's free memory).")] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Quantize the decoder: GGUF at 4/8 bits with a document-calibrated importance matrix, as a bundle."""
@@ -328,8 +328,8 @@ def bench(
                            sections=tuple(s.strip() for s in only.split(",")) if only else SECTIONS,
                            **({"threads": threads} if threads else {}))
     report = run_bench(bundle, options)
-    write_json(save, report)
-    emit(report, json_output, render_table(report) + f"\nsaved {save}")
+    write_json(save, report.to_dict())
+    emit(report.to_dict(), json_output, render_table(report) + f"\nsaved {save}")
 
 
 docs_app = typer.Typer(help="Document sets for calibration and evaluation.", no_args_is_help=True)

@@ -16,6 +16,7 @@ from exaone_edge.errors import ArtifactError, InputError, MissingDependency
 
 KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
 ALL_LAYERS = -1  # n_gpu_layers: llama.h reads a negative value as "every layer, output included"
+_DEVICE_TYPE_GPU = 1  # enum ggml_backend_dev_type (ggml-backend.h): CPU, GPU, IGPU, ACCEL
 _lock = threading.Lock()
 _backend_ready = False
 _log_callback = None  # kept alive: llama.cpp holds the pointer
@@ -53,6 +54,28 @@ def supports_gpu_offload() -> bool:
         return False
     init_backend()
     return bool(lib.llama_supports_gpu_offload())
+
+
+def gpu_memory() -> tuple[int, int] | None:
+    """(free, total) bytes of the first GPU this llama.cpp build can use; None without one."""
+    if not supports_gpu_offload():
+        return None
+    from llama_cpp._ggml import libggml
+
+    libggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+    libggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    libggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+    libggml.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    libggml.ggml_backend_dev_type.restype = ctypes.c_int
+    libggml.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                                ctypes.POINTER(ctypes.c_size_t)]
+    for index in range(libggml.ggml_backend_dev_count()):
+        device = libggml.ggml_backend_dev_get(index)
+        if libggml.ggml_backend_dev_type(device) == _DEVICE_TYPE_GPU:
+            free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+            libggml.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(total))
+            return free.value, total.value
+    return None
 
 
 def open_models() -> list[Path]:

@@ -187,14 +187,14 @@ def collect_imatrix(gguf_path: Path, prompts: list[list], datasets: list[str], t
                     gpu_layers: int | None = None) -> Imatrix:
     """Decode every calibration prompt (logits on at all positions, so the last layers see every row).
 
-    `gpu_layers`: decoder layers on the GPU (None: all when llama.cpp has a GPU backend, else none); activations
+    `gpu_layers`: decoder layers on the GPU (None: as many as fit its free memory; none without a GPU); activations
     of offloaded matmuls are copied back to the host by the collector."""
     from exaone_edge.llama_context import LlamaContext
     from exaone_edge.progress import track
     from exaone_edge.quantize.llama_eval import context_for
 
     collector = ImatrixCollector()
-    options, _ = context_for(prompts, gpu_layers, threads)
+    options, _ = context_for(gguf_path, prompts, gpu_layers, threads)
     with LlamaContext(gguf_path, options, cb_eval=collector) as llama:
         for prompt in track(prompts, "imatrix: calibration prompts", total=len(prompts)):
             llama.evaluate(prompt)  # Ctrl-C is held until llama_decode returns (see exaone_edge.llama_context)

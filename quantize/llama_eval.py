@@ -17,25 +17,70 @@ from pathlib import Path
 import numpy as np
 
 from exaone_edge.errors import ArtifactError
-from exaone_edge.llama import ALL_LAYERS, supports_gpu_offload
+from exaone_edge.llama import ALL_LAYERS, gpu_memory
 from exaone_edge.llama_context import LlamaContext, reference_options
+from exaone_edge.progress import log
 
 # Reference logits kept per pass. EXAONE 4.5's 153,600-token vocabulary makes a position 0.6 MB, so this holds
 # about 27,000 positions; more prompts than that take several passes, each reopening both models (reading the
 # F16 GGUF again costs far less than decoding it).
 SCRATCH_BYTES = 16 * 2**30
+# GPU memory kept free beside the offloaded layers: CUDA context and cuBLAS workspace, and the compute buffer, whose
+# [512 × 153,600] float32 logits alone are 0.3 GB.
+GPU_RESERVE = 1536 * 2**20
 
 
-def default_gpu_layers() -> int:
-    """`--gpu-layers` default for imatrix and KL: every layer when llama.cpp has a GPU backend, else none."""
-    return ALL_LAYERS if supports_gpu_offload() else 0
+def layers_that_fit(gguf_path: Path, free_bytes: int, n_ctx: int) -> int:
+    """How many of the model's decoder layers fit in `free_bytes` of GPU memory beside GPU_RESERVE: each takes its
+    weights and its f32 KV cache for `n_ctx` positions. llama.cpp offloads the last layers first; ALL_LAYERS when
+    every layer and the output layer fit (the F16 33B is 65 GB: on a 24 GB card about a third of it)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf_path))
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+
+    def number(key: str) -> int:
+        return int(reader.fields[f"{arch}.{key}"].parts[-1][0])
+
+    kv_heads, heads = number("attention.head_count_kv"), number("attention.head_count")
+    head_dim = number("attention.key_length") if f"{arch}.attention.key_length" in reader.fields else \
+        number("embedding_length") // heads
+    kv_per_layer = n_ctx * 2 * kv_heads * head_dim * 4
+    layers: dict[int, int] = {}
+    output = 0
+    for tensor in reader.tensors:
+        if tensor.name.startswith("blk."):
+            index = int(tensor.name.split(".")[1])
+            layers[index] = layers.get(index, 0) + int(tensor.n_bytes)
+        elif tensor.name.startswith("output"):
+            output += int(tensor.n_bytes)
+    room = free_bytes - GPU_RESERVE
+    count = 0
+    for index in sorted(layers, reverse=True):
+        room -= layers[index] + kv_per_layer
+        if room < 0:
+            return count
+        count += 1
+    return ALL_LAYERS if room >= output else count
 
 
-def context_for(prompts: Sequence[Sequence], gpu_layers: int | None = None, threads: int | None = None):
+def default_gpu_layers(gguf_path: Path, n_ctx: int) -> int:
+    """`--gpu-layers` default for imatrix and KL: as many layers as fit the GPU's free memory; none without a GPU."""
+    memory = gpu_memory()
+    if memory is None:
+        return 0
+    layers = layers_that_fit(gguf_path, memory[0], n_ctx)
+    log(f"llama.cpp: {'every' if layers == ALL_LAYERS else layers} decoder layer(s) of {gguf_path.name} on the GPU "
+        f"({memory[0] / 2**30:.1f} GiB free; --gpu-layers to choose)")
+    return layers
+
+
+def context_for(gguf_path: Path, prompts: Sequence[Sequence], gpu_layers: int | None = None,
+                threads: int | None = None):
     """(options, lengths): a reference context that holds the longest prompt (a multiple of 256 positions)."""
     lengths = [sum(len(segment) for segment in prompt) for prompt in prompts]
     n_ctx = (max(lengths) + 255) // 256 * 256
-    layers = default_gpu_layers() if gpu_layers is None else gpu_layers
+    layers = default_gpu_layers(Path(gguf_path), n_ctx) if gpu_layers is None else gpu_layers
     return reference_options(n_ctx, n_gpu_layers=layers, n_threads=threads), lengths
 
 
@@ -50,7 +95,7 @@ def compare_decoders(reference: Path, candidate: Path, prompts: Sequence[Sequenc
                      scratch_bytes: int = SCRATCH_BYTES) -> Comparison:
     """KL and top-1 agreement at every position of `prompts`, in passes whose reference logits fit `scratch_bytes`
     (each pass opens the reference, then the candidate; one pass unless the prompts are many)."""
-    options, lengths = context_for(prompts, gpu_layers, threads)
+    options, lengths = context_for(reference, prompts, gpu_layers, threads)
     firsts = np.cumsum([0, *lengths])
     kls: list[np.ndarray] = []
     agree: list[np.ndarray] = []

@@ -116,7 +116,7 @@ def quantize_checkpoint(
     overwrite: bool = False,
     threads: int | None = None,
     imatrix: bool = True,
-    gpu_layers: int | None = None,  # decoder layers on the GPU for imatrix and KL; None: all if llama.cpp has a GPU backend
+    gpu_layers: int | None = None,  # decoder layers on the GPU for imatrix and KL; None: as many as fit
 ) -> QuantizeResult:
     require("gguf", "quantize")
     require("llama_cpp", "quantize")

@@ -13,7 +13,7 @@ import math
 import pytest
 
 from conftest import run_cli
-from exaone_edge.benchmarks.suite import Target, at_least, at_most, describe_target, result
+from exaone_edge.benchmarks.suite import Target, at_least, at_most, result
 from runtime_bundle_fixture import build_tiny_bundle
 
 EXPECTED = (
@@ -66,7 +66,7 @@ def test_targets_are_numbers_checked_against_the_ratio():
     assert at_least(0.97).met(0.98) and not at_least(0.97).met(0.96)
     assert at_most(0.2).met(0.1) and not at_most(0.2).met(0.3)
     assert result("x", 1, 2, "s", 0.5).met is None
-    assert describe_target({"at_least": 0.97, "at_most": None}) == "≥ 0.97" and describe_target(None) == ""
+    assert at_least(0.97).describe() == "≥ 0.97" and Target(0.5, 2).describe() == "≥ 0.5 ≤ 2"
 
 
 @pytest.mark.parametrize("args, message", [

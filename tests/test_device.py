@@ -84,9 +84,38 @@ def test_no_vision_never_asks_onnxruntime(monkeypatch):
 def test_the_queries_are_what_is_simulated(gpu_box):
     assert device.onnxruntime_providers() == WITH_CUDA and device.llama_gpu_offload()
     assert choose_placement() == Placement("cuda", -1)
-    from exaone_edge.quantize.llama_eval import default_gpu_layers
 
-    assert default_gpu_layers() == -1  # imatrix and KL: every layer when a GPU backend exists
+
+def test_imatrix_and_kl_offload_as_many_layers_as_fit(tiny_model_dir, tmp_path, monkeypatch):
+    """The F16 33B (65 GB) does not fit a 24 GB card: the default offloads the layers that fit its free memory."""
+    from gguf import GGUFReader
+
+    from exaone_edge.quantize import llama_eval
+    from gguf_fixtures import converted
+
+    f16 = converted(tiny_model_dir, "F16", tmp_path)
+    sizes: dict[int, int] = {}
+    output = 0
+    for tensor in GGUFReader(str(f16)).tensors:
+        if tensor.name.startswith("blk."):
+            sizes[int(tensor.name.split(".")[1])] = sizes.get(int(tensor.name.split(".")[1]), 0) + int(tensor.n_bytes)
+        elif tensor.name.startswith("output"):
+            output += int(tensor.n_bytes)
+    layer = max(sizes.values())
+    assert len(set(sizes.values())) == 1 and len(sizes) == 64  # the tiny model's layers are alike
+    config = json.loads((tiny_model_dir / "config.json").read_text())["text_config"]
+    kv = 256 * 2 * config["num_key_value_heads"] * config["head_dim"] * 4  # f32 KV of one layer at 256 positions
+    fit = llama_eval.layers_that_fit
+    reserve = llama_eval.GPU_RESERVE
+    assert fit(f16, reserve + 5 * (layer + kv) + 1, 256) == 5
+    assert fit(f16, reserve + 5 * (layer + kv) - 1, 256) == 4
+    assert fit(f16, reserve, 256) == 0
+    assert fit(f16, reserve + 64 * (layer + kv), 256) == 64  # every decoder layer, not the output layer
+    assert fit(f16, reserve + 64 * (layer + kv) + output, 256) == -1
+    monkeypatch.setattr(llama_eval, "gpu_memory", lambda: (reserve + 7 * (layer + kv), 10**12))
+    assert llama_eval.default_gpu_layers(f16, 256) == 7
+    monkeypatch.setattr(llama_eval, "gpu_memory", lambda: None)
+    assert llama_eval.default_gpu_layers(f16, 256) == 0
 
 
 def test_this_machine_real_queries():
@@ -98,9 +127,9 @@ def test_this_machine_real_queries():
     offload = bool(llama_cpp.llama_supports_gpu_offload())
     placement = choose_placement()
     assert placement == Placement("cuda" if has_cuda else "cpu", -1 if offload else 0)
-    from exaone_edge.quantize.llama_eval import default_gpu_layers
+    from exaone_edge.llama import gpu_memory
 
-    assert default_gpu_layers() == (-1 if offload else 0)
+    assert (gpu_memory() is not None) == offload
     if not has_cuda:
         with pytest.raises(DeviceUnavailable, match="onnxruntime"):
             choose_placement("cuda")
