@@ -241,3 +241,17 @@ def test_image_max_tokens_sizes_the_page_like_a_preprocessor_config(config_33b, 
     with pytest.raises(InputError, match="at least 4 "):
         plan(tight, image_max_tokens=3)
     assert plan(tight, image_max_tokens=4).max_pixels == 4 * 28 * 28
+
+
+def test_the_released_config_is_built_in(config_33b):
+    """`plan exaone-4.5-33b` needs no download at all: the packaged config.json, planned as a folder holding it."""
+    from dataclasses import replace
+
+    built_in = plan(Path("exaone-4.5-33b"), kv_type="q8_0", context=16384, image_max_tokens=1280)
+    folder = plan(config_33b, kv_type="q8_0", context=16384, image_max_tokens=1280)
+    assert replace(built_in, pixels_from="") == replace(folder, pixels_from="")
+    assert "exaone-4.5-33b" in built_in.pixels_from
+    result = run_cli("plan", "LGAI-EXAONE/EXAONE-4.5-33B", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["total_bytes"] > 0, result.stderr
+    missing = run_cli("plan", "exaone-4.5-32b")
+    assert missing.returncode == 2 and "exaone-4.5-33b (the released config, built in)" in missing.stderr
