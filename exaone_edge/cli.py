@@ -55,11 +55,7 @@ def tiny_model(
     from exaone_edge.tiny_model import build_tiny_model
 
     result = build_tiny_model(out, seed=seed, overwrite=overwrite, preset=preset)
-    emit(
-        {"path": str(result.path), "parameters": result.parameters, "bytes": result.bytes_on_disk},
-        json_output,
-        f"wrote {result.path} ({result.parameters:,} parameters, {result.bytes_on_disk / 2**20:.1f} MiB)",
-    )
+    emit(result.to_dict(), json_output, result.summary())
 
 
 @app.command()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from exaone_edge.errors import InputError, require
 from exaone_edge.files import atomic_dir
@@ -120,6 +121,12 @@ class TinyModelResult:
     path: Path
     parameters: int
     bytes_on_disk: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "parameters": self.parameters, "bytes": self.bytes_on_disk}
+
+    def summary(self) -> str:
+        return f"wrote {self.path} ({self.parameters:,} parameters, {self.bytes_on_disk / 2**20:.1f} MiB)"
 
 
 def build_tiny_model(out: Path, seed: int = 0, overwrite: bool = False, preset: str = "tiny") -> TinyModelResult:
