@@ -106,8 +106,8 @@ def test_second_validate_run_reuses_the_reference_file_without_the_checkpoint(
     cache = tmp_path / "cache"
     options = collect.ValidateOptions(max_questions=2, max_new_tokens=4, measure_speed=False)
     first = collect.validate(tiny_model_dir, [tiny_vision_dir], docs, options, reference_cache=cache)
-    assert first["reference"]["reused"] is False and Path(first["reference"]["file"]).parent == cache
-    assert first["artifacts"][0]["vision"]["cosine_min"] > 0.9999
+    assert first.reference.reused is False and Path(first.reference.file).parent == cache
+    assert first.artifacts[0].vision.cosine_min > 0.9999
 
     def refuse(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded on a run that had its reference file")
@@ -116,9 +116,9 @@ def test_second_validate_run_reuses_the_reference_file_without_the_checkpoint(
     monkeypatch.setattr(streamed.ShardReader, "read", refuse)
     monkeypatch.setattr(reference.HFModel, "__init__", refuse)
     second = collect.validate(tiny_model_dir, [tiny_vision_dir], docs, options, reference_cache=cache)
-    assert second["reference"]["reused"] is True and second["reference"]["file"] == first["reference"]["file"]
-    assert second["artifacts"][0]["vision"] == first["artifacts"][0]["vision"]
-    assert second["reference_task"] == first["reference_task"]
+    assert second.reference.reused is True and second.reference.file == first.reference.file
+    assert second.artifacts[0].vision == first.artifacts[0].vision
+    assert second.reference_task == first.reference_task
     # Other options are another reference: it would be computed again (and here refused).
     with pytest.raises(AssertionError, match="checkpoint was loaded"):
         collect.validate(tiny_model_dir, [tiny_vision_dir], docs,
