@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -365,6 +366,9 @@ def docs_show(
 
 
 def main() -> None:
+    # torchao, which transformers imports when installed, trips a torch deprecation warning on import: nothing a
+    # user of this command can act on, and it would sit between our progress lines.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         app()
     except ExaoneEdgeError as error:
