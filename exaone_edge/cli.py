@@ -251,7 +251,7 @@ def export(
 
 
 @app.command()
-@engine_flags("device", "gpu_layers", "vision_provider")
+@engine_flags(*PLACEMENT)
 def validate(
     artifacts: Annotated[list[Path], typer.Argument(help="Bundles, GPTQ checkpoints or vision exports.")],
     reference: Annotated[Path, typer.Option(help="The original Hugging Face checkpoint.")],
@@ -284,7 +284,7 @@ def validate(
         raise InputError(f"--answer-tokens must be at least 1, got {answer_tokens}")
     options = ValidateOptions(max_questions=max_questions, measure_speed=not no_speed, thinking=think,
                               max_new_tokens=answer_tokens, device=engine.device, gpu_layers=engine.gpu_layers,
-                              vision_provider=engine.vision_provider)
+                              vision_provider=engine.vision_provider, image_max_tokens=engine.image_max_tokens)
     report = collect(reference, artifacts, eval_set, options,
                      reference_cache=reference_cache, reference_dtype=reference_dtype)
     overrides = {"kl_mean_increase": kl_threshold} if kl_threshold is not None else None

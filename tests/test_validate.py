@@ -48,7 +48,8 @@ def test_exact_bundle_matches_the_reference_and_writes_three_reports(tiny_model_
     assert artifact["task"]["flip_rate"] == 0.0
     assert artifact["speed"]["peak_rss_bytes"] > 0 and artifact["speed"]["ttft_s"] > 0
     assert report["eval_set"]["questions"] == 2 and report["machine"]["usable_cpus"]
-    assert report["mode"] == {"thinking": False, "answer_tokens": 24, "scored": "the whole reply"}  # the default
+    assert report["mode"] == {"thinking": False, "answer_tokens": 24, "image_max_tokens": None,
+                              "scored": "the whole reply"}  # the default
     assert (out / "report.md").read_text().count("| F32 | bundle |") == 1
     assert "<svg" in (out / "report.html").read_text()
 
@@ -81,8 +82,35 @@ def test_thinking_mode_is_chosen_recorded_and_budgeted(tiny_model_dir, bundles):
     result = _run(tiny_model_dir, bundles, bundles["exact"], out, "--think", "--answer-tokens", "6", "--no-speed")
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
-    assert report["mode"] == {"thinking": True, "answer_tokens": 6, "scored": "text after </think>"}
+    assert report["mode"] == {"thinking": True, "answer_tokens": 6, "image_max_tokens": None,
+                              "scored": "text after </think>"}
     assert report["artifacts"][0]["decoder"]["kl_mean"] < 1e-6  # same (thinking) prompt on both sides
+
+
+def test_pages_are_validated_at_the_deployed_page_budget(tiny_model_dir, bundles):
+    """--image-max-tokens: the reference and the bundle see the page as `run`/`serve --image-max-tokens` fit it."""
+    from exaone_edge.checkpoint import open_checkpoint
+    from exaone_edge.docs import load_documents
+    from exaone_edge.validate.collect import fit_pages, questions_from
+    from exaone_edge.vision.preprocess import fit_page, rows_for, with_image_max_tokens
+
+    questions = questions_from(load_documents(bundles["docs"]), 2)
+    fitted = fit_pages(questions, tiny_model_dir, 16)
+    spec = with_image_max_tokens(open_checkpoint(tiny_model_dir, read_weights=False).image, 16)
+    full = open_checkpoint(tiny_model_dir, read_weights=False).image
+    for before, after in zip(questions, fitted):
+        assert rows_for(after.image.size, full) <= 16 < rows_for(before.image.size, full)
+        assert fit_page(after.image, spec).tobytes() == after.image.tobytes()  # fitting again changes nothing
+    out = bundles["root"] / "report-budget"
+    result = _run(tiny_model_dir, bundles, bundles["exact"], out, "--image-max-tokens", "16", "--no-speed")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["mode"]["image_max_tokens"] == 16
+    exact = bundles["root"] / "report-exact" / "report.json"
+    if exact.exists():  # other pixels, another reference file
+        assert report["reference"]["file"] != json.loads(exact.read_text())["reference"]["file"]
+    artifact = report["artifacts"][0]
+    assert artifact["decoder"]["kl_mean"] < 1e-6 and artifact["vision"]["cosine_min"] > 0.9999
 
 
 def test_answers_are_scored_after_the_reasoning():

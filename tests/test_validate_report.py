@@ -38,7 +38,7 @@ def _report() -> dict:
         "machine": {"cpu": "test", "cores": 2, "memory_bytes": 24 * 2**30, "platform": "linux"},
         "reference": {"path": "/models/ref", "file": "/cache/ref.npz", "reused": True, "dtype": "float32",
                       "rest_mass_max": 1e-5},
-        "mode": {"thinking": False, "answer_tokens": 24, "scored": "the whole reply"},
+        "mode": {"thinking": False, "answer_tokens": 24, "image_max_tokens": None, "scored": "the whole reply"},
         "eval_set": {"path": "/sets/eval", "sha256": "ab" * 32, "documents": 3, "questions": 9},
         "reference_task": {"anls": 0.8, "exact_match": 0.7},
         "artifacts": [artifact("F16", 16, 1e-6, 1.0, 0.8, 60 * 2**30), artifact("Q8_0", 8, 0.002, 0.99, 0.79, 32 * 2**30),

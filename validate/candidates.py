@@ -111,7 +111,8 @@ class VisionCandidate:
         self.bytes = bundle_format.directory_bytes(self.path)
         options = engine_options or {}
         placement = choose_placement(options.get("device", "auto"), 0, options.get("vision_provider", "auto"))
-        self.encoder = VisionEncoder(self.path, providers=list(placement.providers))
+        self.encoder = VisionEncoder(self.path, providers=list(placement.providers),
+                                     image_max_tokens=options.get("image_max_tokens"))
 
     def vision_rows(self, image) -> np.ndarray:
         return self.encoder.encode(image)

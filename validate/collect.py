@@ -36,9 +36,11 @@ class ValidateOptions:
     device: str = "auto"  # where bundles run (as `run --device`); exaone_edge.device decides each part
     gpu_layers: int | None = None
     vision_provider: str = "auto"
+    image_max_tokens: int | None = None  # pages fitted to this budget for the reference and every candidate
 
     def engine_options(self) -> dict[str, Any]:
-        return {"device": self.device, "n_gpu_layers": self.gpu_layers, "vision_provider": self.vision_provider}
+        return {"device": self.device, "n_gpu_layers": self.gpu_layers, "vision_provider": self.vision_provider,
+                "image_max_tokens": self.image_max_tokens}
 
     @property
     def answer_tokens(self) -> int:
@@ -117,6 +119,17 @@ def evaluate_artifact(candidate, reference: ReferenceFile, questions: list[Quest
     return replace(result, decoder=decoder, task=task_accuracy(questions, reference_answers, answers), speed=speed)
 
 
+def fit_pages(questions: list[Question], reference_dir: Path, image_max_tokens: int) -> list[Question]:
+    """Pages at most `image_max_tokens` decoder rows, as `run`/`serve --image-max-tokens` fit them: the reference
+    and every candidate then see the deployed page (fitting a fitted page again changes nothing), and the
+    reference file's key changes with the pixels."""
+    from exaone_edge.checkpoint import open_checkpoint
+    from exaone_edge.vision.preprocess import fit_page, with_image_max_tokens
+
+    spec = with_image_max_tokens(open_checkpoint(reference_dir, read_weights=False).image, image_max_tokens)
+    return [replace(q, image=fit_page(q.image, spec)) for q in questions]
+
+
 def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
              options: ValidateOptions = ValidateOptions(), reference_cache: Path | None = None,
              reference_dtype: str = "auto") -> ValidationReport:
@@ -132,6 +145,8 @@ def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
         read_manifest(Path(path), verify=False)
     documents, source = documents_or_builtin(eval_set, builtin=6, seed=1)
     questions = questions_from(documents, options.max_questions)
+    if options.image_max_tokens is not None:
+        questions = fit_pages(questions, Path(reference_dir), options.image_max_tokens)
     log(f"validate: reference {reference_dir} on {len(questions)} questions")
     key_options = {"max_new_tokens": options.answer_tokens, "thinking": options.thinking}
     reference, reference_file, reused = question_reference(
@@ -152,7 +167,8 @@ def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         machine=describe_machine(),
         reference=ReferenceRun(str(reference_dir), str(reference_file), reused, reference.details),
-        mode=Mode(thinking=options.thinking, answer_tokens=options.answer_tokens),
+        mode=Mode(thinking=options.thinking, answer_tokens=options.answer_tokens,
+                  image_max_tokens=options.image_max_tokens),
         eval_set=EvalSet(path=source, sha256=documents.content_hash, documents=len(documents.documents),
                          questions=len(questions)),
         reference_task=ReferenceTask(

@@ -144,6 +144,7 @@ class Mode:
 
     thinking: bool
     answer_tokens: int
+    image_max_tokens: int | None = None  # the page budget every page was fitted to (None: the checkpoint's own)
 
     @property
     def scored(self) -> str:

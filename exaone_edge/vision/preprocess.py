@@ -79,12 +79,19 @@ def rows_for(image_size: tuple[int, int], spec: ImageSpec) -> int:
     return t * h * w // spec.merge_size**2
 
 
+def fit_page(image: Image.Image, spec: ImageSpec) -> Image.Image:
+    """The RGB image at the size the encoder sees it (smart_resize within spec's pixel limits, bicubic): fitting a
+    page again, here or in transformers' processor, leaves it as it is."""
+    rgb = to_rgb(image)
+    _, grid_h, grid_w = grid_for(rgb.size, spec)
+    return rgb.resize((grid_w * spec.patch_size, grid_h * spec.patch_size), resample=Image.Resampling.BICUBIC)
+
+
 def preprocess(image: Image.Image, spec: ImageSpec) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Pixel patches [n_patches, C*T*P*P] float32 and the grid (t, h, w) of one image."""
-    rgb = np.asarray(to_rgb(image))
-    _, grid_h, grid_w = grid_for((rgb.shape[1], rgb.shape[0]), spec)
+    resized = np.array(fit_page(image, spec))
     patch, merge, temporal = spec.patch_size, spec.merge_size, spec.temporal_patch_size
-    resized = np.array(Image.fromarray(rgb).resize((grid_w * patch, grid_h * patch), resample=Image.Resampling.BICUBIC))
+    grid_h, grid_w = resized.shape[0] // patch, resized.shape[1] // patch
     scaled = (resized.astype(np.float64) * RESCALE).astype(np.float32)
     mean = np.array(spec.image_mean, dtype=np.float32)
     std = np.array(spec.image_std, dtype=np.float32)
