@@ -18,7 +18,10 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def kl_per_row(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     """KL(softmax(reference) ‖ softmax(candidate)) for each row of logits, float64."""
-    ref_logp, cand_logp = log_softmax(reference), log_softmax(candidate)
+    return _kl(log_softmax(reference), log_softmax(candidate))
+
+
+def _kl(ref_logp: np.ndarray, cand_logp: np.ndarray) -> np.ndarray:
     return np.maximum((np.exp(ref_logp) * (ref_logp - cand_logp)).sum(axis=-1), 0.0)  # rounding can give -1e-17
 
 
@@ -62,12 +65,12 @@ def logit_fidelity(reference: np.ndarray, candidate: np.ndarray, targets: np.nda
     reference, candidate = np.asarray(reference), np.asarray(candidate)
     if reference.shape != candidate.shape or reference.ndim != 2:
         raise ValueError(f"logits must be [positions, vocab] of one shape, got {reference.shape} and {candidate.shape}")
+    ref_logp, cand_logp = log_softmax(reference), log_softmax(candidate)
     same = reference.argmax(-1) == candidate.argmax(-1)
     if targets is None:
-        return LogitFidelity.from_rows(kl_per_row(reference, candidate), same)
+        return LogitFidelity.from_rows(_kl(ref_logp, cand_logp), same)
     rows = np.arange(len(targets))
-    return LogitFidelity.from_rows(kl_per_row(reference, candidate), same, log_softmax(reference)[rows, targets],
-                                   log_softmax(candidate)[rows, targets])
+    return LogitFidelity.from_rows(_kl(ref_logp, cand_logp), same, ref_logp[rows, targets], cand_logp[rows, targets])
 
 
 def normalize_answer(text: str) -> str:

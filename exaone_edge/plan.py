@@ -37,10 +37,10 @@ HEADROOM = 0.05  # fragmentation and driver reserve
 # Largest page when a folder has no preprocessor_config.json: the reported released maximum (4,096 image rows),
 # the larger of the published values, so a plan made before downloading is not optimistic (exaone_edge/data/exaone45_33b_SOURCES.md).
 RELEASED_MAX_PIXELS = 3_211_264
-# Vision weight bytes per parameter for a checkpoint plan, by export precision (a bundle's file is measured):
-# int4 is MatMulNBits with block 32 (4 bits + an fp16 scale per block), which ONNX Runtime's CUDA EP runs.
 # Names `plan` takes instead of a folder: the released 33B's config.json, built in (exaone_edge/data/).
 RELEASED_NAMES = ("exaone-4.5-33b", "lgai-exaone/exaone-4.5-33b")
+# Vision weight bytes per parameter for a checkpoint plan, by export precision (a bundle's file is measured):
+# int4 is MatMulNBits with block 32 (4 bits + an fp16 scale per block), which ONNX Runtime's CUDA EP runs.
 VISION_WEIGHT_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 4.5 / 8}
 
 
@@ -180,18 +180,15 @@ def _read_spec(config_path: Path) -> ModelSpec:
 def _load_source(path: Path) -> _Source:
     """A bundle (measured file sizes) or a checkpoint folder, of which only config.json is needed."""
     path = Path(path)
-    if not path.exists() and str(path).lower() in RELEASED_NAMES:  # plan before downloading anything
-        spec = _read_spec(RELEASED_33B_CONFIG)
-        min_pixels, max_pixels, token_side, _ = _pixels(RELEASED_33B_CONFIG.parent, spec)
-        return _Source(spec, max_pixels, f"{path}: the released config's default", min_pixels, token_side, True,
-                       spec.decoder.body_params + spec.decoder.embedding_params, spec.vision.params,
-                       None, None, None, None)
-    if not path.is_dir():
+    built_in = not path.exists() and str(path).lower() in RELEASED_NAMES  # plan before downloading anything
+    if not built_in and not path.is_dir():
         raise CheckpointError("not a directory" if path.exists() else "directory does not exist", path=path,
                               fix="Pass a checkpoint folder (config.json is enough), a bundle, or exaone-4.5-33b "
                                   "(the released config, built in).")
-    spec = _read_spec(path / "config.json")
-    min_pixels, max_pixels, token_side, pixels_from = _pixels(path, spec)
+    spec = _read_spec(RELEASED_33B_CONFIG if built_in else path / "config.json")
+    min_pixels, max_pixels, token_side, pixels_from = _pixels(RELEASED_33B_CONFIG.parent if built_in else path, spec)
+    if built_in:
+        pixels_from = f"{path}: the released config's default"
     params = spec.decoder.body_params + spec.decoder.embedding_params
     if (path / "manifest.json").is_file():
         from exaone_edge.manifest import read_manifest

@@ -80,6 +80,11 @@ class QuantizeResult:
                 f"KL vs F16 {kl:.2e}, {self.seconds:.1f} s, peak RSS {self.peak_rss_bytes / 2**30:.2f} GiB")
 
 
+def work_dir_for(out: Path, work_dir: Path | None = None) -> Path:
+    """Where a run's intermediates live: `--work-dir`, or a hidden folder beside the output."""
+    return Path(work_dir) if work_dir else out.parent / f".{out.name}.work"
+
+
 def quantize_gguf(checkpoint_dir: Path, out: Path, *, bits: int | None = None, recipe: str | None = None,
                   calibration: Path | None = None, imatrix: bool = True, work_dir: Path | None = None,
                   **options: Any) -> QuantizeResult:
@@ -95,7 +100,7 @@ def quantize_gguf(checkpoint_dir: Path, out: Path, *, bits: int | None = None, r
             evaluation=calib.evaluation if calib else None, calibration_hash=calib.content_hash if calib else None,
             work_dir=work_dir, imatrix=imatrix, **options)
     except KeyboardInterrupt:
-        work = work_dir or Path(out).parent / f".{Path(out).name}.work"
+        work = work_dir_for(Path(out), work_dir)
         # one unwrapped line (log() wraps): people and scripts grep for it
         sys.stderr.write(f"interrupted: {out} was not written; finished steps in {work} are reused by the next run\n")
         raise
@@ -135,7 +140,7 @@ def quantize_checkpoint(
                          fix="Pass --calibration SET (a document set or a folder of page images).")
     if evaluation is None:
         calibration, evaluation = split_samples(calibration)
-    work = Path(work_dir) if work_dir else out.parent / f".{out.name}.work"
+    work = work_dir_for(out, work_dir)
     source_hash = checkpoint_hash(checkpoint)
     f16_path, f16_inputs = work / "decoder-F16.gguf", {"checkpoint": source_hash, "toolkit": __version__}
     intermediates = [f16_path, work / "imatrix.gguf"] if chosen.uses_imatrix else [f16_path]
