@@ -43,7 +43,7 @@ BUILTIN_EVAL = [  # text-only fallback when no held-out documents are given
 
 
 @dataclass(frozen=True)
-class DecoderFidelity:
+class VersusF16:
     """The quantized decoder against its F16 source on held-out prompts (bundle manifest: decoder_vs_f16)."""
 
     prompts: int
@@ -65,7 +65,7 @@ class QuantizeResult:
     imatrix: Path | None
     seconds: float
     peak_rss_bytes: int
-    fidelity: DecoderFidelity
+    fidelity: VersusF16
     reused: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -342,7 +342,7 @@ def _quantize(f16: Path, target: Path, recipe: Recipe, imatrix_path: Path | None
 
 
 def _fidelity(checkpoint, vision: _VisionOnce, f16: Path, quantized: Path, samples: Sequence[CalibrationSample],
-              threads: int | None = None, gpu_layers: int | None = None) -> DecoderFidelity:
+              threads: int | None = None, gpu_layers: int | None = None) -> VersusF16:
     """KL(F16 ‖ quantized) at every position of held-out prompts (page rows included); one model mapped at a time,
     the F16 logits kept in a scratch file beside the candidate (quantize/llama_eval.py)."""
     from exaone_edge.quantize.calibration import build_prompts
@@ -353,4 +353,4 @@ def _fidelity(checkpoint, vision: _VisionOnce, f16: Path, quantized: Path, sampl
     prompts = build_prompts(vision.builder(samples), samples, EVAL_MAX_POSITIONS)
     result = compare_decoders(f16, quantized, prompts, scratch_dir=quantized.parent, gpu_layers=gpu_layers,
                               threads=threads)
-    return DecoderFidelity(len(prompts), with_images, LogitFidelity.from_rows(result.kl, result.top1))
+    return VersusF16(len(prompts), with_images, LogitFidelity.from_rows(result.kl, result.top1))
