@@ -69,6 +69,10 @@ def plan(
     vision_on: Annotated[str, typer.Option(help="Where the vision encoder runs: gpu or cpu (cpu = --vision-provider cpu).")] = "gpu",
     parallel: Annotated[int, typer.Option(help="Requests decoded together (serve --parallel); each holds a context.")] = 1,
     vision_precision: Annotated[str, typer.Option(help="Vision export precision for a checkpoint: fp32, fp16, int8 or int4 (a bundle's file is measured).")] = "fp16",
+    stages: Annotated[bool, typer.Option("--stages", help="Also predict each README command's time and memory on this box.")] = False,
+    disk_gbs: Annotated[float, typer.Option(help="--stages: the disk's sequential read/write rate, GB/s.")] = 2.0,
+    cores: Annotated[int, typer.Option(help="--stages: CPU cores of the box.")] = 8,
+    ram_gib: Annotated[float, typer.Option(help="--stages: RAM of the box, GiB.")] = 64,
     json_output: JsonFlag = False,
     engine: EngineFlags = EngineFlags(),
 ) -> None:
@@ -85,7 +89,16 @@ def plan(
         parallel=parallel, device=engine.device, gpu_layers=engine.gpu_layers, vision_provider=engine.vision_provider,
         vision_precision=vision_precision, image_max_tokens=engine.image_max_tokens,
     )
-    emit(plan_dict(result), json_output, render_text(result))
+    if not stages:
+        emit(plan_dict(result), json_output, render_text(result))
+        return
+    from exaone_edge.stage_plan import render_stages, stage_plan, stages_dict
+
+    predicted = stage_plan(model, result, vision_precision=vision_precision, cores=cores, ram_gib=ram_gib,
+                           disk_gbs=disk_gbs)
+    box = f"{result.gpu}, {cores} cores, {ram_gib:g} GiB RAM, disk {disk_gbs:g} GB/s"
+    emit({**plan_dict(result), "stages": stages_dict(predicted)}, json_output,
+         render_text(result) + "\n\n" + render_stages(predicted, box))
 
 
 

@@ -49,15 +49,22 @@ class Gpu:
     name: str
     memory_bytes: int
     bandwidth_gbs: float | None
+    fp16_tflops: float | None = None  # dense tensor-core FP16 with FP32 accumulate (spec sheet)
+    fp32_tflops: float | None = None  # non-tensor FP32 (spec sheet): GPTQ's Hessians and solves
+    pcie_gbs: float | None = None  # host link, one direction: PCIe 4.0 x16 is 16 GT/s × 16 lanes × 128/130 bits
 
 
+PCIE4_X16_GBS = 31.5
+# Spec sheets: NVIDIA Ada Lovelace architecture whitepaper (RTX 4090: 165.2 FP16-tensor TFLOPS with FP32 accumulate,
+# 82.6 FP32, 1008 GB/s); NVIDIA A10 datasheet (125 FP16-tensor, 31.2 FP32, 600 GB/s; AWS publishes no separate
+# figures for its A10G variant); NVIDIA A100 datasheet (312 FP16-tensor, 19.5 FP32; 1555 GB/s at 40 GB, 2039 at 80 GB).
 GPUS: dict[str, Gpu] = {
     gpu.name: gpu
     for gpu in (
-        Gpu("rtx4090", 24564 * MIB, 1008.0),
-        Gpu("a10g", 23028 * MIB, 600.0),
-        Gpu("a100-40", 40960 * MIB, 1555.0),
-        Gpu("a100-80", 81920 * MIB, 2039.0),
+        Gpu("rtx4090", 24564 * MIB, 1008.0, 165.2, 82.6, PCIE4_X16_GBS),
+        Gpu("a10g", 23028 * MIB, 600.0, 125.0, 31.2, PCIE4_X16_GBS),
+        Gpu("a100-40", 40960 * MIB, 1555.0, 312.0, 19.5, PCIE4_X16_GBS),
+        Gpu("a100-80", 81920 * MIB, 2039.0, 312.0, 19.5, PCIE4_X16_GBS),
     )
 }
 
@@ -128,7 +135,7 @@ def vision_activation_bytes(spec: ModelSpec, max_pixels: int, fused: bool = Fals
 
 
 @dataclass(frozen=True)
-class _Source:
+class Source:
     spec: ModelSpec
     max_pixels: int
     pixels_from: str
@@ -177,7 +184,7 @@ def _read_spec(config_path: Path) -> ModelSpec:
     return model_spec(config, config_path)
 
 
-def _load_source(path: Path) -> _Source:
+def load_source(path: Path) -> Source:
     """A bundle (measured file sizes) or a checkpoint folder, of which only config.json is needed."""
     path = Path(path)
     built_in = not path.exists() and str(path).lower() in RELEASED_NAMES  # plan before downloading anything
@@ -200,7 +207,7 @@ def _load_source(path: Path) -> _Source:
         fused = False  # a graph exported before fused attention (or with none recorded) holds the scores
         if (vision_dir / "manifest.json").is_file():
             fused = read_manifest(vision_dir, verify=False).details.get("attention") == FUSED_ATTENTION
-        return _Source(
+        return Source(
             spec, max_pixels, pixels_from, min_pixels, token_side, fused, params, spec.vision.params,
             manifest.details.get("decoder", {}).get("level"),
             decoder_file.stat().st_size if decoder_file.is_file() else None,
@@ -208,11 +215,11 @@ def _load_source(path: Path) -> _Source:
             _gguf_embedding_bytes(decoder_file) if decoder_file.is_file() else None,
         )
     # A checkpoint: planned as `exaone-edge export` writes its vision graph, full attention fused.
-    return _Source(spec, max_pixels, pixels_from, min_pixels, token_side, True, params, spec.vision.params,
+    return Source(spec, max_pixels, pixels_from, min_pixels, token_side, True, params, spec.vision.params,
                    None, None, None, None)
 
 
-def _page_budget(source: _Source, image_max_tokens: int | None) -> _Source:
+def with_page_budget(source: Source, image_max_tokens: int | None) -> Source:
     """Pages of at most `image_max_tokens` rows, as run/serve --image-max-tokens enforce them."""
     if image_max_tokens is None:
         return source
@@ -226,7 +233,7 @@ def _page_budget(source: _Source, image_max_tokens: int | None) -> _Source:
     return replace(source, max_pixels=max_pixels, pixels_from=pixels_from)
 
 
-def _token_embedding(source: _Source, level: str) -> tuple[int, str]:
+def _token_embedding(source: Source, level: str) -> tuple[int, str]:
     """token_embd's bytes at `level`, and where they came from (the bundle's GGUF, or an estimate)."""
     if source.measured_level == level and source.measured_embedding_bytes is not None:
         return source.measured_embedding_bytes, f"read from {bundle_format.DECODER_FILE}"
@@ -236,7 +243,7 @@ def _token_embedding(source: _Source, level: str) -> tuple[int, str]:
 
 
 def _components(
-    source: _Source, level: str, context: int, kv_type: str, vision_on_gpu: bool, parallel: int = 1,
+    source: Source, level: str, context: int, kv_type: str, vision_on_gpu: bool, parallel: int = 1,
     decoder_share: float = 1.0, vision_precision: str = "fp16",
 ) -> tuple[dict[str, int], bool]:
     """GPU bytes per part; `decoder_share` is the fraction of decoder layers offloaded (their weights and KV)."""
@@ -284,7 +291,7 @@ def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: 
     if kv_type not in KV_BYTES_PER_ELEMENT:
         raise InputError(f"unknown KV cache type '{kv_type}'", fix=f"Use one of {', '.join(KV_BYTES_PER_ELEMENT)}.")
     card = parse_gpu(gpu)
-    source = _page_budget(_load_source(path), image_max_tokens)
+    source = with_page_budget(load_source(path), image_max_tokens)
     decoder = source.spec.decoder
     context = context or min(decoder.max_position_embeddings, 32768)
     if not 0 < context <= decoder.max_position_embeddings:

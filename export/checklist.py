@@ -9,16 +9,6 @@ from PIL import Image
 
 from exaone_edge.metrics import row_cosines
 
-# (name, (width, height)): shapes a document pipeline meets; the processor rescales each within min/max pixels
-PAGES: tuple[tuple[str, tuple[int, int]], ...] = (
-    ("square", (448, 448)),
-    ("a4-tall", (595, 842)),
-    ("wide", (1024, 300)),
-    ("tiny", (20, 30)),
-    ("large-a4-300dpi", (2480, 3508)),
-    ("odd", (333, 517)),
-)
-
 
 @dataclass(frozen=True)
 class Tolerance:

@@ -27,12 +27,13 @@ from exaone_edge.vision.contract import (
     INPUT_NAMES,
     KIND,
     OUTPUT_NAME,
+    VALIDATION_PAGES,
 )
 from exaone_edge.vision.geometry import graph_inputs, rope_theta
 from exaone_edge.vision.preprocess import preprocess
 
 from exaone_edge.export import checklist
-from exaone_edge.export.checklist import PAGES, TOLERANCES, PageCheck
+from exaone_edge.export.checklist import TOLERANCES, PageCheck
 
 PRECISIONS = tuple(TOLERANCES)
 MAX_CALIBRATION_PAGES = 16  # each costs one forward pass of the tower; memory does not grow with the count
@@ -77,7 +78,7 @@ def calibration_pages(images: Iterable[Image.Image] | None, source: str, limit: 
 
 def export_vision(model_dir: Path, out: Path, *, precision: str = "fp32",
                   calibration: Path | Iterable[Image.Image] | None = None, calibration_source: str = "",
-                  overwrite: bool = False, pages: tuple[tuple[str, tuple[int, int]], ...] = PAGES) -> ExportResult:
+                  overwrite: bool = False, pages: tuple[tuple[str, tuple[int, int]], ...] = VALIDATION_PAGES) -> ExportResult:
     """Export, convert to `precision`, validate against PyTorch; raises ValidationFailed on a missed tolerance.
 
     int8 calibrates on `calibration`: page images, or a document set / folder (default: a generated set)."""

@@ -14,7 +14,7 @@ from exaone_edge.manifest import Manifest, write_manifest
 # The export's checklist on one small page instead of six: the same writer, a third of the time.
 EXPORT_ONE_PAGE = """
 import sys
-from exaone_edge.export.checklist import PAGES
+from exaone_edge.vision.contract import VALIDATION_PAGES as PAGES
 from exaone_edge.export.vision import export_vision
 export_vision(sys.argv[1], sys.argv[2], overwrite=True, pages=tuple(p for p in PAGES if p[0] == "tiny"))
 """

@@ -13,3 +13,13 @@ COPIED_FROM_CHECKPOINT = ("config.json", PREPROCESSOR_FILE)
 INPUT_NAMES = ("pixel_patches", "cos", "sin", "window_index", "reverse_index", "window_gather", "window_scatter")
 OUTPUT_NAME = "rows"
 FUSED_ATTENTION = "fused-full-attention"  # manifest details["attention"] of graphs whose full blocks are fused
+# (name, (width, height)): the pages every export is validated on against transformers, shapes a document pipeline
+# meets; the processor rescales each within min/max pixels. Here, not in export, because `plan --stages` costs them.
+VALIDATION_PAGES: tuple[tuple[str, tuple[int, int]], ...] = (
+    ("square", (448, 448)),
+    ("a4-tall", (595, 842)),
+    ("wide", (1024, 300)),
+    ("tiny", (20, 30)),
+    ("large-a4-300dpi", (2480, 3508)),
+    ("odd", (333, 517)),
+)
