@@ -252,7 +252,8 @@ def serve_stage(source: Source, box: Box, deployed: Plan) -> Stage:
         _phase(f"first page: encode ({rows} rows)", GPU_FP16=_gpu(box, page)),
         _phase(f"first page: prefill {rows + 64} positions", GPU_FP16=_gpu(box, prompt_flops(decoder, rows + 64))),
     )
-    return Stage("serve (load, then one page's time to first token)", "GPU", phases,
+    fit = "fits" if deployed.fits else f"does NOT fit this GPU; best level that does: {deployed.best_level or 'none'}"
+    return Stage(f"serve {deployed.level} (load, then one page's time to first token; {fit})", "GPU", phases,
                  deployed.host_bytes + PROCESS_RAM, deployed.total_bytes, "plan's GPU total; host: token embedding + 1 GiB")
 
 
@@ -318,9 +319,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def render_stages(stages: list[Stage], box_line: str) -> str:
+def render_stages(stages: list[Stage], box_line: str, work: Workload = Workload()) -> str:
     gib = lambda n: "–" if n is None else f"{n / GIB:.1f} GiB"  # noqa: E731
-    lines = [f"predicted for {box_line}; floors at spec-sheet rates (real runs are slower)"]
+    lines = [f"predicted for {box_line}; floors at spec-sheet rates (real runs are slower)",
+             f"work: {work.calibration_prompts} calibration prompts, {work.held_out_prompts} held out, "
+             f"{work.questions} validate questions × {work.answer_tokens} answer tokens"]
     for stage in stages:
         lines.append(f"{stage.command}: ≥ {_duration(stage.seconds)} on {stage.where}, "
                      f"RAM {gib(stage.ram_bytes)}, GPU {gib(stage.gpu_bytes)}")
