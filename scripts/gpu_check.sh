@@ -2,8 +2,10 @@
 # GPU check, one command, under 8 minutes on a CUDA box (most of it is compiling llama.cpp once):
 #   1. makes the GPU runtimes: onnxruntime-gpu, and llama-cpp-python compiled with CUDA for this GPU's
 #      architecture (from nvidia-smi), unless the installed ones already have CUDA;
-#   2. runs the tiny bundle with --device cpu and --device cuda and compares their outputs;
-#   3. prints GPU memory measured beside `plan`'s prediction, and decode tokens/s beside the bandwidth bound.
+#   2. runs the tiny bundle and the real-width bench bundle (Q4_K_M decoder, fp16 vision at the released widths)
+#      with --device cpu and --device cuda and compares their outputs (--skip-bench: the tiny one only);
+#   3. prints each page's encode time, GPU memory measured beside `plan`'s prediction, and decode tokens/s beside
+#      the bandwidth bound.
 # Without an NVIDIA GPU it stops at once (exit 2) and says so. PYTHON picks the interpreter (.venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
