@@ -16,7 +16,7 @@ from pathlib import Path
 
 from exaone_edge.errors import InputError
 from exaone_edge.levels import estimated_bytes
-from exaone_edge.plan import GIB, GPUS, Gpu, Plan, Source, load_source, with_page_budget
+from exaone_edge.plan import GIB, GPUS, Gpu, Plan, Source, load_source, vision_activation_bytes, with_page_budget
 from exaone_edge.spec import DecoderSpec, VisionSpec
 from exaone_edge.vision.contract import VALIDATION_PAGES
 from exaone_edge.vision.preprocess import smart_resize
@@ -148,18 +148,22 @@ def export_stage(source: Source, box: Box, precision: str) -> Stage:
     phases = [
         _phase("read the tower's bf16 weights", disk=_disk(box, 2 * vision.params)),
         _phase(f"trace {vision.depth} blocks to ONNX and optimise", CPU=TRACE_SECONDS_PER_BLOCK * vision.depth),
+        _phase("write the fp32 graph" + (", read it back to convert" if precision != "fp32" else ""),
+               disk=_disk(box, 4 * vision.params * (1 if precision == "fp32" else 2))),
     ]
     if precision == "int4":
         phases.append(_phase("pack int4 weights", CPU=vision.params / (INT4_PARAMS_PER_S_PER_CORE * box.cores)))
     if precision == "int8":
         calibration = EXPORT_INT8_CALIBRATION_PAGES * vision_flops(vision, largest_page_patches(source))
         phases.append(_phase("int8 calibration pages", CPU=calibration / _cpu(box)))
-    phases += [_phase("write the graph", disk=_disk(box, written)),
-               _phase(f"validate on {len(VALIDATION_PAGES)} pages (transformers and ONNX Runtime)",
-                      CPU=checks / _cpu(box))]
-    ram = EXPORT_FIXED_RAM + int(EXPORT_RAM_PER_FP32_BYTE[precision] * 4 * vision.params)
+    if precision != "fp32":
+        phases.append(_phase(f"write the {precision} graph", disk=_disk(box, written)))
+    phases.append(_phase(f"validate on {len(VALIDATION_PAGES)} pages (transformers and ONNX Runtime)",
+                         CPU=checks / _cpu(box)))
+    ram = (EXPORT_FIXED_RAM + int(EXPORT_RAM_PER_FP32_BYTE[precision] * 4 * vision.params)
+           + vision_activation_bytes(source.spec, source.max_pixels, fused=True))
     return Stage(f"export --precision {precision}", "CPU", tuple(phases), ram, None,
-                 "measured ratio to the tower's fp32 size (docs/export.md)")
+                 "measured ratio to the tower's fp32 size (docs/export.md) + the largest page's activations")
 
 
 def _f16_layers_on_gpu(decoder: DecoderSpec, box: Box, n_ctx: int, vision_gpu_bytes: int) -> int:
@@ -295,9 +299,10 @@ def stage_plan(path: Path, deployed: Plan, *, vision_precision: str = "int4", co
     if disk_gbs <= 0 or cores < 1 or ram_gib <= 0:
         raise InputError("--disk-gbs, --cores and --ram-gib must be positive")
     box = Box(card, cores, int(ram_gib * GIB), disk_gbs)
-    source = with_page_budget(load_source(path), deployed.image_max_tokens)
+    checkpoint = load_source(path)
+    source = with_page_budget(checkpoint, deployed.image_max_tokens)
     return [
-        export_stage(source, box, vision_precision),
+        export_stage(checkpoint, box, vision_precision),  # export validates at the checkpoint's own page limit
         quantize_stage(source, box, deployed.level, work, deployed),
         validate_stage(source, box, work, deployed),
         serve_stage(source, box, deployed),

@@ -170,7 +170,9 @@ def _reference(checkpoint, samples) -> tuple[Any, list[np.ndarray]]:
 
     from exaone_edge.torch_weights import load_vision_tower
 
-    model = load_vision_tower(checkpoint, attention="eager")
+    # SDPA, transformers' default: eager attention would hold [32 heads, patches, patches] scores and their softmax,
+    # 69 GB at the released 16,384-patch page limit; PyTorch's CPU flash kernel holds none.
+    model = load_vision_tower(checkpoint, attention="sdpa")
     references = []
     with torch.no_grad():
         for name, size, image in samples:

@@ -222,3 +222,14 @@ def test_missed_tolerance_and_interruption_leave_nothing(tiny_model_dir: Path, t
     with pytest.raises(KeyboardInterrupt):
         vision.export_vision(tiny_model_dir, tmp_path / "cut", pages=FAST_PAGES[:1])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_reference_forward_never_holds_a_score_matrix(tiny_model_dir: Path) -> None:
+    """Eager attention would hold [heads, patches, patches] scores and their softmax: 69 GB for the released
+    tower's largest page, past the target box's 64 GB. The reference runs transformers' SDPA instead."""
+    from exaone_edge.checkpoint import open_checkpoint
+    from exaone_edge.export.vision import _reference
+
+    model, references = _reference(open_checkpoint(tiny_model_dir), [])
+    assert references == [] and model.config._attn_implementation == "sdpa"
+    assert all(block.attn.config._attn_implementation == "sdpa" for block in model.blocks)
