@@ -12,7 +12,7 @@ from PIL import Image
 from exaone_edge.benchmarks.timing import interleaved, median, seconds
 
 # Quantized graphs have no PyTorch counterpart: they are timed against PyTorch fp32 (reported, no target).
-TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32", "int4": "float32"}
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float32", "int8w": "float32", "int4": "float32"}
 
 
 @dataclass(frozen=True)

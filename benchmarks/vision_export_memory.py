@@ -75,7 +75,7 @@ def peak_rss_of_export(model: Path, out: Path, options: list[str]) -> tuple[int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "int4"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "int8w", "int4"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/exaone-edge-vision-mem"))
     args = parser.parse_args()
 

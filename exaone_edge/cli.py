@@ -68,7 +68,7 @@ def plan(
     level: Annotated[str | None, typer.Option(help="Decoder level (default: the bundle's, else Q4_K_M).")] = None,
     vision_on: Annotated[str, typer.Option(help="Where the vision encoder runs: gpu or cpu (cpu = --vision-provider cpu).")] = "gpu",
     parallel: Annotated[int, typer.Option(help="Requests decoded together (serve --parallel); each holds a context.")] = 1,
-    vision_precision: Annotated[str, typer.Option(help="Vision export precision for a checkpoint: fp32, fp16, int8 or int4 (a bundle's file is measured).")] = "fp16",
+    vision_precision: Annotated[str, typer.Option(help="Vision export precision for a checkpoint: fp32, fp16, int8, int8w or int4 (a bundle's file is measured).")] = "fp16",
     stages: Annotated[bool, typer.Option("--stages", help="Also predict each README command's time and memory on this box.")] = False,
     disk_gbs: Annotated[float, typer.Option(help="--stages: the disk's sequential read/write rate, GB/s.")] = 2.0,
     cores: Annotated[int, typer.Option(help="--stages: CPU cores of the box.")] = 8,
@@ -250,7 +250,7 @@ def quantize(
 def export(
     model_dir: Annotated[Path, typer.Argument(help="Hugging Face EXAONE 4.5 checkpoint directory.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Directory to write (vision.onnx, manifest.json, configs).")],
-    precision: Annotated[str, typer.Option(help="fp32, fp16 (GPU), int8 (static QDQ) or int4 (weight-only).")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32, fp16 (GPU), int8 (weights and activations, static QDQ: the CPU), int8w or int4 (8- or 4-bit weights, MatMulNBits: the GPU).")] = "fp32",
     calibration: Annotated[Path | None, typer.Option(help="Document set or folder of PDFs/images for int8 "
                                                      "(default: a generated set).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier output of this command (never a folder it did not write).")] = False,

@@ -33,7 +33,7 @@ LEVELS: dict[str, Level] = {
         Level("IQ4_XS", 4.25, 4, "IQ4_XS"),
     )
 }
-VISION_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}  # the vision export's precisions
+VISION_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int8w": 8, "int4": 4}  # the vision export's precisions
 
 
 def estimated_bytes(params: int, level: str) -> int:

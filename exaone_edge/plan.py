@@ -40,8 +40,9 @@ RELEASED_MAX_PIXELS = 3_211_264
 # Names `plan` takes instead of a folder: the released 33B's config.json, built in (exaone_edge/data/).
 RELEASED_NAMES = ("exaone-4.5-33b", "lgai-exaone/exaone-4.5-33b")
 # Vision weight bytes per parameter for a checkpoint plan, by export precision (a bundle's file is measured):
-# int4 is MatMulNBits with block 32 (4 bits + an fp16 scale per block), which ONNX Runtime's CUDA EP runs.
-VISION_WEIGHT_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 4.5 / 8}
+# int8w and int4 are MatMulNBits with block 32 (8 or 4 bits + an fp16 scale per block), which ONNX Runtime's CUDA EP
+# runs (8 bits since ORT 1.22).
+VISION_WEIGHT_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int8w": 8.5 / 8, "int4": 4.5 / 8}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from exaone_edge.errors import InputError
 from exaone_edge.levels import estimated_bytes
-from exaone_edge.plan import GIB, GPUS, Gpu, Plan, Source, load_source, vision_activation_bytes, with_page_budget
+from exaone_edge.plan import (GIB, GPUS, VISION_WEIGHT_BYTES, Gpu, Plan, Source, load_source, vision_activation_bytes,
+                              with_page_budget)
 from exaone_edge.spec import DecoderSpec, VisionSpec
 from exaone_edge.vision.contract import VALIDATION_PAGES
 from exaone_edge.vision.preprocess import smart_resize
@@ -25,12 +26,12 @@ from exaone_edge.vision.preprocess import smart_resize
 # medians of 3), per core; the target box's cores are taken to be as fast.
 CPU_GFLOPS_PER_CORE = 75.1  # fp32 GEMM through ONNX Runtime at the vision tower's widths
 QUANTIZE_PARAMS_PER_S_PER_CORE = 6.82e6  # llama.cpp F16 → Q4_K_M with an importance matrix, real decoder widths
-INT4_PARAMS_PER_S_PER_CORE = 3.0e7  # ONNX Runtime's MatMulNBits quantizer (block 32)
+INT4_PARAMS_PER_S_PER_CORE = 3.0e7  # ONNX Runtime's MatMulNBits quantizer (block 32, 4 bits; 8 bits taken as fast)
 TRACE_SECONDS_PER_BLOCK = 1.9  # the tiny tower's whole export on one tiny page ÷ its 6 blocks (fixed cost included)
 # Export's peak RSS: a fixed cost (torch, transformers, ONNX Runtime) + a multiple of the tower's fp32 bytes, measured by
 # benchmarks/vision_export_memory.py on a 4-block real-width tower (docs/export.md).
 EXPORT_FIXED_RAM = int(1.15e9)
-EXPORT_RAM_PER_FP32_BYTE = {"fp32": 1.52, "fp16": 1.52, "int4": 1.52, "int8": 2.17}
+EXPORT_RAM_PER_FP32_BYTE = {"fp32": 1.52, "fp16": 1.52, "int8w": 1.52, "int4": 1.52, "int8": 2.17}
 EXPORT_INT8_CALIBRATION_PAGES = 16  # export.vision.MAX_CALIBRATION_PAGES
 # validate's layer-streamed reference, peak RSS at the real decoder widths with 8 layers (benchmarks/reference_memory.py).
 REFERENCE_RAM = int(4.12 * GIB)
@@ -144,15 +145,15 @@ def _pcie(box: Box, nbytes: float) -> float:
 def export_stage(source: Source, box: Box, precision: str) -> Stage:
     vision = source.spec.vision
     checks = sum(2 * vision_flops(vision, page_patches(source, size)) for _, size in VALIDATION_PAGES)
-    written = vision.params * {"fp32": 4, "fp16": 2, "int8": 1, "int4": 4.5 / 8}[precision]
+    written = vision.params * VISION_WEIGHT_BYTES[precision]
     phases = [
         _phase("read the tower's bf16 weights", disk=_disk(box, 2 * vision.params)),
         _phase(f"trace {vision.depth} blocks to ONNX and optimise", CPU=TRACE_SECONDS_PER_BLOCK * vision.depth),
         _phase("write the fp32 graph" + (", read it back to convert" if precision != "fp32" else ""),
                disk=_disk(box, 4 * vision.params * (1 if precision == "fp32" else 2))),
     ]
-    if precision == "int4":
-        phases.append(_phase("pack int4 weights", CPU=vision.params / (INT4_PARAMS_PER_S_PER_CORE * box.cores)))
+    if precision in ("int4", "int8w"):
+        phases.append(_phase(f"pack {precision} weights", CPU=vision.params / (INT4_PARAMS_PER_S_PER_CORE * box.cores)))
     if precision == "int8":
         calibration = EXPORT_INT8_CALIBRATION_PAGES * vision_flops(vision, largest_page_patches(source))
         phases.append(_phase("int8 calibration pages", CPU=calibration / _cpu(box)))
@@ -289,7 +290,7 @@ def gptq_stage(source: Source, box: Box, work: Workload) -> Stage:
                  "GPU predicted: one bf16 layer, its Hessians and the calibration states; RAM not predicted")
 
 
-def stage_plan(path: Path, deployed: Plan, *, vision_precision: str = "int4", cores: int = 8, ram_gib: float = 64,
+def stage_plan(path: Path, deployed: Plan, *, vision_precision: str = "int8w", cores: int = 8, ram_gib: float = 64,
                disk_gbs: float = 2.0, work: Workload = Workload()) -> list[Stage]:
     """The README walk-through's commands for the checkpoint at `path` (config.json alone is enough), deployed as
     `deployed` (exaone_edge.plan.plan for the same path) on a box with its GPU."""

@@ -17,11 +17,12 @@ class Tolerance:
     mean_row_cosine: float
 
 
-# fp16 rounds every weight and activation to 11 bits; int8/int4 are judged on direction (cosine) only.
+# fp16 rounds every weight and activation to 11 bits; int8/int8w/int4 are judged on direction (cosine) only.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs=1e-4, min_row_cosine=0.9999, mean_row_cosine=0.9999),
     "fp16": Tolerance(max_abs=2e-2, min_row_cosine=0.999, mean_row_cosine=0.9995),
     "int8": Tolerance(max_abs=None, min_row_cosine=None, mean_row_cosine=0.99),
+    "int8w": Tolerance(max_abs=None, min_row_cosine=0.999, mean_row_cosine=0.9995),
     "int4": Tolerance(max_abs=None, min_row_cosine=None, mean_row_cosine=0.98),
 }
 

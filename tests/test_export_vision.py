@@ -78,8 +78,8 @@ def test_encoder_matches_get_image_features_on_unseen_sizes(fp32_export: tuple[P
         assert np.abs(got - want.numpy()).max() <= 1e-4
 
 
-@pytest.mark.parametrize("precision", ["fp16", "int4"])
-def test_fp16_and_int4_exports_validate(tiny_model_dir: Path, tmp_path: Path, precision: str) -> None:
+@pytest.mark.parametrize("precision", ["fp16", "int8w", "int4"])
+def test_fp16_and_weight_only_exports_validate(tiny_model_dir: Path, tmp_path: Path, precision: str) -> None:
     from exaone_edge.export.vision import export_vision
 
     result = export_vision(tiny_model_dir, tmp_path / precision, precision=precision, pages=FAST_PAGES)
@@ -91,9 +91,11 @@ def test_fp16_and_int4_exports_validate(tiny_model_dir: Path, tmp_path: Path, pr
 
     graph = onnx.load(str(fp32_like), load_external_data=False).graph
     ops = {node.op_type for node in graph.node}
-    if precision == "int4":
+    if precision in ("int8w", "int4"):
         assert "Gemm" not in ops  # every linear layer became MatMulNBits, none stayed float
-        assert "MatMulNBits" in ops
+        bits = {attr.i for node in graph.node if node.op_type == "MatMulNBits" for attr in node.attribute
+                if attr.name == "bits"}
+        assert bits == {8 if precision == "int8w" else 4}
     else:
         assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
     assert_fused_full_attention(result.path)

@@ -213,6 +213,11 @@ def test_the_33b_fits_one_24gb_card_with_vision_on_the_gpu(config_33b, tmp_path)
     assert fp16.components["vision_weights"] / int4.components["vision_weights"] == pytest.approx(2 / (4.5 / 8))
     a10g = plan(pages, gpu="a10g", context=16384, kv_type="q8_0", vision_precision="int4")
     assert not a10g.fits and a10g.best_level == "Q4_K_S"
+    # 8-bit weights (int8w), what the walk-through exports because 4 bits lose too much at the released widths
+    int8w = plan(pages, gpu="rtx4090", context=16384, kv_type="q8_0", vision_precision="int8w")
+    assert int8w.fits and int8w.best_level == "Q4_K_M" and int8w.max_context == 40448
+    assert round(int8w.total_bytes / GIB, 2) == 23.20
+    assert plan(pages, gpu="a10g", context=16384, kv_type="q8_0", vision_precision="int8w").best_level == "Q4_K_S"
     with pytest.raises(InputError, match="unknown vision precision"):
         plan(pages, vision_precision="int3")
 

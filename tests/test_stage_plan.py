@@ -17,13 +17,13 @@ DECODER = model_spec(json.loads(RELEASED_33B_CONFIG.read_text()), RELEASED_33B_C
 
 
 def _deployed(gpu: str = "rtx4090", image_max_tokens: int | None = 1280):
-    return plan(RELEASED, gpu=gpu, context=16384, kv_type="q8_0", vision_precision="int4",
+    return plan(RELEASED, gpu=gpu, context=16384, kv_type="q8_0", vision_precision="int8w",
                 image_max_tokens=image_max_tokens)
 
 
 def _stages(gpu: str = "rtx4090", image_max_tokens: int | None = 1280, **box):
     """The stages by their command's first word (GPTQ as "gptq")."""
-    stages = stage_plan(RELEASED, _deployed(gpu, image_max_tokens), vision_precision="int4", **box)
+    stages = stage_plan(RELEASED, _deployed(gpu, image_max_tokens), vision_precision="int8w", **box)
     return {("gptq" if "gptq" in stage.command else stage.command.split()[0]): stage for stage in stages}
 
 
@@ -91,7 +91,7 @@ def test_gptq_fits_the_a100_it_is_planned_on_and_grows_with_calibration():
 
 
 def test_cli_prints_and_emits_the_stages():
-    text = run_cli("plan", RELEASED, "--context", "16384", "--kv-type", "q8_0", "--vision-precision", "int4",
+    text = run_cli("plan", RELEASED, "--context", "16384", "--kv-type", "q8_0", "--vision-precision", "int8w",
                    "--image-max-tokens", "1280", "--stages", check=True).stdout
     assert "predicted for rtx4090, 8 cores, 64 GiB RAM, disk 2 GB/s" in text
     assert "quantize --bits 4 (Q4_K_M, document imatrix)" in text
