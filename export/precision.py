@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -113,6 +114,7 @@ def to_int4(source: Path, target: Path, *, feeds: Iterable[dict[str, np.ndarray]
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     del feeds
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
     model = onnx.load(str(source))
     quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=INT4_BLOCK, is_symmetric=True)
     quantizer.process()
