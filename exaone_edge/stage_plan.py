@@ -117,6 +117,11 @@ def largest_page_patches(source: Source) -> int:
     return page_patches(source, (2480, 3508))
 
 
+def _page_rows(source: Source) -> int:
+    """Decoder rows of that page (patches merged 2×2)."""
+    return largest_page_patches(source) // source.spec.vision.spatial_merge_size ** 2
+
+
 def _linears(decoder: DecoderSpec) -> list[tuple[int, int]]:
     """(rows, columns) of each weight matrix in a decoder layer: q, k, v, o, gate, up, down."""
     hidden, q_out, kv_out, inter = (decoder.hidden_size, decoder.num_heads * decoder.head_dim,
@@ -186,8 +191,7 @@ def _llama_f16_pass(decoder: DecoderSpec, box: Box, prompts: int, tokens: int, g
 
 def quantize_stage(source: Source, box: Box, level: str, work: Workload, deployed: Plan) -> Stage:
     decoder = source.spec.decoder
-    rows = largest_page_patches(source) // source.spec.vision.spatial_merge_size ** 2
-    tokens = rows + PAGE_TEXT_ALLOWANCE
+    tokens = _page_rows(source) + PAGE_TEXT_ALLOWANCE
     f16 = estimated_bytes(source.decoder_params, "F16")
     quantized = deployed.components["decoder_weights"] + deployed.host_bytes
     vision_gpu = deployed.components["vision_weights"] + deployed.components["vision_activations"]
@@ -217,8 +221,7 @@ def quantize_stage(source: Source, box: Box, level: str, work: Workload, deploye
 
 def validate_stage(source: Source, box: Box, work: Workload, deployed: Plan) -> Stage:
     decoder = source.spec.decoder
-    rows = largest_page_patches(source) // source.spec.vision.spatial_merge_size ** 2
-    tokens = rows + PAGE_TEXT_ALLOWANCE
+    tokens = _page_rows(source) + PAGE_TEXT_ALLOWANCE
     bf16 = 2 * source.decoder_params
     cached = bf16 + REFERENCE_RAM <= box.ram_bytes  # later passes come from the page cache, not the disk
     passes = work.answer_tokens  # teacher-forced logits + prefill share the first; each further token one more
@@ -249,7 +252,7 @@ def validate_stage(source: Source, box: Box, work: Workload, deployed: Plan) -> 
 
 def serve_stage(source: Source, box: Box, deployed: Plan) -> Stage:
     decoder = source.spec.decoder
-    rows = largest_page_patches(source) // source.spec.vision.spatial_merge_size ** 2
+    rows = _page_rows(source)
     page = vision_flops(source.spec.vision, largest_page_patches(source))
     phases = (
         _phase("load the bundle", disk=_disk(box, deployed.components["decoder_weights"] + deployed.host_bytes
@@ -265,7 +268,7 @@ def serve_stage(source: Source, box: Box, deployed: Plan) -> Stage:
 def gptq_stage(source: Source, box: Box, work: Workload) -> Stage:
     decoder = source.spec.decoder
     gpu = GPUS[GPTQ_GPU]
-    rows = largest_page_patches(source) // source.spec.vision.spatial_merge_size ** 2
+    rows = _page_rows(source)
     tokens = work.calibration_prompts * (rows + PAGE_TEXT_ALLOWANCE)
     linears = _linears(decoder)
     # Per layer: the calibration states forward before and after quantizing; X·Xᵀ per weight; GPTQ's solve (the
