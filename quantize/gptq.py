@@ -136,28 +136,10 @@ def quantize_gptq(
 
 def _quantize(model_dir: Path, out: Path, calibration: list[Conversation], evaluation: list[Conversation],
               bits: int, group_size: int, calibration_hash: str | None, overwrite: bool) -> GptqResult:
-    from gptqmodel import GPTQModel, QuantizeConfig
-
     started = time.perf_counter()
     with atomic_dir(out, overwrite=overwrite, kind="gptq") as tmp:
         tmp = tmp.resolve()  # GPTQModel runs inside the scratch dir: relative paths would land there
-        scratch = tmp / ".scratch"
-        scratch.mkdir()
-        config = QuantizeConfig(
-            bits=bits, group_size=group_size, desc_act=False, sym=True, dynamic=KEEP_UNQUANTIZED,
-            offload_to_disk=True, offload_to_disk_path=str(scratch / "offload"),
-        )
-        log(f"gptq: loading {model_dir} for {bits}-bit, group size {group_size}, {len(calibration)} samples")
-        # GPTQModel writes its per-layer logs to ./logs; keep them out of the user's working directory.
-        with contextlib.chdir(scratch):
-            model = GPTQModel.load(str(model_dir), config)
-            model.quantize(calibration, batch_size=1)
-            model.save(str(tmp))
-        del model
-        shutil.rmtree(scratch, ignore_errors=True)
-        for name in PROCESSOR_FILES:
-            if not (tmp / name).exists() and (Path(model_dir) / name).exists():
-                shutil.copy2(Path(model_dir) / name, tmp / name)
+        write_checkpoint(model_dir, tmp, calibration, bits, group_size)
         fidelity = gptq_fidelity(Path(model_dir), tmp, evaluation)
         log(f"gptq: KL vs source {fidelity['kl_mean']:.4g}, top-1 agreement {fidelity['top1_agreement']:.3f}")
         manifest = Manifest(
@@ -176,32 +158,50 @@ def _quantize(model_dir: Path, out: Path, calibration: list[Conversation], evalu
     )
 
 
+def write_checkpoint(model_dir: Path, out: Path, calibration: list[Conversation], bits: int, group_size: int) -> None:
+    """GPTQModel's load → quantize → save into the existing directory `out`, the processor files beside it."""
+    from gptqmodel import GPTQModel, QuantizeConfig
+
+    scratch = out / ".scratch"
+    scratch.mkdir()
+    config = QuantizeConfig(
+        bits=bits, group_size=group_size, desc_act=False, sym=True, dynamic=KEEP_UNQUANTIZED,
+        offload_to_disk=True, offload_to_disk_path=str(scratch / "offload"),
+    )
+    log(f"gptq: loading {model_dir} for {bits}-bit, group size {group_size}, {len(calibration)} samples")
+    # GPTQModel writes its per-layer logs to ./logs; keep them out of the user's working directory.
+    with contextlib.chdir(scratch):
+        model = GPTQModel.load(str(model_dir), config)
+        model.quantize(calibration, batch_size=1)
+        model.save(str(out))
+    del model
+    shutil.rmtree(scratch, ignore_errors=True)
+    for name in PROCESSOR_FILES:
+        if not (out / name).exists() and (Path(model_dir) / name).exists():
+            shutil.copy2(Path(model_dir) / name, out / name)
+
+
 def gptq_fidelity(source: Path, quantized: Path, conversations: list[Conversation],
                   reference_cache: Path | None = None) -> dict[str, Any]:
     """KL and top-1 agreement over every position of each chat, images included, against the source's
-    reference file (layer-streamed, cached: the source model is never loaded whole, nor beside the candidate)."""
-    import torch
-    from transformers import AutoProcessor, Exaone4_5_ForConditionalGeneration
+    reference file. Both halves are layer-streamed (one decoder layer resident, whatever the layer count): the
+    reference from the source (cached), the candidate from the GPTQ checkpoint, its Linears dequantized as each
+    layer loads by GPTQModel's torch kernel (exaone_edge/torch_weights.py `GptqShardReader`)."""
+    import numpy as np
+    from transformers import AutoProcessor
 
     from exaone_edge.validate.reference_file import topk_fidelity
-    from exaone_edge.validate.streamed import chat_reference, resolve_placement
+    from exaone_edge.validate.streamed import StreamedReference, chat_reference, conversation_inputs, resolve_placement
 
     if not conversations:
         raise InputError("no evaluation samples for the GPTQ fidelity check", fix="Use a set with at least 2 documents.")
     processor = AutoProcessor.from_pretrained(source)
     reference = chat_reference(source, processor, conversations, cache_dir=reference_cache)
     dtype, device = resolve_placement()  # as the reference: bf16 on a CUDA GPU, float32 on the CPU
-    candidate = Exaone4_5_ForConditionalGeneration.from_pretrained(
-        quantized, dtype=getattr(torch, dtype), device_map=device
-    ).eval()
-
-    def candidate_logits():
-        with torch.no_grad():
-            for chat in conversations:  # one chat's full logits at a time
-                inputs = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_tensors="pt")
-                yield candidate(**inputs.to(device)).logits[0].float().cpu().numpy()
-
-    result = topk_fidelity(reference.entries, candidate_logits())
-    del candidate
+    candidate = StreamedReference(quantized, processor_dir=source, dtype=dtype, device=device)
+    chats = candidate.sequence_logits(conversation_inputs(processor, conversations))
+    result = topk_fidelity(reference.entries, (np.concatenate(chunks) for chunks in chats))  # a chat at a time
+    candidate.close()
     fidelity = {key: value for key, value in asdict(result).items() if not key.startswith("ppl")}
-    return {**fidelity, "reference": f"layer-streamed transformers ({reference.details['dtype']}), top-k file"}
+    return {**fidelity, "reference": f"layer-streamed transformers ({reference.details['dtype']}), top-k file",
+            "candidate": f"layer-streamed, GPTQModel torch-kernel weights ({dtype})"}

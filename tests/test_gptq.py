@@ -1,4 +1,5 @@
-"""GPTQ on CPU with the tiny model: 8-bit closer than 4-bit, vision tower untouched, clear errors."""
+"""GPTQ on CPU with the tiny model: 8-bit closer than 4-bit, vision tower untouched, the layer-streamed
+candidate equal to the whole GPTQ model, clear errors."""
 
 from __future__ import annotations
 
@@ -71,6 +72,37 @@ def test_vision_tower_and_mtp_head_are_byte_identical(gptq_models, tiny_model_di
                     expected.view(-1).view(dtype=__import__("torch").uint8)), name
                 kept += 1
     assert kept == sum(1 for n in source_index if n.startswith(("model.visual.", "mtp.")))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_streamed_candidate_equals_the_whole_gptq_model(gptq_models, tiny_model_dir, bits):
+    """The fidelity check's candidate, one decoder layer resident, computes what transformers + GPTQModel's kernel
+    compute with the whole GPTQ model loaded (float32, CPU). Tolerance 1e-4, as for the dense streamed reference
+    (float32 summation order); measured 0.0: the dense weights are the kernel's own dequantization, bit for bit."""
+    import numpy as np
+    import torch
+    from transformers import AutoProcessor, Exaone4_5_ForConditionalGeneration
+
+    from exaone_edge.validate.candidates import eager_gptq_kernels
+    from exaone_edge.torch_weights import GptqShardReader
+    from exaone_edge.validate.streamed import StreamedReference, conversation_inputs
+
+    path = gptq_models[bits].path
+    inputs = conversation_inputs(AutoProcessor.from_pretrained(tiny_model_dir), _chats(2, offset=100))
+    streamed = StreamedReference(path, processor_dir=tiny_model_dir, dtype="float32", device="cpu")
+    assert isinstance(streamed.weights, GptqShardReader)
+    logits = [np.concatenate(chunks) for chunks in streamed.sequence_logits(inputs)]
+    # One pass, every stored tensor but the MTP head's read exactly once, no decoder layer left resident.
+    layout = streamed.weights.layout
+    assert streamed.passes == 1
+    assert streamed.weights.bytes_read == sum(t.nbytes for name, t in layout.items() if not name.startswith("mtp."))
+    assert all(p.is_meta for p in streamed.model.model.language_model.layers.parameters())
+    with eager_gptq_kernels(), torch.no_grad():  # the only place the whole GPTQ model is still loaded
+        whole = Exaone4_5_ForConditionalGeneration.from_pretrained(path, dtype=torch.float32, device_map="cpu").eval()
+        expected = [whole(**item).logits[0].numpy() for item in inputs]
+    for mine, theirs in zip(logits, expected, strict=True):
+        assert mine.shape == theirs.shape
+        assert np.abs(mine - theirs).max() <= 1e-4
 
 
 @pytest.mark.parametrize(

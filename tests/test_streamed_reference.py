@@ -99,6 +99,7 @@ def test_reference_file_round_trip_checksum_and_key(tmp_path, whole_model):
 def test_second_validate_run_reuses_the_reference_file_without_the_checkpoint(
         tiny_model_dir, tiny_vision_dir, tmp_path, monkeypatch):
     from exaone_edge.docs import generate_set
+    from exaone_edge import torch_weights
     from exaone_edge.validate import collect, reference, streamed
 
     docs = tmp_path / "docs"
@@ -113,7 +114,7 @@ def test_second_validate_run_reuses_the_reference_file_without_the_checkpoint(
         raise AssertionError("the checkpoint was loaded on a run that had its reference file")
 
     monkeypatch.setattr(streamed.StreamedReference, "__init__", refuse)
-    monkeypatch.setattr(streamed.ShardReader, "read", refuse)
+    monkeypatch.setattr(torch_weights.ShardReader, "read", refuse)
     monkeypatch.setattr(reference.HFModel, "__init__", refuse)
     second = collect.validate(tiny_model_dir, [tiny_vision_dir], docs, options, reference_cache=cache)
     assert second.reference.reused is True and second.reference.file == first.reference.file

@@ -13,11 +13,14 @@ fit the page cache, so `max_new_tokens` 24 costs ~25 passes.
 
 Shards are read with positional reads into fresh buffers, not kept memory-mapped, so pages of
 tensors already used never count against the process (exaone_edge/torch_weights.py).
+
+A GPTQ checkpoint runs the same way (the GPTQ fidelity check's candidate): each quantized Linear's dense
+weight is made as its layer loads, by GPTQModel's own torch kernel (exaone_edge/torch_weights.py `GptqShardReader`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ import numpy as np
 
 from exaone_edge.errors import InputError
 from exaone_edge.progress import log
-from exaone_edge.torch_weights import ShardReader, vision_prefix
+from exaone_edge.torch_weights import open_weights, vision_prefix
 
 DTYPES = ("auto", "bfloat16", "float32")
 HEAD_ROWS = 256  # positions per lm_head chunk: bounds the [rows, vocab] float32 logits (153,600 wide for the 33B)
@@ -75,7 +78,7 @@ class StreamedReference:
         with torch.device("meta"):
             self.model = Exaone4_5_ForConditionalGeneration(self.config).eval()
         self.text_config = self.model.model.language_model.config
-        self.weights = ShardReader(model_dir)
+        self.weights = open_weights(model_dir)
         self.passes = 0
         lm = self.model.model.language_model
         # Non-persistent rope buffers are computed in __init__: build those two modules for real.
@@ -238,15 +241,21 @@ class StreamedReference:
     def decode(self, ids: list[int]) -> str:
         return self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    def sequence_logits(self, inputs: Sequence[Any], reduce: Callable[[Any], Any]) -> list[list[Any]]:
-        """Every position of each full chat (e.g. a conversation with its answer), reduced chunk by chunk."""
+    def sequence_logits(self, inputs: Sequence[Any], reduce: Callable[[Any], Any] | None = None) -> Iterator[list[Any]]:
+        """Every position of each full chat (e.g. a conversation with its answer), reduced chunk by chunk (default:
+        float32 numpy logits). One pass over the weights now; each chat's head runs as the iterator reaches it."""
         rows = self.vision_rows(inputs)
         self._ensure_embeddings()
         sequences = [self._sequence(self._embed(item["input_ids"], r)) for item, r in zip(inputs, rows)]
-        log(f"reference: one pass over {len(inputs)} sequences ({self.dtype_name} on {self.device})")
+        log(f"streamed: one pass over {len(inputs)} sequences of {self.model_dir.name} "
+            f"({self.dtype_name} on {self.device})")
         self._pass(sequences)
-        return [self._head(sequence.hidden[0], reduce) for sequence in sequences]
+        return (self._head(sequence.hidden[0], reduce) for sequence in sequences)
 
+
+def conversation_inputs(processor, conversations: Sequence[Any]) -> list[Any]:
+    return [processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_tensors="pt")
+            for chat in conversations]
 
 
 def _cached(key: str, cache_dir: Path | None) -> tuple[Path, Any]:
@@ -307,8 +316,7 @@ def chat_reference(model_dir: Path, processor, conversations: Sequence[Any], cac
     )
 
     dtype_name, device = resolve_placement(dtype)
-    inputs = [processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_tensors="pt")
-              for chat in conversations]
+    inputs = conversation_inputs(processor, conversations)
     digests = [[item["input_ids"][0].tolist(), [image_digest(part["image"]) for turn in chat
                 for part in (turn["content"] if isinstance(turn["content"], list) else [])
                 if part.get("type") == "image"]] for item, chat in zip(inputs, conversations)]
