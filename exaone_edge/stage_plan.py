@@ -40,6 +40,7 @@ LLAMA_GPU_RESERVE = 1536 * 2**20  # quantize.llama_eval.GPU_RESERVE: CUDA contex
 PAGE_TEXT_ALLOWANCE = 512  # quantize.calibration.PAGE_TEXT_ALLOWANCE: positions beside a page's rows
 UBATCH = 512  # llama.cpp's micro-batch in imatrix/KL: host-resident weights go to the GPU once per micro-batch
 GPTQ_GPU = "a100-40"  # the GPU GPTQ is planned on (README: an A100 40/80 GB)
+REFERENCE_CACHE_SHARE = 0.5  # validate.streamed.CACHE_SHARE: the free GPU memory a group's KV caches may take
 PROCESS_RAM = GIB  # a Python process with its runtimes loaded, beside what a stage holds
 
 
@@ -224,7 +225,11 @@ def validate_stage(source: Source, box: Box, work: Workload, deployed: Plan) -> 
     tokens = _page_rows(source) + PAGE_TEXT_ALLOWANCE
     bf16 = 2 * source.decoder_params
     cached = bf16 + REFERENCE_RAM <= box.ram_bytes  # later passes come from the page cache, not the disk
-    passes = work.answer_tokens  # teacher-forced logits + prefill share the first; each further token one more
+    # Every generating question keeps all layers' KV caches on the GPU; questions run in groups whose caches fit
+    # validate.streamed.CACHE_SHARE of it, each group with its own passes over the weights.
+    caches = work.questions * tokens * decoder.num_layers * decoder.kv_bytes_per_token_per_layer_f16  # bf16 K and V
+    groups = max(1, math.ceil(caches / (REFERENCE_CACHE_SHARE * box.gpu.memory_bytes)))
+    passes = groups * work.answer_tokens  # teacher-forced + prefill share a group's first; each further token one more
     per_pass = _pcie(box, bf16) if cached else max(_disk(box, bf16), _pcie(box, bf16))
     prefill = work.questions * prompt_flops(decoder, tokens)
     page = vision_flops(source.spec.vision, largest_page_patches(source))
@@ -235,7 +240,8 @@ def validate_stage(source: Source, box: Box, work: Workload, deployed: Plan) -> 
                disk=_disk(box, 2 * source.spec.vision.params), GPU_FP16=_gpu(box, work.questions * page)),
         _phase("reference: first pass over the bf16 decoder (teacher-forced + prefill)", disk=_disk(box, bf16),
                GPU_FP16=_gpu(box, 2 * prefill)),
-        _phase(f"reference: {passes - 1} more passes, one per answer token", **{
+        _phase(f"reference: {passes - 1} more passes, one per answer token"
+               + (f" ({groups} groups of questions, their KV caches apart)" if groups > 1 else ""), **{
             "PCIe" if cached else "disk": (passes - 1) * per_pass}),
         _phase(f"candidate: load the {deployed.level} bundle", disk=_disk(box, quantized)),
         _phase(f"candidate: {work.questions} pages, teacher-forced + {work.answer_tokens} answer tokens each",
@@ -243,11 +249,10 @@ def validate_stage(source: Source, box: Box, work: Workload, deployed: Plan) -> 
                GPU_bandwidth=work.questions * work.answer_tokens * step),
     )
     resident = 2 * (decoder.layer_params + decoder.embedding_params)
-    caches = work.questions * tokens * decoder.num_layers * decoder.kv_bytes_per_token_per_layer_f16  # bf16 K and V
     return Stage(f"validate ({work.questions} questions, reference once)", "GPU + CPU", phases, REFERENCE_RAM,
-                 max(resident + caches, deployed.total_bytes),
+                 max(resident + caches // groups, deployed.total_bytes),
                  "RAM measured at the real widths (float32, CPU, 8 layers); GPU predicted: one bf16 layer, embeddings, "
-                 "head and every question's KV cache, or the bundle, whichever is larger")
+                 "head and a group of questions' KV caches, or the bundle, whichever is larger")
 
 
 def serve_stage(source: Source, box: Box, deployed: Plan) -> Stage:

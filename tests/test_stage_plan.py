@@ -106,3 +106,13 @@ def test_stage_times_need_a_named_gpu():
         stage_plan(RELEASED, plan(RELEASED, gpu="48GiB", context=16384))
     with pytest.raises(InputError, match="must be positive"):
         stage_plan(RELEASED, plan(RELEASED, context=16384), disk_gbs=0)
+
+
+def test_many_questions_run_in_groups_instead_of_overflowing_the_gpu():
+    """validate's reference keeps each generating question's KV cache (0.46 GB at 1,772 positions): 100 questions
+    run in groups whose caches fit half the card, each group paying its own passes over the weights."""
+    few = stage_plan(RELEASED, _deployed(), work=Workload(questions=12))[2]
+    many = stage_plan(RELEASED, _deployed(), work=Workload(questions=100))[2]
+    passes = next(p for p in many.phases if "more passes" in p.name)
+    assert "95 more passes" in passes.name and "4 groups" in passes.name
+    assert many.gpu_bytes <= 24564 * 2**20 and many.seconds > 3 * few.seconds

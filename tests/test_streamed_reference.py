@@ -125,3 +125,23 @@ def test_second_validate_run_reuses_the_reference_file_without_the_checkpoint(
         collect.validate(tiny_model_dir, [tiny_vision_dir], docs,
                          collect.ValidateOptions(max_questions=2, max_new_tokens=5, measure_speed=False),
                          reference_cache=cache)
+
+
+def test_questions_whose_caches_do_not_fit_together_run_in_groups(tiny_model_dir, questions, tmp_path, monkeypatch):
+    """Each generating question keeps every layer's KV cache on the device (0.46 GB each for the 33B): when they do
+    not fit together the reference runs them in groups, each with its own passes, and writes the same file."""
+    from exaone_edge.validate import streamed
+
+    def reference(cache: str):
+        return streamed.question_reference(tiny_model_dir, questions, "eval", {}, 4, cache_dir=tmp_path / cache,
+                                           dtype="float32")[0]
+
+    together = reference("together")
+    monkeypatch.setattr(streamed, "CACHE_SHARE", 1e-12)  # no two questions fit: one group each
+    apart = reference("apart")
+    assert len(questions) == 2 and apart.details["weight_passes"] > together.details["weight_passes"]
+    for mine, theirs in zip(apart.entries, together.entries, strict=True):
+        assert mine.answer == theirs.answer and mine.answer_ids == theirs.answer_ids
+        assert np.array_equal(mine.topk.ids, theirs.topk.ids)
+        assert np.abs(mine.topk.logits - theirs.topk.logits).max() <= 1e-5
+        assert np.abs(mine.vision_rows - theirs.vision_rows).max() <= 1e-5
