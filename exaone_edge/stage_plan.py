@@ -16,8 +16,8 @@ from pathlib import Path
 
 from exaone_edge.errors import InputError
 from exaone_edge.levels import estimated_bytes
-from exaone_edge.plan import (GIB, GPUS, VISION_WEIGHT_BYTES, Gpu, Plan, Source, load_source, vision_activation_bytes,
-                              with_page_budget)
+from exaone_edge.plan import (GIB, GPUS, UBATCH, VISION_WEIGHT_BYTES, Gpu, Plan, Source, load_source,
+                              vision_activation_bytes, with_page_budget)
 from exaone_edge.spec import DecoderSpec, VisionSpec
 from exaone_edge.vision.contract import VALIDATION_PAGES
 from exaone_edge.vision.preprocess import smart_resize
@@ -29,16 +29,15 @@ QUANTIZE_PARAMS_PER_S_PER_CORE = 6.82e6  # llama.cpp F16 → Q4_K_M with an impo
 INT4_PARAMS_PER_S_PER_CORE = 3.0e7  # ONNX Runtime's MatMulNBits quantizer (block 32, 4 bits; 8 bits taken as fast)
 TRACE_SECONDS_PER_BLOCK = 1.9  # the tiny tower's whole export on one tiny page ÷ its 6 blocks (fixed cost included)
 # Export's peak RSS: a fixed cost (torch, transformers, ONNX Runtime) + a multiple of the tower's fp32 bytes, measured by
-# benchmarks/vision_export_memory.py on a 4-block real-width tower (docs/export.md).
+# benchmarks/vision_export_memory.py on a 4-block real-width tower (docs/export.md) for fp32 and int8; fp16, int8w and
+# int4 are given fp32's ratio, not measured (their conversion reopens the fp32 graph after the tower is freed).
 EXPORT_FIXED_RAM = int(1.15e9)
 EXPORT_RAM_PER_FP32_BYTE = {"fp32": 1.52, "fp16": 1.52, "int8w": 1.52, "int4": 1.52, "int8": 2.17}
 EXPORT_INT8_CALIBRATION_PAGES = 16  # export.vision.MAX_CALIBRATION_PAGES
 # validate's layer-streamed reference, peak RSS at the real decoder widths with 8 layers (benchmarks/reference_memory.py).
 REFERENCE_RAM = int(4.12 * GIB)
-CONVERT_RAM = int(0.13e9)  # GGUF conversion's peak RSS at the real widths (benchmarks/convert_memory.py)
 LLAMA_GPU_RESERVE = 1536 * 2**20  # quantize.llama_eval.GPU_RESERVE: CUDA context, cuBLAS workspace, compute buffer
 PAGE_TEXT_ALLOWANCE = 512  # quantize.calibration.PAGE_TEXT_ALLOWANCE: positions beside a page's rows
-UBATCH = 512  # llama.cpp's micro-batch in imatrix/KL: host-resident weights go to the GPU once per micro-batch
 GPTQ_GPU = "a100-40"  # the GPU GPTQ is planned on (README: an A100 40/80 GB)
 REFERENCE_CACHE_SHARE = 0.5  # validate.streamed.CACHE_SHARE: the free GPU memory a group's KV caches may take
 PROCESS_RAM = GIB  # a Python process with its runtimes loaded, beside what a stage holds
@@ -182,7 +181,8 @@ def _f16_layers_on_gpu(decoder: DecoderSpec, box: Box, n_ctx: int, vision_gpu_by
 
 def _llama_f16_pass(decoder: DecoderSpec, box: Box, prompts: int, tokens: int, gpu_layers: int) -> tuple[float, float]:
     """(GPU seconds, PCIe seconds) of `prompts` through the F16 decoder with `gpu_layers` offloaded: llama.cpp runs
-    the host layers' matmuls on the GPU too (op offload, batches ≥ 32), uploading their weights every micro-batch;
+    the host layers' matmuls on the GPU too (op offload, batches ≥ 32), uploading their weights every micro-batch
+    (UBATCH positions: imatrix and KL run llama.cpp's default batch);
     imatrix's collector copies each matmul's input back to the host."""
     host_weights = (decoder.num_layers - gpu_layers) * 2 * decoder.layer_params
     uploads = prompts * math.ceil(tokens / UBATCH) * host_weights
@@ -271,8 +271,8 @@ def serve_stage(source: Source, box: Box, deployed: Plan) -> Stage:
 
 
 def gptq_stage(source: Source, box: Box, work: Workload) -> Stage:
+    """On `box`'s GPU (stage_plan passes the A100 GPTQ is planned on)."""
     decoder = source.spec.decoder
-    gpu = GPUS[GPTQ_GPU]
     rows = _page_rows(source)
     tokens = work.calibration_prompts * (rows + PAGE_TEXT_ALLOWANCE)
     linears = _linears(decoder)
@@ -285,16 +285,15 @@ def gptq_stage(source: Source, box: Box, work: Workload) -> Stage:
     phases = (
         _phase("read the bf16 checkpoint", disk=_disk(box, 2 * (source.decoder_params + source.vision_params))),
         _phase(f"encode {work.calibration_prompts} pages (transformers, GPU)",
-               GPU_FP16=work.calibration_prompts * vision_flops(source.spec.vision, largest_page_patches(source))
-               / (gpu.fp16_tflops * 1e12)),
-        _phase(f"{layers} layers: forward passes", GPU_FP16=layers * forward / (gpu.fp16_tflops * 1e12)),
+               GPU_FP16=_gpu(box, work.calibration_prompts * vision_flops(source.spec.vision, largest_page_patches(source)))),
+        _phase(f"{layers} layers: forward passes", GPU_FP16=_gpu(box, layers * forward)),
         _phase(f"{layers} layers: Hessians and GPTQ solves (fp32)",
-               GPU_FP32=layers * (hessians + solves) / (gpu.fp32_tflops * 1e12)),
+               GPU_FP32=layers * (hessians + solves) / (box.gpu.fp32_tflops * 1e12)),
         _phase("fidelity: streamed reference and candidate passes", disk=_disk(box, 2 * 2 * source.decoder_params)),
     )
     states = 2 * tokens * decoder.hidden_size * 2
     resident = 2 * decoder.layer_params + sum(4 * columns ** 2 for _, columns in linears) + states
-    return Stage(f"quantize --format gptq --bits 4 (on {gpu.name})", f"GPU ({gpu.name})", phases, None, resident,
+    return Stage(f"quantize --format gptq --bits 4 (on {box.gpu.name})", f"GPU ({box.gpu.name})", phases, None, resident,
                  "GPU predicted: one bf16 layer, its Hessians and the calibration states; RAM not predicted")
 
 

@@ -116,3 +116,19 @@ def test_many_questions_run_in_groups_instead_of_overflowing_the_gpu():
     passes = next(p for p in many.phases if "more passes" in p.name)
     assert "95 more passes" in passes.name and "4 groups" in passes.name
     assert many.gpu_bytes <= 24564 * 2**20 and many.seconds > 3 * few.seconds
+
+
+def test_the_stage_constants_mirror_the_stages_they_predict():
+    """The core cannot import a stage, so stage_plan repeats a few of their constants: they must not drift."""
+    from exaone_edge import stage_plan as predicted
+    from exaone_edge.export.vision import MAX_CALIBRATION_PAGES
+    from exaone_edge.llama_context import reference_options
+    from exaone_edge.quantize.calibration import PAGE_TEXT_ALLOWANCE
+    from exaone_edge.quantize.llama_eval import GPU_RESERVE
+    from exaone_edge.validate.streamed import CACHE_SHARE
+
+    assert predicted.EXPORT_INT8_CALIBRATION_PAGES == MAX_CALIBRATION_PAGES
+    assert predicted.PAGE_TEXT_ALLOWANCE == PAGE_TEXT_ALLOWANCE
+    assert predicted.LLAMA_GPU_RESERVE == GPU_RESERVE
+    assert predicted.REFERENCE_CACHE_SHARE == CACHE_SHARE
+    assert predicted.UBATCH == reference_options(4096).n_batch  # imatrix and KL upload host weights once a batch
