@@ -28,6 +28,16 @@ LLAMA_GPU_INSTALL = ('CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall 
                      "--no-binary llama-cpp-python llama-cpp-python==0.3.36")
 # What `plan` assumes of the target box: onnxruntime-gpu and llama.cpp built with CUDA (README's GPU set-up).
 GPU_BOX_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# CUDA EP options (ONNX Runtime's CUDA provider docs): grow the arena by what is asked, not in powers of two (up to
+# 2× the activations `plan` counts), and no TF32 in fp32 matmuls (10-bit mantissas; fp32 graphs stay fp32).
+ORT_PROVIDER_OPTIONS: dict[str, dict[str, str]] = {
+    "CUDAExecutionProvider": {"arena_extend_strategy": "kSameAsRequested", "use_tf32": "0"},
+}
+# A one-Identity ONNX model (opset 13, IR 8), serialized by onnx.helper (tests/test_device.py rebuilds it): enough for
+# ONNX Runtime to start a provider, which get_available_providers() lists even when its CUDA libraries cannot load.
+PROBE_MODEL = (b"\x08\x08\x12\x00:;\n\x10\n\x01x\x12\x01y\"\x08Identity\x12\x05probeZ\x0f\n\x01x\x12\n\n\x08\x08\x01\x12\x04"
+               b"\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\r")
+_started: dict[str, bool] = {}  # provider → whether it started on PROBE_MODEL in this process
 
 
 class DeviceUnavailable(MissingDependency):
@@ -35,12 +45,33 @@ class DeviceUnavailable(MissingDependency):
 
 
 def onnxruntime_providers() -> tuple[str, ...]:
-    """ONNX Runtime's execution providers in this environment (none when onnxruntime is not installed)."""
+    """ONNX Runtime's execution providers that start here (none when onnxruntime is not installed): CUDA is listed
+    by onnxruntime-gpu whether or not its CUDA/cuDNN libraries load, so it is test-loaded once per process (and
+    TensorRT, which needs the same libraries, goes with it)."""
     try:
         import onnxruntime
     except ImportError:
         return ()
-    return tuple(onnxruntime.get_available_providers())
+    listed = tuple(onnxruntime.get_available_providers())
+    if "CUDAExecutionProvider" in listed and not _provider_starts("CUDAExecutionProvider"):
+        return tuple(name for name in listed if name not in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
+    return listed
+
+
+def _provider_starts(name: str) -> bool:
+    """Whether ONNX Runtime starts `name` on PROBE_MODEL; its own warning says why not (logged at warning level)."""
+    if name not in _started:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 2
+        try:
+            session = onnxruntime.InferenceSession(PROBE_MODEL, options, enable_fallback=0,
+                                                   providers=[(name, ORT_PROVIDER_OPTIONS.get(name, {})), "CPUExecutionProvider"])
+            _started[name] = session.get_providers()[0] == name
+        except (RuntimeError, ValueError):  # onnxruntime's own failure to create the provider
+            _started[name] = False
+    return _started[name]
 
 
 def llama_gpu_offload() -> bool:
@@ -73,7 +104,8 @@ class Placement:
             vision = "none" if self.vision == "none" else "the caller's encoder"
         else:
             vision = f"{'GPU' if self.vision_on_gpu else 'CPU'} (ONNX Runtime {self.providers[0]})"
-        layers = {0: "CPU", ALL_LAYERS: "GPU, every layer"}.get(self.gpu_layers, f"GPU, {self.gpu_layers} layers (rest on CPU)")
+        layers = {0: "CPU", ALL_LAYERS: "GPU, every layer"}.get(
+            self.gpu_layers, f"GPU, the output layer and {max(self.gpu_layers - 1, 0)} repeating layers (rest on CPU)")
         return f"vision encoder on {vision}; decoder on {layers} (llama.cpp)"
 
     def as_dict(self) -> dict[str, Any]:
@@ -112,8 +144,9 @@ def _vision(device: str, asked: str, has_vision: bool, providers: tuple[str, ...
     wanted = asked if asked != "auto" else ("cuda" if device == "cuda" or "CUDAExecutionProvider" in available else "cpu")
     if wanted != "cpu" and ORT_PROVIDERS[wanted][0] not in available:
         name = ORT_PROVIDERS[wanted][0]
-        if wanted == "cuda":
-            fix = f"Install the GPU build: {ORT_GPU_INSTALL} (it also needs the CUDA and cuDNN libraries it was built for)."
+        if wanted == "cuda":  # the decoder's placement does not depend on ONNX Runtime
+            fix = (f"Install the GPU build: {ORT_GPU_INSTALL} (it also needs the CUDA and cuDNN libraries it was built "
+                   "for), or add --vision-provider cpu to keep only the vision encoder on the CPU.")
         else:
             fix = "Install onnxruntime-gpu with the TensorRT libraries on the library path, or use --vision-provider cuda."
         raise DeviceUnavailable(f"the vision encoder's runtime, onnxruntime, has no {name} here "
@@ -127,12 +160,38 @@ def _layers(device: str, gpu_layers: int | None, gpu_offload: bool | None) -> in
     wants_gpu = device == "cuda" or gpu_layers is not None
     offload = llama_gpu_offload() if gpu_offload is None else gpu_offload
     if wants_gpu and not offload:
-        raise DeviceUnavailable("the decoder's runtime, llama.cpp (llama-cpp-python), was built without a GPU backend",
-                                fix=f"Rebuild it with CUDA: {LLAMA_GPU_INSTALL} (needs the CUDA toolkit's nvcc), "
-                                    "or use --device cpu.")
+        from exaone_edge.llama import gpu_backends, log_since
+
+        raise no_llama_gpu(gpu_backends(), log_since(0))
     if not offload:
         return 0
     return ALL_LAYERS if gpu_layers is None else gpu_layers
+
+
+def no_llama_gpu(backends: list[str], log: list[str]) -> DeviceUnavailable:
+    """Why llama.cpp offers no GPU: a build without a GPU backend, or one whose backend (CUDA) found no device, the
+    driver's own error being llama.cpp's last logged line (ggml_cuda_init: failed to initialize CUDA: ...)."""
+    if not backends:
+        return DeviceUnavailable("the decoder's runtime, llama.cpp (llama-cpp-python), was built without a GPU backend",
+                                 fix=f"Rebuild it with CUDA: {LLAMA_GPU_INSTALL} (needs the CUDA toolkit's nvcc), "
+                                     "or use --device cpu.")
+    said = f" ({log[-1]})" if log else ""
+    return DeviceUnavailable(f"llama.cpp's {'/'.join(backends)} backend found no usable GPU{said}",
+                             fix="Check the NVIDIA driver (nvidia-smi) and CUDA_VISIBLE_DEVICES, or use --device cpu.")
+
+
+def gpu_layer_split(gpu_layers: int, num_layers: int) -> tuple[int, bool]:
+    """(repeating layers on the GPU, whether the output layer is) for llama.cpp's n_gpu_layers = `gpu_layers`.
+
+    llama.cpp 0c1e570, src/llama-model.cpp, `load_tensors`: layer indices 0..n_layer-1 are the repeating layers and
+    index n_layer the output layer; `i_gpu_start = max(n_layer + 1 - n_gpu_layers, 0)` and
+    `act_gpu_layers = min(n_gpu_layers, n_layer + 1)`, and index il goes to a GPU when il >= i_gpu_start (a negative
+    n_gpu_layers counts as n_layer + 1: `llama_model::n_gpu_layers`). So N > 0 puts the output layer first and then
+    the last N - 1 repeating layers on the GPU; the input layer (token_embd) never goes there (`dev_input` is the CPU).
+    """
+    if gpu_layers < 0 or gpu_layers > num_layers:
+        return num_layers, True
+    return max(gpu_layers - 1, 0), gpu_layers > 0
 
 
 def predicted_placement(device: str = "auto", gpu_layers: int | None = None, vision_provider: str = "auto", *,

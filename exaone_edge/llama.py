@@ -1,26 +1,84 @@
 """The llama.cpp binding's core (llama-cpp-python's low-level API): backend, GPU offload, models, tokenization.
 
-One process initialises the backend once (silencing llama.cpp's per-tensor load log); every model the
-toolkit loads, for serving, quantization, KL, imatrix or tokenizer checks, is a `Model` from here.
-Contexts, batches and decoding live in `exaone_edge.llama_context`.
+One process initialises the backend once. llama.cpp's log goes through `LogFilter`: warnings and errors (CUDA's
+included) reach stderr, the per-tensor INFO/DEBUG chatter does not, and the last few are kept so a failed load can
+say why. Every model the toolkit loads, for serving, quantization, KL, imatrix or tokenizer checks, is a `Model`
+from here. Contexts, batches and decoding live in `exaone_edge.llama_context`.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from exaone_edge.errors import ArtifactError, InputError, MissingDependency
+from exaone_edge.errors import ArtifactError, ExaoneEdgeError, InputError, MissingDependency
+from exaone_edge.interrupts import held_interrupt
 
-KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids
+
+@dataclass(frozen=True)
+class KvType:
+    ggml_type: int  # enum ggml_type (ggml.h), as llama_context_params.type_k / type_v take it
+    bytes_per_element: float  # q8_0 and q4_0 store 32 values in 34 and 18 bytes
+
+
+# Every KV cache type the runtime accepts; `plan` sizes exactly these (one list for both).
+KV_TYPES = {"f32": KvType(0, 4.0), "f16": KvType(1, 2.0), "q8_0": KvType(8, 34 / 32), "q4_0": KvType(2, 18 / 32)}
 ALL_LAYERS = -1  # n_gpu_layers: llama.h reads a negative value as "every layer, output included"
 _DEVICE_TYPE_GPU = 1  # enum ggml_backend_dev_type (ggml-backend.h): CPU, GPU, IGPU, ACCEL
+_NOT_GPU_BACKENDS = ("CPU", "BLAS", "RPC")  # ggml backend registries that never hold a local GPU
+# Warnings every EXAONE GGUF raises on load, not worth a line each time: <|endofturn|> is not in llama.cpp's list of
+# end-of-generation names, so it adds the eos id to that set itself and says so (src/llama-vocab.cpp, load).
+_EXPECTED_WARNINGS = ("special_eos_id is not in special_eog_ids",)
 _lock = threading.Lock()
 _backend_ready = False
 _log_callback = None  # kept alive: llama.cpp holds the pointer
 _open: dict[int, Path] = {}  # id(model) → file, for every loaded (not vocab-only) model
+
+
+class LogFilter:
+    """llama.cpp's log callback: WARN and ERROR lines (and their CONT continuations) to `write`, INFO and DEBUG
+    dropped (ggml_log_level in ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5). The last `keep` lines
+    passed are remembered for error messages."""
+
+    WARN, ERROR, CONT = 3, 4, 5
+
+    def __init__(self, write: Callable[[str], object] | None = None, keep: int = 8) -> None:
+        self._write = write or (lambda text: sys.stderr.write(text))
+        self.recent: collections.deque[str] = collections.deque(maxlen=keep)
+        self._passing = False  # whether the message a CONT piece continues was passed
+        self.count = 0  # lines passed so far
+
+    def __call__(self, level: int, text: bytes | str | None) -> None:
+        line = text.decode("utf-8", "replace") if isinstance(text, bytes) else (text or "")
+        if level != self.CONT:
+            self._passing = level in (self.WARN, self.ERROR) and not any(w in line for w in _EXPECTED_WARNINGS)
+        if not self._passing or not line:
+            return
+        self._write(line if level == self.CONT else f"llama.cpp: {line}")
+        if level == self.CONT and self.recent:
+            self.recent[-1] += line.rstrip("\n")
+        else:
+            self.recent.append(line.strip())
+            self.count += 1
+
+
+_log = LogFilter()
+
+
+def log_mark() -> int:
+    """A mark for `log_since`: how many warning and error lines llama.cpp has logged so far."""
+    return _log.count
+
+
+def log_since(mark: int) -> list[str]:
+    """llama.cpp's warning and error lines since `mark` (at most the last few)."""
+    new = _log.count - mark
+    return list(_log.recent)[-new:] if new > 0 else []
 
 
 def library():
@@ -33,21 +91,21 @@ def library():
 
 
 def init_backend(verbose: bool = False) -> None:
-    """Once per process: silence llama.cpp's per-tensor load log (stderr is for our progress lines), init the backend."""
+    """Once per process: route llama.cpp's log through `LogFilter` (everything when `verbose`), init the backend."""
     global _backend_ready, _log_callback
     lib = library()
     with _lock:
         if _backend_ready:
             return
         if not verbose:
-            _log_callback = lib.llama_log_callback(lambda level, text, data: None)
+            _log_callback = lib.llama_log_callback(lambda level, text, data: _log(level, text))
             lib.llama_log_set(_log_callback, ctypes.c_void_p(0))
         lib.llama_backend_init()
         _backend_ready = True
 
 
 def supports_gpu_offload() -> bool:
-    """Whether this llama.cpp build has a GPU backend (False when llama-cpp-python is not installed)."""
+    """Whether this llama.cpp build has a GPU backend that found a device (False without llama-cpp-python)."""
     try:
         lib = library()
     except MissingDependency:
@@ -56,10 +114,7 @@ def supports_gpu_offload() -> bool:
     return bool(lib.llama_supports_gpu_offload())
 
 
-def gpu_memory() -> tuple[int, int] | None:
-    """(free, total) bytes of the first GPU this llama.cpp build can use; None without one."""
-    if not supports_gpu_offload():
-        return None
+def _ggml():
     from llama_cpp._ggml import libggml
 
     libggml.ggml_backend_dev_count.restype = ctypes.c_size_t
@@ -69,6 +124,19 @@ def gpu_memory() -> tuple[int, int] | None:
     libggml.ggml_backend_dev_type.restype = ctypes.c_int
     libggml.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
                                                 ctypes.POINTER(ctypes.c_size_t)]
+    libggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    libggml.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
+    libggml.ggml_backend_reg_get.restype = ctypes.c_void_p
+    libggml.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+    libggml.ggml_backend_reg_name.restype = ctypes.c_char_p
+    return libggml
+
+
+def gpu_memory() -> tuple[int, int] | None:
+    """(free, total) bytes of the first GPU this llama.cpp build can use (ggml_backend_dev_memory); None without one."""
+    if not supports_gpu_offload():
+        return None
+    libggml = _ggml()
     for index in range(libggml.ggml_backend_dev_count()):
         device = libggml.ggml_backend_dev_get(index)
         if libggml.ggml_backend_dev_type(device) == _DEVICE_TYPE_GPU:
@@ -76,6 +144,20 @@ def gpu_memory() -> tuple[int, int] | None:
             libggml.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(total))
             return free.value, total.value
     return None
+
+
+def gpu_backends() -> list[str]:
+    """GPU backends compiled into this llama.cpp (e.g. ["CUDA"]), whether or not they found a device: a CUDA build
+    whose driver failed registers CUDA with no device, and `supports_gpu_offload` is then False."""
+    try:
+        library()
+    except MissingDependency:
+        return []
+    init_backend()
+    libggml = _ggml()
+    names = [libggml.ggml_backend_reg_name(libggml.ggml_backend_reg_get(i)).decode()
+             for i in range(libggml.ggml_backend_reg_count())]
+    return [name for name in names if name not in _NOT_GPU_BACKENDS]
 
 
 def open_models() -> list[Path]:
@@ -102,6 +184,35 @@ class Owned:
             pass
 
 
+def model_params(lib, *, n_gpu_layers: int, vocab_only: bool = False):
+    """(llama_model_params, what must outlive the load). With no layer on the GPU, llama.cpp gets an empty device list
+    (`--device none`, common/arg.cpp): it otherwise takes every GPU it registered (src/llama.cpp,
+    llama_prepare_model_devices) and its contexts offload matmuls of ≥ 32 rows over host weights to CUDA."""
+    params = lib.llama_model_default_params()
+    params.n_gpu_layers = n_gpu_layers
+    params.vocab_only = vocab_only
+    devices = None
+    if n_gpu_layers == 0:
+        devices = (ctypes.c_void_p * 1)(None)  # NULL-terminated, nothing before the NULL
+        params.devices = ctypes.cast(devices, ctypes.c_void_p)
+    return params, devices
+
+
+def load_failure(path: Path, *, vocab_only: bool, n_gpu_layers: int, gpu: bool, log: Sequence[str]) -> ExaoneEdgeError:
+    """Why llama_model_load_from_file returned NULL, from its own last error line: with layers on a GPU, most often
+    GPU memory; else the file."""
+    errors = [line for line in log if "error loading model" in line] or list(log[-1:])
+    said = f" (llama.cpp: {errors[-1]})" if errors else ""
+    if vocab_only:
+        return ArtifactError(f"llama.cpp cannot load this GGUF's vocabulary{said}", path=path, fix="Re-create it.")
+    if n_gpu_layers != 0 and gpu:
+        layers = "every layer" if n_gpu_layers < 0 else f"{n_gpu_layers} layers"
+        return InputError(f"llama.cpp could not load the decoder with {layers} on the GPU{said}", path=path,
+                          fix="GPU memory is the usual cause: lower --gpu-layers (or --gpu-layers auto), free GPU "
+                              "memory held by other processes (nvidia-smi), or use --device cpu.")
+    return ArtifactError(f"llama.cpp cannot load this GGUF's model{said}", path=path, fix="Re-create it.")
+
+
 class Model(Owned):
     """A loaded GGUF: weights (`n_gpu_layers` of them on the GPU; -1 all, 0 none) or only its vocabulary."""
 
@@ -109,13 +220,13 @@ class Model(Owned):
         lib = library()
         init_backend(verbose)
         self._lib, self.path = lib, Path(path)
-        params = lib.llama_model_default_params()
-        params.n_gpu_layers = n_gpu_layers
-        params.vocab_only = vocab_only
-        self._model = lib.llama_model_load_from_file(str(path).encode(), params)
+        params, self._devices = model_params(lib, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only)
+        mark = log_mark()
+        with held_interrupt():  # llama.cpp logs through a Python callback while it loads
+            self._model = lib.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:
-            what = "vocabulary" if vocab_only else "model"
-            raise ArtifactError(f"llama.cpp cannot load this GGUF's {what}", path=path, fix="Re-create it.")
+            raise load_failure(self.path, vocab_only=vocab_only, n_gpu_layers=n_gpu_layers,
+                               gpu=n_gpu_layers != 0 and supports_gpu_offload(), log=log_since(mark))
         if not vocab_only:
             with _lock:
                 _open[id(self)] = self.path

@@ -12,19 +12,17 @@ decodes a whole prompt from an empty sequence with logits at every position (ima
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
-import signal
-import threading
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from exaone_edge.errors import ArtifactError, InputError
-from exaone_edge.llama import ALL_LAYERS, KV_TYPES, Model, Owned
+from exaone_edge.interrupts import held_interrupt
+from exaone_edge.llama import ALL_LAYERS, KV_TYPES, Model, Owned, log_mark, log_since
 
 
 @dataclass(frozen=True)
@@ -82,6 +80,23 @@ class PrefillStopped(Exception):
     """A prefill was stopped between batches because its request was cancelled."""
 
 
+def context_params(lib, options: LlamaOptions, cb_eval=None):
+    """llama_context_params for `options`; with no layer on the GPU, no op offload either (see llama.model_params)."""
+    params = lib.llama_context_default_params()
+    params.n_ctx = options.n_ctx * options.n_seq
+    params.n_batch = params.n_ubatch = options.n_batch
+    params.n_seq_max = options.n_seq
+    params.kv_unified = False  # one cache per sequence: n_ctx each, attention reads only its own
+    params.n_threads = params.n_threads_batch = options.n_threads or os.cpu_count() or 1
+    params.type_k = params.type_v = KV_TYPES[options.kv_type].ggml_type
+    params.swa_full = options.swa_full
+    params.flash_attn_type = {None: -1, False: 0, True: 1}[options.flash_attn]
+    params.op_offload = options.n_gpu_layers != 0
+    if cb_eval is not None:
+        params.cb_eval, params.cb_eval_user_data = cb_eval, None
+    return params
+
+
 class LlamaContext(Owned):
     """A model and one context over it; `cb_eval` (a ggml eval callback) sees every tensor computed."""
 
@@ -94,24 +109,15 @@ class LlamaContext(Owned):
         self.model = Model(gguf_path, n_gpu_layers=options.n_gpu_layers, verbose=options.verbose)
         lib = self._lib = self.model._lib
         self.n_vocab, self.n_embd, self.n_swa = self.model.n_vocab, self.model.n_embd, self.model.n_swa
-        params = lib.llama_context_default_params()
-        params.n_ctx = options.n_ctx * options.n_seq
-        params.n_batch = params.n_ubatch = options.n_batch
-        params.n_seq_max = options.n_seq
-        params.kv_unified = False  # one cache per sequence: n_ctx each, attention reads only its own
-        params.n_threads = params.n_threads_batch = options.n_threads or os.cpu_count() or 1
-        params.type_k = params.type_v = KV_TYPES[options.kv_type]
-        params.swa_full = options.swa_full
-        params.flash_attn_type = {None: -1, False: 0, True: 1}[options.flash_attn]
-        self._cb = None
-        if cb_eval is not None:
-            self._cb = lib.ggml_backend_sched_eval_callback(cb_eval)  # kept alive with the context
-            params.cb_eval, params.cb_eval_user_data = self._cb, None
-        self._ctx = lib.llama_init_from_model(self.model._model, params)
+        self._cb = None if cb_eval is None else lib.ggml_backend_sched_eval_callback(cb_eval)  # kept alive with us
+        mark = log_mark()
+        with held_interrupt():
+            self._ctx = lib.llama_init_from_model(self.model._model, context_params(lib, options, self._cb))
         if not self._ctx:
             self.model.close()
-            raise InputError(f"llama.cpp could not create a context of {options.n_seq} × {options.n_ctx} tokens",
-                             fix="Lower the context length or the KV cache precision, or free GPU memory.")
+            said = "".join(f" (llama.cpp: {line})" for line in log_since(mark)[-1:])
+            raise InputError(f"llama.cpp could not create a context of {options.n_seq} × {options.n_ctx} tokens{said}",
+                             fix="Lower the context length (or --ctx auto) or the KV cache precision, or free GPU memory.")
         self.n_seq = options.n_seq
         self.n_ctx = lib.llama_n_ctx_seq(self._ctx)  # per sequence (llama.cpp rounds up to 256)
         self._memory = lib.llama_get_memory(self._ctx)
@@ -297,17 +303,14 @@ class LlamaContext(Owned):
                 wanted = logits == "all" or (logits == "last" and final and i == len(chunk) - 1)
                 _place(batch, i, position + offset + i, seq, wanted)
             batch.n_tokens = len(chunk)
-            if logits == "all":
-                with _deferred_interrupt():
-                    self._decode(batch)
-                if on_logits is not None:
-                    pointer = self._lib.llama_get_logits(self._ctx)
-                    on_logits(position + offset, np.ctypeslib.as_array(pointer, shape=(len(chunk), self.n_vocab)))
-            else:
-                self._decode(batch)
+            self._decode(batch)
+            if logits == "all" and on_logits is not None:
+                pointer = self._lib.llama_get_logits(self._ctx)
+                on_logits(position + offset, np.ctypeslib.as_array(pointer, shape=(len(chunk), self.n_vocab)))
 
     def _decode(self, batch) -> None:
-        status = self._lib.llama_decode(self._ctx, batch)
+        with held_interrupt():  # an eval callback (imatrix) and the log callback run inside
+            status = self._lib.llama_decode(self._ctx, batch)
         if status != 0:  # the caller forgets the sequences involved: their cache is in an unknown state
             raise InputError(f"llama_decode failed (status {status}): out of KV cache space or memory",
                              fix="Use a larger context or fewer images.")
@@ -318,23 +321,6 @@ def _place(batch, i: int, position: int, seq: int, logits: bool) -> None:
     batch.n_seq_id[i] = 1
     batch.seq_id[i][0] = seq
     batch.logits[i] = 1 if logits else 0
-
-
-@contextlib.contextmanager
-def _deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C until llama_decode returns: raised inside a Python eval callback it would be swallowed by
-    ctypes (or abort the graph half-way); after the call it is an ordinary KeyboardInterrupt."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
 
 
 class Sampler(Owned):

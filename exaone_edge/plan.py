@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from exaone_edge import bundle as bundle_format
 from exaone_edge.checkpoint import read_json
 from exaone_edge.errors import ArtifactError, CheckpointError, InputError
-from exaone_edge.levels import LEVELS, embedding_bytes, estimated_bytes
+from exaone_edge.levels import GGML_TYPE_BITS, LEVELS, embedding_bytes, estimated_bytes
+from exaone_edge.llama import ALL_LAYERS, KV_TYPES
 from exaone_edge.spec import RELEASED_33B_CONFIG, DecoderSpec, ModelSpec, image_spec, model_spec
 from exaone_edge.vision.contract import FUSED_ATTENTION, PREPROCESSOR_FILE
 from exaone_edge.vision.preprocess import budget_max_pixels
@@ -30,7 +32,6 @@ MIB = 2**20
 GIB = 2**30
 # Best quality first: the planner recommends the first level that fits.
 QUALITY_ORDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "IQ4_XS")
-KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 UBATCH = 512  # llama.cpp's default micro-batch; sizes the compute buffer and the SWA cache padding
 RUNTIME_OVERHEAD = 800 * MIB  # two CUDA contexts (ONNX Runtime + llama.cpp) with their BLAS workspaces
 HEADROOM = 0.05  # fragmentation and driver reserve
@@ -110,7 +111,7 @@ def parse_gpu(value: str) -> Gpu:
 
 
 def kv_cache_bytes(decoder: DecoderSpec, context: int, kv_type: str) -> int:
-    per_token_layer = 2 * decoder.num_kv_heads * decoder.head_dim * KV_BYTES_PER_ELEMENT[kv_type]
+    per_token_layer = 2 * decoder.num_kv_heads * decoder.head_dim * KV_TYPES[kv_type].bytes_per_element
     window = decoder.sliding_window or context
     swa_tokens = min(context, -(-(window + UBATCH) // 256) * 256)
     tokens = sum(context if kind == "G" else swa_tokens for kind in decoder.pattern)
@@ -149,6 +150,7 @@ class Source:
     measured_decoder_bytes: int | None
     measured_vision_bytes: int | None
     measured_embedding_bytes: int | None  # token_embd in decoder.gguf
+    measured_output_bytes: int | None = None  # output.weight in decoder.gguf (None: tied, or not read)
 
 
 def _pixels(directory: Path, spec: ModelSpec) -> tuple[int, int, int, str]:
@@ -162,20 +164,21 @@ def _pixels(directory: Path, spec: ModelSpec) -> tuple[int, int, int, str]:
     return side * side, RELEASED_MAX_PIXELS, side, f"no {PREPROCESSOR_FILE}: the released default"
 
 
-def _gguf_embedding_bytes(path: Path) -> int | None:
-    """token_embd's bytes in a GGUF file; None without the gguf package (the conversion extra), then estimated."""
+def _gguf_sizes(path: Path) -> tuple[int | None, int | None]:
+    """(token_embd, output.weight) bytes in a GGUF file; (None, None) without the gguf package (the conversion
+    extra), then estimated."""
     try:
         from gguf import GGUFReader
     except ImportError:
-        return None
+        return None, None
     try:
         tensors = GGUFReader(str(path)).tensors
     except (ValueError, OSError) as exc:
         raise ArtifactError(f"not a readable GGUF file ({exc})", path=path, fix="Re-create the bundle.") from None
-    sizes = [int(tensor.n_bytes) for tensor in tensors if tensor.name == "token_embd.weight"]
-    if not sizes:
+    sizes = {tensor.name: int(tensor.n_bytes) for tensor in tensors if tensor.name in ("token_embd.weight", "output.weight")}
+    if "token_embd.weight" not in sizes:
         raise ArtifactError("the GGUF file has no token_embd.weight", path=path, fix="Re-create the bundle.")
-    return sizes[0]
+    return sizes["token_embd.weight"], sizes.get("output.weight")
 
 
 def _read_spec(config_path: Path) -> ModelSpec:
@@ -208,12 +211,12 @@ def load_source(path: Path) -> Source:
         fused = False  # a graph exported before fused attention (or with none recorded) holds the scores
         if (vision_dir / "manifest.json").is_file():
             fused = read_manifest(vision_dir, verify=False).details.get("attention") == FUSED_ATTENTION
+        embedding, output = _gguf_sizes(decoder_file) if decoder_file.is_file() else (None, None)
         return Source(
             spec, max_pixels, pixels_from, min_pixels, token_side, fused, params, spec.vision.params,
             manifest.details.get("decoder", {}).get("level"),
             decoder_file.stat().st_size if decoder_file.is_file() else None,
-            vision_bytes or None,
-            _gguf_embedding_bytes(decoder_file) if decoder_file.is_file() else None,
+            vision_bytes or None, embedding, output,
         )
     # A checkpoint: planned as `exaone-edge export` writes its vision graph, full attention fused.
     return Source(spec, max_pixels, pixels_from, min_pixels, token_side, True, params, spec.vision.params,
@@ -243,27 +246,50 @@ def _token_embedding(source: Source, level: str) -> tuple[int, str]:
     return embedding_bytes(decoder.vocab_size, decoder.hidden_size, level), estimate
 
 
+def output_layer_bytes(source: Source, level: str) -> int:
+    """The output layer's bytes at `level`: output.weight, or the token table that a tied model loads again as it.
+    llama.cpp's quantizer stores output.weight as Q6_K for every K/IQ level here, as is for F32/BF16/F16/Q8_0
+    (src/llama-quant.cpp, llama_tensor_get_type: category OUTPUT)."""
+    decoder = source.spec.decoder
+    if decoder.tie_word_embeddings:
+        return _token_embedding(source, level)[0]
+    if source.measured_level == level and source.measured_output_bytes is not None:
+        return source.measured_output_bytes
+    kind = LEVELS[level].embedding_type if level in ("F32", "BF16", "F16", "Q8_0") else "Q6_K"
+    return int(decoder.vocab_size * decoder.hidden_size * GGML_TYPE_BITS[kind] / 8)
+
+
 def _components(
     source: Source, level: str, context: int, kv_type: str, vision_on_gpu: bool, parallel: int = 1,
-    decoder_share: float = 1.0, vision_precision: str = "fp16",
+    gpu_layers: int = ALL_LAYERS, vision_precision: str = "fp16",
 ) -> tuple[dict[str, int], bool]:
-    """GPU bytes per part; `decoder_share` is the fraction of decoder layers offloaded (their weights and KV)."""
+    """GPU bytes per part, with llama.cpp's `gpu_layers` (n_gpu_layers) placing the output layer and the last
+    gpu_layers − 1 repeating layers (their weights and KV) on the GPU (exaone_edge.device.gpu_layer_split)."""
+    from exaone_edge.device import gpu_layer_split
+
     decoder = source.spec.decoder
     measured = source.measured_level == level and source.measured_decoder_bytes is not None
     weights = source.measured_decoder_bytes if measured else estimated_bytes(source.decoder_params, level)
     # llama.cpp keeps the input layer (token_embd) in host memory whatever -ngl says: src/llama-model.cpp,
     # load_tensors, "assign the input layer ... always keep it on the CPU" (dev_input = the CPU's buffer list).
-    # A tied table is loaded a second time as the output layer, on the GPU: then all of the file is there.
-    if not decoder.tie_word_embeddings:
-        weights -= _token_embedding(source, level)[0]
+    # A tied table is loaded a second time as the output layer, on the GPU.
+    output = output_layer_bytes(source, level)
+    body = weights - _token_embedding(source, level)[0] - (0 if decoder.tie_word_embeddings else output)
+    repeating, output_on_gpu = gpu_layer_split(gpu_layers, decoder.num_layers)
+    share = repeating / decoder.num_layers
+    on_gpu = gpu_layers != 0
+    # Host layers' matmuls over ≥ 32 rows still run on the GPU (op offload), each host weight copied into the compute
+    # buffer in a split of its own (ggml-backend.cpp, ggml_backend_sched_split_graph: need_new_split), so the
+    # largest one, an FFN matrix, is there at a time.
+    copies = estimated_bytes(decoder.intermediate_size * decoder.hidden_size, level) if on_gpu and share < 1 else 0
     vision = source.measured_vision_bytes or source.vision_params * VISION_WEIGHT_BYTES[vision_precision]
     components = {
-        "decoder_weights": int(weights * decoder_share),
-        "kv_cache": int(parallel * kv_cache_bytes(decoder, context, kv_type) * decoder_share),
-        "decoder_compute_buffer": compute_buffer_bytes(decoder) if decoder_share else 0,
+        "decoder_weights": int(output * output_on_gpu + body * share),
+        "kv_cache": int(parallel * kv_cache_bytes(decoder, context, kv_type) * share),
+        "decoder_compute_buffer": compute_buffer_bytes(decoder) + copies if on_gpu else 0,
         "vision_weights": int(vision) if vision_on_gpu else 0,
         "vision_activations": vision_activation_bytes(source.spec, source.max_pixels, source.fused) if vision_on_gpu else 0,
-        "runtime_overhead": RUNTIME_OVERHEAD // 2 * (int(vision_on_gpu) + int(decoder_share > 0)),
+        "runtime_overhead": RUNTIME_OVERHEAD // 2 * (int(vision_on_gpu) + int(on_gpu)),
     }
     return components, measured
 
@@ -284,15 +310,43 @@ def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: 
     if vision_on_gpu is False:
         vision_provider = "cpu"
     placement = predicted_placement(device, gpu_layers, vision_provider)
-    vision_on_gpu = placement.vision_on_gpu
+    source = with_page_budget(load_source(path), image_max_tokens)
+    return plan_source(source, parse_gpu(gpu), context, kv_type, level, placement, parallel, vision_precision,
+                       image_max_tokens)
+
+
+def check_settings(kv_type: str, vision_precision: str, parallel: int) -> None:
     if parallel < 1:
         raise InputError(f"parallel must be at least 1, got {parallel}")
     if vision_precision not in VISION_WEIGHT_BYTES:
         raise InputError(f"unknown vision precision '{vision_precision}'", fix=f"Use one of {', '.join(VISION_WEIGHT_BYTES)}.")
-    if kv_type not in KV_BYTES_PER_ELEMENT:
-        raise InputError(f"unknown KV cache type '{kv_type}'", fix=f"Use one of {', '.join(KV_BYTES_PER_ELEMENT)}.")
-    card = parse_gpu(gpu)
-    source = with_page_budget(load_source(path), image_max_tokens)
+    if kv_type not in KV_TYPES:
+        raise InputError(f"unknown KV cache type '{kv_type}'", fix=f"Use one of {', '.join(KV_TYPES)}.")
+
+
+def gpu_bytes(source: Source, card: Gpu, level: str, context: int, kv_type: str, placement, parallel: int = 1,
+              vision_precision: str = "fp16") -> int:
+    """GPU memory of one setting, headroom included (what `fits` compares with the card)."""
+    components = _components(source, level, context, kv_type, placement.vision_on_gpu, parallel,
+                             placement.gpu_layers, vision_precision)[0]
+    return _total(components, card)
+
+
+def largest_context(fits: Callable[[int], bool], limit: int) -> int:
+    """The largest context ≤ `limit`, a multiple of 256, for which `fits` holds (0 if none)."""
+    low, high = 0, limit
+    while low < high:
+        mid = (low + high + 256) // 512 * 256
+        if mid <= low:
+            break
+        low, high = (mid, high) if fits(mid) else (low, mid - 256)
+    return low
+
+
+def plan_source(source: Source, card: Gpu, context: int | None, kv_type: str, level: str | None, placement,
+                parallel: int = 1, vision_precision: str = "fp16", image_max_tokens: int | None = None) -> Plan:
+    """`plan` for a loaded source, a card and a placement (exaone_edge.device.Placement)."""
+    check_settings(kv_type, vision_precision, parallel)
     decoder = source.spec.decoder
     context = context or min(decoder.max_position_embeddings, 32768)
     if not 0 < context <= decoder.max_position_embeddings:
@@ -304,27 +358,24 @@ def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: 
     if level not in LEVELS:
         raise InputError(f"unknown level '{level}'", fix=f"Use one of {', '.join(LEVELS)}.")
 
-    layers = decoder.num_layers
-    share = 1.0 if placement.gpu_layers < 0 else min(placement.gpu_layers, layers) / layers
-
     def fits(lvl: str, ctx: int) -> bool:
-        used = _total(_components(source, lvl, ctx, kv_type, vision_on_gpu, parallel, share, vision_precision)[0], card)
-        return used <= card.memory_bytes
+        return gpu_bytes(source, card, lvl, ctx, kv_type, placement, parallel, vision_precision) <= card.memory_bytes
 
-    components, measured = _components(source, level, context, kv_type, vision_on_gpu, parallel, share, vision_precision)
+    vision_on_gpu = placement.vision_on_gpu
+    components, measured = _components(source, level, context, kv_type, vision_on_gpu, parallel, placement.gpu_layers,
+                                       vision_precision)
     total = _total(components, card)
     embedding, embedding_from = _token_embedding(source, level)
     host = {"token_embedding": embedding}
-    low, high = 0, decoder.max_position_embeddings
-    while low < high:  # largest context that fits, to a multiple of 256
-        mid = (low + high + 256) // 512 * 256
-        if mid <= low:
-            break
-        low, high = (mid, high) if fits(level, mid) else (low, mid - 256)
+    everything = _components(source, level, context, kv_type, vision_on_gpu, parallel, ALL_LAYERS, vision_precision)[0]
+    if everything["decoder_weights"] > components["decoder_weights"]:
+        host["decoder_weights_not_offloaded"] = everything["decoder_weights"] - components["decoder_weights"]
+    low = largest_context(lambda ctx: fits(level, ctx), decoder.max_position_embeddings)
     best = next((lvl for lvl in QUALITY_ORDER if fits(lvl, context)), None)
     # One decode step reads the weights once and every sequence's KV cache, and yields `parallel` tokens.
     bytes_per_step = components["decoder_weights"] + components["kv_cache"]
-    ceiling = parallel * card.bandwidth_gbs * 1e9 / bytes_per_step if card.bandwidth_gbs and share == 1.0 else None
+    all_on_gpu = components["decoder_weights"] == everything["decoder_weights"]
+    ceiling = parallel * card.bandwidth_gbs * 1e9 / bytes_per_step if card.bandwidth_gbs and all_on_gpu else None
     return Plan(
         gpu=card.name, gpu_bytes=card.memory_bytes, context=context, kv_type=kv_type, parallel=parallel, level=level,
         components=components, total_bytes=total, host_components=host, host_bytes=sum(host.values()),

@@ -17,7 +17,7 @@ from pathlib import Path
 from exaone_edge.errors import InputError
 from exaone_edge.levels import estimated_bytes
 from exaone_edge.plan import (GIB, GPUS, UBATCH, VISION_WEIGHT_BYTES, Gpu, Plan, Source, load_source,
-                              vision_activation_bytes, with_page_budget)
+                              output_layer_bytes, vision_activation_bytes, with_page_budget)
 from exaone_edge.spec import DecoderSpec, VisionSpec
 from exaone_edge.vision.contract import VALIDATION_PAGES
 from exaone_edge.vision.preprocess import smart_resize
@@ -172,50 +172,89 @@ def export_stage(source: Source, box: Box, precision: str) -> Stage:
                  "measured ratio to the tower's fp32 size (docs/export.md) + the largest page's activations")
 
 
-def _f16_layers_on_gpu(decoder: DecoderSpec, box: Box, n_ctx: int, vision_gpu_bytes: int) -> int:
-    """quantize.llama_eval.layers_that_fit for the F16 file, with the ONNX vision session resident beside it."""
-    per_layer = 2 * decoder.layer_params + n_ctx * 2 * decoder.num_kv_heads * decoder.head_dim * 4
-    room = box.gpu.memory_bytes - LLAMA_GPU_RESERVE - vision_gpu_bytes
-    return max(0, min(decoder.num_layers, room // per_layer))
+@dataclass(frozen=True)
+class _Offload:
+    """A GGUF's split across the GPU and the host in llama.cpp (quantize.llama_eval.layers_that_fit's rule)."""
+
+    layer_bytes: int  # one repeating layer's weights
+    output_bytes: int  # the output layer (output.weight)
+    layers: int  # repeating layers on the GPU
+    output_on_gpu: bool
+
+    def host_weights(self, num_layers: int) -> int:
+        return (num_layers - self.layers) * self.layer_bytes + (0 if self.output_on_gpu else self.output_bytes)
+
+    def gpu_weights(self) -> int:
+        return self.layers * self.layer_bytes + (self.output_bytes if self.output_on_gpu else 0)
 
 
-def _llama_f16_pass(decoder: DecoderSpec, box: Box, prompts: int, tokens: int, gpu_layers: int) -> tuple[float, float]:
-    """(GPU seconds, PCIe seconds) of `prompts` through the F16 decoder with `gpu_layers` offloaded: llama.cpp runs
-    the host layers' matmuls on the GPU too (op offload, batches ≥ 32), uploading their weights every micro-batch
-    (UBATCH positions: imatrix and KL run llama.cpp's default batch);
-    imatrix's collector copies each matmul's input back to the host."""
-    host_weights = (decoder.num_layers - gpu_layers) * 2 * decoder.layer_params
-    uploads = prompts * math.ceil(tokens / UBATCH) * host_weights
-    collector = prompts * tokens * decoder.num_layers * 4 * sum(columns for _, columns in _linears(decoder))
+def _offload(decoder: DecoderSpec, box: Box, n_ctx: int, resident: int, layer_bytes: int, output_bytes: int,
+             largest: int) -> _Offload:
+    """quantize.llama_eval.layers_that_fit with `resident` bytes (the ONNX vision session) already on the GPU: the
+    output layer counted first, every layer's f32 KV cache of `n_ctx`, and while layers stay in host memory room
+    for a copy of the `largest` weight (op offload runs their matmuls on the GPU, one weight at a time)."""
+    per_layer = layer_bytes + n_ctx * 2 * decoder.num_kv_heads * decoder.head_dim * 4
+    room = box.gpu.memory_bytes - LLAMA_GPU_RESERVE - resident
+    if room >= output_bytes + decoder.num_layers * per_layer:
+        return _Offload(layer_bytes, output_bytes, decoder.num_layers, True)
+    room -= output_bytes + largest
+    layers = 0 if room < 0 else min(decoder.num_layers, room // per_layer)
+    return _Offload(layer_bytes, output_bytes, layers, room >= 0)
+
+
+def _llama_pass(decoder: DecoderSpec, box: Box, prompts: int, tokens: int, split: _Offload,
+                imatrix: bool = False) -> tuple[float, float]:
+    """(GPU seconds, PCIe seconds) of `prompts` through a decoder split as `split` says: llama.cpp runs the host
+    layers' matmuls on the GPU too (op offload, batches ≥ 32), uploading their weights every micro-batch (UBATCH
+    positions: imatrix and KL run llama.cpp's default batch); imatrix's collector copies each matmul's input back to
+    the host."""
+    uploads = prompts * math.ceil(tokens / UBATCH) * split.host_weights(decoder.num_layers)
+    collector = imatrix * prompts * tokens * decoder.num_layers * 4 * sum(columns for _, columns in _linears(decoder))
     return _gpu(box, prompts * prompt_flops(decoder, tokens)), _pcie(box, uploads + collector)
+
+
+def _split_text(split: _Offload, num_layers: int) -> str:
+    if split.layers == num_layers and split.output_on_gpu:
+        return "every layer on the GPU"
+    output = "the output layer and " if split.output_on_gpu else ""
+    return f"{output}{split.layers} of {num_layers} layers on the GPU"
 
 
 def quantize_stage(source: Source, box: Box, level: str, work: Workload, deployed: Plan) -> Stage:
     decoder = source.spec.decoder
+    layers = decoder.num_layers
     tokens = _page_rows(source) + PAGE_TEXT_ALLOWANCE
+    n_ctx = (tokens + 255) // 256 * 256
     f16 = estimated_bytes(source.decoder_params, "F16")
     quantized = deployed.components["decoder_weights"] + deployed.host_bytes
     vision_gpu = deployed.components["vision_weights"] + deployed.components["vision_activations"]
-    gpu_layers = _f16_layers_on_gpu(decoder, box, (tokens + 255) // 256 * 256, vision_gpu)
+    table = decoder.vocab_size * decoder.hidden_size
+    f16_split = _offload(decoder, box, n_ctx, vision_gpu, 2 * decoder.layer_params, 2 * table,
+                         2 * decoder.intermediate_size * decoder.hidden_size)
+    output = output_layer_bytes(source, level)
+    candidate = _offload(decoder, box, n_ctx, vision_gpu, estimated_bytes(decoder.layer_params, level), output,
+                         estimated_bytes(decoder.intermediate_size * decoder.hidden_size, level))
     page = vision_flops(source.spec.vision, largest_page_patches(source))
-    imatrix_gpu, imatrix_pcie = _llama_f16_pass(decoder, box, work.calibration_prompts, tokens, gpu_layers)
-    kl_gpu, kl_pcie = _llama_f16_pass(decoder, box, work.held_out_prompts, tokens, gpu_layers)
+    imatrix_gpu, imatrix_pcie = _llama_pass(decoder, box, work.calibration_prompts, tokens, f16_split, True)
+    kl_gpu, kl_pcie = _llama_pass(decoder, box, work.held_out_prompts, tokens, f16_split)
+    candidate_gpu, candidate_pcie = _llama_pass(decoder, box, work.held_out_prompts, tokens, candidate)
     pages = work.calibration_prompts + work.held_out_prompts
     phases = (
         _phase("convert to an F16 GGUF (read bf16, write F16)", disk=_disk(box, 2 * f16)),
         _phase(f"encode {pages} pages (ONNX Runtime, GPU)", GPU_FP16=_gpu(box, pages * page)),
         _phase("map the F16 GGUF", disk=_disk(box, f16)),
-        _phase(f"imatrix: {work.calibration_prompts} prompts × {tokens} positions, {gpu_layers} of "
-               f"{decoder.num_layers} F16 layers on the GPU", GPU_FP16=imatrix_gpu, PCIe=imatrix_pcie),
+        _phase(f"imatrix: {work.calibration_prompts} prompts × {tokens} positions, F16 with "
+               f"{_split_text(f16_split, layers)}", GPU_FP16=imatrix_gpu, PCIe=imatrix_pcie),
         _phase(f"quantize to {level}", CPU=source.decoder_params / (QUANTIZE_PARAMS_PER_S_PER_CORE * box.cores),
                disk=_disk(box, f16 + quantized)),
         _phase(f"KL vs F16: {work.held_out_prompts} prompts, F16 pass (read again)", disk=_disk(box, f16),
                GPU_FP16=kl_gpu, PCIe=kl_pcie),
-        _phase(f"KL vs F16: the {level} pass, every layer on the GPU", disk=_disk(box, quantized),
-               GPU_FP16=_gpu(box, work.held_out_prompts * prompt_flops(decoder, tokens))),
+        _phase(f"KL vs F16: the {level} pass, {_split_text(candidate, layers)}", disk=_disk(box, quantized),
+               GPU_FP16=candidate_gpu, PCIe=candidate_pcie),
     )
-    host_f16 = (decoder.num_layers - gpu_layers) * 2 * decoder.layer_params + 2 * decoder.embedding_params
-    gpu = gpu_layers * (f16 - 2 * decoder.embedding_params) // decoder.num_layers + LLAMA_GPU_RESERVE + vision_gpu
+    host_f16 = f16_split.host_weights(layers) + 2 * table  # + token_embd, never offloaded
+    copy = 0 if f16_split.layers == layers else 2 * decoder.intermediate_size * decoder.hidden_size
+    gpu = f16_split.gpu_weights() + copy + LLAMA_GPU_RESERVE + vision_gpu
     return Stage(f"quantize --bits 4 ({level}, document imatrix)", "GPU + CPU", phases, host_f16 + PROCESS_RAM,
                  min(gpu, box.gpu.memory_bytes), "predicted: F16 layers left in host memory (memory-mapped) + 1 GiB")
 

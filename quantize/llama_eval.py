@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +31,13 @@ GPU_RESERVE = 1536 * 2**20
 
 
 def layers_that_fit(gguf_path: Path, free_bytes: int, n_ctx: int) -> int:
-    """How many of the model's decoder layers fit in `free_bytes` of GPU memory beside GPU_RESERVE: each takes its
-    weights and its f32 KV cache for `n_ctx` positions. llama.cpp offloads the last layers first; ALL_LAYERS when
-    every layer and the output layer fit (the F16 33B is 65 GB: on a 24 GB card about a third of it)."""
+    """llama.cpp's `n_gpu_layers` for the model to fit `free_bytes` of GPU memory beside GPU_RESERVE, with its f32 KV
+    cache of `n_ctx` positions. llama.cpp's rule (exaone_edge.device.gpu_layer_split, from src/llama-model.cpp
+    `load_tensors`): N puts the output layer and the last N - 1 repeating layers on the GPU. So the output layer is
+    counted first (0 when it does not fit: then nothing goes to the GPU), then layers from the last one down. While
+    any repeating layer stays in host memory, its matmuls over ≥ 32 rows still run on the GPU on a copy of one
+    weight at a time (op offload), so room for the largest repeating weight is kept too. ALL_LAYERS when everything
+    fits (the F16 33B is 65 GB: on a 24 GB card about a third of it)."""
     from gguf import GGUFReader
 
     reader = GGUFReader(str(gguf_path))
@@ -47,21 +51,26 @@ def layers_that_fit(gguf_path: Path, free_bytes: int, n_ctx: int) -> int:
         number("embedding_length") // heads
     kv_per_layer = n_ctx * 2 * kv_heads * head_dim * 4
     layers: dict[int, int] = {}
-    output = 0
+    output, largest = 0, 0
     for tensor in reader.tensors:
         if tensor.name.startswith("blk."):
             index = int(tensor.name.split(".")[1])
             layers[index] = layers.get(index, 0) + int(tensor.n_bytes)
-        elif tensor.name.startswith("output"):
+            largest = max(largest, int(tensor.n_bytes))
+        elif tensor.name.startswith("output"):  # output.weight and output_norm
             output += int(tensor.n_bytes)
-    room = free_bytes - GPU_RESERVE
-    count = 0
+    if free_bytes - GPU_RESERVE >= output + sum(layers.values()) + kv_per_layer * len(layers):
+        return ALL_LAYERS
+    room = free_bytes - GPU_RESERVE - largest - output
+    if room < 0:
+        return 0
+    count = 1  # the output layer
     for index in sorted(layers, reverse=True):
         room -= layers[index] + kv_per_layer
         if room < 0:
-            return count
+            break
         count += 1
-    return ALL_LAYERS if room >= output else count
+    return count
 
 
 def default_gpu_layers(gguf_path: Path, n_ctx: int) -> int:
@@ -70,7 +79,8 @@ def default_gpu_layers(gguf_path: Path, n_ctx: int) -> int:
     if memory is None:
         return 0
     layers = layers_that_fit(gguf_path, memory[0], n_ctx)
-    log(f"llama.cpp: {'every' if layers == ALL_LAYERS else layers} decoder layer(s) of {gguf_path.name} on the GPU "
+    what = {ALL_LAYERS: "every layer", 0: "no layer"}.get(layers, f"the output layer and {layers - 1} repeating layers")
+    log(f"llama.cpp: {what} of {gguf_path.name} on the GPU, n_gpu_layers {layers} "
         f"({memory[0] / 2**30:.1f} GiB free; --gpu-layers to choose)")
     return layers
 
@@ -94,8 +104,11 @@ def compare_decoders(reference: Path, candidate: Path, prompts: Sequence[Sequenc
                      gpu_layers: int | None = None, threads: int | None = None,
                      scratch_bytes: int = SCRATCH_BYTES) -> Comparison:
     """KL and top-1 agreement at every position of `prompts`, in passes whose reference logits fit `scratch_bytes`
-    (each pass opens the reference, then the candidate; one pass unless the prompts are many)."""
+    (each pass opens the reference, then the candidate; one pass unless the prompts are many). `gpu_layers` is the
+    F16 reference's; the candidate, far smaller, gets as many layers as fit once the reference is closed (every
+    one on a 24 GB card, as plan --stages assumes), or none when `gpu_layers` is 0."""
     options, lengths = context_for(reference, prompts, gpu_layers, threads)
+    candidate_options = None
     firsts = np.cumsum([0, *lengths])
     kls: list[np.ndarray] = []
     agree: list[np.ndarray] = []
@@ -114,7 +127,10 @@ def compare_decoders(reference: Path, candidate: Path, prompts: Sequence[Sequenc
                         saved[base + first:base + first + len(rows)] = rows
                     llama.evaluate(prompts[index], keep)
                 saved.flush()
-            with LlamaContext(candidate, options) as llama:  # opened only after the reference is closed
+            if candidate_options is None:  # measured once the reference is closed: its GPU memory is free again
+                layers = 0 if options.n_gpu_layers == 0 else default_gpu_layers(Path(candidate), options.n_ctx)
+                candidate_options = replace(options, n_gpu_layers=layers)
+            with LlamaContext(candidate, candidate_options) as llama:  # opened only after the reference is closed
                 if llama.n_vocab != n_vocab:
                     raise ArtifactError(f"the candidate has {llama.n_vocab} tokens, its reference {n_vocab}",
                                         path=candidate, fix="Quantize from the same F16 GGUF.")

@@ -1,7 +1,8 @@
 """Device choice (vision provider, decoder offload) and the one llama.cpp binding.
 
-GPU availability is simulated only by monkeypatching the two runtime queries (onnxruntime.get_available_providers,
-llama_cpp.llama_supports_gpu_offload); everything else runs for real, on this machine's CPU builds.
+GPU availability is simulated only by monkeypatching the runtime queries (onnxruntime.get_available_providers and
+our test-load of its CUDA provider, llama_cpp.llama_supports_gpu_offload); everything else runs for real, on this
+machine's CPU builds.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def gpu_box(monkeypatch):
     import onnxruntime
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(WITH_CUDA))
+    monkeypatch.setattr(device, "_provider_starts", lambda name: True)
     monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)
 
 
@@ -86,8 +88,23 @@ def test_the_queries_are_what_is_simulated(gpu_box):
     assert choose_placement() == Placement("cuda", -1)
 
 
-def test_imatrix_and_kl_offload_as_many_layers_as_fit(tiny_model_dir, tmp_path, monkeypatch):
-    """The F16 33B (65 GB) does not fit a 24 GB card: the default offloads the layers that fit its free memory."""
+@pytest.mark.parametrize("n_gpu_layers, expected", [
+    (0, (0, False)), (1, (0, True)), (2, (1, True)), (20, (19, True)), (64, (63, True)), (65, (64, True)),
+    (100, (64, True)), (-1, (64, True)),
+])
+def test_llama_cpp_layer_rule(n_gpu_layers, expected):
+    """src/llama-model.cpp load_tensors at 0c1e570: i_gpu_start = max(n_layer + 1 - N, 0), index n_layer is the output
+    layer, so N puts the output layer and the last N - 1 of the 64 repeating layers on the GPU."""
+    from exaone_edge.device import gpu_layer_split
+
+    n_layer = 64
+    on_gpu = [i for i in range(n_layer + 1) if i >= max(n_layer + 1 - (n_layer + 1 if n_gpu_layers < 0 else n_gpu_layers), 0)]
+    assert (len([i for i in on_gpu if i < n_layer]), n_layer in on_gpu) == expected == gpu_layer_split(n_gpu_layers, n_layer)
+
+
+def test_imatrix_and_kl_offload_count_the_output_layer_first(tiny_model_dir, tmp_path, monkeypatch):
+    """The F16 33B (65 GB) does not fit a 24 GB card: the default is llama.cpp's n_gpu_layers for the room there is,
+    the output layer first (N = output + N - 1 layers), then room for one host weight's GPU copy (op offload)."""
     from gguf import GGUFReader
 
     from exaone_edge.quantize import llama_eval
@@ -95,10 +112,11 @@ def test_imatrix_and_kl_offload_as_many_layers_as_fit(tiny_model_dir, tmp_path, 
 
     f16 = converted(tiny_model_dir, "F16", tmp_path)
     sizes: dict[int, int] = {}
-    output = 0
+    output = largest = 0
     for tensor in GGUFReader(str(f16)).tensors:
         if tensor.name.startswith("blk."):
             sizes[int(tensor.name.split(".")[1])] = sizes.get(int(tensor.name.split(".")[1]), 0) + int(tensor.n_bytes)
+            largest = max(largest, int(tensor.n_bytes))
         elif tensor.name.startswith("output"):
             output += int(tensor.n_bytes)
     layer = max(sizes.values())
@@ -106,14 +124,16 @@ def test_imatrix_and_kl_offload_as_many_layers_as_fit(tiny_model_dir, tmp_path, 
     config = json.loads((tiny_model_dir / "config.json").read_text())["text_config"]
     kv = 256 * 2 * config["num_key_value_heads"] * config["head_dim"] * 4  # f32 KV of one layer at 256 positions
     fit = llama_eval.layers_that_fit
-    reserve = llama_eval.GPU_RESERVE
-    assert fit(f16, reserve + 5 * (layer + kv) + 1, 256) == 5
-    assert fit(f16, reserve + 5 * (layer + kv) - 1, 256) == 4
-    assert fit(f16, reserve, 256) == 0
-    assert fit(f16, reserve + 64 * (layer + kv), 256) == 64  # every decoder layer, not the output layer
-    assert fit(f16, reserve + 64 * (layer + kv) + output, 256) == -1
-    monkeypatch.setattr(llama_eval, "gpu_memory", lambda: (reserve + 7 * (layer + kv), 10**12))
-    assert llama_eval.default_gpu_layers(f16, 256) == 7
+    base = llama_eval.GPU_RESERVE + output + largest  # the output layer and one host weight's copy
+    assert fit(f16, base + 5 * (layer + kv), 256) == 6  # the output layer + 5 repeating layers
+    assert fit(f16, base + 5 * (layer + kv) - 1, 256) == 5
+    assert fit(f16, base, 256) == 1  # the output layer only
+    assert fit(f16, base - 1, 256) == 0  # not even the output layer: nothing on the GPU
+    everything = llama_eval.GPU_RESERVE + output + 64 * (layer + kv)  # no layer left on the host: no copy needed
+    assert fit(f16, everything, 256) == -1
+    assert fit(f16, everything - 1, 256) == 1 + (everything - 1 - base) // (layer + kv) < 65
+    monkeypatch.setattr(llama_eval, "gpu_memory", lambda: (base + 7 * (layer + kv), 10**12))
+    assert llama_eval.default_gpu_layers(f16, 256) == 8
     monkeypatch.setattr(llama_eval, "gpu_memory", lambda: None)
     assert llama_eval.default_gpu_layers(f16, 256) == 0
 
@@ -149,9 +169,12 @@ def test_plan_follows_the_placement(tiny_model_dir):
     assert on_gpu.vision_on_gpu and on_gpu.placement == predicted_placement().as_dict()
     vision_cpu = plan(tiny_model_dir, gpu="24GiB", context=4096, vision_provider="cpu")
     assert not vision_cpu.vision_on_gpu and vision_cpu.components["vision_weights"] == 0
-    half = plan(tiny_model_dir, gpu="24GiB", context=4096, gpu_layers=32)
+    half = plan(tiny_model_dir, gpu="24GiB", context=4096, gpu_layers=33)  # the output layer and 32 of 64 layers
     assert half.components["decoder_weights"] < on_gpu.components["decoder_weights"]
-    assert half.components["kv_cache"] == on_gpu.components["kv_cache"] // 2  # the tiny decoder has 64 layers
+    assert half.components["kv_cache"] == on_gpu.components["kv_cache"] // 2
+    assert half.host_components["decoder_weights_not_offloaded"] == (on_gpu.components["decoder_weights"]
+                                                                       - half.components["decoder_weights"])
+    assert half.decode_tokens_per_s_ceiling is None  # not bandwidth-bound on the GPU alone
     cpu = plan(tiny_model_dir, gpu="24GiB", context=4096, device="cpu")
     assert cpu.components["decoder_weights"] == cpu.components["kv_cache"] == cpu.components["vision_weights"] == 0
 

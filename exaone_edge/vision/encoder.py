@@ -10,37 +10,67 @@ from PIL import Image
 
 from exaone_edge.errors import ArtifactError, MissingDependency
 from exaone_edge.manifest import read_manifest
+from exaone_edge.progress import log
 from exaone_edge.spec import VisionSpec, image_spec, vision_spec
 from exaone_edge.vision.contract import GRAPH_FILE, INPUT_NAMES, KIND, OUTPUT_NAME, PREPROCESSOR_FILE
 from exaone_edge.vision.geometry import Grid, graph_inputs, rope_theta
 from exaone_edge.vision.preprocess import preprocess, rows_for, with_image_max_tokens
 
 
+# Ops ONNX Runtime places on the CPU beside a GPU provider on purpose (shape arithmetic, a few elements each).
+SHAPE_OPS = frozenset({"Shape", "Size", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Slice", "Cast", "Range",
+                       "ConstantOfShape", "Constant", "Equal", "Where", "Expand", "Div", "Mul", "Add", "Sub"})
+
+
 def session(path: Path, providers: list[str] | None = None, threads: int | None = None):
-    """An ORT session with full graph optimization for whichever execution provider runs it."""
+    """An ORT session with full graph optimization for whichever execution provider runs it. On a GPU provider: the
+    CUDA options of exaone_edge.device.ORT_PROVIDER_OPTIONS, warnings shown (why a provider did not start, nodes not
+    assigned to it), and the graph's per-provider assignment recorded for `cpu_nodes`."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise MissingDependency(
             "the vision encoder needs onnxruntime", fix="pip install 'exaone-edge[runtime]'"
         ) from None
-    ort.set_default_logger_severity(3)  # graph loading logs through the default logger, not the session's
+    from exaone_edge.device import ORT_GPU_INSTALL, ORT_PROVIDER_OPTIONS, DeviceUnavailable
+
+    wanted = list(providers or ["CPUExecutionProvider"])
+    gpu = wanted[0] != "CPUExecutionProvider"
+    severity = 2 if gpu else 3  # CPU sessions stay quiet; on a GPU, ORT's warnings are the only trace of a fallback
+    ort.set_default_logger_severity(severity)  # graph loading logs through the default logger, not the session's
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = severity
+    options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     if threads:
         options.intra_op_num_threads = threads
-    wanted = list(providers or ["CPUExecutionProvider"])
-    created = ort.InferenceSession(str(path), options, providers=wanted)
+    configured = [(name, ORT_PROVIDER_OPTIONS[name]) if name in ORT_PROVIDER_OPTIONS else name for name in wanted]
+    fix = f"Check the CUDA and cuDNN libraries onnxruntime-gpu needs ({ORT_GPU_INSTALL}), or use --device cpu."
+    try:  # no silent fallback (ORT would print to stdout and retry on the CPU)
+        created = ort.InferenceSession(str(path), options, providers=configured, enable_fallback=0)
+    except (RuntimeError, ValueError) as exc:
+        if not gpu:
+            raise
+        raise DeviceUnavailable(f"onnxruntime could not start {wanted[0]} for the vision encoder ({exc})", fix=fix) from None
     # ONNX Runtime falls back to the CPU, with only a log line, when a GPU provider's CUDA/cuDNN libraries are missing.
     if wanted[0] not in created.get_providers():
-        from exaone_edge.device import ORT_GPU_INSTALL, DeviceUnavailable
-
         raise DeviceUnavailable(f"onnxruntime could not start {wanted[0]} for the vision encoder "
-                                f"(running on {', '.join(created.get_providers())})",
-                                fix=f"Check the CUDA and cuDNN libraries onnxruntime-gpu needs ({ORT_GPU_INSTALL}), "
-                                    "or use --device cpu.")
+                                f"(running on {', '.join(created.get_providers())})", fix=fix)
     return created
+
+
+def cpu_nodes(created) -> dict[str, int]:
+    """Compute nodes (op type → count) ONNX Runtime assigned to the CPU although the session's first provider is a GPU
+    one, e.g. a MatMulNBits width its CUDA kernel lacks: `get_providers()` still lists CUDA, only this tells."""
+    if created.get_providers()[0] == "CPUExecutionProvider":
+        return {}
+    counts: dict[str, int] = {}
+    for subgraph in created.get_provider_graph_assignment_info():
+        if subgraph.ep_name == "CPUExecutionProvider":
+            for node in subgraph.get_nodes():
+                if node.op_type not in SHAPE_OPS:
+                    counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
 
 
 class VisionEncoder:
@@ -58,6 +88,10 @@ class VisionEncoder:
         self.precision = self.manifest.details.get("precision", "fp32")
         self.session = session(self.path / GRAPH_FILE, providers, threads)
         self.providers = tuple(self.session.get_providers())  # what ONNX Runtime actually runs it on
+        self.cpu_nodes = cpu_nodes(self.session)  # nodes left on the CPU under a GPU provider
+        if self.cpu_nodes:
+            listed = ", ".join(f"{op} ×{count}" for op, count in sorted(self.cpu_nodes.items()))
+            log(f"vision: nodes run on the CPU beside {self.providers[0]} ({self.precision} graph): {listed}")
         names = [i.name for i in self.session.get_inputs()]
         if tuple(names) != INPUT_NAMES:
             raise ArtifactError(f"graph inputs are {names}, expected {list(INPUT_NAMES)}",
