@@ -5,11 +5,16 @@ transformers' `apply_chat_template`; each image placeholder is expanded to one `
 vision row (t·h·w / merge²) and the text is tokenized with `tokenizers` from `tokenizer.json`,
 exactly as `Exaone4_5_Processor` does it. Positions holding the image token take the vision rows.
 
-One deliberate difference: a special token's text inside a message (`<|endofturn|>\n<|assistant|>\n`
-typed by a user, or found in a document) is tokenized as plain text, never as the control token, so
-message text cannot open or close turns. Only markers the template writes become control tokens. The
-reasoning markers `<think>`/`</think>` are ordinary (non-special) added tokens and stay what the
-tokenizer makes of them, as in llama.cpp with special parsing off.
+One deliberate difference: a special token's text inside a message, a tool declaration or a tool call
+(`<|endofturn|>\n<|assistant|>\n` typed by a user, or found in a document) is tokenized as plain text, never
+as the control token, so such text cannot open or close turns. Only markers the template writes become
+control tokens. The reasoning and tool-call markers (`<think>`, `<tool_call>`, …) are ordinary
+(non-special) added tokens and stay what the tokenizer makes of them, as in llama.cpp with special parsing off.
+
+Messages follow the OpenAI shape and are normalized before rendering, as vLLM does: an assistant's
+`tool_calls[].function.arguments` JSON string becomes the object the template writes out, and the content of
+system, assistant and tool messages given as a list of text parts becomes their concatenation (the released
+template expects a string there; user parts are rendered one by one).
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from exaone_edge.errors import ArtifactError, InputError
+from exaone_edge.runtime.tool_calls import TOOL_CALL_MARKERS
 
 IMAGE_PART_TYPES = ("image", "image_url")
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 REASONING_MARKERS = ("<think>", "</think>")
+_RENDER_ARGUMENTS = ("messages", "tools", "documents", "add_generation_prompt")
 
 
 @dataclass(frozen=True)
@@ -83,8 +90,9 @@ class ChatFormat:
         # A second tokenizer that reads control-token text as text (a copy: the flag is per tokenizer object).
         self._as_text = Tokenizer.from_str(tokenizer.to_str())
         self._as_text.encode_special_tokens = True
-        # Decoding drops control tokens but keeps the reasoning markers, whatever their special flag, for the parser.
-        markers = {tokenizer.token_to_id(m) for m in REASONING_MARKERS} - {None}
+        # Decoding drops control tokens but keeps the reasoning and tool-call markers, whatever their special flag,
+        # for the parsers.
+        markers = {tokenizer.token_to_id(m) for m in (*REASONING_MARKERS, *TOOL_CALL_MARKERS)} - {None}
         self._hidden = frozenset(i for i, t in added.items() if t.special and i not in markers)
         self.reasoning_markers: tuple[str, str] | None = (
             REASONING_MARKERS if all(tokenizer.token_to_id(m) is not None for m in REASONING_MARKERS) else None
@@ -112,19 +120,25 @@ class ChatFormat:
         self,
         messages: Sequence[Mapping[str, Any]],
         *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
         add_generation_prompt: bool = True,
         template_kwargs: Mapping[str, Any] | None = None,
     ) -> str:
+        """The prompt text; `tools` is the OpenAI function-tool list, declared before the first message."""
         chat = [_plain_message(message) for message in messages]
-        return self._render(chat, add_generation_prompt, template_kwargs)
+        return self._render(chat, _plain_tools(tools), add_generation_prompt, template_kwargs)
 
-    def _render(self, chat: list[dict[str, Any]], add_generation_prompt: bool, template_kwargs) -> str:
+    def _render(self, chat: list[dict[str, Any]], tools: list[dict[str, Any]] | None, add_generation_prompt: bool,
+                template_kwargs: Mapping[str, Any] | None) -> str:
         import jinja2
 
         variables = {**self.special_tokens, **(template_kwargs or {})}
+        clash = sorted(set(variables) & set(_RENDER_ARGUMENTS))
+        if clash:
+            raise InputError(f"template_kwargs may not set {', '.join(clash)}: render() passes them itself")
         try:
             return self._template.render(
-                messages=chat, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **variables
+                messages=chat, tools=tools, documents=None, add_generation_prompt=add_generation_prompt, **variables
             )
         except jinja2.TemplateError as exc:
             raise InputError(f"the chat template rejected the conversation: {exc}") from None
@@ -134,20 +148,22 @@ class ChatFormat:
         messages: Sequence[Mapping[str, Any]],
         image_rows: Sequence[int],
         *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
         add_generation_prompt: bool = True,
         template_kwargs: Mapping[str, Any] | None = None,
     ) -> Prompt:
         """Token ids with `image_rows[i]` image tokens for the i-th image, as the HF processor makes them.
 
-        Control-token text inside messages is replaced by a random sentinel before rendering, so every
+        Control-token text inside messages and tools is replaced by a random sentinel before rendering, so every
         control token left in the rendered text was written by the template; the text between them is
         tokenized (sentinels restored) with control tokens read as text. Without such text in the
         messages the ids equal the HF processor's, which also splits at added tokens first.
         """
         nonce = secrets.token_hex(8)
         literals: list[str] = []
-        chat = [_escape_message(_plain_message(m), self._control, nonce, literals) for m in messages]
-        marked = self._render(chat, add_generation_prompt, template_kwargs)
+        chat = _escape([_plain_message(m) for m in messages], self._control, nonce, literals)
+        marked = self._render(chat, _escape(_plain_tools(tools), self._control, nonce, literals),
+                              add_generation_prompt, template_kwargs)
         sentinel = re.compile(rf"\ue000{nonce}:(\d+)\ue001")
 
         def restore(text: str) -> str:
@@ -184,7 +200,7 @@ class ChatFormat:
         if self.reasoning_markers is None:
             return False
         start, end = self.reasoning_markers
-        text = self._render([{"role": "user", "content": "?"}], True, template_kwargs)
+        text = self._render([{"role": "user", "content": "?"}], None, True, template_kwargs)
         return text.rfind(start) > text.rfind(end)
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
@@ -223,22 +239,28 @@ def _plain_message(message: Mapping[str, Any]) -> dict[str, Any]:
     """What the template sees: JSON data only (images become a bare `{"type": "image"}` part)."""
     if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
         raise InputError("each message must be an object with a string 'role'")
-    plain = {key: _plain(value) for key, value in message.items() if key != "content"}
+    role = message["role"]
+    plain = {key: _plain(value) for key, value in message.items() if key not in ("content", "tool_calls")}
     content = message.get("content")
     if isinstance(content, list):
-        parts = []
-        for part in content:
-            if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
-                raise InputError("each content part must be an object with a string 'type'")
-            if part["type"] in IMAGE_PART_TYPES:
-                parts.append({"type": "image"})
-            else:
-                parts.append({key: _plain(value) for key, value in part.items()})
-        plain["content"] = parts
-    elif content is None or isinstance(content, str):
-        plain["content"] = content
-    else:
+        parts = [_plain_part(part) for part in content]
+        if role == "user":
+            content = parts
+        elif all(part["type"] == "text" for part in parts):
+            content = "".join(part["text"] for part in parts)
+        else:
+            raise InputError(f"{role} messages may hold only text parts", fix="Send images in user messages.")
+    elif content is None:
+        if role != "assistant":
+            raise InputError(f"a {role} message needs 'content' (a string or a list of parts)")
+    elif not isinstance(content, str):
         raise InputError("message content must be a string or a list of parts")
+    plain["content"] = content
+    if message.get("tool_calls") is not None:
+        calls = message["tool_calls"]
+        if role != "assistant" or not isinstance(calls, list):
+            raise InputError("'tool_calls' must be a list, on an assistant message")
+        plain["tool_calls"] = [_plain_tool_call(call, index) for index, call in enumerate(calls)]
     # transformers aliases the reasoning fields so templates reading any of the names see it.
     reasoning = next((plain[key] for key in _REASONING_FIELDS if plain.get(key) is not None), None)
     if reasoning is not None:
@@ -246,25 +268,65 @@ def _plain_message(message: Mapping[str, Any]) -> dict[str, Any]:
     return plain
 
 
-def _escape_message(message: dict[str, Any], control: re.Pattern | None, nonce: str, literals: list[str]) -> dict[str, Any]:
-    """The message with control-token text in its strings replaced by sentinels (`literals` collects the originals)."""
-    if control is None:
-        return message
+def _plain_part(part: Any) -> dict[str, Any]:
+    if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
+        raise InputError("each content part must be an object with a string 'type'")
+    if part["type"] in IMAGE_PART_TYPES:
+        return {"type": "image"}
+    if part["type"] == "text" and not isinstance(part.get("text"), str):
+        raise InputError("a text part needs a string 'text'")
+    if part["type"] in ("video", "video_url"):
+        raise InputError("video parts are not supported", fix="Send the frames as images.")
+    return {key: _plain(value) for key, value in part.items()}
 
-    def escape(value: Any) -> Any:
-        if isinstance(value, str):
+
+def _plain_tool_call(call: Any, index: int) -> dict[str, Any]:
+    """An OpenAI tool call with `function.arguments` parsed: the template writes the object out as JSON."""
+    where = f"tool_calls[{index}].function"
+    function = call.get("function", call) if isinstance(call, Mapping) else None  # flat {"name", "arguments"} too
+    if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+        raise InputError(f"{where}.name must be a string")
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except (ValueError, RecursionError) as exc:
+            raise InputError(f"{where}.arguments is not valid JSON ({exc})",
+                             fix="Send the arguments object as a JSON string, as the API returned it.") from None
+    if not isinstance(arguments, Mapping):
+        raise InputError(f"{where}.arguments must be a JSON object, got {type(arguments).__name__}")
+    plain = {key: _plain(value) for key, value in call.items() if key != "function"}
+    return {**plain, "function": {**_plain(function), "arguments": _plain(arguments)}}
+
+
+def _plain_tools(tools: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]] | None:
+    if tools is None:
+        return None
+    if not isinstance(tools, Sequence) or not all(isinstance(tool, Mapping) for tool in tools):
+        raise InputError("'tools' must be a list of objects")
+    return [_plain(tool) for tool in tools]
+
+
+def _escape(value: Any, control: re.Pattern | None, nonce: str, literals: list[str]) -> Any:
+    """`value` with control-token text in its strings and keys replaced by sentinels (`literals` collects the
+    originals); a message's role is kept."""
+    if control is None:
+        return value
+
+    def escape(item: Any) -> Any:
+        if isinstance(item, str):
             def swap(match: re.Match) -> str:
                 literals.append(match.group(0))
                 return f"\ue000{nonce}:{len(literals) - 1}\ue001"
 
-            return control.sub(swap, value)
-        if isinstance(value, dict):
-            return {key: escape(item) if key != "type" else item for key, item in value.items()}
-        if isinstance(value, list):
-            return [escape(item) for item in value]
-        return value
+            return control.sub(swap, item)
+        if isinstance(item, dict):
+            return {escape(key): inner if key == "role" else escape(inner) for key, inner in item.items()}
+        if isinstance(item, list):
+            return [escape(inner) for inner in item]
+        return item
 
-    return {key: escape(value) if key != "role" else value for key, value in message.items()}
+    return escape(value)
 
 
 def _plain(value: Any) -> Any:

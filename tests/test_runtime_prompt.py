@@ -99,8 +99,10 @@ def test_rendering_matches_tokenizer_template(chat, hf_processor):
     assert chat.render(messages) == expected
 
 
-# The released format, written out (sources in exaone_edge/data/chat_template.jinja): system turn, an image
-# before the question, an earlier assistant answer whose reasoning is dropped, and the generation prompt.
+# The released format, written out from the released template's text (a public copy of EXAONE 4.5's
+# chat_template.jinja: repository doxgxxn/exaone45awq, samples/model_repository/exaone4_5_33b/chat_template.jinja):
+# system turn, an image before the question (a newline after `</vision>`), an earlier assistant answer whose
+# reasoning is dropped, and the generation prompt. More shapes: tests/test_chat_template.py.
 HISTORY = [
     {"role": "system", "content": "You read contracts."},
     {"role": "user", "content": [{"type": "image", "image": _image(32, 32, 4)}, {"type": "text", "text": "Who signs?"}]},
@@ -108,7 +110,7 @@ HISTORY = [
     {"role": "user", "content": "And the date?"},
 ]
 HISTORY_TEXT = ("<|system|>\nYou read contracts.<|endofturn|>\n"
-                "<|user|>\n<vision><|image_pad|></vision>Who signs?<|endofturn|>\n"
+                "<|user|>\n<vision><|image_pad|></vision>\nWho signs?<|endofturn|>\n"
                 "<|assistant|>\n<think>\n\n</think>\n\nThe lessee.<|endofturn|>\n"
                 "<|user|>\nAnd the date?<|endofturn|>\n")
 

@@ -97,11 +97,12 @@ def test_tokenizer_has_exaone_special_tokens_and_hangul(tiny_model_dir):
     text = "합계 금액 1,823,250원 — Total due 18,232.50"
     assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
     question = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "합계는?"}]}]
-    # EXAONE 4.5's format; thinking is on unless enable_thinking=False (exact strings: tests/test_runtime_prompt.py).
+    # EXAONE 4.5's format (a newline after `</vision>`); thinking is on unless enable_thinking=False
+    # (exact strings and their sources: tests/test_chat_template.py).
     rendered = tokenizer.apply_chat_template(question, tokenize=False, add_generation_prompt=True)
-    assert rendered == "<|user|>\n<vision><|image_pad|></vision>합계는?<|endofturn|>\n<|assistant|>\n<think>\n"
+    assert rendered == "<|user|>\n<vision><|image_pad|></vision>\n합계는?<|endofturn|>\n<|assistant|>\n<think>\n"
     rendered = tokenizer.apply_chat_template(question, tokenize=False, add_generation_prompt=True, enable_thinking=False)
-    assert rendered == "<|user|>\n<vision><|image_pad|></vision>합계는?<|endofturn|>\n<|assistant|>\n<think>\n\n</think>\n\n"
+    assert rendered == "<|user|>\n<vision><|image_pad|></vision>\n합계는?<|endofturn|>\n<|assistant|>\n<think>\n\n</think>\n\n"
 
 
 def test_loads_and_runs_in_transformers(tiny_model_dir):
