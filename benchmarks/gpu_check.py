@@ -1,165 +1,289 @@
-"""The measuring half of `scripts/gpu_check.sh`: the tiny and the real-width bench bundles on CUDA against the CPU path.
+"""The GPU check: one verdict per CUDA path, in one run, on an air-gapped box (`scripts/gpu_check.sh`, docs/gpu-check.md).
 
-Builds two bundles: the tiny random EXAONE 4.5 (F32 decoder, fp32 vision graph: CUDA must match the CPU closely)
-and the bench preset (the released decoder and vision widths, 2 decoder layers and 7 vision blocks; Q4_K_M
-decoder, fp16 vision graph: the kernels the 33B runs). For each it answers one page question with `--device cpu`
-and then `--device cuda`, and prints: first-token logits max |Δ| and whether the greedy answers agree, the page's
-encode time on each, the GPU memory this process holds (nvidia-smi) beside `plan`'s prediction for the same
-bundle and context, and decode tokens/s beside the bandwidth bound (device bandwidth measured with a torch copy
-when torch has CUDA, else none). Exit 0 when outputs agree, 1 when they do not, 2 when there is no usable GPU.
+Inputs come from the offline kit (benchmarks/gpu_kit.py): the tiny bundle (F32 decoder, fp32 vision) and the
+real-width bench bundle (Q4_K_M decoder) are built on the box from seeded skeletons. Every measurement runs in its
+own process (benchmarks/gpu_worker.py); the CPU references with CUDA_VISIBLE_DEVICES="", so they are CPU-only
+although llama.cpp is the CUDA build. This process only compares and judges. One line per path, PASS / FAIL /
+NOT CHECKED; result.json and check.log in --out. Exit 0 every checked path passed, 1 a mismatch, 2 no GPU (the CPU
+half still runs: the dry run), 3 setup failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-LOGIT_TOLERANCE = 5e-2  # CUDA kernels sum in another order (and cuBLAS may use TF32); greedy tokens must agree
-# The bench bundle runs fp16 vision and Q4_K_M on CUDA against the same files on the CPU: rounding differs by more
-# (fp16 accumulation in cuBLAS, llama.cpp's CUDA Q4_K dot products quantize activations to 8 bits), so its greedy
-# answer is reported, and only the logits' agreement is judged.
-BENCH_LOGIT_TOLERANCE = 0.5
-BENCH_PAGES = (("a4-tall", (595, 842)),)  # export validates on one page: the check times the GPU, not the export
+from exaone_edge.benchmarks.gpu_verdicts import (
+    Verdict, compare_imatrix, compare_logits, decode_verdict, encode_verdict, logits_verdict, memory_case, memory_verdict, not_checked,
+    offload_verdict, quantized_kv_verdict, vision_verdict,
+)
+
+PATHS = ("decoder on CUDA", "partial offload", "imatrix", "flash attention + q8_0 KV", "vision on CUDA",
+         "memory vs plan", "decode tokens/s", "page encode (warm)")
+PARTIAL_LAYERS = 32  # of the tiny model's 64 (llama.cpp counts 65 with the output layer)
+WORKER = "exaone_edge.benchmarks.gpu_worker"
+CUDA_LIBRARIES = ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13")
 
 
-def gpu_memory_used(pid: int) -> int | None:
-    """Bytes this process holds on the GPU, per nvidia-smi (None when it does not list the process)."""
-    out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, check=True).stdout
-    used = [int(line.split(",")[1]) for line in out.splitlines() if line.strip() and int(line.split(",")[0]) == pid]
-    return sum(used) * 2**20 if used else None
+class SetupFailure(Exception):
+    """The check could not get to measuring: kit, install, inputs or the CPU half."""
 
 
-def gpu_total_bytes() -> int:
-    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, check=True).stdout
-    return int(out.splitlines()[0]) * 2**20
+@dataclass
+class Run:
+    out: Path
+    work: Path
+    python: str
+    timeout: float
+    cuda_site: Path | None = None
+    gpu: bool = False
+    started: float = field(default_factory=time.time)
+    phases: list[dict] = field(default_factory=list)
+    library_dirs: list[str] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        start = time.time()
+        print(f"gpu_check: {name} …", file=sys.stderr, flush=True)
+        try:
+            yield
+        finally:
+            self.phases.append({"phase": name, "start": _stamp(start), "end": _stamp(time.time()),
+                                "seconds": round(time.time() - start, 2)})
+
+    def env(self, gpu: bool) -> dict[str, str]:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        paths = [str(self.cuda_site)] if self.gpu and self.cuda_site else []
+        env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        if self.library_dirs:
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(self.library_dirs + [env.get("LD_LIBRARY_PATH", "")]).strip(os.pathsep)
+        if not gpu:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        return env
+
+    def worker(self, task: str, gpu: bool, **args) -> dict:
+        """One measuring process; its stderr goes to check.log. Raises RuntimeError with the log's tail."""
+        result = self.work / f"{task}-{len(self.phases)}-{time.monotonic_ns()}.json"
+        with open(self.out / "check.log", "a", encoding="utf-8") as log:
+            log.write(f"\n=== {task} ({'GPU' if gpu else 'CPU only'}) {json.dumps(args)}\n")
+            log.flush()
+            try:
+                done = subprocess.run([self.python, "-m", WORKER, task, json.dumps(args), str(result)],
+                                      stdout=log, stderr=log, env=self.env(gpu), timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"{task} worker timed out after {self.timeout:.0f} s") from None
+        if done.returncode != 0 or not result.is_file():
+            tail = (self.out / "check.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"{task} worker exited {done.returncode}: {' | '.join(tail)}")
+        return json.loads(result.read_text(encoding="utf-8"))
 
 
-def device_bandwidth() -> float | None:
-    """Bytes/s of a 1 GiB device-to-device copy (read + write), or None without torch CUDA."""
+def _stamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 1000):03d}Z"
+
+
+def detect_gpu() -> tuple[dict | None, str]:
+    """(the first GPU's name, memory and driver per nvidia-smi, or None) and why none."""
+    if shutil.which("nvidia-smi") is None:
+        return None, "nvidia-smi not found"
     try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    source = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    target = torch.empty_like(source)
-    target.copy_(source)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(10):
-        target.copy_(source)
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    del source, target
-    torch.cuda.empty_cache()
-    return 10 * 2 * 2**30 / seconds
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,compute_cap",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"nvidia-smi failed ({exc})"
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    if out.returncode != 0 or not lines:
+        return None, f"nvidia-smi lists no GPU ({(out.stderr or out.stdout).strip()[:200]})"
+    from exaone_edge.benchmarks.gpu_worker import parse_mib
+
+    name, memory, driver, capability = (part.strip() for part in (lines[0].split(",") + ["", "", ""])[:4])
+    return {"name": name, "memory_bytes": parse_mib(memory), "driver": driver, "compute_capability": capability}, ""
 
 
-def build(work: Path, preset: str = "tiny") -> Path:
-    """The tiny bundle (F32 decoder, fp32 vision) or the bench bundle (Q4_K_M decoder, fp16 vision)."""
-    from exaone_edge.bundle import write_bundle
-    from exaone_edge.checkpoint import open_checkpoint
-    from exaone_edge.export.vision import export_vision
-    from exaone_edge.quantize.gguf_convert import convert_to_gguf
-    from exaone_edge.quantize.llama_quantize import quantize_gguf
-    from exaone_edge.quantize.recipes import choose_recipe
-    from exaone_edge.tiny_model import build_tiny_model
-
-    model = build_tiny_model(work / preset, overwrite=True, preset=preset).path
-    if preset == "tiny":
-        vision = export_vision(model, work / "vision", precision="fp32", overwrite=True).path
-        decoder, level = convert_to_gguf(model, work / "decoder.gguf", out_type="F32").path, "F32"
-    else:
-        vision = export_vision(model, work / "vision", precision="fp16", overwrite=True, pages=BENCH_PAGES).path
-        f16 = convert_to_gguf(model, work / "decoder-f16.gguf").path
-        recipe = choose_recipe(4, None, imatrix=False)
-        decoder, level = quantize_gguf(f16, work / "decoder.gguf", recipe), recipe.level
-        f16.unlink()
-    bundle = work / "bundle"
-    bundle.mkdir()
-    write_bundle(bundle, open_checkpoint(model), decoder, vision_dir=vision, details={"decoder": {"level": level}})
-    return bundle
+def cuda_library_dirs() -> list[str]:
+    """Folders holding the CUDA 13 runtime and cuBLAS the kit's llama.cpp links to: the box's torch wheels
+    (nvidia/cu13/lib) or its CUDA toolkit."""
+    roots = [Path(p) / "nvidia" for p in sys.path if p.endswith("site-packages")]
+    roots += [Path("/usr/local/cuda/lib64"), *Path("/usr/local").glob("cuda-13*/lib64"), Path("/usr/lib/x86_64-linux-gnu")]
+    found: list[str] = []
+    for name in CUDA_LIBRARIES:
+        for root in roots:
+            hits = [root / name] if (root / name).is_file() else sorted(root.glob(f"*/lib/{name}")) if root.is_dir() else []
+            if hits:
+                found.append(str(hits[0].parent))
+                break
+    return list(dict.fromkeys(found))
 
 
-def answer(bundle: Path, device: str, ctx: int, tokens: int) -> dict:
-    from PIL import Image, ImageDraw
-
-    from exaone_edge.runtime.engine import Engine
-    from exaone_edge.runtime.generation import GenerationParams
-
-    page = Image.new("RGB", (448, 336), "white")
-    ImageDraw.Draw(page).text((20, 20), "Invoice 42  total 1,234.56", fill="black")
-    messages = [{"role": "user", "content": [{"type": "image", "image": page}, {"type": "text", "text": "Total?"}]}]
-    engine = Engine.load(bundle, device=device, n_ctx=ctx, flash_attn=False, kv_type="f32", verify=False)
-    try:
-        started = time.perf_counter()
-        engine.encode_prompt(messages)  # the page's rows, cached for what follows
-        encode_seconds = time.perf_counter() - started
-        logits = engine.next_token_logits(messages)
-        last = None
-        for last in engine.generate(messages, GenerationParams(max_tokens=tokens, ignore_eos=True).thinking(False)):
-            pass
-        return {"placement": engine.placement, "logits": logits, "encode_seconds": encode_seconds, "tokens": last.token_ids,
-                "tokens_per_s": last.timings.tokens_per_s, "gpu_bytes": gpu_memory_used(os.getpid()),
-                "decoder_bytes": engine.bundle.decoder_path.stat().st_size, "level": engine.bundle.manifest.details["decoder"]["level"]}
-    finally:
-        engine.close()
-
-
-def check(bundle: Path, name: str, ctx: int, tokens: int, tolerance: float, greedy_must_agree: bool) -> bool:
-    """One bundle on the CPU and on CUDA; prints the comparison and returns whether it passed."""
+def _plan(bundle: str, total_bytes: int, context: int, kv_type: str, gpu_layers: int) -> dict[str, int]:
+    """plan's GPU components at the measured settings (vision on the CPU, as measured), headroom left out."""
     from exaone_edge.plan import plan
 
-    cpu = answer(bundle, "cpu", ctx, tokens)
-    cuda = answer(bundle, "cuda", ctx, tokens)
-    diff = float(np.abs(cpu["logits"] - cuda["logits"]).max())
-    same = cpu["tokens"] == cuda["tokens"]
-    level = cuda["level"]
-    predicted = plan(bundle, gpu=f"{gpu_total_bytes() / 2**30:.2f}GiB", context=ctx, kv_type="f32", level=level)
-    bandwidth = device_bandwidth()
-    bound = bandwidth / (cuda["decoder_bytes"] + predicted.components["kv_cache"]) if bandwidth else None
-    measured = cuda["gpu_bytes"]
-    print(f"[{name}] placement (cuda): {cuda['placement'].describe()}")
-    print(f"[{name}] first-token logits max |Δ| cuda vs cpu: {diff:.3g} (tolerance {tolerance}); "
-          f"greedy {tokens} tokens {'agree' if same else 'differ'}")
-    print(f"[{name}] page encode: {cuda['encode_seconds']:.3f} s on CUDA, {cpu['encode_seconds']:.3f} s on CPU")
-    print(f"[{name}] GPU memory held: {measured / 2**20:.0f} MiB measured (nvidia-smi)" if measured else
-          f"[{name}] GPU memory held: not listed by nvidia-smi", end="")
-    print(f" | plan predicts {predicted.total_bytes / 2**20:.0f} MiB (allowances and 5% headroom included)")
-    print(f"[{name}] decode: {cuda['tokens_per_s'] or 0:.1f} tokens/s on CUDA, {cpu['tokens_per_s'] or 0:.1f} on CPU"
-          + (f" | bandwidth bound {bound:.0f} tokens/s ({bandwidth / 1e9:.0f} GB/s copy)" if bound else
-             " | bandwidth bound: torch without CUDA, not measured"), flush=True)
-    return diff <= tolerance and (same or not greedy_must_agree)
+    predicted = plan(Path(bundle), gpu=f"{total_bytes / 2**30:.3f}GiB", context=context, kv_type=kv_type,
+                     gpu_layers=gpu_layers, vision_provider="cpu")
+    return dict(predicted.components)
+
+
+def run_check(args: argparse.Namespace, run: Run) -> list[Verdict]:
+    with run.phase("setup"):
+        gpu, why = detect_gpu()
+        if not (args.kit / "kit.json").is_file():
+            raise SetupFailure(f"{args.kit}/kit.json not found: build the kit (benchmarks/gpu_kit.py build) and carry it")
+        kit = json.loads((args.kit / "kit.json").read_text(encoding="utf-8"))
+        run.gpu = gpu is not None
+        probe = None
+        if run.gpu:
+            run.library_dirs = cuda_library_dirs()
+            probe = run.worker("probe", True)
+            if not probe["offload"]:
+                raise SetupFailure(f"the kit's llama.cpp ({probe['llama_cpp']}, backends {probe['backends']}) sees no "
+                                   f"CUDA device; CUDA libraries from {run.library_dirs or 'nowhere'}")
+    no_gpu = f"no GPU: {why}"
+    with run.phase("inputs"):
+        made = _setup(run.worker, "inputs", False, kit=str(args.kit), work=str(run.work),
+                      bench=run.gpu and bool(kit.get("bench")))
+    tiny, prompt, ctx = made["tiny_bundle"], made["prompt"], args.ctx
+    gguf = str(Path(tiny) / "decoder.gguf")
+    fp32_vision = str(args.kit / "vision-fp32")
+
+    def logits(name: str, gpu_flag: bool, layers: int, fa: bool, kv: str) -> tuple[np.ndarray, dict]:
+        path = run.work / f"logits-{name}.npy"
+        info = run.worker("logits", gpu_flag, gguf=gguf, prompt=prompt, out=str(path), gpu_layers=layers,
+                          flash_attn=fa, kv_type=kv, n_ctx=ctx)
+        return np.load(path), info
+
+    with run.phase("cpu half"):
+        cpu_f32, _ = _setup(logits, "cpu-f32", False, 0, False, "f32")
+        cpu_q8, _ = _setup(logits, "cpu-q8", False, 0, True, "q8_0")
+        _setup(run.worker, "imatrix", False, gguf=gguf, prompt=prompt, out=str(run.work / "imatrix-cpu.npz"), gpu_layers=0)
+        cpu_vision = _setup(run.worker, "vision", False, directory=fp32_vision, provider="cpu",
+                            out=str(run.work / "rows-cpu-fp32.npy"))
+    cpu_encode = f"CPU warm {cpu_vision['warm_s'] * 1000:.0f} ms (cold {cpu_vision['cold_s'] * 1000:.0f} ms)"
+    if not run.gpu:  # the dry run: say what the CPU half measured, for the paths it has a reference for
+        cpu = compare_logits(cpu_f32, cpu_q8)
+        ready = {"decoder on CUDA": f"CPU reference ready ({len(cpu_f32)} positions)",
+                 "flash attention + q8_0 KV": f"the CPU's FA + q8_0 moves {cpu['max_rel_spread']:.2e} of the spread",
+                 "imatrix": "CPU sums ready", "page encode (warm)": cpu_encode}
+        return [not_checked(path, no_gpu + (f"; {ready[path]}" if path in ready else "")) for path in PATHS]
+    assert probe is not None
+    total = probe["total_bytes"]
+    verdicts: dict[str, Verdict] = {}
+    memory: dict[str, dict] = {}  # one line for every bundle measured
+    with run.phase("gpu: decoder"):
+        verdicts.update(_guard(("decoder on CUDA", "flash attention + q8_0 KV"),
+                               lambda: _decoder(logits, cpu_f32, cpu_q8, tiny, total, ctx, memory)))
+        verdicts.update(_guard(("partial offload",), lambda: _partial(logits, cpu_f32, tiny, total, ctx)))
+        verdicts.update(_guard(("imatrix",), lambda: _imatrix(run, gguf, prompt)))
+    with run.phase("gpu: vision"):
+        verdicts.update(_guard(("vision on CUDA", "page encode (warm)"), lambda: _vision(run, args.kit, cpu_encode)))
+    with run.phase("gpu: bench decode"):
+        verdicts.update(_guard(("decode tokens/s",), lambda: _bench(run, made["bench_bundle"], total, args.tokens, memory)))
+    verdicts["memory vs plan"] = memory_verdict(memory)
+    return [verdicts.get(path) or not_checked(path, "not reached") for path in PATHS]
+
+
+def _setup(function, *args, **kwargs):
+    try:
+        return function(*args, **kwargs)
+    except RuntimeError as exc:
+        raise SetupFailure(str(exc)) from None
+
+
+def _guard(paths: tuple[str, ...], measure) -> dict[str, Verdict]:
+    """A path whose measurement crashed FAILs with the reason; the others still run."""
+    try:
+        return {v.path: v for v in measure()}
+    except RuntimeError as exc:
+        return {path: Verdict(path, "FAIL", f"{exc}") for path in paths}
+
+
+def _decoder(logits, cpu_f32, cpu_q8, tiny: str, total: int, ctx: int, memory: dict) -> list[Verdict]:
+    gpu_f32, info = logits("gpu-f32", True, -1, False, "f32")
+    gpu_q8, info_q8 = logits("gpu-q8", True, -1, True, "q8_0")
+    memory["tiny (FA, q8_0 KV)"] = memory_case(info_q8, _plan(tiny, total, ctx, "q8_0", -1))
+    return [logits_verdict("decoder on CUDA", cpu_f32, gpu_f32, info["llama"]),
+            quantized_kv_verdict(cpu_f32, cpu_q8, gpu_f32, gpu_q8)]
+
+
+def _partial(logits, cpu_f32, tiny: str, total: int, ctx: int) -> list[Verdict]:
+    gpu_part, info = logits("gpu-partial", True, PARTIAL_LAYERS, False, "f32")
+    planned = _plan(tiny, total, ctx, "q8_0", PARTIAL_LAYERS)["decoder_weights"]
+    return [offload_verdict(cpu_f32, gpu_part, info["llama"], PARTIAL_LAYERS, planned)]
+
+
+def _imatrix(run: Run, gguf: str, prompt: str) -> list[Verdict]:
+    run.worker("imatrix", True, gguf=gguf, prompt=prompt, out=str(run.work / "imatrix-gpu.npz"), gpu_layers=-1)
+    return [compare_imatrix(np.load(run.work / "imatrix-cpu.npz"), np.load(run.work / "imatrix-gpu.npz"))]
+
+
+def _vision(run: Run, kit: Path, cpu_encode: str) -> list[Verdict]:
+    """fp32 and int8w (the 24 GB plan's precision), each on CUDA against the CPU, in torch-free processes."""
+    results = {}
+    for precision in ("fp32", "int8w"):
+        directory = kit / f"vision-{precision}"
+        cpu_rows, gpu_rows = run.work / f"rows-cpu-{precision}.npy", run.work / f"rows-cuda-{precision}.npy"
+        if not cpu_rows.is_file():
+            run.worker("vision", False, directory=str(directory), provider="cpu", out=str(cpu_rows))
+        info = run.worker("vision", True, directory=str(directory), provider="cuda", out=str(gpu_rows))
+        results[precision] = (info, np.load(cpu_rows), np.load(gpu_rows) if info["ran"] else None)
+        if not info["ran"]:
+            break  # no CUDA provider: the other precision cannot run either
+    return [vision_verdict(results), encode_verdict(results["fp32"][0], cpu_encode)]
+
+
+def _bench(run: Run, bundle: str | None, total: int, tokens: int, memory: dict) -> list[Verdict]:
+    if bundle is None:
+        return [not_checked("decode tokens/s", "the kit has no bench skeleton (built with --no-bench)")]
+    bandwidth = run.worker("bandwidth", True)
+    ctx = 4096
+    info = run.worker("decode", True, gguf=str(Path(bundle) / "decoder.gguf"), gpu_layers=-1, flash_attn=True,
+                      kv_type="q8_0", n_ctx=ctx, tokens=tokens)
+    memory["bench (FA, q8_0 KV)"] = memory_case(info, _plan(bundle, total, ctx, "q8_0", -1))
+    return [decode_verdict(info, bandwidth.get("bytes_per_s"))]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("/tmp/exaone-edge-gpu-check"))
-    parser.add_argument("--ctx", type=int, default=4096)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--skip-bench", action="store_true", help="only the tiny bundle (no real-width bundle)")
+    parser.add_argument("--kit", type=Path, default=Path(".gpu-kit"), help="the offline kit (benchmarks/gpu_kit.py)")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/exaone-edge-gpu-check-out"),
+                        help="result.json and check.log go here")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/exaone-edge-gpu-check"), help="bundles and scratch")
+    parser.add_argument("--cuda-site", type=Path, help="where the kit's CUDA llama-cpp-python was installed")
+    parser.add_argument("--ctx", type=int, default=1024)
+    parser.add_argument("--tokens", type=int, default=256, help="decode steps timed on the bench bundle")
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds one measuring process may take")
     args = parser.parse_args(argv)
-    from exaone_edge.device import DeviceUnavailable, choose_placement
-
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    (args.out / "check.log").write_text("", encoding="utf-8")
+    run = Run(args.out, args.work, sys.executable, args.timeout, args.cuda_site)
     try:
-        choose_placement("cuda")
-    except DeviceUnavailable as error:
-        print(f"gpu_check: {error}", file=sys.stderr)
-        return 2
-    work = args.work / f"run-{os.getpid()}"
-    passed = check(build(work / "tiny"), "tiny", args.ctx, args.tokens, LOGIT_TOLERANCE, True)
-    if not args.skip_bench:
-        passed &= check(build(work / "bench", "bench"), "bench", args.ctx, args.tokens, BENCH_LOGIT_TOLERANCE, False)
-    return 0 if passed else 1
+        verdicts = run_check(args, run)
+        code = 1 if any(v.status == "FAIL" for v in verdicts) else (0 if run.gpu else 2)
+    except SetupFailure as exc:
+        print(f"gpu_check: setup failed: {exc}", file=sys.stderr)
+        verdicts, code = [not_checked(path, f"setup failed: {exc}") for path in PATHS], 3
+    for verdict in verdicts:
+        print(verdict.line())
+    result = {"exit_code": code, "gpu": run.gpu, "paths": [asdict(v) for v in verdicts], "phases": run.phases,
+              "started": _stamp(run.started), "seconds": round(time.time() - run.started, 1),
+              "cuda_library_dirs": run.library_dirs}
+    partial = args.out / "result.json.partial"
+    partial.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    partial.replace(args.out / "result.json")
+    print(f"gpu_check: exit {code} ({ {0: 'pass', 1: 'mismatch', 2: 'no GPU', 3: 'setup failure'}[code]}); "
+          f"{args.out / 'result.json'}, {run.phases[-1]['end'] if run.phases else ''}")
+    return code
 
 
 if __name__ == "__main__":

@@ -1,36 +1,22 @@
 #!/usr/bin/env bash
-# GPU check, one command, under 8 minutes on a CUDA box (most of it is compiling llama.cpp once):
-#   1. makes the GPU runtimes: onnxruntime-gpu, and llama-cpp-python compiled with CUDA for this GPU's
-#      architecture (from nvidia-smi), unless the installed ones already have CUDA;
-#   2. runs the tiny bundle and the real-width bench bundle (Q4_K_M decoder, fp16 vision at the released widths)
-#      with --device cpu and --device cuda and compares their outputs (--skip-bench: the tiny one only);
-#   3. prints each page's encode time, GPU memory measured beside `plan`'s prediction, and decode tokens/s beside
-#      the bandwidth bound.
-# Without an NVIDIA GPU it stops at once (exit 2) and says so. PYTHON picks the interpreter (.venv/bin/python).
-set -euo pipefail
+# The GPU check in one command, offline: installs the kit (.gpu-kit, built by benchmarks/gpu_kit.py) with
+# `pip install --no-index` into a scratch site, then runs benchmarks/gpu_check.py from the repository root.
+#   bash scripts/gpu_check.sh [--kit .gpu-kit] --out DIR [--work DIR] [--tokens N] ...
+# Prints the kit's carried size, one PASS / FAIL / NOT CHECKED line per CUDA path, and exits 0 pass, 1 mismatch,
+# 2 no GPU (the CPU half still runs: the dry run), 3 setup failure. PYTHON picks the interpreter (default python3:
+# on the GPU box, the system one with torch; nothing is installed into it). See docs/gpu-check.md.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
+PY=${PYTHON:-python3}
+SITE=${SITE:-/tmp/exaone-edge-site}
+KIT=.gpu-kit
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  [ "${args[i]}" = "--kit" ] && KIT=${args[i + 1]:-$KIT}
+done
 
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
-  echo "gpu_check: no NVIDIA GPU here (nvidia-smi is missing or lists no device): nothing to check; the GPU path stays unverified on this machine" >&2
-  exit 2
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader
-
-has() { "$PY" -c "$1" >/dev/null 2>&1; }
-if ! has "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())"; then
-  echo "gpu_check: installing onnxruntime-gpu==1.31.1" >&2
-  "$PY" -m pip uninstall -y -q onnxruntime || true
-  "$PY" -m pip install -q onnxruntime-gpu==1.31.1
-fi
-if ! has "import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())"; then
-  if ! command -v nvcc >/dev/null 2>&1; then
-    echo "gpu_check: llama-cpp-python has no CUDA backend and nvcc (the CUDA toolkit) is not on PATH to build one" >&2
-    exit 2
-  fi
-  arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '.[:space:]')
-  echo "gpu_check: compiling llama-cpp-python 0.3.36 with CUDA for sm_${arch} (a few minutes)" >&2
-  CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${arch} -DLLAVA_BUILD=OFF" \
-    "$PY" -m pip install -q --force-reinstall --no-deps --no-cache-dir --no-binary llama-cpp-python llama-cpp-python==0.3.36
-fi
-exec "$PY" -m exaone_edge.benchmarks.gpu_check "$@"
+started=$(date +%s)
+"$PY" benchmarks/gpu_kit.py install --kit "$KIT" --site "$SITE" || { echo "gpu_check: setup failed: the kit did not install offline" >&2; exit 3; }
+echo "gpu_check: kit installed in $(( $(date +%s) - started )) s" >&2
+PYTHONPATH="$SITE/pure${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m exaone_edge.benchmarks.gpu_check --kit "$KIT" \
+  --cuda-site "$SITE/cuda" "$@"

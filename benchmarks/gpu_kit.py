@@ -1,0 +1,213 @@
+"""The offline GPU check kit: what `scripts/gpu_check.sh` needs on an air-gapped CUDA box, in one carried folder.
+
+    .gpu-kit/  (git-ignored; the device tool carries it beside the repository, 64 MiB for both)
+      wheels/         llama-cpp-python 0.3.36 compiled with CUDA for sm_90 (scripts/gpu_kit_wheel.sh), and the
+                      pure-Python wheels the box lacks (KIT_WHEELS); installed there with `pip install --no-index`
+      tiny/, bench/   checkpoint skeletons (benchmarks/synthetic.py): configs, tokenizer, tensor layout, no weights;
+                      the box draws the weights from a seed, since its transformers predates EXAONE 4.5
+      vision-fp32/, vision-int8w/   the tiny model's vision exports, made and validated here
+      kit.json        contents, sizes, the CUDA wheel's build time
+Build here: .venv/bin/python benchmarks/gpu_kit.py build            (heavy imports inside `build`)
+On the box: python3 benchmarks/gpu_kit.py install --kit .gpu-kit --site /tmp/exaone-edge-site   (stdlib only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KIT_DIR = REPO / ".gpu-kit"
+CARRY_LIMIT = 64 * 2**20  # the device tool's limit on the working tree, carried paths included
+WHEEL_CACHE = Path(os.environ.get("EXAONE_EDGE_WHEELS", Path.home() / ".cache/exaone-edge/wheels"))
+CUDA_WHEEL_GLOB = "cuda-sm90/llama_cpp_python-0.3.36-*.whl"
+KIT_WHEEL_DIR = "kit-py312"  # the pure wheels, cached apart from setup.sh's --find-links folder
+# What the GPU box's Python (KINDS.md's package list) lacks for the check: llama-cpp-python needs diskcache, the
+# bundle build needs gguf. numpy, ml-dtypes, safetensors, tokenizers, pillow, jinja2, rich, onnxruntime are there.
+KIT_WHEELS = {"diskcache": "5.6.3", "gguf": "0.19.0"}
+PY312 = ["--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
+         "--platform", "manylinux2014_x86_64", "--platform", "any"]
+MIB = 2**20
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def travel_bytes(repo: Path = REPO) -> int | None:
+    """Bytes of the repository's files that travel to the device (tracked, and untracked but not ignored); None
+    without git (on the box the copy has no .git)."""
+    try:
+        listed = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    files = {repo / name for name in listed.decode().split("\0") if name}
+    return sum(f.stat().st_size for f in files if f.is_file() and not f.is_symlink())
+
+
+def stage_package(repo: Path, site: Path) -> Path:
+    """Lay the repository's packages out as they install (pyproject's package-dir: export/ → exaone_edge/export/ …)
+    under `site`, so `python -m exaone_edge...` runs from a plain PYTHONPATH with no pip and no build backend."""
+    tool = tomllib.loads((repo / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    mapping: dict[str, str] = tool["package-dir"]
+    data: dict[str, list[str]] = tool.get("package-data", {})
+    for package in tool["packages"]:
+        parent = max((name for name in mapping if package == name or package.startswith(name + ".")), key=len)
+        source = repo / mapping[parent] / package[len(parent):].lstrip(".").replace(".", "/")
+        target = site / package.replace(".", "/")
+        target.mkdir(parents=True, exist_ok=True)
+        for path in source.glob("*.py"):
+            shutil.copy2(path, target / path.name)
+        for pattern in data.get(package, []):
+            for path in source.glob(pattern):
+                if path.is_file():
+                    (target / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, target / path.relative_to(source))
+    return site
+
+
+def install(kit: Path, site: Path, python: str = sys.executable, repo: Path = REPO) -> dict:
+    """pip install --no-index: the CUDA llama-cpp-python into site/cuda (on the path only where a GPU is), the pure
+    wheels and the staged repository into site/pure. Prints and returns the kit's size."""
+    kit, site = Path(kit), Path(site)
+    if not (kit / "kit.json").is_file():
+        raise SystemExit(f"gpu_kit: {kit}/kit.json not found: build the kit first "
+                         "(.venv/bin/python benchmarks/gpu_kit.py build), then carry it")
+    shutil.rmtree(site, ignore_errors=True)
+    wheels = sorted((kit / "wheels").glob("*.whl"))
+    groups = {"cuda": [w for w in wheels if w.name.startswith("llama_cpp_python")],
+              "pure": [w for w in wheels if not w.name.startswith("llama_cpp_python")]}
+    env = dict(os.environ, PIP_CONFIG_FILE=os.devnull, PIP_NO_INPUT="1")  # nothing but the kit's own files
+    for group, files in groups.items():
+        (site / group).mkdir(parents=True, exist_ok=True)
+        if files:
+            subprocess.run([python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                            "--no-cache-dir", "--disable-pip-version-check", "--target", str(site / group),
+                            *map(str, files)], check=True, env=env)
+    stage_package(repo, site / "pure")
+    recorded = json.loads((kit / "kit.json").read_text(encoding="utf-8"))
+    size = tree_bytes(kit)
+    repo_bytes = recorded.get("repo_bytes") or 0
+    print(f"gpu_kit: installed offline (pip --no-index) {', '.join(w.name for w in wheels) or 'no wheels'}")
+    print(f"gpu_kit: kit {size / MIB:.1f} MiB + repository {repo_bytes / MIB:.1f} MiB (measured at build) = "
+          f"{(size + repo_bytes) / MIB:.1f} MiB carried (limit {CARRY_LIMIT / MIB:.0f} MiB)")
+    return {"kit_bytes": size, "repo_bytes": repo_bytes, "wheels": [w.name for w in wheels],
+            "cuda_wheel": bool(groups["cuda"])}
+
+
+def cached_wheels(cache: Path = WHEEL_CACHE, download: bool = False) -> list[Path]:
+    """The pure wheels for Python 3.12 (KIT_WHEELS) from the cache; `download` fetches the missing ones."""
+    folder = cache / KIT_WHEEL_DIR
+    found = []
+    for name, version in KIT_WHEELS.items():
+        matches = sorted(folder.glob(f"{name}-{version}-*.whl"))
+        if not matches and download:
+            folder.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", *PY312,
+                            "-d", str(folder), f"{name}=={version}"], check=True)
+            matches = sorted(folder.glob(f"{name}-{version}-*.whl"))
+        found += matches[:1]
+    return found
+
+
+def cuda_wheel(cache: Path = WHEEL_CACHE) -> Path | None:
+    matches = sorted(cache.glob(CUDA_WHEEL_GLOB))
+    return matches[-1] if matches else None
+
+
+def build_kit(out: Path, *, tiny_checkpoint: Path, vision_dirs: dict[str, Path], wheels: list[Path],
+              bench_checkpoint: Path | None = None, repo: Path = REPO, limit: int = CARRY_LIMIT) -> dict:
+    """Write the kit folder; refuses (SystemExit) when it and the repository would pass the carry limit."""
+    from exaone_edge.benchmarks.synthetic import skeleton
+    from exaone_edge.files import atomic_dir
+
+    with atomic_dir(Path(out), overwrite=True) as tmp:
+        (tmp / "wheels").mkdir()
+        for wheel in wheels:
+            shutil.copy2(wheel, tmp / "wheels" / wheel.name)
+        skeleton(tiny_checkpoint, tmp / "tiny")
+        if bench_checkpoint is not None:
+            skeleton(bench_checkpoint, tmp / "bench")
+        for precision, directory in vision_dirs.items():
+            shutil.copytree(directory, tmp / f"vision-{precision}")
+        build_seconds = None
+        for wheel in wheels:
+            stamp = wheel.parent / "build-seconds"
+            if wheel.name.startswith("llama_cpp_python") and stamp.is_file():
+                build_seconds = int(stamp.read_text().strip())
+        repo_bytes = travel_bytes(repo) or 0
+        kit_bytes = tree_bytes(tmp)
+        summary = {"wheels": {w.name: w.stat().st_size for w in wheels}, "bench": bench_checkpoint is not None,
+                   "vision": sorted(vision_dirs), "cuda_wheel_build_seconds": build_seconds,
+                   "kit_bytes": kit_bytes, "repo_bytes": repo_bytes, "limit_bytes": limit}
+        if kit_bytes + repo_bytes > limit:
+            raise SystemExit(f"gpu_kit: kit {kit_bytes / MIB:.1f} MiB + repository {repo_bytes / MIB:.1f} MiB "
+                             f"exceeds the {limit / MIB:.0f} MiB carry limit")
+        (tmp / "kit.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    summary["kit_bytes"] = tree_bytes(Path(out))
+    return summary
+
+
+def _checkpoint(path: Path | None, work: Path, preset: str) -> Path:
+    """The given checkpoint, or the preset built once under `work` (needs transformers with EXAONE 4.5)."""
+    if path is not None:
+        return path
+    from exaone_edge.tiny_model import build_tiny_model
+
+    target = work / preset
+    if not (target / "config.json").is_file():
+        build_tiny_model(target, seed=0, overwrite=True, preset=preset)
+    return target
+
+
+def _vision(model: Path, work: Path, precision: str) -> Path:
+    from exaone_edge.export.vision import export_vision
+
+    target = work / f"vision-{precision}"
+    if not (target / "manifest.json").is_file():
+        export_vision(model, target, precision=precision, overwrite=True)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="write the kit (here, where transformers and the wheels are)")
+    build.add_argument("--out", type=Path, default=KIT_DIR)
+    build.add_argument("--work", type=Path, default=Path("/tmp/exaone-edge-gpu-kit"), help="checkpoints built once")
+    build.add_argument("--tiny-checkpoint", type=Path)
+    build.add_argument("--bench-checkpoint", type=Path)
+    build.add_argument("--no-bench", action="store_true", help="leave out the real-width bench skeleton")
+    build.add_argument("--download", action="store_true", help="fetch missing pure wheels with pip download")
+    box = sub.add_parser("install", help="install the kit offline (on the GPU box; stdlib only)")
+    box.add_argument("--kit", type=Path, default=KIT_DIR)
+    box.add_argument("--site", type=Path, default=Path("/tmp/exaone-edge-site"))
+    args = parser.parse_args(argv)
+    if args.command == "install":
+        install(args.kit, args.site)
+        return 0
+    tiny = _checkpoint(args.tiny_checkpoint, args.work, "tiny")
+    bench = None if args.no_bench else _checkpoint(args.bench_checkpoint, args.work, "bench")
+    wheels = cached_wheels(download=args.download)
+    wheel = cuda_wheel()
+    if wheel is None:
+        print("gpu_kit: no CUDA llama-cpp-python wheel cached: run scripts/gpu_kit_wheel.sh first", file=sys.stderr)
+        return 3
+    vision = {precision: _vision(tiny, args.work, precision) for precision in ("fp32", "int8w")}
+    summary = build_kit(args.out, tiny_checkpoint=tiny, vision_dirs=vision, wheels=[wheel, *wheels],
+                        bench_checkpoint=bench)
+    print(json.dumps(summary, indent=1))
+    print(f"gpu_kit: {args.out} {summary['kit_bytes'] / MIB:.1f} MiB + repository {summary['repo_bytes'] / MIB:.1f} "
+          f"MiB (limit {CARRY_LIMIT / MIB:.0f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
