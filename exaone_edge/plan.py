@@ -26,7 +26,7 @@ from exaone_edge.levels import GGML_TYPE_BITS, LEVELS, embedding_bytes, estimate
 from exaone_edge.llama import ALL_LAYERS, KV_TYPES
 from exaone_edge.spec import RELEASED_33B_CONFIG, DecoderSpec, ModelSpec, image_spec, model_spec
 from exaone_edge.vision.contract import FUSED_ATTENTION, PREPROCESSOR_FILE
-from exaone_edge.vision.preprocess import budget_max_pixels
+from exaone_edge.vision.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, budget_max_pixels
 
 MIB = 2**20
 GIB = 2**30
@@ -35,9 +35,6 @@ QUALITY_ORDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "IQ4_XS")
 UBATCH = 512  # llama.cpp's default micro-batch; sizes the compute buffer and the SWA cache padding
 RUNTIME_OVERHEAD = 800 * MIB  # two CUDA contexts (ONNX Runtime + llama.cpp) with their BLAS workspaces
 HEADROOM = 0.05  # fragmentation and driver reserve
-# Largest page when a folder has no preprocessor_config.json: the reported released maximum (4,096 image rows),
-# the larger of the published values, so a plan made before downloading is not optimistic (exaone_edge/data/exaone45_33b_SOURCES.md).
-RELEASED_MAX_PIXELS = 3_211_264
 # Names `plan` takes instead of a folder: the released 33B's config.json, built in (exaone_edge/data/).
 RELEASED_NAMES = ("exaone-4.5-33b", "lgai-exaone/exaone-4.5-33b")
 # Vision weight bytes per parameter for a checkpoint plan, by export precision (a bundle's file is measured):
@@ -92,7 +89,7 @@ class Plan:
     decode_tokens_per_s_ceiling: float | None  # all `parallel` sequences together; None unless the decoder is all on the GPU
     weights_measured: bool  # decoder/vision sizes are real file sizes, not estimates
     max_pixels: int  # the largest page the vision activations are sized for
-    pixels_from: str  # where max_pixels came from: --image-max-tokens, preprocessor_config.json, the released default
+    pixels_from: str  # where max_pixels came from: --image-max-tokens, preprocessor_config.json, transformers' default
     image_max_tokens: int | None  # the page budget asked for (run/serve --image-max-tokens); None: the preprocessor's
     vision_attention_fused: bool  # full-attention blocks hold no [heads, patches, patches] score matrix
     vision_precision: str  # the export precision the vision weights are sized at ("measured": a bundle's file)
@@ -160,8 +157,7 @@ def _pixels(directory: Path, spec: ModelSpec) -> tuple[int, int, int, str]:
         image = image_spec(read_json(path, "image processor config"), path)
         return image.min_pixels, image.max_pixels, image.patch_size * image.merge_size, str(path)
     side = spec.vision.patch_size * spec.vision.spatial_merge_size
-    # The released min_pixels is one token (28·28, exaone_edge/data/exaone45_33b_SOURCES.md); the budget's lower bound.
-    return side * side, RELEASED_MAX_PIXELS, side, f"no {PREPROCESSOR_FILE}: the released default"
+    return DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS, side, f"no {PREPROCESSOR_FILE}: transformers' EXAONE 4.5 default"
 
 
 def _gguf_sizes(path: Path) -> tuple[int | None, int | None]:
@@ -199,7 +195,7 @@ def load_source(path: Path) -> Source:
     spec = _read_spec(RELEASED_33B_CONFIG if built_in else path / "config.json")
     min_pixels, max_pixels, token_side, pixels_from = _pixels(RELEASED_33B_CONFIG.parent if built_in else path, spec)
     if built_in:
-        pixels_from = f"{path}: the released config's default"
+        pixels_from = f"{path}: transformers' EXAONE 4.5 default"
     params = spec.decoder.body_params + spec.decoder.embedding_params
     if (path / "manifest.json").is_file():
         from exaone_edge.manifest import read_manifest

@@ -14,6 +14,7 @@ from typing import Any
 from exaone_edge.errors import CheckpointError
 
 MODEL_TYPE = "exaone4_5"
+NEXTN_KEY = "num_nextn_predict_layers"
 # The released 33B's config.json, assembled from public sources (each value's source: exaone45_33b_SOURCES.md beside it).
 RELEASED_33B_CONFIG = Path(__file__).parent / "data" / "exaone45_33b_config.json"
 
@@ -156,14 +157,15 @@ def _layer_types_from_pattern(pattern: Any, window: Any, layers: int) -> list[st
     return ["full_attention"] * layers
 
 
-def decoder_spec(text: dict[str, Any], source: Path) -> DecoderSpec:
+def decoder_spec(text: dict[str, Any], source: Path, nextn_layers: int | None = None) -> DecoderSpec:
+    """The decoder from `text_config`; `nextn_layers` (MTP layers) when the caller read it elsewhere."""
     layers = _field(text, "num_hidden_layers", source)
     heads = _field(text, "num_attention_heads", source)
     hidden = _field(text, "hidden_size", source)
     layer_types = text.get("layer_types")
     if layer_types is None:
         layer_types = _layer_types_from_pattern(text.get("sliding_window_pattern"), text.get("sliding_window"), layers)
-    nextn = _field(text, "num_nextn_predict_layers", source, default=0)
+    nextn = _field(text, NEXTN_KEY, source, default=0) if nextn_layers is None else nextn_layers
     if 0 < len(layer_types) - layers <= max(nextn, 1):
         # Reported for the released FP8 repo (65 for 64): the MTP layer is listed too. The decoder is the first `layers`.
         _warn_once(source, f"text_config.layer_types has {len(layer_types)} entries for {layers} layers "
@@ -214,6 +216,18 @@ def vision_spec(vision: dict[str, Any], source: Path) -> VisionSpec:
     )
 
 
+def _nextn_layers(config: dict[str, Any], source: Path) -> int:
+    """MTP layers, from `text_config` or the top level: vLLM reads the top level, transformers' layout nests it,
+    some ports write both (shared/NOTES.md)."""
+    values = {where: _field(section, NEXTN_KEY, source, default=None)
+              for where, section in (("top level", config), ("text_config", config.get("text_config") or {}))}
+    found = {value for value in values.values() if value is not None}
+    if len(found) > 1:
+        raise CheckpointError(f"{NEXTN_KEY} is {values['top level']} at the top level but {values['text_config']} in "
+                              "text_config", path=source, fix="Make both say how many mtp.layers.* the checkpoint has.")
+    return found.pop() if found else 0
+
+
 def model_spec(config: dict[str, Any], source: Path) -> ModelSpec:
     if config.get("model_type") != MODEL_TYPE:
         raise CheckpointError(
@@ -225,7 +239,7 @@ def model_spec(config: dict[str, Any], source: Path) -> ModelSpec:
         if not isinstance(config.get(section), dict):
             raise CheckpointError(f"field '{section}' is missing or not an object", path=source)
     return ModelSpec(
-        decoder=decoder_spec(config["text_config"], source),
+        decoder=decoder_spec(config["text_config"], source, _nextn_layers(config, source)),
         vision=vision_spec(config["vision_config"], source),
         image_token_id=_field(config, "image_token_id", source, default=67),
         video_token_id=_field(config, "video_token_id", source, default=68),

@@ -126,7 +126,7 @@ PAGE_TEXT_ALLOWANCE = 512  # positions beside a page's rows: template, question 
 def build_prompts(builder: PromptBuilder, samples: Iterable[CalibrationSample], max_positions: int) -> list[list[Any]]:
     """Chat prompts as segments, each at most `limit` positions, where `limit` is `max_positions` raised to fit
     the largest page's rows + PAGE_TEXT_ALLOWANCE (a 33B page is 1,280 rows at vLLM's example setting of
-    1280·28·28 pixels, 4,096 at the reported 3,211,264-pixel maximum: shared/NOTES.md). A page is never cut:
+    1280·28·28 pixels, transformers' EXAONE 4.5 default: shared/NOTES.md). A page is never cut:
     text after it is shortened, and a sample whose page still does not fit is dropped with its reason."""
     segmented = [(sample, builder.segments(sample)) for sample in samples]
     page_rows = max((len(s) for _, segments in segmented for s in segments if _is_rows(s)), default=0)

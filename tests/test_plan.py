@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_cli
 from exaone_edge.errors import InputError
-from exaone_edge.plan import GIB, RELEASED_MAX_PIXELS, plan, vision_activation_bytes
+from exaone_edge.plan import GIB, plan, vision_activation_bytes
 from exaone_edge.spec import RELEASED_33B_CONFIG
 
 DATA = RELEASED_33B_CONFIG.parent
@@ -54,18 +54,19 @@ def _with_preprocessor(config_33b: Path, tmp_path: Path, max_pixels: int) -> Pat
 def test_config_json_alone_is_enough(config_33b):
     assert sorted(p.name for p in config_33b.iterdir()) == ["config.json"]
     result = plan(config_33b, gpu="rtx4090", context=16384)
-    assert result.max_pixels == RELEASED_MAX_PIXELS == 4096 * 28 * 28 and "no preprocessor_config.json" in result.pixels_from
+    # transformers' Exaone4_5_ImageProcessor defaults (56·56 to 28·28·1280 pixels), the only published ones
+    assert result.max_pixels == 1_003_520 and "no preprocessor_config.json" in result.pixels_from
     assert result.vision_attention_fused  # planned as `exaone-edge export` writes the graph
     text = run_cli("plan", str(config_33b), "--context", "16384", check=True).stdout
-    assert "pages up to 3,211,264 pixels (no preprocessor_config.json: the released default)" in text
+    assert "pages up to 1,003,520 pixels (no preprocessor_config.json: transformers' EXAONE 4.5 default)" in text
 
 
 def test_a_preprocessor_config_sets_the_page_size(config_33b, tmp_path):
-    directory = _with_preprocessor(config_33b, tmp_path, 1280 * 28 * 28)
+    directory = _with_preprocessor(config_33b, tmp_path, 4096 * 28 * 28)  # larger than the default page
     result = plan(directory, gpu="rtx4090", context=16384)
-    assert result.max_pixels == 1_003_520 and result.pixels_from.endswith("preprocessor_config.json")
+    assert result.max_pixels == 3_211_264 and result.pixels_from.endswith("preprocessor_config.json")
     default = plan(config_33b, gpu="rtx4090", context=16384)
-    assert result.components["vision_activations"] < default.components["vision_activations"]
+    assert result.components["vision_activations"] > default.components["vision_activations"]
 
 
 def test_vision_memory_follows_the_released_tower(config_33b):
@@ -182,7 +183,7 @@ def test_cli_json_and_errors(config_33b):
         (["--kv-type", "f8"], "unknown KV cache type 'f8'"),
         (["--context", "999999999"], "outside 1..262144"),
         (["--level", "Q3_X"], "unknown level 'Q3_X'"),
-        (["--image-max-tokens", "0"], "--image-max-tokens 0 is outside the allowed range: at least 1"),
+        (["--image-max-tokens", "0"], "--image-max-tokens 0 is outside the allowed range: at least 4"),
     ):
         result = run_cli("plan", str(config_33b), *args)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
@@ -223,22 +224,22 @@ def test_the_33b_fits_one_24gb_card_with_vision_on_the_gpu(config_33b, tmp_path)
 
 
 def test_image_max_tokens_sizes_the_page_like_a_preprocessor_config(config_33b, tmp_path):
-    """`plan --image-max-tokens 1280` on config.json alone gives the same numbers as a preprocessor_config.json
-    with max_pixels 1280·28·28: what run/serve enforce with the flag is what plan sizes."""
-    budget = plan(config_33b, gpu="rtx4090", context=16384, kv_type="q8_0", vision_precision="int4", image_max_tokens=1280)
-    written = plan(_with_preprocessor(config_33b, tmp_path, 1280 * 28 * 28), gpu="rtx4090", context=16384,
+    """`plan --image-max-tokens 1024` on config.json alone gives the same numbers as a preprocessor_config.json
+    with max_pixels 1024·28·28: what run/serve enforce with the flag is what plan sizes."""
+    budget = plan(config_33b, gpu="rtx4090", context=16384, kv_type="q8_0", vision_precision="int4", image_max_tokens=1024)
+    written = plan(_with_preprocessor(config_33b, tmp_path, 1024 * 28 * 28), gpu="rtx4090", context=16384,
                    kv_type="q8_0", vision_precision="int4")
-    assert budget.max_pixels == written.max_pixels == 1_003_520 and budget.image_max_tokens == 1280
+    assert budget.max_pixels == written.max_pixels == 802_816 and budget.image_max_tokens == 1024
     assert budget.components == written.components and budget.total_bytes == written.total_bytes
     assert (budget.max_context, budget.best_level, budget.fits) == (written.max_context, written.best_level, written.fits)
-    assert budget.pixels_from == ("--image-max-tokens 1,280 × 28×28; no preprocessor_config.json: the released default "
-                                  "allows 3,211,264")
+    assert budget.pixels_from == ("--image-max-tokens 1,024 × 28×28; no preprocessor_config.json: transformers' "
+                                  "EXAONE 4.5 default allows 1,003,520")
     larger = plan(config_33b, gpu="rtx4090", context=16384, image_max_tokens=9999)  # above the page limit: no change
-    assert larger.max_pixels == RELEASED_MAX_PIXELS and "--image-max-tokens 9,999 allows more" in larger.pixels_from
-    text = run_cli("plan", str(config_33b), "--context", "16384", "--image-max-tokens", "1280", check=True).stdout
-    assert "pages up to 1,003,520 pixels (--image-max-tokens 1,280 × 28×28;" in text
-    for bad in (0, -5):
-        with pytest.raises(InputError, match=r"--image-max-tokens -?\d+ is outside the allowed range: at least 1 "):
+    assert larger.max_pixels == 1_003_520 and "--image-max-tokens 9,999 allows more" in larger.pixels_from
+    text = run_cli("plan", str(config_33b), "--context", "16384", "--image-max-tokens", "1024", check=True).stdout
+    assert "pages up to 802,816 pixels (--image-max-tokens 1,024 × 28×28;" in text
+    for bad in (0, -5, 3):  # the default min_pixels, 56·56, is 4 tokens
+        with pytest.raises(InputError, match=r"--image-max-tokens -?\d+ is outside the allowed range: at least 4 "):
             plan(config_33b, image_max_tokens=bad)
     tight = _with_preprocessor(config_33b, tmp_path / "tight", 1280 * 28 * 28)  # min_pixels of 4 tokens
     config = json.loads((tight / "preprocessor_config.json").read_text())

@@ -16,6 +16,12 @@ from exaone_edge.images import to_rgb
 from exaone_edge.spec import ImageSpec
 
 MAX_ASPECT = 200  # the reference refuses pages more elongated than this
+# Page limits when a checkpoint has no preprocessor_config.json (its own file decides when present): transformers'
+# EXAONE 4.5 image processor defaults, size {"shortest_edge": 56·56, "longest_edge": 28·28·1280}
+# (Exaone4_5_ImageProcessor in src/transformers/models/exaone4_5/image_processing_exaone4_5.py; transformers 5.23
+# maps exaone4_5 to Qwen2VLImageProcessor, same defaults), the only published values (shared/NOTES.md).
+DEFAULT_MIN_PIXELS = 56 * 56  # 3,136
+DEFAULT_MAX_PIXELS = 28 * 28 * 1280  # 1,003,520: 1,280 image tokens
 RESCALE = 1 / 255
 
 
