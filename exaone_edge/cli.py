@@ -171,7 +171,8 @@ def serve(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `exaone-edge quantize`.")],
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one (EXAONE_EDGE_PORT; 8000).")] = None,
-    api_key: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer KEY' (EXAONE_EDGE_API_KEY).")] = None,
+    api_key_file: Annotated[Path | None, typer.Option(help="Require 'Authorization: Bearer KEY', KEY being this file's "
+                                                      "first line (or EXAONE_EDGE_API_KEY; never on the command line, where `ps` shows it).")] = None,
     model_name: Annotated[str | None, typer.Option(help="Model id clients send (default: the bundle's name).")] = None,
     allow_dir: Annotated[list[Path] | None, typer.Option("--allow-dir", help="Local image/PDF paths are read only under this; repeatable.")] = None,
     allow_remote_urls: Annotated[bool | None, typer.Option("--allow-remote-urls", help="Fetch http(s) image URLs (off: refused).")] = None,

@@ -117,21 +117,29 @@ def is_pdf(source: Path | bytes) -> bool:
     return source[: len(PDF_MAGIC)] == PDF_MAGIC
 
 
-def parse_pages(spec: str | None, page_count: int) -> list[int]:
-    """'1-3,5' → [0, 1, 2, 4] (1-based in, 0-based out); None → every page."""
+def parse_pages(spec: str | None, page_count: int, max_pages: int | None = None) -> list[int]:
+    """'1-3,5' → [0, 1, 2, 4] (1-based in, 0-based out); None → every page.
+
+    The selection is sized by arithmetic before any list is built, so '1-2000000000' (or a PDF whose page
+    tree claims billions of pages) costs nothing; more than `max_pages` pages is an InputError.
+    """
     if spec is None or spec.strip().lower() in ("", "all"):
-        return list(range(page_count))
-    pages: list[int] = []
-    for part in spec.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not match:
-            raise InputError(f"page selection {spec!r} is not like '1-3,5'")
-        first = int(match.group(1))
-        last = int(match.group(2)) if match.group(2) else first
-        if first < 1 or last < first or last > page_count:
-            raise InputError(f"pages {part.strip()} are outside 1-{page_count} (the document has {page_count} pages)")
-        pages.extend(page for page in range(first - 1, last) if page not in pages)
-    return pages
+        ranges = [(0, page_count - 1)] if page_count > 0 else []
+    else:
+        ranges = []
+        for part in spec.split(","):
+            match = re.fullmatch(r"\s*(\d{1,12})\s*(?:-\s*(\d{1,12})\s*)?", part)
+            if not match:
+                raise InputError(f"page selection {spec[:64]!r} is not like '1-3,5'")
+            first = int(match.group(1))
+            last = int(match.group(2)) if match.group(2) else first
+            if first < 1 or last < first or last > page_count:
+                raise InputError(f"pages {part.strip()} are outside 1-{page_count} (the document has {page_count} pages)")
+            ranges.append((first - 1, last - 1))
+    selected = sum(last - first + 1 for first, last in ranges)  # an upper bound: overlaps count twice
+    if max_pages is not None and selected > max_pages:
+        raise InputError(f"{selected:,} pages selected, the limit is {max_pages}", fix="Choose fewer pages (e.g. --pages 1-3).")
+    return list(dict.fromkeys(page for first, last in ranges for page in range(first, last + 1)))
 
 
 def render_pdf(
@@ -141,8 +149,12 @@ def render_pdf(
     max_pixels: int,
     limits: DocumentLimits = DocumentLimits(),
     name: str = "document.pdf",
+    pixel_budget: int | None = None,
 ) -> list[Image.Image]:
-    """Render the chosen pages at a DPI that fills, but does not exceed, the vision pixel budget."""
+    """Render the chosen pages at a DPI that fills, but does not exceed, the vision pixel budget.
+
+    With `pixel_budget`, the pages' rendered sizes are added up from the page sizes first, and a selection
+    that would exceed it is refused before any page is rendered."""
     import pypdfium2 as pdfium
 
     data = _read(source, limits)
@@ -152,24 +164,43 @@ def render_pdf(
     except pdfium.PdfiumError as exc:
         raise ImageRejected(f"{label}: not a readable PDF ({exc})") from None
     try:
-        selected = parse_pages(pages, len(pdf))
-        if len(selected) > limits.max_pdf_pages:
-            raise InputError(
-                f"{label}: {len(selected)} pages selected, the limit is {limits.max_pdf_pages}",
-                fix="Choose fewer pages (e.g. --pages 1-3).",
-            )
+        try:
+            selected = parse_pages(pages, len(pdf), limits.max_pdf_pages)
+        except InputError as exc:
+            raise InputError(f"{label}: {exc.what}", fix=exc.fix) from None
+        if pixel_budget is not None:
+            total = sum(_rendered_pixels(pdf, index, max_pixels, label) for index in selected)
+            if total > pixel_budget:
+                raise ImageRejected(f"{label}: the {len(selected)} selected pages hold {total:,} pixels, more than the "
+                                    f"{pixel_budget:,} left for this request", fix="Send fewer or smaller pages.")
         images = []
         for index in selected:
-            page = pdf[index]
+            try:
+                page = pdf[index]
+            except pdfium.PdfiumError as exc:  # a page tree that lies about its pages
+                raise ImageRejected(f"{label}: page {index + 1} cannot be read ({exc})", fix="Repair or re-export the PDF.") from None
             try:
                 width_pt, height_pt = page.get_size()
                 scale = render_scale(width_pt, height_pt, max_pixels)
                 images.append(to_rgb(page.render(scale=scale).to_pil()))
+            except pdfium.PdfiumError as exc:
+                raise ImageRejected(f"{label}: page {index + 1} cannot be rendered ({exc})", fix="Repair or re-export the PDF.") from None
             finally:
                 page.close()
         return images
     finally:
         pdf.close()
+
+
+def _rendered_pixels(pdf, index: int, max_pixels: int, label: str) -> int:
+    import pypdfium2 as pdfium
+
+    try:
+        width_pt, height_pt = pdf.get_page_size(index)
+    except pdfium.PdfiumError as exc:
+        raise ImageRejected(f"{label}: page {index + 1} cannot be read ({exc})", fix="Repair or re-export the PDF.") from None
+    scale = render_scale(width_pt, height_pt, max_pixels)
+    return math.ceil(width_pt * scale) * math.ceil(height_pt * scale)
 
 
 def render_scale(width_pt: float, height_pt: float, max_pixels: int, max_dpi: float = MAX_RENDER_DPI) -> float:

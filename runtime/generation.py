@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from exaone_edge.errors import InputError
+from exaone_edge.runtime.grammar import check_grammar_shape
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class GenerationParams:
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
+        if self.grammar is not None:
+            check_grammar_shape(self.grammar)  # before llama.cpp's recursive parser can see it
 
     @property
     def greedy(self) -> bool:

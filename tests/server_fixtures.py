@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import os
 import queue
@@ -168,7 +169,7 @@ class LocalWeb:
     """A tiny HTTP server on a loopback address that records every request (path, Host) it gets.
 
     Routes: /page.png (a PNG), /missing (404), /to?u=URL (302 to URL), /loop (302 to itself),
-    /slow (announces 100 kB, then sends one byte every 0.2 s). Any other path answers 200 "proxied".
+    /slow (announces 100 kB, then sends one byte every 0.2 s), /gzip (a gzip-encoded body, asked or not). Any other path answers 200 "proxied".
     """
 
     def __init__(self, host: str = "127.0.0.1") -> None:
@@ -203,6 +204,13 @@ class LocalWeb:
                             time.sleep(0.2)
                     except OSError:
                         pass
+                elif parts.path == "/gzip":  # 100 kB of zeros sent as a 0.1 kB gzip body, whatever the client asked
+                    body = gzip.compress(b"\0" * 100_000)
+                    self.send_response(200)
+                    self.send_header("Content-Encoding", "gzip")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
                 elif parts.path == "/missing":
                     self._answer(404, b"secret upstream body", "text/plain")
                 else:

@@ -200,17 +200,18 @@ def test_client_disconnect_stops_generation(server):
                       timeout=60) as response:
         events = response.iter_lines()
         assert next(e for e in events if '"content"' in e and '"role"' not in e)  # generation has started
-    # 200 tokens take many seconds here; the engine is free again long before that.
-    assert _wait_idle(url, 5) < 5
+    # No time window is judged (a busy machine stretches any): the metrics below prove that neither
+    # generation ran to its end (a finished one adds its tokens) and that both were cancelled.
+    _wait_idle(url, 120)
     try:  # the non-streaming path: the client gives up long before ~200 tokens could be decoded
         httpx.post(f"{url}/v1/chat/completions", json=_body(max_tokens=200, ignore_eos=True),
                    headers={"Authorization": f"Bearer {KEY}"}, timeout=0.3)
     except httpx.ReadTimeout:
         pass
-    deadline = time.monotonic() + 5  # the server notices the disconnect at its next poll
+    deadline = time.monotonic() + 120  # the server notices the disconnect at its next poll
     while metric(url, "exaone_edge_cancelled_generations_total") < cancelled + 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    _wait_idle(url, 5)
+    _wait_idle(url, 120)
     assert metric(url, "exaone_edge_cancelled_generations_total") == cancelled + 2
     assert metric(url, "exaone_edge_completion_tokens_total") == tokens  # neither ran to the end
     assert ask(url).choices[0].finish_reason in ("stop", "length")

@@ -21,6 +21,7 @@ REFUSED = {
     "ff02::1": "multicast", "100.64.0.1": "non-public", "192.0.0.8": "non-public", "240.0.0.1": "private",
     "255.255.255.255": "private", "::ffff:127.0.0.1": "loopback", "::ffff:169.254.169.254": "link-local",
     "2002:7f00:1::": "loopback", "64:ff9b::a9fe:a9fe": "link-local", "198.18.0.1": "private",
+    "fec0::1": "site-local", "feff:ffff::1": "site-local",  # fec0::/10: Python calls it global
 }
 PUBLIC = ("8.8.8.8", "93.184.216.34", "2606:4700:4700::1111", "::ffff:8.8.8.8", "1.1.1.1")
 
@@ -127,3 +128,10 @@ def test_a_slow_upstream_hits_the_total_deadline(web):
     with pytest.raises(DeadlineExceeded, match="1 s limit"):
         get(f"{web.url}/slow", seconds=1.0)  # every byte comes within the read timeout; the total does not
     assert time.monotonic() - start < 2.5
+
+
+def test_a_compressed_body_is_refused_not_inflated_past_the_limit(web):
+    # The server was asked for identity; a 0.1 kB gzip body of 100 kB must not be inflated past max_bytes (1 kB).
+    with pytest.raises(ImageRejected, match="compressed"):
+        get(f"{web.url}/gzip", max_bytes=1024)
+    assert web.hits[-1][0] == "/gzip"

@@ -22,12 +22,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from exaone_edge.decode_process import ProcessLimits
 from exaone_edge.errors import ExaoneEdgeError
 from exaone_edge.runtime.generation import GenerationParams
 from exaone_edge.runtime.reasoning import parser_for, split_chunks_async
 from exaone_edge.runtime.server.body import check_content_type, parse_json
 from exaone_edge.runtime.server.errors import (
     AuthenticationFailed,
+    BodyTimeout,
     BodyTooLarge,
     ClientGone,
     InvalidRequest,
@@ -37,7 +39,7 @@ from exaone_edge.runtime.server.errors import (
 )
 from exaone_edge.runtime.server.guard import RequestGuard
 from exaone_edge.runtime.server.inputs import count_documents, engine_messages
-from exaone_edge.runtime.server.limits import check_request
+from exaone_edge.runtime.server.limits import check_lists, check_request
 from exaone_edge.runtime.server.metrics import ServerMetrics
 from exaone_edge.runtime.server.prepare import Preparation
 from exaone_edge.runtime.server.schemas import (
@@ -68,7 +70,9 @@ class ServerState:
         self.created = int(time.time())
         self.worker = EngineWorker(engine, settings.max_queue, engine.parallel)  # the engine's slots, however it was loaded
         self.metrics = ServerMetrics(self.worker)
-        self.preparation = Preparation(settings.max_preparing, settings.prepare_timeout_s)  # image work only
+        self.parsing = asyncio.Semaphore(settings.max_parsing)
+        self.preparation = Preparation(settings.max_preparing, settings.prepare_timeout_s,  # image work only
+                                       ProcessLimits(memory_bytes=settings.decode_memory_bytes, cpu_s=settings.prepare_timeout_s))
 
 
 def create_app(engine: Any, settings: ServerSettings | None = None) -> CountRequests:
@@ -151,7 +155,10 @@ async def chat_completions(request: Request) -> Response:
     settings, engine = state.settings, state.engine
     _authorize(request, settings)
     check_content_type(request.headers.get("content-type"))
-    body = _parse(await _read_body(request, settings.max_body_bytes), settings.max_json_depth)
+    raw = await _read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+    async with state.parsing:  # off the event loop, a few at a time: parsing a large body takes CPU time
+        body = await asyncio.to_thread(_parse, raw, settings)
+    del raw
     if body.model != state.model_id:
         raise ModelNotFound(f"model '{body.model[:256]}' is not served here", fix=f"This server serves '{state.model_id}'.")
     check_request(body, settings, engine.n_ctx)
@@ -164,7 +171,8 @@ async def chat_completions(request: Request) -> Response:
     try:
         max_pixels = engine.image.max_pixels  # the bundle's, or lower with --image-max-tokens
         if count_documents(body.messages):  # its own pool and deadline (408), so text-only requests never wait here
-            messages = await state.preparation.run(engine_messages, body.messages, settings, max_pixels)
+            messages = await state.preparation.run(engine_messages, body.messages, settings, max_pixels,
+                                                   state.preparation.decoders)
         else:
             messages = engine_messages(body.messages, settings, max_pixels)
         # Images are decoded and checked even for a text-only bundle, so a bad file gets its own error;
@@ -200,24 +208,30 @@ def _authorize(request: Request, settings: ServerSettings) -> None:
         raise AuthenticationFailed("incorrect API key")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise BodyTooLarge(f"the request body has {int(length):,} bytes, the limit is {limit:,}")
     body = bytearray()
-    async for block in request.stream():
-        body += block
-        if len(body) > limit:
-            raise BodyTooLarge(f"the request body exceeds {limit:,} bytes")
+    try:
+        async with asyncio.timeout(timeout_s):  # a client trickling its body holds a connection and a buffer
+            async for block in request.stream():
+                body += block
+                if len(body) > limit:
+                    raise BodyTooLarge(f"the request body exceeds {limit:,} bytes")
+    except TimeoutError:
+        raise BodyTimeout(f"the request body did not arrive within {timeout_s:g} s",
+                          fix="Send the whole body at once (the limit is the server's --body-timeout).") from None
     return bytes(body)
 
 
-def _parse(body: bytes, max_depth: int) -> ChatCompletionRequest:
-    data = parse_json(body, max_depth)
+def _parse(body: bytes, settings: ServerSettings) -> ChatCompletionRequest:
+    data = parse_json(body, settings.max_json_depth, settings.max_json_nodes)
+    check_lists(data, settings)  # before any object is built from them
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
         # Union branches add their type names to the location; keep the field path a client can find.
         param = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "list"))))
         raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param=param or None) from None

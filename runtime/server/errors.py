@@ -54,6 +54,10 @@ class BodyTooLarge(InputError):
     """The request body exceeds the configured limit."""
 
 
+class BodyTimeout(InputError):
+    """The client did not send its whole body in time."""
+
+
 class QueueFull(ExaoneEdgeError):
     """Every queue slot is taken; the client should retry later."""
 
@@ -70,6 +74,7 @@ HTTP_ERRORS: dict[type[BaseException], tuple[int, str, str | None]] = {
     Unsupported: (400, "invalid_request_error", "unsupported"),
     ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     BodyTooLarge: (413, "invalid_request_error", "request_too_large"),
+    BodyTimeout: (408, "invalid_request_error", "request_timeout"),
     InputError: (400, "invalid_request_error", None),
     AuthenticationFailed: (401, "invalid_request_error", "invalid_api_key"),
     NotAllowed: (403, "permission_error", "not_allowed"),

@@ -14,7 +14,8 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from exaone_edge.errors import ImageRejected, InputError
-from exaone_edge.images import is_pdf, open_image, render_pdf
+from exaone_edge.decode_process import DecodePool, DecodeTimedOut
+from exaone_edge.images import is_pdf
 from exaone_edge.runtime.server.errors import NotAllowed, Unsupported
 from exaone_edge.runtime.server.prepare import Deadline
 from exaone_edge.runtime.server.remote import fetch
@@ -40,10 +41,13 @@ def count_documents(messages: list[ChatMessage]) -> int:
 
 
 def engine_messages(
-    messages: list[ChatMessage], settings: ServerSettings, max_pixels: int, deadline: Deadline | None = None
+    messages: list[ChatMessage], settings: ServerSettings, max_pixels: int, decoders: DecodePool | None = None,
+    deadline: Deadline | None = None,
 ) -> list[dict[str, Any]]:
     """Decode every image/PDF part (blocking: run it in a worker thread); text passes through.
 
+    Files are decoded in a worker process of `decoders` (killed at the deadline); each one is sized from its
+    header or page sizes against what is left of the request's pixel budget before any pixel is decoded.
     `deadline` is checked before each part and bounds remote fetches (per block).
     """
     if count_documents(messages) > settings.max_images:
@@ -60,26 +64,25 @@ def engine_messages(
             if isinstance(part, TextPart):
                 parts.append({"type": "text", "text": part.text})
                 continue
+            if decoders is None:
+                raise RuntimeError("engine_messages: a request with files needs the server's decoder pool")
             deadline = deadline or Deadline(settings.prepare_timeout_s)
             deadline.check("reading the request's images")
             source = _source(part, settings, deadline)
+            limits = replace(settings.limits, max_pdf_pages=max(settings.max_pdf_pages - pdf_pages, 0))
+            if is_pdf(source.data) and limits.max_pdf_pages == 0:
+                raise InputError(f"the request holds more than {settings.max_pdf_pages} PDF pages")
+            try:
+                pages = decoders.worker().decode(
+                    source.data, name=source.name, pages=source.pages, max_pixels=max_pixels, limits=limits,
+                    pixel_budget=settings.max_request_pixels - pixels, timeout_s=deadline.remaining())
+            except DecodeTimedOut:
+                deadline.check(f"decoding {source.name}")
+                raise
             if is_pdf(source.data):
-                remaining = settings.max_pdf_pages - pdf_pages
-                limits = replace(settings.limits, max_pdf_pages=max(remaining, 0))
-                # One PDF renders to the end (at most max_pdf_pages pages); the caller answers 408 on time anyway.
-                pages = render_pdf(source.data, source.pages, max_pixels=max_pixels, limits=limits, name=source.name)
                 pdf_pages += len(pages)
-            else:
-                if source.pages is not None:
-                    raise InputError(f"{source.name}: 'pages' applies to PDFs only")
-                pages = [open_image(source.data, settings.limits, name=source.name)]
             images += len(pages)
             pixels += sum(page.width * page.height for page in pages)
-            if pixels > settings.max_request_pixels:
-                raise ImageRejected(
-                    f"the request's images hold more than {settings.max_request_pixels:,} pixels",
-                    fix="Send fewer or smaller pages.",
-                )
             if images > settings.max_images:
                 raise InputError(f"the request holds more than {settings.max_images} images (PDF pages included)")
             parts.extend({"type": "image", "image": page} for page in pages)

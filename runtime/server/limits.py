@@ -6,6 +6,8 @@ every token), tens of thousands of messages or parts, or a `max_tokens` no conte
 
 from __future__ import annotations
 
+from typing import Any
+
 from exaone_edge.runtime.server.errors import InvalidRequest
 from exaone_edge.runtime.server.schemas import ChatCompletionRequest, ImageUrlPart, TextPart
 from exaone_edge.runtime.server.settings import ServerSettings
@@ -14,10 +16,30 @@ from exaone_edge.runtime.server.settings import ServerSettings
 # may not replace them through chat_template_kwargs (a collision was a TypeError, a 500, before).
 MAX_URL_CHARS = 8192  # a link (not a data: URL, which the body size bounds); browsers and proxies stop near here
 RESERVED_TEMPLATE_NAMES = frozenset({
+    "self",  # jinja2's Template.render(self, ...): a keyword of that name was a TypeError
     "messages", "tools", "documents", "add_generation_prompt",
     "bos_token", "eos_token", "unk_token", "pad_token",
     "raise_exception", "strftime_now", "namespace",
 })
+
+
+def check_lists(data: Any, settings: ServerSettings) -> None:
+    """The list limits on the parsed JSON, before the request model builds (and validates) an object per item."""
+    if not isinstance(data, dict):
+        return  # the model says what is wrong
+    messages = data.get("messages")
+    if isinstance(messages, list):
+        if len(messages) > settings.max_messages:
+            _refuse("messages", f"{len(messages):,} messages, the limit is {settings.max_messages:,}")
+        parts = sum(len(m["content"]) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), list))
+        if parts > settings.max_content_parts:
+            _refuse("messages", f"{parts:,} content parts in the request, the limit is {settings.max_content_parts:,}")
+    stop = data.get("stop")
+    if isinstance(stop, list) and len(stop) > settings.max_stop:
+        _refuse("stop", f"{len(stop)} stop strings, the limit is {settings.max_stop}")
+    kwargs = data.get("chat_template_kwargs")
+    if isinstance(kwargs, dict) and len(kwargs) > settings.max_template_kwargs:
+        _refuse("chat_template_kwargs", f"{len(kwargs)} entries, the limit is {settings.max_template_kwargs}")
 
 
 def check_request(body: ChatCompletionRequest, settings: ServerSettings, n_ctx: int) -> None:
@@ -54,6 +76,9 @@ def check_request(body: ChatCompletionRequest, settings: ServerSettings, n_ctx: 
     if len(kwargs) > settings.max_template_kwargs:
         _refuse("chat_template_kwargs", f"{len(kwargs)} entries, the limit is {settings.max_template_kwargs}")
     for key in kwargs:
+        if not key.isidentifier() or key.startswith("_"):
+            raise InvalidRequest(f"chat_template_kwargs: {key[:64]!r} is not a template variable name (letters, digits "
+                                 "and '_', not starting with '_')", param="chat_template_kwargs")
         if key in RESERVED_TEMPLATE_NAMES:
             raise InvalidRequest(
                 f"chat_template_kwargs.{key}: '{key}' is set by the server and cannot be overridden "

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from exaone_edge.errors import InputError
+from exaone_edge.runtime.server.connections import protocol_with_header_timeout
 from exaone_edge.runtime.server.errors import ServerStopped
 from exaone_edge.runtime.server.settings import ServerSettings
 
@@ -48,7 +49,9 @@ def serve(bundle_dir: Path | str, settings: ServerSettings) -> None:
             f"on http://{address}:{port}/v1\n"
         )
         sys.stderr.flush()
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                                http=protocol_with_header_timeout(settings.header_timeout_s),
+                                limit_concurrency=settings.max_connections)
         server = uvicorn.Server(config)
         threading.Thread(target=_stop_on_failure, args=(engine, server), name="exaone-edge-watchdog", daemon=True).start()
         server.run(sockets=[sock])

@@ -1,9 +1,10 @@
 """Input preparation (fetching, PDF rendering, image decoding) under one total deadline per request.
 
 Image work runs on its own small pool, `max_preparing` requests at a time, so a slow PDF or URL
-delays only other image requests; text-only requests never come here. A turn held by work that
-overran its deadline is given back only when that work really ends (a page render cannot be
-interrupted), so the pool's bound on memory holds even then.
+delays only other image requests; text-only requests never come here. Files are decoded in worker
+processes (exaone_edge/decode_process.py), one per preparation thread, killed at the deadline, so a
+turn is given back on time even when a render could not be interrupted. A turn held by other work
+that overran (a fetch block) is given back only when that work really ends, so the bound holds.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from exaone_edge.decode_process import DecodePool, ProcessLimits
 from exaone_edge.errors import InputError
 
 
@@ -43,8 +45,9 @@ class Deadline:
 
 
 class Preparation:
-    def __init__(self, concurrency: int, timeout_s: float) -> None:
+    def __init__(self, concurrency: int, timeout_s: float, decode_limits: ProcessLimits = ProcessLimits()) -> None:
         self.timeout_s = timeout_s
+        self.decoders = DecodePool(decode_limits)
         self._turns = asyncio.Semaphore(concurrency)
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="exaone-edge-prepare")
         self.running = 0
@@ -77,3 +80,4 @@ class Preparation:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.decoders.close()

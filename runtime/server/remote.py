@@ -47,10 +47,11 @@ def refusal(address: Address, allowed: Sequence[ipaddress.IPv4Network | ipaddres
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
             return refusal(embedded, allowed)
+    # is_site_local: fec0::/10, deprecated (RFC 3879) but still routed inside some sites, and global to Python.
     for attribute, kind in (("is_unspecified", "unspecified"), ("is_loopback", "loopback"),
-                            ("is_link_local", "link-local"), ("is_multicast", "multicast"),
+                            ("is_link_local", "link-local"), ("is_site_local", "site-local"), ("is_multicast", "multicast"),
                             ("is_private", "private"), ("is_reserved", "reserved")):
-        if getattr(address, attribute):
+        if getattr(address, attribute, False):
             return kind
     if not address.is_global or any(address.version == n.version and address in n for n in _EXTRA_NON_GLOBAL):
         return "non-public"
@@ -138,18 +139,24 @@ def _get(client, parts, host: str, port: int, addresses: list[Address], label: s
         timeout = httpx.Timeout(max(min(timeout_s, deadline.remaining()), 0.01))
         extensions = {"sni_hostname": host} if scheme == "https" else {}
         try:
-            with client.stream("GET", target, headers={"Host": host_header}, timeout=timeout,
-                               extensions=extensions) as response:
+            # identity: a compressed body would be inflated past the byte limit; bytes are counted as received.
+            with client.stream("GET", target, headers={"Host": host_header, "Accept-Encoding": "identity"},
+                               timeout=timeout, extensions=extensions) as response:
                 if response.status_code in REDIRECTS and response.headers.get("location"):
                     return response.headers["location"], b""
                 if response.status_code != 200:
                     log.info("fetching from %s: upstream answered HTTP %d", label, response.status_code)
                     raise ImageRejected(f"{label}: the server did not return a file")
+                encoding = response.headers.get("content-encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):
+                    log.info("fetching from %s: upstream sent Content-Encoding %r", label, encoding)
+                    raise ImageRejected(f"{label}: the server sent a compressed ({encoding[:32]}) body; only plain files "
+                                        "are fetched")
                 length = response.headers.get("content-length", "")
                 if length.isdigit() and int(length) > max_bytes:
                     raise ImageRejected(f"{label}: the file is larger than {max_bytes:,} bytes")
                 data = bytearray()
-                for block in response.iter_bytes():
+                for block in response.iter_raw():
                     data += block
                     if len(data) > max_bytes:
                         raise ImageRejected(f"{label}: the file is larger than {max_bytes:,} bytes")

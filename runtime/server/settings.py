@@ -6,9 +6,9 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from exaone_edge.errors import InputError
 from exaone_edge.images import DocumentLimits
@@ -23,7 +23,8 @@ class ServerSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)  # 0: any free port (printed on stderr)
-    api_key: str | None = None  # clients send `Authorization: Bearer KEY`; None: no key
+    api_key: str | None = None  # clients send `Authorization: Bearer KEY`; None: no key. Never a flag: it would show in `ps`
+    api_key_file: Path | None = None  # a file whose first line is the key (what `serve --api-key-file` takes)
     model_name: str | None = None  # the id clients must send (default: the bundle's directory name)
     allow_dir: tuple[Path, ...] = ()  # local image/PDF paths are read only from under these
     allow_remote_urls: bool = False  # fetch http(s) image URLs; off: nothing is fetched from the network
@@ -45,6 +46,8 @@ class ServerSettings(BaseModel):
     # One deadline for all of a request's input preparation (fetch, PDF render, decode) → 408 past it.
     prepare_timeout_s: float = Field(60.0, gt=0)
     max_preparing: int = Field(2, ge=1, le=64)  # requests with images prepared at once; text-only ones never wait
+    # Address space of each file-decoding worker process (one per preparing request); past it the decode fails (400).
+    decode_memory_bytes: int = Field(2 * 2**30, ge=256 * 2**20)
     # Request shape limits (each refusal names its limit). OpenAI allows 4 stop strings; vLLM has no limit.
     max_messages: int = Field(1024, ge=1)
     max_content_parts: int = Field(1024, ge=1)  # text, image and file parts in the whole request
@@ -53,6 +56,14 @@ class ServerSettings(BaseModel):
     max_stop_chars: int = Field(256, ge=1)
     max_template_kwargs: int = Field(32, ge=0)
     max_json_depth: int = Field(32, ge=8, le=512)
+    # JSON values per body, counted from its bytes before parsing (a request with 1,024 messages of a few parts
+    # and a long tool list stays far below); bodies parsed at once, off the event loop.
+    max_json_nodes: int = Field(100_000, ge=1000)
+    max_parsing: int = Field(2, ge=1, le=64)
+    # Seconds a client may take to send its request headers, and its body; past them the connection is closed.
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    max_connections: int = Field(64, ge=2)  # open connections, a new request's own included; past it: 503 at once
     # A streaming client that accepts no byte for this long loses its response (and its slot).
     send_timeout_s: float = Field(30.0, gt=0)
     max_queue: int = Field(8, ge=0)  # requests waiting for the engine beyond the running ones; more → 429
@@ -62,12 +73,12 @@ class ServerSettings(BaseModel):
     # extractive answers fast; EXAONE 4.5's own default (on) spends hundreds of tokens first.
     thinking: bool = False
     # Engine options (EngineOptions), passed through by `serve`.
-    ctx: int | None = Field(None, ge=16)
+    ctx: Annotated[int, Field(ge=16)] | Literal["auto"] | None = None  # auto: the largest that fits (exaone_edge/fit.py)
     # Decoder rows an image or PDF page may become (llama.cpp's --image-max-tokens); None: the bundle's max_pixels.
     # Checked against the bundle's min_pixels when the engine loads.
     image_max_tokens: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where each part runs (exaone_edge/device.py)
-    gpu_layers: int | None = Field(None, ge=-1)  # decoder layers on the GPU; None: all when llama.cpp has a GPU backend
+    gpu_layers: Annotated[int, Field(ge=-1)] | Literal["auto"] | None = None  # llama.cpp's n_gpu_layers; None: all
     vision_provider: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
     threads: int | None = Field(None, ge=1)
     flash_attn: Literal["auto", "on", "off"] = "auto"
@@ -94,7 +105,24 @@ class ServerSettings(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(part) for part in first["loc"])
-            raise InputError(f"server setting '{field}': {first['msg']}") from None
+            where = f"server setting '{field}': " if field else ""
+            raise InputError(f"{where}{first['msg'].removeprefix('Value error, ')}") from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_from_file(cls, values: Any) -> Any:
+        if not isinstance(values, dict) or values.get("api_key_file") is None:
+            return values
+        if values.get("api_key") is not None:
+            raise ValueError("give the API key once: EXAONE_EDGE_API_KEY or the key file, not both")
+        path = Path(values["api_key_file"])
+        try:
+            key = path.read_text(encoding="utf-8").splitlines()[0].strip() if path.stat().st_size <= 4096 else ""
+        except (OSError, UnicodeDecodeError, IndexError) as exc:
+            raise ValueError(f"{path}: cannot read the API key ({getattr(exc, 'strerror', None) or 'empty or not text'})") from None
+        if not key:
+            raise ValueError(f"{path}: the first line should hold the key (at most 4 KiB)")
+        return {**values, "api_key": key}
 
     @field_validator("allow_remote_network")
     @classmethod
