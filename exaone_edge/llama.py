@@ -63,7 +63,7 @@ class LogFilter:
         if level == self.CONT and self.recent:
             self.recent[-1] += line.rstrip("\n")
         else:
-            self.recent.append(line.strip())
+            self.recent.append(line.rstrip("\n"))
             self.count += 1
 
 
@@ -220,10 +220,10 @@ class Model(Owned):
         lib = library()
         init_backend(verbose)
         self._lib, self.path = lib, Path(path)
-        params, self._devices = model_params(lib, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only)
+        self.params, self._devices = model_params(lib, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only)
         mark = log_mark()
         with held_interrupt():  # llama.cpp logs through a Python callback while it loads
-            self._model = lib.llama_model_load_from_file(str(path).encode(), params)
+            self._model = lib.llama_model_load_from_file(str(path).encode(), self.params)
         if not self._model:
             raise load_failure(self.path, vocab_only=vocab_only, n_gpu_layers=n_gpu_layers,
                                gpu=n_gpu_layers != 0 and supports_gpu_offload(), log=log_since(mark))

@@ -93,6 +93,9 @@ class Plan:
     image_max_tokens: int | None  # the page budget asked for (run/serve --image-max-tokens); None: the preprocessor's
     vision_attention_fused: bool  # full-attention blocks hold no [heads, patches, patches] score matrix
     vision_precision: str  # the export precision the vision weights are sized at ("measured": a bundle's file)
+    # The best level, KV type, vision precision and page budget that fit `context` (exaone_edge.fit.recommend);
+    # None when nothing does.
+    recommended: dict | None = None
 
 
 def parse_gpu(value: str) -> Gpu:
@@ -305,10 +308,22 @@ def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: 
 
     if vision_on_gpu is False:
         vision_provider = "cpu"
-    placement = predicted_placement(device, gpu_layers, vision_provider)
+    auto = gpu_layers == "auto"  # as the engine fits --gpu-layers auto, on this card's whole memory
+    placement = predicted_placement(device, None if auto else gpu_layers, vision_provider)
     source = with_page_budget(load_source(path), image_max_tokens)
-    return plan_source(source, parse_gpu(gpu), context, kv_type, level, placement, parallel, vision_precision,
-                       image_max_tokens)
+    card = parse_gpu(gpu)
+    if auto and placement.gpu_layers:
+        from exaone_edge.fit import fit
+
+        check_settings(kv_type, vision_precision, parallel)
+        chosen = fit(source, card, placement, ctx=context or _default_context(source), gpu_layers="auto",
+                     kv_type=kv_type, parallel=parallel, vision_precision=vision_precision, level=level)
+        placement = replace(placement, gpu_layers=chosen.gpu_layers)
+    return plan_source(source, card, context, kv_type, level, placement, parallel, vision_precision, image_max_tokens)
+
+
+def _default_context(source: Source) -> int:
+    return min(source.spec.decoder.max_position_embeddings, 32768)
 
 
 def check_settings(kv_type: str, vision_precision: str, parallel: int) -> None:
@@ -344,7 +359,7 @@ def plan_source(source: Source, card: Gpu, context: int | None, kv_type: str, le
     """`plan` for a loaded source, a card and a placement (exaone_edge.device.Placement)."""
     check_settings(kv_type, vision_precision, parallel)
     decoder = source.spec.decoder
-    context = context or min(decoder.max_position_embeddings, 32768)
+    context = context or _default_context(source)
     if not 0 < context <= decoder.max_position_embeddings:
         raise InputError(
             f"context {context} is outside 1..{decoder.max_position_embeddings} (the model's limit)",
@@ -371,6 +386,9 @@ def plan_source(source: Source, card: Gpu, context: int | None, kv_type: str, le
     # One decode step reads the weights once and every sequence's KV cache, and yields `parallel` tokens.
     bytes_per_step = components["decoder_weights"] + components["kv_cache"]
     all_on_gpu = components["decoder_weights"] == everything["decoder_weights"]
+    from exaone_edge.fit import recommend
+
+    recommended = recommend(source, card, context, placement, parallel)
     ceiling = parallel * card.bandwidth_gbs * 1e9 / bytes_per_step if card.bandwidth_gbs and all_on_gpu else None
     return Plan(
         gpu=card.name, gpu_bytes=card.memory_bytes, context=context, kv_type=kv_type, parallel=parallel, level=level,
@@ -381,6 +399,7 @@ def plan_source(source: Source, card: Gpu, context: int | None, kv_type: str, le
         max_pixels=source.max_pixels, pixels_from=source.pixels_from, image_max_tokens=image_max_tokens,
         vision_attention_fused=source.fused,
         vision_precision="measured" if source.measured_vision_bytes else vision_precision,
+        recommended=asdict(recommended) if recommended else None,
     )
 
 
@@ -394,7 +413,8 @@ def render_text(result: Plan) -> str:
     lines = [f"{result.gpu} ({gib(result.gpu_bytes).strip()}), {result.level}, context {result.context}{slots}, "
              f"KV {result.kv_type}, vision on {'GPU' if result.vision_on_gpu else 'CPU'}" + ("" if result.weights_measured else " — weights estimated from bits per weight")]
     layers = result.placement["decoder"]["gpu_layers"]
-    lines.append("decoder layers on the GPU: " + {-1: "all", 0: "none (decoder on the CPU)"}.get(layers, str(layers)))
+    lines.append("decoder layers on the GPU: " + {-1: "all", 0: "none (decoder on the CPU)"}.get(
+        layers, f"n_gpu_layers {layers}: the output layer and {max(layers - 1, 0)} repeating layers"))
     for name, size in result.components.items():
         lines.append(f"  {name:<24}{gib(size)}")
     lines.append(f"  {'headroom (5%)':<24}{gib(int(HEADROOM * result.gpu_bytes))}")
@@ -403,7 +423,14 @@ def render_text(result: Plan) -> str:
     for name, size in result.host_components.items():
         lines.append(f"  {name:<24}{gib(size)}  ({result.token_embedding_from})")
     lines.append(f"largest context at {result.level}{slots}: {result.max_context or 'none'}")
-    lines.append(f"best level for context {result.context}: {result.best_level or 'none fits'}")
+    lines.append(f"best level for context {result.context}: {result.best_level or 'none fits'}"
+                 + (" (at these settings)" if result.recommended else ""))
+    if result.recommended:
+        best = result.recommended
+        pages = f"{best['image_max_tokens']:,}-row pages" if best["image_max_tokens"] else "the source's pages"
+        vision = f"vision {best['vision_precision']}, " if result.vision_on_gpu else ""
+        lines.append(f"recommended for context {result.context}: {best['level']}, KV {best['kv_type']}, {vision}{pages}: "
+                     f"{best['total_bytes'] / GIB:.2f} GiB, fits to {best['max_context']:,} context")
     attention = "full attention fused" if result.vision_attention_fused else "full attention unfused (scores held)"
     lines.append(f"pages up to {result.max_pixels:,} pixels ({result.pixels_from})"
                  + (f", vision {result.vision_precision} weights, {attention}" if result.vision_on_gpu else ""))

@@ -48,13 +48,15 @@ class _Cancelled(Exception):
 
 @dataclass(frozen=True)
 class EngineOptions:
-    n_ctx: int | None = None  # per request; None: min(model maximum, 8192)
+    n_ctx: int | str | None = None  # per request; None: min(model maximum, 8192); "auto": the largest that fits the GPU
     # Decoder rows (merged image tokens) an image or PDF page may become, as llama.cpp's --image-max-tokens;
     # None: the bundle's preprocessor max_pixels. Bounds the vision encoder's activations, hence its GPU memory.
     image_max_tokens: int | None = None
     parallel: int = 1  # generations decoded together; each holds its own n_ctx KV cache
     device: str = "auto"  # auto, cpu or cuda: where each part runs (exaone_edge/device.py decides)
-    n_gpu_layers: int | None = None  # decoder layers on the GPU (-1 all, 0 none); None: all when the decoder may use it
+    # llama.cpp's n_gpu_layers (-1 all, 0 none, N the output layer + N-1); None: all when the decoder may use a GPU;
+    # "auto": as many as fit the GPU's free memory (exaone_edge/fit.py)
+    n_gpu_layers: int | str | None = None
     vision_provider: str = "auto"  # auto, cpu, cuda or tensorrt (only when asked)
     n_threads: int | None = None
     n_batch: int = 512
@@ -87,6 +89,17 @@ class Engine:
         """`vision` defaults to the bundle's ONNX encoder (`exaone_edge.vision.VisionEncoder`), which resizes pages
         to `self.image`; an encoder passed in does its own preprocessing."""
         self.bundle = bundle
+        # --ctx auto / --gpu-layers auto, fitted before anything is loaded (None when neither was asked)
+        self.fit = None
+        if "auto" in (options.n_ctx, options.n_gpu_layers):
+            from exaone_edge.fit import fit_engine
+
+            self.fit = fit_engine(bundle.path, ctx=options.n_ctx, gpu_layers=options.n_gpu_layers, device=options.device,
+                                  vision_provider=options.vision_provider, has_vision=vision is None and bundle.has_vision,
+                                  image_max_tokens=options.image_max_tokens, kv_type=options.kv_type,
+                                  parallel=options.parallel, default_ctx=self._default_ctx(bundle))
+            options = replace(options, n_ctx=self.fit.n_ctx, n_gpu_layers=self.fit.gpu_layers)
+            sys.stderr.write(f"fit: {self.fit.describe()}\n")
         self.options = options
         # Every image and rendered PDF page is bounded by this (a bad image_max_tokens fails before anything loads).
         self.image: ImageSpec = with_image_max_tokens(bundle.image, options.image_max_tokens)
@@ -108,7 +121,7 @@ class Engine:
             vision = VisionEncoder(bundle.vision_dir, providers=list(self.placement.providers),
                                    image_max_tokens=options.image_max_tokens)
         self.vision = vision
-        n_ctx = options.n_ctx or min(bundle.spec.decoder.max_position_embeddings, DEFAULT_CONTEXT)
+        n_ctx = options.n_ctx or self._default_ctx(bundle)
         self.llama = LlamaContext(
             bundle.decoder_path,
             LlamaOptions(
@@ -135,6 +148,10 @@ class Engine:
         self._stop_ids = bundle.eos_token_ids
         self._lock = threading.Lock()  # the vision encoder, its cache and the counters
         self.scheduler = Scheduler(self.llama)
+
+    @staticmethod
+    def _default_ctx(bundle: Bundle) -> int:
+        return min(bundle.spec.decoder.max_position_embeddings, DEFAULT_CONTEXT)
 
     @classmethod
     def load(cls, bundle_dir: Path | str, **options: Any) -> Engine:

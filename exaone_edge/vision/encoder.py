@@ -64,8 +64,14 @@ def cpu_nodes(created) -> dict[str, int]:
     one, e.g. a MatMulNBits width its CUDA kernel lacks: `get_providers()` still lists CUDA, only this tells."""
     if created.get_providers()[0] == "CPUExecutionProvider":
         return {}
+    return cpu_assigned(created.get_provider_graph_assignment_info())
+
+
+def cpu_assigned(assignment) -> dict[str, int]:
+    """Op type → count of the non-shape nodes in ORT's graph assignment (`get_provider_graph_assignment_info()`, with
+    session.record_ep_graph_assignment_info on) that went to the CPU provider."""
     counts: dict[str, int] = {}
-    for subgraph in created.get_provider_graph_assignment_info():
+    for subgraph in assignment:
         if subgraph.ep_name == "CPUExecutionProvider":
             for node in subgraph.get_nodes():
                 if node.op_type not in SHAPE_OPS:
