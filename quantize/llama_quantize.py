@@ -47,4 +47,7 @@ def quantize_gguf(source: Path, target: Path, recipe: Recipe, imatrix: dict[str,
 def _run_quantizer(source: Path, target: Path, params) -> int:
     import llama_cpp
 
-    return llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    from exaone_edge.interrupts import held_interrupt
+
+    with held_interrupt():  # it logs every tensor through a Python callback
+        return llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
