@@ -40,6 +40,7 @@ LLAMA_GPU_RESERVE = 1536 * 2**20  # quantize.llama_eval.GPU_RESERVE: CUDA contex
 PAGE_TEXT_ALLOWANCE = 512  # quantize.calibration.PAGE_TEXT_ALLOWANCE: positions beside a page's rows
 GPTQ_GPU = "a100-40"  # the GPU GPTQ is planned on (README: an A100 40/80 GB)
 REFERENCE_CACHE_SHARE = 0.5  # validate.streamed.CACHE_SHARE: the free GPU memory a group's KV caches may take
+REFERENCE_BYTES = 4  # validate.streamed.resolve_placement: the reference runs float32, on the GPU too
 PROCESS_RAM = GIB  # a Python process with its runtimes loaded, beside what a stage holds
 
 
@@ -262,23 +263,25 @@ def quantize_stage(source: Source, box: Box, level: str, work: Workload, deploye
 def validate_stage(source: Source, box: Box, work: Workload, deployed: Plan) -> Stage:
     decoder = source.spec.decoder
     tokens = _page_rows(source) + PAGE_TEXT_ALLOWANCE
-    bf16 = 2 * source.decoder_params
+    bf16 = 2 * source.decoder_params  # the shards on disk
+    ref = REFERENCE_BYTES * source.decoder_params  # what crosses PCIe: torch casts on the host for blocking copies
     cached = bf16 + REFERENCE_RAM <= box.ram_bytes  # later passes come from the page cache, not the disk
     # Every generating question keeps all layers' KV caches on the GPU; questions run in groups whose caches fit
     # validate.streamed.CACHE_SHARE of it, each group with its own passes over the weights.
-    caches = work.questions * tokens * decoder.num_layers * decoder.kv_bytes_per_token_per_layer_f16  # bf16 K and V
+    caches = work.questions * tokens * decoder.num_layers * decoder.kv_bytes_per_token_per_layer_f16 * REFERENCE_BYTES // 2
     groups = max(1, math.ceil(caches / (REFERENCE_CACHE_SHARE * box.gpu.memory_bytes)))
     passes = groups * work.answer_tokens  # teacher-forced + prefill share a group's first; each further token one more
-    per_pass = _pcie(box, bf16) if cached else max(_disk(box, bf16), _pcie(box, bf16))
+    per_pass = _pcie(box, ref) if cached else max(_disk(box, bf16), _pcie(box, ref))
     prefill = work.questions * prompt_flops(decoder, tokens)
     page = vision_flops(source.spec.vision, largest_page_patches(source))
     step = (deployed.components["decoder_weights"] + deployed.components["kv_cache"]) / (box.gpu.bandwidth_gbs * 1e9)
     quantized = deployed.components["decoder_weights"] + deployed.host_bytes
+    fp32 = box.gpu.fp32_tflops * 1e12  # float32 matmuls without TF32 (torch's default): the non-tensor rate
     phases = (
-        _phase(f"reference: {work.questions} pages through the tower (bf16, GPU)",
-               disk=_disk(box, 2 * source.spec.vision.params), GPU_FP16=_gpu(box, work.questions * page)),
-        _phase("reference: first pass over the bf16 decoder (teacher-forced + prefill)", disk=_disk(box, bf16),
-               GPU_FP16=_gpu(box, 2 * prefill)),
+        _phase(f"reference: {work.questions} pages through the tower (float32, GPU)",
+               disk=_disk(box, 2 * source.spec.vision.params), GPU_FP32=work.questions * page / fp32),
+        _phase("reference: first pass over the decoder in float32 (teacher-forced + prefill)", disk=_disk(box, bf16),
+               GPU_FP32=2 * prefill / fp32, PCIe=_pcie(box, ref)),
         _phase(f"reference: {passes - 1} more passes, one per answer token"
                + (f" ({groups} groups of questions, their KV caches apart)" if groups > 1 else ""), **{
             "PCIe" if cached else "disk": (passes - 1) * per_pass}),
@@ -287,11 +290,11 @@ def validate_stage(source: Source, box: Box, work: Workload, deployed: Plan) -> 
                GPU_FP16=_gpu(box, work.questions * (page + 2 * prompt_flops(decoder, tokens))),
                GPU_bandwidth=work.questions * work.answer_tokens * step),
     )
-    resident = 2 * (decoder.layer_params + decoder.embedding_params)
+    resident = REFERENCE_BYTES * (decoder.layer_params + decoder.embedding_params)
     return Stage(f"validate ({work.questions} questions, reference once)", "GPU + CPU", phases, REFERENCE_RAM,
                  max(resident + caches // groups, deployed.total_bytes),
-                 "RAM measured at the real widths (float32, CPU, 8 layers); GPU predicted: one bf16 layer, embeddings, "
-                 "head and a group of questions' KV caches, or the bundle, whichever is larger")
+                 "RAM measured at the real widths (float32, CPU, 8 layers); GPU predicted: one float32 layer, "
+                 "embeddings, head and a group of questions' KV caches, or the bundle, whichever is larger")
 
 
 def serve_stage(source: Source, box: Box, deployed: Plan) -> Stage:

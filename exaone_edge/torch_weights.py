@@ -124,8 +124,10 @@ class GptqShardReader(ShardReader):
     """A GPTQ checkpoint read as the dense model it encodes; norms, embeddings, head, vision and MTP as stored.
 
     A quantized Linear's `weight` is made when it is read, from its qweight / qzeros / scales / g_idx, by
-    GPTQModel's torch kernel (`TorchLinear.dequantize_weight` after GPTQModel's v1 → v2 zero-point shift), i.e.
-    the weight transformers multiplies by on the CPU; kept as the kernel's [in, out] layout, transposed."""
+    GPTQModel's `TorchLinear.dequantize_weight` (after GPTQModel's v1 → v2 zero-point shift): on CUDA GPTQModel 7.7
+    runs its Triton kernel there (`triton_utils/dequant.py`, unless GPTQ_TORCH_TRITON_DEQUANT=0), on the CPU its
+    torch code (`dequantize_weight_cached_248`), the weight transformers multiplies by on the CPU; kept as the
+    kernel's [in, out] layout, transposed."""
 
     PARTS = ("qweight", "qzeros", "scales", "g_idx")
 
@@ -173,8 +175,13 @@ class GptqShardReader(ShardReader):
             setattr(linear, part, super().read(self.packed[name] + part, None, device))  # int32 / fp16 as stored
         if self.v1_zeros:
             convert_gptq_v1_to_v2_format_module(linear, bits=bits, pack_dtype=pack_dtype)
-        weight = linear.eval().dequantize_weight()  # [in, out] in the scales' dtype, eager (never compiled here)
+        weight = linear.eval().dequantize_weight()  # [in, out] in the scales' dtype (see dequant_kernel), not compiled
         return weight.t().to(dtype=dtype or weight.dtype)
+
+
+def dequant_kernel(device: str) -> str:
+    """Which code of GPTQModel 7.7's TorchLinear.dequantize_weight makes a GPTQ weight on `device` (for reports)."""
+    return "Triton dequant kernel" if device.startswith("cuda") else "torch dequantization"
 
 
 def open_weights(model_dir: Path) -> ShardReader:

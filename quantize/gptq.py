@@ -186,10 +186,12 @@ def gptq_fidelity(source: Path, quantized: Path, conversations: list[Conversatio
     """KL and top-1 agreement over every position of each chat, images included, against the source's
     reference file. Both halves are layer-streamed (one decoder layer resident, whatever the layer count): the
     reference from the source (cached), the candidate from the GPTQ checkpoint, its Linears dequantized as each
-    layer loads by GPTQModel's torch kernel (exaone_edge/torch_weights.py `GptqShardReader`)."""
+    layer loads by GPTQModel's TorchLinear (exaone_edge/torch_weights.py `GptqShardReader`: its Triton kernel on
+    CUDA, its torch code on the CPU)."""
     import numpy as np
     from transformers import AutoProcessor
 
+    from exaone_edge.torch_weights import dequant_kernel
     from exaone_edge.validate.reference_file import topk_fidelity
     from exaone_edge.validate.streamed import StreamedReference, chat_reference, conversation_inputs, resolve_placement
 
@@ -197,11 +199,11 @@ def gptq_fidelity(source: Path, quantized: Path, conversations: list[Conversatio
         raise InputError("no evaluation samples for the GPTQ fidelity check", fix="Use a set with at least 2 documents.")
     processor = AutoProcessor.from_pretrained(source)
     reference = chat_reference(source, processor, conversations, cache_dir=reference_cache)
-    dtype, device = resolve_placement()  # as the reference: bf16 on a CUDA GPU, float32 on the CPU
+    dtype, device = resolve_placement()  # as the reference: float32
     candidate = StreamedReference(quantized, processor_dir=source, dtype=dtype, device=device)
     chats = candidate.sequence_logits(conversation_inputs(processor, conversations))
     result = topk_fidelity(reference.entries, (np.concatenate(chunks) for chunks in chats))  # a chat at a time
     candidate.close()
     fidelity = {key: value for key, value in asdict(result).items() if not key.startswith("ppl")}
     return {**fidelity, "reference": f"layer-streamed transformers ({reference.details['dtype']}), top-k file",
-            "candidate": f"layer-streamed, GPTQModel torch-kernel weights ({dtype})"}
+            "candidate": f"layer-streamed, weights dequantized by GPTQModel's {dequant_kernel(device)} ({dtype})"}

@@ -116,12 +116,13 @@ def test_stage_times_need_a_named_gpu():
 
 
 def test_many_questions_run_in_groups_instead_of_overflowing_the_gpu():
-    """validate's reference keeps each generating question's KV cache (0.46 GB at 1,772 positions): 100 questions
-    run in groups whose caches fit half the card, each group paying its own passes over the weights."""
+    """validate's reference keeps each generating question's KV cache (0.93 GB in float32 at 1,772 positions): 100
+    questions run in groups whose caches fit half the card, each group paying its own passes over the weights."""
     few = stage_plan(RELEASED, _deployed(), work=Workload(questions=12))[2]
     many = stage_plan(RELEASED, _deployed(), work=Workload(questions=100))[2]
     passes = next(p for p in many.phases if "more passes" in p.name)
-    assert "95 more passes" in passes.name and "4 groups" in passes.name
+    assert "191 more passes" in passes.name and "8 groups" in passes.name
+    assert "groups" not in next(p for p in few.phases if "more passes" in p.name).name  # 12 questions: one group
     assert many.gpu_bytes <= 24564 * 2**20 and many.seconds > 3 * few.seconds
 
 
@@ -132,10 +133,11 @@ def test_the_stage_constants_mirror_the_stages_they_predict():
     from exaone_edge.llama_context import reference_options
     from exaone_edge.quantize.calibration import PAGE_TEXT_ALLOWANCE
     from exaone_edge.quantize.llama_eval import GPU_RESERVE
-    from exaone_edge.validate.streamed import CACHE_SHARE
+    from exaone_edge.validate.streamed import CACHE_SHARE, resolve_placement
 
     assert predicted.EXPORT_INT8_CALIBRATION_PAGES == MAX_CALIBRATION_PAGES
     assert predicted.PAGE_TEXT_ALLOWANCE == PAGE_TEXT_ALLOWANCE
     assert predicted.LLAMA_GPU_RESERVE == GPU_RESERVE
     assert predicted.REFERENCE_CACHE_SHARE == CACHE_SHARE
+    assert resolve_placement("auto", "cuda")[0] == "float32" and predicted.REFERENCE_BYTES == 4
     assert predicted.UBATCH == reference_options(4096).n_batch  # imatrix and KL upload host weights once a batch

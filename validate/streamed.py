@@ -8,14 +8,14 @@ one decoder layer + embeddings + head + activations (+ the vision tower while pa
 
 Cost: teacher-forced logits and the generation prefill share one pass; greedy generation then takes
 one more pass over the weights per generated token (batched across questions, per-layer KV caches).
-For the 33B in bf16 a pass reads ~66 GB: disk-bound, about 30–60 s on NVMe when the shards do not
+For the 33B a pass reads the ~66 GB of bf16 shards: disk-bound, about 30–60 s on NVMe when they do not
 fit the page cache, so `max_new_tokens` 24 costs ~25 passes.
 
 Shards are read with positional reads into fresh buffers, not kept memory-mapped, so pages of
 tensors already used never count against the process (exaone_edge/torch_weights.py).
 
 A GPTQ checkpoint runs the same way (the GPTQ fidelity check's candidate): each quantized Linear's dense
-weight is made as its layer loads, by GPTQModel's own torch kernel (exaone_edge/torch_weights.py `GptqShardReader`).
+weight is made as its layer loads, by GPTQModel's own dequantization (exaone_edge/torch_weights.py `GptqShardReader`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from exaone_edge.torch_weights import open_weights, vision_prefix
 
 DTYPES = ("auto", "bfloat16", "float32")
 # Of the free memory when the reference starts, the share its generation KV caches may take; the rest holds one decoder
-# layer, the embeddings and head (4.1 GB for the 33B in bf16) and the activations.
+# layer, the embeddings and head (8.2 GB for the 33B in float32) and the activations.
 CACHE_SHARE = 0.5
 HEAD_ROWS = 256  # positions per lm_head chunk: bounds the [rows, vocab] float32 logits (153,600 wide for the 33B)
 
@@ -49,16 +49,19 @@ def free_memory(device: str) -> int:
 
 
 def resolve_placement(dtype: str = "auto", device: str | None = None) -> tuple[str, str]:
-    """(dtype, device): CUDA when torch sees a GPU; bf16 there. On CPU float32 by default: CPU bf16 matmuls
-    are slower than float32 without AMX, memory is bounded by one layer anyway, and the reference's own
-    rounding must stay below the error of the F32/8-bit candidates it judges."""
+    """(dtype, device): CUDA when torch sees a GPU, float32 on either by default. The reference's own rounding must
+    stay below the error of the F32/8-bit candidates it judges: bf16 keeps 8 mantissa bits (relative rounding
+    2^-9 per operation, over 64 layers), the order of a Q8_0 decoder's own error (llama.cpp's KLD for Q8_0:
+    0.00136 on Llama 3 8B). float32 doubles what stays resident for the 33B (one layer, embeddings and head: 8.2
+    GB, not 4.1) and the generation KV cache per question (0.93 GB at 1,772 positions, not 0.46): 12 questions
+    still fit half of a 24 GB card's free memory, one group. On the CPU, bf16 matmuls are also slower without AMX."""
     import torch
 
     if dtype not in DTYPES:
         raise InputError(f"reference dtype '{dtype}' is not supported", fix=f"Use one of: {', '.join(DTYPES)}.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        dtype = "float32"
     return dtype, device
 
 
@@ -253,8 +256,8 @@ class StreamedReference:
 
     def cache_groups(self, inputs: Sequence[Any], max_new_tokens: int) -> list[slice]:
         """Consecutive questions whose generation KV caches (every layer, prompt + answer) fit CACHE_SHARE of the
-        device's free memory together: one group unless the questions are many (0.46 GB each for the 33B in bf16
-        at 1,772 positions, so about 25 to a group on a 24 GB card)."""
+        device's free memory together: one group unless the questions are many (0.93 GB each for the 33B in float32
+        at 1,772 positions, so about 12 to a group on a 24 GB card)."""
         config = self.text_config
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         per_position = (config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim
