@@ -4,6 +4,10 @@ valid, and no command deletes what it did not make.
 Work in progress is named `.NAME.ee-HOST-PID-START-RAND.partial` (a folder also holds owner.json naming the
 same process), so a later run can decide both that it is ours and that the process that made it is gone
 (pid dead, or reused by a later process), and remove it. Anything else is never touched.
+
+`--overwrite` replaces an earlier output only when everything in the folder is listed by that output's own
+manifest.json (or, for an output without one, its `.exaone-edge-output.json` marker): anything else found there
+(a file the user added) makes the command refuse before any work starts, naming it, and nothing is changed.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ _CHUNK = 1 << 20
 TOOL = "exaone-edge"
 MANIFEST_FILE = "manifest.json"  # = manifest.MANIFEST_NAME (manifest.py imports this module)
 OWNER_FILE = "owner.json"  # inside a `.partial` folder: which process made it, for which target
-OUTPUT_MARKER = ".exaone-edge-output.json"  # marks an output that has no manifest.json (tiny-model)
+OUTPUT_MARKER = ".exaone-edge-output.json"  # marks (and lists) an output that has no manifest.json (tiny-model)
 WORK_MARKER = ".exaone-edge-work.json"  # marks a work folder that a run of ours created
 REPORT_FILES = {"report.json", "report.md", "report.html"}
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.ee-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)-[0-9a-f]{8}\.partial$")
+# Created, never opened: fails on anything already at the name, a link included (O_EXCL), and never follows one.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def sha256_file(path: Path) -> str:
@@ -99,12 +105,9 @@ def sweep_stale(directory: Path, name: str | None = None) -> list[Path]:
             owner = _read_json(entry / OWNER_FILE)
             ours = (isinstance(owner, dict) and owner.get("tool") == TOOL and owner.get("pid") == pid
                     and owner.get("target") == match["name"])
-            if not ours and any(entry.iterdir()):
-                continue  # our name but no owner record: not decidably ours
-            previous, target = entry / "previous", entry.parent / match["name"]
-            if ours and previous.is_dir() and not os.path.lexists(target):
-                os.replace(previous, target)  # killed between moving the old output aside and renaming the new in
-            shutil.rmtree(entry, ignore_errors=True)
+            if not ours and any(child.name != OWNER_FILE for child in entry.iterdir()):
+                continue  # our name but no (readable) owner record beside other things: not decidably ours
+            _discard(entry, entry.parent / match["name"] if ours else None)
         elif entry.is_file():
             entry.unlink(missing_ok=True)
         else:
@@ -116,6 +119,26 @@ def sweep_stale(directory: Path, name: str | None = None) -> list[Path]:
         log(f"removed {len(removed)} unfinished item(s) left in {directory} by a killed run: "
             + ", ".join(p.name for p in removed))
     return removed
+
+
+def _discard(staging: Path, target: Path | None) -> None:
+    """Remove a `.partial` folder of ours, putting back an old output that a swap moved aside and did not replace
+    (`target` absent). owner.json goes last, so a removal cut short is still recognisably ours and finished later."""
+    previous = staging / "previous"
+    if target is not None and previous.is_dir() and not previous.is_symlink() and not os.path.lexists(target):
+        os.replace(previous, target)
+    with contextlib.suppress(OSError):
+        for child in staging.iterdir():
+            if child.name == OWNER_FILE:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        if all(child.name == OWNER_FILE for child in staging.iterdir()):
+            (staging / OWNER_FILE).unlink(missing_ok=True)
+            staging.rmdir()
 
 
 @contextlib.contextmanager
@@ -131,13 +154,14 @@ def scratch_dir(parent: Path, name: str) -> Iterator[Path]:
 
         raise InputError(f"cannot create a work folder here ({exc.strerror}); outputs are built beside their final "
                          "place and renamed in", path=parent, fix="Choose an output whose parent folder you can write to.") from None
-    (path / OWNER_FILE).write_text(json.dumps({
-        "tool": TOOL, "pid": os.getpid(), "host": _host(), "start": _start_ticks(os.getpid()), "target": name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n", encoding="utf-8")
     try:
+        owner = {"tool": TOOL, "pid": os.getpid(), "host": _host(), "start": _start_ticks(os.getpid()), "target": name,
+                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        with open(os.open(path / OWNER_FILE, _NEW_FILE, 0o666), "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(owner) + "\n")
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        _discard(path, parent / name)
 
 
 def _mkdirs(directory: Path) -> None:
@@ -150,26 +174,37 @@ def _mkdirs(directory: Path) -> None:
                          fix="Choose a location you can write to.") from None
 
 
-# -- files ------------------------------------------------------------------------------------------
+# -- files: the one writer --------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it over `target` only on success."""
+def _new_file(target: Path) -> Iterator[tuple[Path, int]]:
+    """A fresh `.partial` file beside `target` and its descriptor (the caller closes it); renamed over `target`
+    when the block ends without an error, removed otherwise."""
     target = Path(target)
     _mkdirs(target.parent)
     sweep_stale(target.parent, target.name)
     tmp = target.parent / partial_name(target.name)
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    fd = os.open(tmp, _NEW_FILE, 0o666)
     try:
-        yield tmp
-        os.replace(tmp, target)
+        yield tmp, fd
+        os.replace(tmp, target)  # a link at `target` is replaced, never followed
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_bytes(target: Path, data: bytes) -> None:
-    with atomic_path(target) as tmp:
-        with open(tmp, "wb") as handle:
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a new temporary path beside `target` (for a writer that opens it by name: llama.cpp, gguf); rename
+    it over `target` only on success."""
+    with _new_file(target) as (tmp, fd):
+        os.close(fd)
+        yield tmp
+
+
+def write_bytes(target: Path, data: bytes | memoryview) -> None:
+    """Write `target` atomically through the descriptor that created its temporary file (no second open)."""
+    with _new_file(target) as (_, fd):
+        with open(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -185,49 +220,79 @@ def write_json(target: Path, obj: Any) -> None:
 
 # -- output folders ---------------------------------------------------------------------------------
 
-def output_kind(directory: Path) -> str | None:
-    """What exaone-edge output `directory` holds (a manifest's kind, "report", "output"), or None if it is not ours."""
-    directory = Path(directory)
+def _entries(directory: Path) -> list[str]:
+    """Every file, link and folder under `directory` (relative, '/'-separated); links are not followed."""
+    found = []
+    for root, dirs, names in os.walk(directory):
+        base = Path(root).relative_to(directory)
+        found += [(base / name).as_posix() for name in (*dirs, *names)]
+    return sorted(found)
+
+
+def _output(directory: Path) -> tuple[str, str, set[str]] | None:
+    """(kind, what lists its contents, the paths it lists) of an exaone-edge output in `directory`; None if not ours."""
     manifest = _read_json(directory / MANIFEST_FILE)
     if isinstance(manifest, dict) and {"kind", "files", "schema"} <= manifest.keys():
-        return str(manifest["kind"])
+        return str(manifest["kind"]), MANIFEST_FILE, {MANIFEST_FILE, *map(str, manifest["files"] or ())}
     marker = _read_json(directory / OUTPUT_MARKER)
     if isinstance(marker, dict) and marker.get("tool") == TOOL:
-        return str(marker.get("kind") or "output")
+        return str(marker.get("kind") or "output"), OUTPUT_MARKER, {OUTPUT_MARKER, *map(str, marker.get("files", ()))}
     report = _read_json(directory / "report.json")  # reports written before they had a manifest
     if isinstance(report, dict) and {"schema", "artifacts"} <= report.keys() and set(os.listdir(directory)) <= REPORT_FILES:
-        return "report"
+        return "report", "report.json", set(REPORT_FILES)
     return None
+
+
+def output_kind(directory: Path) -> str | None:
+    """What exaone-edge output `directory` holds (a manifest's kind, "report", "output"), or None if it is not ours."""
+    found = _output(Path(directory))
+    return found[0] if found else None
+
+
+def foreign_entries(directory: Path) -> list[str]:
+    """What is in an output folder of ours that its manifest (or marker) does not list: the user's, never replaced."""
+    directory = Path(directory)
+    found = _output(directory)
+    listed = found[2] if found else set()
+    keep = listed | {parent.as_posix() for path in listed for parent in Path(path).parents}
+    return [entry for entry in _entries(directory) if entry not in keep]
 
 
 def check_output_dir(target: Path, *, overwrite: bool = False, kind: str | None = None) -> None:
     """Refuse an output folder that holds anything but an earlier output of ours (of `kind`, if given), and an
-    earlier output unless `overwrite`. Called before any work starts, and again just before the swap."""
+    earlier output unless `overwrite`. Called before any work starts, and again just before the swap; a swap a
+    killed run left half done is put right first, so both calls judge the same folder."""
     from exaone_edge.errors import InputError
 
     shown = Path(target)
-    if not os.path.lexists(shown):
-        return
     real = Path(os.path.realpath(shown))
-    if not os.path.lexists(real):
-        return  # a link to a folder still to be made: written where it points
+    sweep_stale(real.parent, real.name)
+    if not os.path.lexists(shown) or not os.path.lexists(real):
+        return  # new, or a link to a folder still to be made (written where it points)
     if not real.is_dir():
         raise InputError("exists and is not a folder", path=shown, fix="Pass a folder path (new or empty) to -o.")
     if real == real.parent:
         raise InputError("is the root of the file system", path=shown, fix="Pass a new or empty folder to -o.")
     if not any(real.iterdir()):
         return
-    found = output_kind(real)
+    found = _output(real)
     if found is None:
         why = " (--overwrite replaces only an earlier exaone-edge output, recognised by its manifest.json)" if overwrite else ""
         raise InputError(f"output folder is not empty and was not written by exaone-edge{why}; nothing in it was "
                          "changed", path=shown, fix=f"Choose a new or empty folder, e.g. -o {shown / 'exaone-edge-out'}.")
-    if kind is not None and found != kind:
-        raise InputError(f"output folder is not empty: it holds an exaone-edge '{found}', not a '{kind}'; it was not "
+    if kind is not None and found[0] != kind:
+        raise InputError(f"output folder is not empty: it holds an exaone-edge '{found[0]}', not a '{kind}'; it was not "
                          "changed", path=shown,
                          fix="Choose a new or empty folder.")
+    foreign = foreign_entries(real)
+    if foreign:
+        shown_names = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise InputError(f"output folder holds an earlier exaone-edge '{found[0]}' and {len(foreign)} item(s) its "
+                         f"{found[1]} does not list ({shown_names}); --overwrite replaces only what an earlier output "
+                         "lists, so nothing was changed", path=shown,
+                         fix="Move those items out of the folder, or choose a new folder.")
     if not overwrite:
-        raise InputError(f"output folder is not empty: it holds an earlier exaone-edge '{found}'", path=shown,
+        raise InputError(f"output folder is not empty: it holds an earlier exaone-edge '{found[0]}'", path=shown,
                          fix="Pass --overwrite to replace it (the old one stays until the new one is complete), "
                              "or choose a new folder.")
 
@@ -236,9 +301,10 @@ def check_output_dir(target: Path, *, overwrite: bool = False, kind: str | None 
 def atomic_dir(target: Path, *, overwrite: bool = False, kind: str | None = None) -> Iterator[Path]:
     """Build a folder under a private `.partial` name and move it into place only when complete.
 
-    Replaces only an earlier output of ours (see `check_output_dir`), in this order: new output complete, old one
-    moved aside, new one renamed in, old one deleted. A kill at any point leaves the old or the new output at
-    `target` (or the old one inside the `.partial`, put back by the next run), never a half-written one there.
+    Replaces only an earlier output of ours that holds nothing else (see `check_output_dir`), in this order: new
+    output complete, old one moved aside, new one renamed in, old one marked replaced and deleted, owner.json last.
+    A kill at any point leaves the old or the new output at `target` (or the old one inside the `.partial`, put
+    back by the next run before it checks anything), never a half-written one there.
     """
     shown = Path(target)
     check_output_dir(shown, overwrite=overwrite, kind=kind)
@@ -250,18 +316,16 @@ def atomic_dir(target: Path, *, overwrite: bool = False, kind: str | None = None
         new.mkdir()
         yield new
         if not (new / MANIFEST_FILE).is_file():
-            (new / OUTPUT_MARKER).write_text(json.dumps({"tool": TOOL, "kind": kind or "output"}) + "\n", encoding="utf-8")
+            write_json(new / OUTPUT_MARKER, {"tool": TOOL, "kind": kind or "output", "files": _entries(new)})
+        unlisted = foreign_entries(new)
+        if unlisted:  # a later --overwrite would refuse our own output
+            raise RuntimeError(f"{target}: the new output holds files its manifest.json does not list: {unlisted[:5]}")
         check_output_dir(shown, overwrite=overwrite, kind=kind)  # the folder may have changed while we worked
-        previous = staging / "previous"
-        moved = os.path.lexists(target)
-        if moved:
-            os.replace(target, previous)
-        try:
-            os.replace(new, target)
-        except BaseException:
-            if moved:
-                os.replace(previous, target)
-            raise
+        if os.path.lexists(target):
+            os.replace(target, staging / "previous")
+        os.replace(new, target)  # if this fails, leaving the block puts `previous` back
+        if os.path.lexists(staging / "previous"):
+            os.replace(staging / "previous", staging / "replaced")  # from here on never put back
         _fsync_dir(target.parent)
 
 
@@ -272,8 +336,6 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
 # -- work folders (--work-dir) ----------------------------------------------------------------------
 
 def open_work_dir(directory: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from exaone_edge.errors import InputError, require
-from exaone_edge.files import atomic_dir
+from exaone_edge.files import atomic_dir, check_output_dir
 from exaone_edge.tiny_tokenizer import SPECIAL_ROLES, chat_template, train_tokenizer
 
 # Sizes of the tiny model: small enough to build in seconds, shaped like the real one.
@@ -113,6 +113,7 @@ PRESETS = {
                     "7 vision blocks (hidden 2048, FFN 5120, 32 / 8 heads, patch 14)"),
 }
 VOCAB_SIZE = 2048
+KIND = "tiny-model"  # in its output marker: a checkpoint has no manifest.json
 NORM_JITTER = 0.2  # norms away from 1.0 so a swapped or dropped norm changes every output
 
 
@@ -133,6 +134,7 @@ def build_tiny_model(out: Path, seed: int = 0, overwrite: bool = False, preset: 
     if preset not in PRESETS:
         raise InputError(f"unknown preset '{preset}'", fix=f"Use one of: {', '.join(PRESETS)}.")
     chosen = PRESETS[preset]
+    check_output_dir(Path(out), overwrite=overwrite, kind=KIND)  # before torch loads
     require("torch", "export")
     require("transformers", "export")
     import torch
@@ -166,7 +168,7 @@ def build_tiny_model(out: Path, seed: int = 0, overwrite: bool = False, preset: 
         size={"shortest_edge": chosen.image["min_pixels"], "longest_edge": chosen.image["max_pixels"]},
     )
 
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind=KIND) as tmp:
         model.save_pretrained(tmp, max_shard_size=chosen.shard_size)
         # Exaone4_5_Processor cannot be built without torchvision (its video processor), so its
         # parts are saved the way the published checkpoint ships them.

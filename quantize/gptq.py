@@ -103,6 +103,7 @@ def gptq_from_documents(model_dir: Path, out: Path, documents: Path | None = Non
     from exaone_edge.docs import documents_or_builtin
 
     check_options(bits, group_size, _decoder_in_features(model_dir))  # bad options fail before pages are made
+    check_output_dir(Path(out), overwrite=overwrite, kind="gptq")
     document_set, _ = documents_or_builtin(documents, builtin=BUILTIN_DOCUMENTS, seed=0)
     calib, evals = document_set.split(eval_fraction=EVAL_FRACTION, seed=0)
     return quantize_gptq(model_dir, out, document_conversations(calib.documents), document_conversations(evals.documents),

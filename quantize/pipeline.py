@@ -90,9 +90,11 @@ def quantize_gguf(checkpoint_dir: Path, out: Path, *, bits: int | None = None, r
                   **options: Any) -> QuantizeResult:
     """`exaone-edge quantize --format gguf`: the level from bits/recipe, calibration pages from a document set (or
     the built-in one) when the level is imatrix-calibrated, then `quantize_checkpoint`."""
+    from exaone_edge.bundle import KIND as BUNDLE
     from exaone_edge.quantize.calibration import load_calibration
 
     chosen = choose_recipe(bits, recipe, imatrix)  # a bad --bits/--recipe fails before any loading
+    check_output_dir(Path(out), overwrite=options.get("overwrite", False), kind=BUNDLE)  # before the pages are made
     calib = load_calibration(calibration) if chosen.uses_imatrix else None
     try:
         return quantize_checkpoint(

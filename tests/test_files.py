@@ -195,45 +195,82 @@ def test_the_next_run_sweeps_a_killed_runs_partials_and_restores_an_interrupted_
 
 
 CHILD = """
-import os, signal, sys
+import os, pathlib, signal, sys
 from pathlib import Path
 from exaone_edge import files
 from exaone_edge.manifest import Manifest, write_manifest
 
 target, step = Path(sys.argv[1]), sys.argv[2]
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
-real_replace = os.replace
+real_replace, real_rmtree, real_unlink = os.replace, files.shutil.rmtree, pathlib.Path.unlink
 def replace(src, dst):
     if step == "before-move-aside" and Path(src) == target:
         die()
     if step == "between-renames" and Path(dst) == target:
         die()
     real_replace(src, dst)
-    if step == "after-rename-in" and Path(dst) == target:
+    if (step == "after-rename-in" and Path(dst) == target) or (step == "after-marking-replaced" and Path(dst).name == "replaced"):
         die()
-files.os.replace = replace
+def rmtree(path, **options):
+    if step == "during-removal" and Path(path).name == "replaced":
+        (Path(path) / "manifest.json").unlink()  # the old output half gone
+        die()
+    real_rmtree(path, **options)
+def unlink(self, missing_ok=False):
+    if step == "before-owner-removed" and self.name == files.OWNER_FILE:
+        die()
+    real_unlink(self, missing_ok=missing_ok)
+files.os.replace, files.shutil.rmtree, pathlib.Path.unlink = replace, rmtree, unlink
 with files.atomic_dir(target, overwrite=True, kind="thing") as tmp:
     (tmp / "data.txt").write_text("new")
     if step == "filling":
         die()
     write_manifest(tmp, Manifest(kind="thing"))
 """
+# what the output path holds right after the kill at each step of the swap
+AT_KILL = {"filling": "old", "before-move-aside": "old", "between-renames": None, "after-rename-in": "new",
+           "after-marking-replaced": "new", "during-removal": "new", "before-owner-removed": "new"}
 
 
-@pytest.mark.parametrize("step", ["filling", "before-move-aside", "between-renames", "after-rename-in"])
-def test_kill_at_each_step_of_the_swap_leaves_the_old_or_the_new_output(tmp_path, step):
+@pytest.mark.parametrize("step", list(AT_KILL))
+def test_a_kill_at_each_step_of_the_swap_is_recovered_by_the_next_run(tmp_path, step):
+    """Killed at each step, the output path holds the old or the new output (or, between the two renames, nothing:
+    the old one waits in the `.partial`); the next run puts it right before its first check, so it refuses an
+    existing output up front without --overwrite (not after all its work) and, with it, replaces it and leaves no
+    `.partial` behind."""
     out = tmp_path / "out"
     _output(out, "old")
     child = subprocess.run([sys.executable, "-c", CHILD, str(out), step], capture_output=True, text=True, timeout=120)
     assert child.returncode == -9, child.stderr
-    at_kill = {"filling": "old", "before-move-aside": "old", "between-renames": None, "after-rename-in": "new"}[step]
-    assert ((out / "data.txt").read_text() if out.exists() else None) == at_kill
+    assert ((out / "data.txt").read_text() if out.exists() else None) == AT_KILL[step]
     if out.exists():  # whatever is at the output path is complete
         read_manifest(out)
-    files.sweep_stale(tmp_path)  # what the next run does first
+    assert len(_partials(tmp_path)) == 1  # the killed run's, still recognisably ours
+    with pytest.raises(InputError, match="holds an earlier exaone-edge 'thing'.*Pass --overwrite"):
+        with files.atomic_dir(out, kind="thing"):
+            pytest.fail("the next run must refuse before its work, not at its final check")
     read_manifest(out)
-    expected = "new" if step == "after-rename-in" else "old"
-    assert (out / "data.txt").read_text() == expected and _partials(tmp_path) == []
+    assert (out / "data.txt").read_text() == (AT_KILL[step] or "old") and _partials(tmp_path) == []
+    _output(out, "newer", overwrite=True)
+    assert (out / "data.txt").read_text() == "newer" and _partials(tmp_path) == []
+
+
+def test_a_swap_killed_between_its_renames_is_recovered_by_the_next_command(tiny_model_dir, tmp_path):
+    """The same through a real command: `docs make` killed between its renames, then run again without --overwrite."""
+    out = tmp_path / "docs"
+    assert run_cli("docs", "make", str(out), "--n", "1").returncode == 0
+    old = (out / "manifest.json").read_bytes()
+    killed = CHILD.split("with files.atomic_dir")[0] + (
+        "from exaone_edge.docs import generate_set\ngenerate_set(2, 'en', 0, target, overwrite=True)\n")
+    child = subprocess.run([sys.executable, "-c", killed, str(out), "between-renames"], capture_output=True, text=True,
+                           timeout=300)
+    assert child.returncode == -9 and not out.exists(), child.stderr
+    result = run_cli("docs", "make", str(out), "--n", "2")
+    assert result.returncode == 2 and "Pass --overwrite" in result.stderr and "docs: rendering" not in result.stderr
+    assert (out / "manifest.json").read_bytes() == old and _partials(tmp_path) == []
+    assert run_cli("docs", "make", str(out), "--n", "2", "--overwrite").returncode == 0
+    read_manifest(out, kind="document-set")
+    assert _partials(tmp_path) == []
 
 
 def test_a_partial_file_of_a_killed_write_is_swept_by_the_next_write(tmp_path):
@@ -241,6 +278,23 @@ def test_a_partial_file_of_a_killed_write_is_swept_by_the_next_write(tmp_path):
     stale.write_bytes(b"{")
     files.write_json(tmp_path / "data.json", {"ok": True})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json"]
+
+
+def test_the_one_writer_never_writes_through_a_link(tmp_path, monkeypatch):
+    """A link at the target is replaced, not followed; one planted at the temporary name (had it been guessed) makes
+    the write fail: the file is created with O_EXCL | O_NOFOLLOW and written through that descriptor only."""
+    from exaone_edge.validate.reference_file import ReferenceFile, write_reference
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not ours")
+    (tmp_path / "data.json").symlink_to(victim)
+    files.write_json(tmp_path / "data.json", {"ok": True})
+    assert not (tmp_path / "data.json").is_symlink() and victim.read_text() == "not ours"
+    monkeypatch.setattr(files, "partial_name", lambda name: f".{name}.guessed.partial")
+    (tmp_path / ".ref.npz.guessed.partial").symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        write_reference(tmp_path / "ref.npz", ReferenceFile("key", {}, []))
+    assert victim.read_text() == "not ours" and not (tmp_path / "ref.npz").exists()
 
 
 def test_work_folder_ownership(tmp_path):

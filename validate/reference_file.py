@@ -4,7 +4,7 @@ One `.npz` per (checkpoint, eval set, question set, options), named by the hash 
 sequence it keeps, at every scored position, the most likely tokens' logits with their ids and the
 log-sum-exp over the whole vocabulary, the log-probability of the target token there, the answer
 token ids, the greedy answer and the page's vision rows. A checksum over every array sits in the
-file's metadata and is checked on load; files are written under a temporary name and renamed.
+file's metadata and is checked on load; files are written by exaone_edge.files (a new temporary file, renamed).
 
 How many tokens: at least MIN_K (64), then as many as it takes for the kept ones to hold COVERAGE
 of the reference's probability, at most MAX_K. llama.cpp's `--kl-divergence-base` file keeps every
@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from exaone_edge.files import write_bytes
 from exaone_edge.metrics import LogitFidelity, log_softmax
 from exaone_edge.progress import log
 
@@ -231,17 +232,10 @@ def write_reference(path: Path, reference: ReferenceFile) -> Path:
     arrays, entries = _arrays(reference)
     meta = {"format": FORMAT_VERSION, "key": reference.key, "details": reference.details,
             "entries": entries, "sha256": _checksum(arrays)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     buffer = io.BytesIO()
     np.savez(buffer, meta=np.frombuffer(json.dumps(meta, ensure_ascii=False).encode(), dtype=np.uint8), **arrays)
-    with open(tmp, "wb") as handle:
-        handle.write(buffer.getbuffer())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
+    write_bytes(Path(path), buffer.getbuffer())
+    return Path(path)
 
 
 def read_reference(path: Path, key: str) -> ReferenceFile | None:

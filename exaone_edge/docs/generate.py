@@ -157,6 +157,10 @@ def generate_set(n: int, langs: list[str] | str, seed: int, out: Path | None = N
                  overwrite: bool = False, pdf: bool = False) -> DocumentSet:
     """n synthetic documents in memory (pages render on demand), or written to `out` with a manifest
     (and with `pdf`, each document also as a PDF with a text layer under pdf/)."""
+    if out is not None:
+        from exaone_edge.files import check_output_dir
+
+        check_output_dir(Path(out), overwrite=overwrite, kind=SET_KIND)  # before the documents are made
     generated = generate_documents(n, langs, seed)
     documents = [g.document for g in generated]
     codes = parse_langs(langs)
@@ -171,7 +175,7 @@ def generate_set(n: int, langs: list[str] | str, seed: int, out: Path | None = N
     from exaone_edge.manifest import Manifest, write_manifest
     from exaone_edge.progress import track
 
-    with atomic_dir(Path(out), overwrite=overwrite) as tmp:
+    with atomic_dir(Path(out), overwrite=overwrite, kind=SET_KIND) as tmp:
         for name, data in set_files(documents, codes, seed, progress=True):
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(data)
