@@ -20,13 +20,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from exaone_edge import bundle as bundle_format
-from exaone_edge.checkpoint import read_json
-from exaone_edge.errors import ArtifactError, CheckpointError, InputError
+from exaone_edge.errors import InputError
 from exaone_edge.levels import GGML_TYPE_BITS, LEVELS, embedding_bytes, estimated_bytes
 from exaone_edge.llama import ALL_LAYERS, KV_TYPES
-from exaone_edge.spec import RELEASED_33B_CONFIG, DecoderSpec, ModelSpec, image_spec, model_spec
-from exaone_edge.vision.contract import FUSED_ATTENTION, PREPROCESSOR_FILE
-from exaone_edge.vision.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, budget_max_pixels
+from exaone_edge.plan_source import Source, load_source, with_page_budget  # noqa: F401 (re-exported)
+from exaone_edge.spec import DecoderSpec, ModelSpec
 
 MIB = 2**20
 GIB = 2**30
@@ -35,8 +33,6 @@ QUALITY_ORDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "IQ4_XS")
 UBATCH = 512  # llama.cpp's default micro-batch; sizes the compute buffer and the SWA cache padding
 RUNTIME_OVERHEAD = 800 * MIB  # two CUDA contexts (ONNX Runtime + llama.cpp) with their BLAS workspaces
 HEADROOM = 0.05  # fragmentation and driver reserve
-# Names `plan` takes instead of a folder: the released 33B's config.json, built in (exaone_edge/data/).
-RELEASED_NAMES = ("exaone-4.5-33b", "lgai-exaone/exaone-4.5-33b")
 # Vision weight bytes per parameter for a checkpoint plan, by export precision (a bundle's file is measured):
 # int8w and int4 are MatMulNBits with block 32 (8 or 4 bits + an fp16 scale per block), which ONNX Runtime's CUDA EP
 # runs (8 bits since ORT 1.22).
@@ -134,106 +130,6 @@ def vision_activation_bytes(spec: ModelSpec, max_pixels: int, fused: bool = Fals
     window_scores = 2 * vision.num_heads * patches * window * 4
     full_scores = 0 if fused else vision.num_heads * patches * patches * 4
     return rows + max(window_scores, full_scores)
-
-
-@dataclass(frozen=True)
-class Source:
-    spec: ModelSpec
-    max_pixels: int
-    pixels_from: str
-    min_pixels: int
-    token_side: int  # pixels a side of one image token (patch × merge)
-    fused: bool
-    decoder_params: int
-    vision_params: int
-    measured_level: str | None
-    measured_decoder_bytes: int | None
-    measured_vision_bytes: int | None
-    measured_embedding_bytes: int | None  # token_embd in decoder.gguf
-    measured_output_bytes: int | None = None  # output.weight in decoder.gguf (None: tied, or not read)
-
-
-def _pixels(directory: Path, spec: ModelSpec) -> tuple[int, int, int, str]:
-    """min_pixels, max_pixels, pixels a side of an image token, and where they came from."""
-    path = directory / PREPROCESSOR_FILE
-    if path.is_file():
-        image = image_spec(read_json(path, "image processor config"), path)
-        return image.min_pixels, image.max_pixels, image.patch_size * image.merge_size, str(path)
-    side = spec.vision.patch_size * spec.vision.spatial_merge_size
-    return DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS, side, f"no {PREPROCESSOR_FILE}: transformers' EXAONE 4.5 default"
-
-
-def _gguf_sizes(path: Path) -> tuple[int | None, int | None]:
-    """(token_embd, output.weight) bytes in a GGUF file; (None, None) without the gguf package (the conversion
-    extra), then estimated."""
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        return None, None
-    try:
-        tensors = GGUFReader(str(path)).tensors
-    except (ValueError, OSError) as exc:
-        raise ArtifactError(f"not a readable GGUF file ({exc})", path=path, fix="Re-create the bundle.") from None
-    sizes = {tensor.name: int(tensor.n_bytes) for tensor in tensors if tensor.name in ("token_embd.weight", "output.weight")}
-    if "token_embd.weight" not in sizes:
-        raise ArtifactError("the GGUF file has no token_embd.weight", path=path, fix="Re-create the bundle.")
-    return sizes["token_embd.weight"], sizes.get("output.weight")
-
-
-def _read_spec(config_path: Path) -> ModelSpec:
-    config = read_json(config_path, "config.json")
-    if not isinstance(config, dict):
-        raise CheckpointError("config.json is not a JSON object", path=config_path)
-    return model_spec(config, config_path)
-
-
-def load_source(path: Path) -> Source:
-    """A bundle (measured file sizes) or a checkpoint folder, of which only config.json is needed."""
-    path = Path(path)
-    built_in = not path.exists() and str(path).lower() in RELEASED_NAMES  # plan before downloading anything
-    if not built_in and not path.is_dir():
-        raise CheckpointError("not a directory" if path.exists() else "directory does not exist", path=path,
-                              fix="Pass a checkpoint folder (config.json is enough), a bundle, or exaone-4.5-33b "
-                                  "(the released config, built in).")
-    spec = _read_spec(RELEASED_33B_CONFIG if built_in else path / "config.json")
-    min_pixels, max_pixels, token_side, pixels_from = _pixels(RELEASED_33B_CONFIG.parent if built_in else path, spec)
-    if built_in:
-        pixels_from = f"{path}: transformers' EXAONE 4.5 default"
-    params = spec.decoder.body_params + spec.decoder.embedding_params
-    if (path / "manifest.json").is_file():
-        from exaone_edge.manifest import read_manifest
-
-        manifest = read_manifest(path, kind=bundle_format.KIND, verify=False)
-        decoder_file = path / bundle_format.DECODER_FILE
-        vision_dir = path / bundle_format.VISION_DIR
-        vision_bytes = sum(f.stat().st_size for f in vision_dir.glob("vision.onnx*"))
-        fused = False  # a graph exported before fused attention (or with none recorded) holds the scores
-        if (vision_dir / "manifest.json").is_file():
-            fused = read_manifest(vision_dir, verify=False).details.get("attention") == FUSED_ATTENTION
-        embedding, output = _gguf_sizes(decoder_file) if decoder_file.is_file() else (None, None)
-        return Source(
-            spec, max_pixels, pixels_from, min_pixels, token_side, fused, params, spec.vision.params,
-            manifest.details.get("decoder", {}).get("level"),
-            decoder_file.stat().st_size if decoder_file.is_file() else None,
-            vision_bytes or None, embedding, output,
-        )
-    # A checkpoint: planned as `exaone-edge export` writes its vision graph, full attention fused.
-    return Source(spec, max_pixels, pixels_from, min_pixels, token_side, True, params, spec.vision.params,
-                   None, None, None, None)
-
-
-def with_page_budget(source: Source, image_max_tokens: int | None) -> Source:
-    """Pages of at most `image_max_tokens` rows, as run/serve --image-max-tokens enforce them."""
-    if image_max_tokens is None:
-        return source
-    side = source.token_side
-    max_pixels = budget_max_pixels(image_max_tokens, side, source.min_pixels, source.max_pixels)
-    if max_pixels < source.max_pixels:
-        pixels_from = (f"--image-max-tokens {image_max_tokens:,} × {side}×{side}; "
-                       f"{source.pixels_from} allows {source.max_pixels:,}")
-    else:
-        pixels_from = f"{source.pixels_from}; --image-max-tokens {image_max_tokens:,} allows more"
-    return replace(source, max_pixels=max_pixels, pixels_from=pixels_from)
 
 
 def _token_embedding(source: Source, level: str) -> tuple[int, str]:
