@@ -322,30 +322,6 @@ def test_imatrix_file_reads_in_ggml_the_way_llama_quantize_loads_it(q4):
         lib.gguf_free(ctx)
 
 
-def test_cli_interrupted_during_imatrix_leaves_only_reusable_work(tiny_model_dir, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    out = tmp_path / "q4"
-    process = subprocess.Popen([sys.executable, "-m", "exaone_edge.cli", "quantize", str(tiny_model_dir), "--bits", "4",
-                                "-o", str(out)], stderr=subprocess.PIPE, text=True)
-    seen = []
-    for line in process.stderr:
-        seen.append(line)
-        if line.startswith("imatrix: calibration prompts"):
-            process.send_signal(signal.SIGINT)
-            break
-    rest = process.stderr.read()
-    assert process.wait(timeout=120) == 130, "".join(seen) + rest
-    assert "interrupted:" in rest and "reused by the next run" in rest and "Traceback" not in rest, rest
-    assert not out.exists()
-    work = tmp_path / ".q4.work"
-    assert sorted(p.name for p in work.iterdir()) == [".exaone-edge-work.json", "decoder-F16.gguf", "decoder-F16.gguf.json"]
-    assert not any(name.endswith(".partial") for name in os.listdir(tmp_path))
-
-
 def test_ctrl_c_inside_the_eval_callback_is_raised_after_decode(tiny_model_dir, tmp_path):
     import os
     import signal
