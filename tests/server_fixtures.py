@@ -7,6 +7,7 @@ import gzip
 import io
 import os
 import queue
+import select
 import socket
 import struct
 import subprocess
@@ -169,7 +170,10 @@ class LocalWeb:
     """A tiny HTTP server on a loopback address that records every request (path, Host) it gets.
 
     Routes: /page.png (a PNG), /missing (404), /to?u=URL (302 to URL), /loop (302 to itself),
-    /slow (announces 100 kB, then sends one byte every 0.2 s), /gzip (a gzip-encoded body, asked or not). Any other path answers 200 "proxied".
+    /slow (announces 100 kB, then sends one byte every 0.2 s), /gzip (a gzip-encoded body, asked or not),
+    /held.png (sets `arrived`, then sends nothing until the test sets `release`, then the PNG: an upstream
+    that is provably still busy for as long as the test wants; sets `gone` instead if the client closes the
+    connection first). Any other path answers 200 "proxied".
     """
 
     def __init__(self, host: str = "127.0.0.1") -> None:
@@ -177,6 +181,9 @@ class LocalWeb:
         from urllib.parse import parse_qs, urlsplit
 
         self.hits: list[tuple[str, str]] = []
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+        self.gone = threading.Event()
         png = png_bytes(Image.new("RGB", (32, 24), "white"))
         web = self
 
@@ -204,6 +211,12 @@ class LocalWeb:
                             time.sleep(0.2)
                     except OSError:
                         pass
+                elif parts.path == "/held.png":
+                    web.arrived.set()
+                    if self._client_left_before(web.release):
+                        web.gone.set()
+                    else:
+                        self._answer(200, png, "image/png")
                 elif parts.path == "/gzip":  # 100 kB of zeros sent as a 0.1 kB gzip body, whatever the client asked
                     body = gzip.compress(b"\0" * 100_000)
                     self.send_response(200)
@@ -223,6 +236,18 @@ class LocalWeb:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _client_left_before(self, event: threading.Event) -> bool:
+                """Wait for `event` (at most START_TIMEOUT_S); True if the client closed the connection first."""
+                deadline = time.monotonic() + START_TIMEOUT_S
+                while not event.is_set() and time.monotonic() < deadline:
+                    readable, _, _ = select.select([self.connection], [], [], 0.05)
+                    try:  # the request was read, so the only thing left to read is the end of the connection
+                        if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                            return True
+                    except OSError:
+                        return True
+                return False
+
             def _redirect(self, location: str) -> None:
                 self.send_response(302)
                 self.send_header("Location", location)
@@ -235,7 +260,13 @@ class LocalWeb:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    def hold(self) -> None:
+        """The next /held.png request waits until `release` is set."""
+        for event in (self.release, self.arrived, self.gone):
+            event.clear()
+
     def close(self) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=10)

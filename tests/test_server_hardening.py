@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import httpx
 import pytest
@@ -36,12 +35,19 @@ def proxy():
     web.close()
 
 
+SERVER_ARGS = ("--ctx", "512", "--threads", "1", "--default-max-tokens", "2", "--max-stop", "4",
+               "--allow-remote-urls", "--allow-remote-network", "127.0.0.2/32", "--max-preparing", "1")
+
+
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory, intranet, proxy):
-    bundle = build_tiny_bundle(tiny_model_dir, tmp_path_factory.mktemp("hardening") / MODEL)
-    args = ("--ctx", "512", "--threads", "1", "--default-max-tokens", "2", "--max-stop", "4",
-            "--allow-remote-urls", "--allow-remote-network", "127.0.0.2/32", "--prepare-timeout", "3",
-            "--max-preparing", "1", "--allow-host", "docs.example", "--allow-origin", "http://app.example")
+def bundle(tiny_model_dir, tmp_path_factory):
+    return build_tiny_bundle(tiny_model_dir, tmp_path_factory.mktemp("hardening") / MODEL)
+
+
+@pytest.fixture(scope="module")
+def server(bundle, intranet, proxy):
+    # A preparation deadline far beyond any wait here, so that only the deadline test's own server ever hits one.
+    args = (*SERVER_ARGS, "--prepare-timeout", "120", "--allow-host", "docs.example", "--allow-origin", "http://app.example")
     env = {**LIMITS, "HTTP_PROXY": proxy.url, "HTTPS_PROXY": proxy.url, "ALL_PROXY": proxy.url, "NO_PROXY": ""}
     with serve_process(bundle, *args, env=env) as (url, _):
         yield url
@@ -220,29 +226,53 @@ def test_an_allowed_network_is_fetched_directly_not_through_the_proxy(server, in
     assert intranet.hits[-1][0] == "/page.png" and proxy.hits == []
 
 
-def test_input_preparation_has_a_deadline_and_text_requests_never_wait(server, intranet):
-    slow = {}
-
-    def slow_request() -> None:
-        slow["response"] = post(server, body(messages=user(image_part(f"{intranet.url}/slow"))))
-
-    thread = threading.Thread(target=slow_request)
-    start = time.monotonic()
+def in_background(function, *args) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.setdefault("value", function(*args)), daemon=True)
     thread.start()
-    time.sleep(0.3)  # the slow fetch (one byte per 0.2 s) holds the only preparation turn (--max-preparing 1)
-    text = time.monotonic()
-    assert_still_serving(server)  # a text-only request is answered while the image work is stuck
-    text_s = time.monotonic() - text
-    assert thread.is_alive(), "the text request should not have waited for the image request"
-    thread.join(timeout=30)
-    total_s = time.monotonic() - start
-    assert_error(slow["response"], 408, "input_timeout", contains="3 s limit")
-    print(f"slow fetch answered 408 after {total_s:.2f} s; a text request meanwhile took {text_s:.2f} s")
-    assert total_s < 5.5
-    # The turn is free again: the next image request is prepared (and refused by this text-only bundle).
-    assert_error(post(server, body(messages=user(image_part(f"{intranet.url}/page.png")))), 400, None,
-                 contains="no vision encoder")
+    return thread, result
+
+
+def test_text_requests_never_wait_for_image_preparation(server, intranet):
+    # Causal, not timed: the image request holds the only preparation turn (--max-preparing 1) for as long as
+    # the upstream holds its fetch, which is until this test releases it; the text request is answered before that.
+    intranet.hold()
+    image, result = in_background(post, server, body(messages=user(image_part(f"{intranet.url}/held.png"))), None, 180)
+    try:
+        assert intranet.arrived.wait(120), "the image request never reached its upstream"
+        assert_still_serving(server)  # a text-only request, answered while the image request holds the turn
+        assert image.is_alive() and not intranet.gone.is_set(), "the image request ended before the upstream answered"
+    finally:
+        intranet.release.set()
+    image.join(120)
+    # Released, the upstream sends the PNG: it is decoded, then refused by this text-only bundle.
+    assert_error(result["value"], 400, None, contains="no vision encoder")
     assert_still_serving(server)
+
+
+@pytest.fixture(scope="module")
+def hasty_server(bundle, intranet):
+    with serve_process(bundle, *SERVER_ARGS, "--prepare-timeout", "3") as (url, _):
+        yield url
+
+
+def test_input_preparation_has_a_deadline_that_frees_its_turn(hasty_server, intranet):
+    intranet.hold()
+    try:
+        response = post(hasty_server, body(messages=user(image_part(f"{intranet.url}/held.png"))), timeout=120)
+        # /held.png sends nothing until released (below): this answer came from the deadline, not the upstream.
+        assert intranet.arrived.is_set(), "the image request never reached its upstream"
+        assert_error(response, 408, "input_timeout", contains="3 s limit")
+        # The fetch itself ends too (the upstream sees it hang up), and with it the request's preparation turn.
+        assert intranet.gone.wait(120), "the fetch went on after the deadline"
+    finally:
+        intranet.release.set()
+    hits = len(intranet.hits)
+    # The turn is free again: the next image request is fetched (a 404 upstream, so no file is decoded).
+    assert_error(post(hasty_server, body(messages=user(image_part(f"{intranet.url}/missing"))), timeout=120), 400,
+                 "invalid_image", contains="did not return a file")
+    assert intranet.hits[hits:] == [("/missing", intranet.url.removeprefix("http://"))]
+    assert_still_serving(hasty_server)
 
 
 def test_preparation_pool_deadline_covers_the_wait_and_an_overrunning_step():
@@ -250,21 +280,29 @@ def test_preparation_pool_deadline_covers_the_wait_and_an_overrunning_step():
 
     from exaone_edge.runtime.server.prepare import DeadlineExceeded, Preparation
 
-    def render(seconds, deadline):  # one step that cannot be interrupted (a page render)
-        time.sleep(seconds)
+    release = threading.Event()
+
+    def render(held, deadline):  # one step that cannot be interrupted (a page render), held until the test releases it
+        if held:
+            release.wait(120)
         return "done"
 
     async def scenario():
-        pool = Preparation(concurrency=1, timeout_s=0.3)
-        results = await asyncio.gather(pool.run(render, 0.8), pool.run(render, 0.0), return_exceptions=True)
-        busy = pool.running  # the overrunning step still holds its turn until it really ends
-        await asyncio.sleep(0.7)
-        after = await pool.run(render, 0.0)
-        pool.close()
-        return results, busy, after
+        pool = Preparation(concurrency=1, timeout_s=1.0)
+        try:
+            results = await asyncio.gather(pool.run(render, True), pool.run(render, False), return_exceptions=True)
+            busy = pool.running  # the overrunning step still holds its turn until it really ends
+            release.set()
+            for _ in range(12_000):  # its end gives the turn back (waited for, not timed)
+                if not pool.running:
+                    break
+                await asyncio.sleep(0.01)
+            return results, busy, await pool.run(render, False)
+        finally:
+            release.set()
+            pool.close()
 
-    start = time.monotonic()
     (first, second), busy, after = asyncio.run(scenario())
-    assert isinstance(first, DeadlineExceeded) and "0.3 s limit" in str(first)
-    assert isinstance(second, DeadlineExceeded) and "waited 0.3 s for its turn" in str(second)
-    assert busy == 1 and after == "done" and time.monotonic() - start < 2.5
+    assert isinstance(first, DeadlineExceeded) and "1 s limit" in str(first)
+    assert isinstance(second, DeadlineExceeded) and "waited 1 s for its turn" in str(second)
+    assert busy == 1 and after == "done"
