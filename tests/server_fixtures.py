@@ -72,14 +72,15 @@ def _wait_for_url(lines: queue.Queue[str], process: subprocess.Popen, log: list[
 
 
 def _wait_healthy(url: str) -> None:
-    for _ in range(100):
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/health", timeout=START_TIMEOUT_S).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise AssertionError(f"{url}/health never answered")
+    raise AssertionError(f"{url}/health never answered in {START_TIMEOUT_S} s")
 
 
 @contextmanager

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -26,19 +29,28 @@ from runtime_bundle_fixture import build_tiny_bundle
 from server_fixtures import _wait_for_url, data_url, image_part, png_bytes, serve_in_process, user
 
 MODEL = "bundle"
+WAIT_S = 120  # the bound on every wait for a condition: generous, since a busy machine only makes them slower
 
 
-class SlowEncoder:
-    """A stand-in vision encoder: `seconds` per image, 4 rows of the decoder's width each."""
+class GatedEncoder:
+    """A stand-in vision encoder, 4 rows of the decoder's width per image; after `hold()` every image waits in
+    `encode` (`entered` set) until the test sets `gate`, so a test knows for certain that an image is in flight."""
 
-    def __init__(self, width: int, seconds: float) -> None:
-        self.width, self.seconds, self.runs = width, seconds, 0
+    def __init__(self, width: int) -> None:
+        self.width, self.runs = width, 0
+        self.gate, self.entered = threading.Event(), threading.Event()
+        self.gate.set()
+
+    def hold(self) -> None:
+        self.gate.clear()
+        self.entered.clear()
 
     def rows_for(self, image_size) -> int:
         return 4
 
     def encode(self, image) -> np.ndarray:
-        time.sleep(self.seconds)
+        self.entered.set()
+        self.gate.wait(WAIT_S)
         self.runs += 1
         return np.random.default_rng(self.runs).standard_normal((4, self.width)).astype(np.float32)
 
@@ -52,7 +64,7 @@ def bundle(tiny_model_dir, tmp_path_factory):
 def engine(bundle):
     loaded = load_bundle(bundle)
     engine = Engine(loaded, EngineOptions(n_ctx=1024, n_threads=1, n_batch=32),
-                    vision=SlowEncoder(loaded.spec.decoder.hidden_size, 0.4))
+                    vision=GatedEncoder(loaded.spec.decoder.hidden_size))
     yield engine
     engine.close()
 
@@ -68,39 +80,67 @@ def body(**overrides) -> dict:
 
 
 def health(url: str) -> httpx.Response:
-    return httpx.get(f"{url}/health", timeout=10)
+    return httpx.get(f"{url}/health", timeout=WAIT_S)
 
 
-def wait_idle(url: str, seconds: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < seconds:
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} (waited {WAIT_S} s)")
+        time.sleep(0.02)
+
+
+def wait_idle(url: str) -> None:
+    def idle() -> bool:
         state = health(url).json()
-        if state["running"] == 0 and state["queue_depth"] == 0:
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"still busy after {seconds} s: {health(url).json()}")
+        return state["running"] == 0 and state["queue_depth"] == 0
+
+    wait_for(idle, f"still busy: {health(url).json()}")
 
 
 def assert_answers(url: str) -> None:
-    response = httpx.post(f"{url}/v1/chat/completions", json=body(), timeout=60)
+    response = httpx.post(f"{url}/v1/chat/completions", json=body(), timeout=WAIT_S)
     assert response.status_code == 200, response.text
 
 
-def leave_after(url: str, payload: dict, seconds: float) -> None:
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{url}/v1/chat/completions", json=payload, timeout=httpx.Timeout(60, read=seconds))
+@contextmanager
+def request_then_leave(url: str, payload: dict):
+    """A client that sends its request, reads nothing, and hangs up when the block ends."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    data = json.dumps(payload).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n")
+    with socket.create_connection((host, int(port)), timeout=WAIT_S) as client:
+        client.sendall(head.encode() + data)
+        yield
 
 
-def counting(monkeypatch, obj, name: str, delay: float = 0.0) -> list:
+def recording(monkeypatch, obj, name: str, hook=None) -> list:
+    """Wrap `obj.name`: each call's (args, kwargs) is recorded, then `hook(*args)` runs, then the real call."""
     calls, original = [], getattr(obj, name)
 
     def wrapper(*args, **kwargs):
-        calls.append(time.monotonic())
-        time.sleep(delay)
+        calls.append((args, kwargs))
+        if hook is not None:
+            hook(*args)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(obj, name, wrapper)
     return calls
+
+
+def gate(count: int = 1) -> tuple[threading.Event, threading.Event, Callable[..., None]]:
+    """(open, holding, hook): the hook blocks its `count`-th call (and every later one) until `open` is set."""
+    opened, holding, calls = threading.Event(), threading.Event(), []
+
+    def hook(*args) -> None:
+        calls.append(args)
+        if len(calls) >= count:
+            holding.set()
+            opened.wait(WAIT_S)
+
+    return opened, holding, hook
 
 
 def test_a_failure_choosing_a_slot_fails_only_that_request(url, engine, monkeypatch):
@@ -109,63 +149,81 @@ def test_a_failure_choosing_a_slot_fails_only_that_request(url, engine, monkeypa
         raise RuntimeError("bug in slot choice")
 
     monkeypatch.setattr(engine.scheduler, "_choose_slot", broken)
-    response = httpx.post(f"{url}/v1/chat/completions", json=body(), timeout=30)
+    response = httpx.post(f"{url}/v1/chat/completions", json=body(), timeout=WAIT_S)
     assert response.status_code == 500
     assert response.json()["error"] == {"message": "internal server error", "type": "server_error", "param": None, "code": None}
-    state = health(url).json()
-    assert (state["status"], state["queue_depth"], state["running"]) == ("ok", 0, 0)  # its queue slot is free
+    wait_idle(url)  # its queue slot and its generation are given back (the 500 may be sent a moment before)
+    assert health(url).json()["status"] == "ok"
     assert_answers(url)
 
 
 def test_a_client_leaving_during_vision_encoding_stops_it(url, engine, monkeypatch):
-    prefills = counting(monkeypatch, engine.llama, "prefill")
+    prefills = recording(monkeypatch, engine.llama, "prefill")
+    generations = recording(monkeypatch, engine, "generate")
     runs = engine.vision.runs
     pages = [image_part(data_url(png_bytes(Image.new("RGB", (16, 16), (i * 40, 0, 0))), "image/png")) for i in range(5)]
-    leave_after(url, body(messages=user(*pages), max_tokens=8), 0.6)  # 5 pages take 2 s to encode
-    wait_idle(url, 3)
-    time.sleep(0.5)
-    assert engine.vision.runs - runs <= 3 and prefills == []  # stopped between images, never prefilled
+    engine.vision.hold()
+    try:
+        with request_then_leave(url, body(messages=user(*pages), max_tokens=8)):
+            assert engine.vision.entered.wait(WAIT_S), "the first page never reached the encoder"
+        # The first page stays in the encoder until the engine has been told that the client left.
+        wait_for(lambda: generations and generations[0][1]["cancel"].is_set(), "the engine was never told the client left")
+    finally:
+        engine.vision.gate.set()
+    wait_idle(url)
+    assert engine.vision.runs - runs == 1 and prefills == []  # the page in flight finished; no other, and no prefill
     monkeypatch.undo()
     assert_answers(url)
 
 
 def test_a_client_leaving_during_the_prefill_stops_it(url, engine, monkeypatch):
-    decodes = counting(monkeypatch, engine.llama, "_decode", delay=0.1)  # 32 positions a batch, 0.1 s each
-    long = body(messages=[{"role": "user", "content": "invoice total amount due " * 70}], max_tokens=4)  # ~650 positions
-    left = time.monotonic()
-    leave_after(url, long, 0.5)
-    idle_s = wait_idle(url, 5)
-    batches = len(decodes)
+    submitted = recording(monkeypatch, engine.scheduler, "submit")
+    opened, holding, hold = gate()
+    batches = recording(monkeypatch, engine.llama, "_decode", hook=hold)  # 32 positions a batch
+    long = body(messages=[{"role": "user", "content": "invoice total amount due " * 70}], max_tokens=4)  # ~20 batches
+    try:
+        with request_then_leave(url, long):
+            assert holding.wait(WAIT_S), "the prefill never started"
+        # Its first batch stays in llama_decode until the scheduler has been told that the client left.
+        wait_for(lambda: submitted and submitted[0][0][0].cancelled, "the scheduler was never told the client left")
+    finally:
+        opened.set()
+    wait_idle(url)
+    assert len(batches) == 1  # the batch in flight when the client left, and not one more
     monkeypatch.undo()
-    print(f"prefill stopped after {batches} batches; slot free {idle_s:.2f} s after the client left")
-    assert batches < 12 and time.monotonic() - left < 5  # the whole prompt is ~20 batches
     assert_answers(url)
 
 
 def test_cancel_while_waiting_for_a_slot_or_decoding(engine, monkeypatch):
-    prefills = counting(monkeypatch, engine.llama, "prefill")
+    prefills = recording(monkeypatch, engine.llama, "prefill")
+    submitted = recording(monkeypatch, engine.scheduler, "submit")
+    opened, holding, hold = gate(count=3)
+    steps = recording(monkeypatch, engine.llama, "decode_step", hook=hold)
     first_cancel, second_cancel, ended = threading.Event(), threading.Event(), {}
     params = GenerationParams(max_tokens=900, ignore_eos=True)
     messages = [{"role": "user", "content": "Count."}]
 
     def run(name, cancel):
-        chunks = list(engine.generate(messages, params, cancel=cancel))
-        ended[name] = (time.monotonic(), chunks)
+        ended[name] = list(engine.generate(messages, params, cancel=cancel))
 
     first = threading.Thread(target=run, args=("first", first_cancel))
     second = threading.Thread(target=run, args=("second", second_cancel))
-    first.start()
-    while not prefills:
-        time.sleep(0.01)
-    second.start()  # one slot: it waits
-    time.sleep(0.3)
-    cancelled = time.monotonic()
-    second_cancel.set()
-    second.join(timeout=5)
-    assert ended["second"][0] - cancelled < 0.5 and ended["second"][1] == [] and len(prefills) == 1
-    first_cancel.set()  # now the decoding one
-    first.join(timeout=5)
-    assert "first" in ended and ended["first"][1][-1].finish_reason is None  # no summary chunk: it was cancelled
+    try:
+        first.start()
+        assert holding.wait(WAIT_S), "the first request never decoded"  # held in its third decode step
+        second.start()  # one slot, held by the first: the second waits in the queue
+        wait_for(lambda: len(submitted) == 2, "the second request was never queued")
+        second_cancel.set()
+        second.join(WAIT_S)
+        # Ended while the decode thread is still held in the first request's step: a queued request leaves the
+        # queue without waiting for any step, and never reaches a slot.
+        assert ended.get("second") == [] and len(prefills) == 1 and len(steps) == 3
+        first_cancel.set()  # now the decoding one
+    finally:
+        for event in (opened, first_cancel, second_cancel):
+            event.set()
+    first.join(WAIT_S)
+    assert "first" in ended and all(chunk.finish_reason is None for chunk in ended["first"])  # no summary: cancelled
     assert engine.scheduler.running == 0
 
 
@@ -194,19 +252,14 @@ def test_a_stalled_streaming_client_loses_its_slot(engine, url):
                  "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
                  "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json"),
                              (b"content-length", str(len(payload)).encode())]}
-        await asyncio.wait_for(app(scope, receive, send), 10)
+        # The client neither reads nor leaves, and 600 tokens are asked for: only the send timeout ends this call.
+        await asyncio.wait_for(app(scope, receive, send), WAIT_S)
         return sent
 
-    start = time.monotonic()
     sent = asyncio.run(drive())
-    elapsed = time.monotonic() - start
     assert sent[0]["status"] == 200 and not any(m.get("more_body") is False for m in sent)  # cut off, never completed
-    deadline = time.monotonic() + 5
-    while (state.worker.running or state.worker.admitted) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert (state.worker.running, state.worker.admitted) == (0, 0) and state.metrics.cancelled._value.get() == 1
-    print(f"stalled stream cut off after {elapsed:.2f} s (send timeout 0.5 s)")
-    assert elapsed < 5
+    wait_for(lambda: not (state.worker.running or state.worker.admitted), "the stalled stream kept its slot")
+    assert state.metrics.cancelled._value.get() == 1
     assert_answers(url)
 
 
@@ -223,13 +276,13 @@ def test_a_dead_decode_thread_turns_health_503(bundle, monkeypatch):
         monkeypatch.setattr(engine.llama, "decode_step", fatal)
         with serve_in_process(create_app(engine, ServerSettings())) as base:
             assert health(base).status_code == 200
-            response = httpx.post(f"{base}/v1/chat/completions", json=body(max_tokens=4), timeout=30)
+            response = httpx.post(f"{base}/v1/chat/completions", json=body(max_tokens=4), timeout=WAIT_S)
             assert response.status_code == 503 and response.json()["error"]["code"] == "engine_failed"
             sick = health(base)
             assert sick.status_code == 503 and sick.json()["status"] == "error"
             assert sick.json()["error"]["type"] == "server_error"
             for stream in (False, True):
-                again = httpx.post(f"{base}/v1/chat/completions", json=body(stream=stream), timeout=30)
+                again = httpx.post(f"{base}/v1/chat/completions", json=body(stream=stream), timeout=WAIT_S)
                 assert again.status_code == 503 and again.json()["error"]["code"] == "engine_failed"
     finally:
         engine.close()
@@ -262,9 +315,9 @@ def test_serve_exits_when_the_decode_thread_dies(bundle):
     threading.Thread(target=read, daemon=True).start()
     try:
         base = _wait_for_url(lines, process, log)
-        response = httpx.post(f"{base}/v1/chat/completions", json=body(max_tokens=4), timeout=30)
+        response = httpx.post(f"{base}/v1/chat/completions", json=body(max_tokens=4), timeout=WAIT_S)
         assert response.status_code == 503 and response.json()["error"]["code"] == "engine_failed"
-        code = process.wait(timeout=20)
+        code = process.wait(timeout=WAIT_S)
     finally:
         if process.poll() is None:
             process.kill()
