@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import json
 import os
 import queue
 import select
@@ -101,6 +102,27 @@ def serve_in_process(app):
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+def wait_for(condition, what: str, seconds: float = START_TIMEOUT_S) -> None:
+    """Poll `condition` until it holds; a busy machine only makes this slower, never wrong."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} (waited {seconds:g} s)")
+        time.sleep(0.02)
+
+
+@contextmanager
+def request_then_leave(url: str, payload: dict, headers: dict[str, str] | None = None):
+    """A client that sends a whole chat request, reads nothing, and hangs up when the block ends."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    data = json.dumps(payload).encode()
+    lines = ["POST /v1/chat/completions HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json",
+             f"Content-Length: {len(data)}", *(f"{name}: {value}" for name, value in (headers or {}).items())]
+    with socket.create_connection((host, int(port)), timeout=START_TIMEOUT_S) as client:
+        client.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
+        yield
 
 
 def rss_bytes(pid: int) -> int:

@@ -273,11 +273,26 @@ def test_parallel_generations_are_batched_and_match_one_at_a_time(tiny_bundle, e
     try:
         assert (wide.parallel, wide.n_ctx) == (4, engine.n_ctx)  # every slot holds the whole per-request context
         sizes = _record_batches(wide, monkeypatch)
+        # The first prefill waits until all five are queued, so four certainly share the first decode steps
+        # however the threads happen to be scheduled.
+        queued, submitted, submit, prefill = threading.Event(), [], wide.scheduler.submit, wide.llama.prefill
+
+        def submit_counted(request):
+            submit(request)
+            submitted.append(request)  # after: it is in the queue
+            if len(submitted) == len(asks):
+                queued.set()
+            return request
+
+        def prefill_once_all_queued(*args, **kwargs):
+            queued.wait(300)
+            return prefill(*args, **kwargs)
+
+        monkeypatch.setattr(wide.scheduler, "submit", submit_counted)
+        monkeypatch.setattr(wide.llama, "prefill", prefill_once_all_queued)
         results: list = [None] * len(asks)
-        start = threading.Barrier(len(asks))
 
         def run(i: int) -> None:
-            start.wait()
             messages, n = asks[i]
             results[i] = collect(wide.generate(messages, GenerationParams(max_tokens=n, ignore_eos=True)))
 

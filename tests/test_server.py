@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import openai
@@ -21,12 +20,17 @@ from PIL import Image
 
 from conftest import run_cli
 from runtime_bundle_fixture import build_tiny_bundle
-from server_fixtures import bomb_png, data_url, image_part, pdf_bytes, png_bytes, rss_bytes, serve_process, user
+from server_fixtures import (bomb_png, data_url, image_part, pdf_bytes, png_bytes, request_then_leave, rss_bytes,
+                             serve_process, user, wait_for)
 
 KEY = "test-key-123"
 MODEL = "bundle"
-SERVER_ARGS = ("--ctx", "256", "--threads", "2", "--max-images", "2", "--max-pdf-pages", "2",
+# One llama.cpp thread: with two on two shared cores, every step waits for the other thread to be scheduled
+# (measured under load: 2 tokens/s with two threads, 70 with one). Context 2048: room for generations far
+# longer than any client's departure takes, while _long_prompt (2,709 positions) still does not fit.
+SERVER_ARGS = ("--ctx", "2048", "--threads", "1", "--max-images", "2", "--max-pdf-pages", "2",
                "--max-body-bytes", str(2 * 2**20), "--default-max-tokens", "4", "--max-request-pixels", "300000")
+LONG = 2000  # tokens: a generation that cannot end before the test has left it
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +53,7 @@ def server(text_bundle, allowed):
         yield url, pid
 
 
-def client(url: str, key: str = KEY, timeout: float = 60) -> openai.OpenAI:
+def client(url: str, key: str = KEY, timeout: float = 120) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=timeout)
 
 
@@ -60,7 +64,7 @@ def ask(url: str, max_tokens: int = 2, **kwargs):
 
 
 def metric(url: str, name: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    text = httpx.get(f"{url}/metrics", timeout=120).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
@@ -85,12 +89,12 @@ def test_openai_client_streaming_and_not(server):
 def test_models_health_metrics(server):
     url, _ = server
     assert [m.id for m in client(url).models.list().data] == [MODEL]
-    health = httpx.get(f"{url}/health", timeout=10).json()
+    health = httpx.get(f"{url}/health", timeout=120).json()
     assert health["status"] == "ok" and health["model"] == MODEL
     before = metric(url, "exaone_edge_completion_tokens_total")
     answer = ask(url, max_tokens=3)
     assert metric(url, "exaone_edge_completion_tokens_total") == before + answer.usage.completion_tokens
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    text = httpx.get(f"{url}/metrics", timeout=120).text
     for name in ("exaone_edge_queue_depth", "exaone_edge_time_to_first_token_seconds_count",
                  'exaone_edge_requests_total{path="/v1/chat/completions",status="200"}', "exaone_edge_prompt_tokens_total"):
         assert name in text
@@ -158,7 +162,7 @@ def test_bad_input_gets_openai_error_and_next_request_succeeds(server, allowed, 
         f"{url}/v1/chat/completions",
         content=content,
         headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json", **(headers or {})},
-        timeout=60,
+        timeout=120,
     )
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -181,39 +185,35 @@ def test_official_client_raises_typed_errors(server):
     assert info.value.code == "context_length_exceeded"
 
 
-def _wait_idle(url: str, seconds: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        health = httpx.get(f"{url}/health", timeout=10).json()
-        if health["running"] == 0 and health["queue_depth"] == 0:
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"generation still running {seconds} s after the client left: {health}")
+def _wait_idle(url: str) -> None:
+    def idle() -> bool:
+        health = httpx.get(f"{url}/health", timeout=120).json()
+        return health["running"] == 0 and health["queue_depth"] == 0
+
+    wait_for(idle, "a generation kept running after its client left")
 
 
 def test_client_disconnect_stops_generation(server):
     url, _ = server
     cancelled = metric(url, "exaone_edge_cancelled_generations_total")
     tokens = metric(url, "exaone_edge_completion_tokens_total")
-    body = _body(max_tokens=200, stream=True)
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
-                      timeout=60) as response:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=_body(max_tokens=LONG, stream=True, ignore_eos=True),
+                      headers=headers, timeout=120) as response:
         events = response.iter_lines()
         assert next(e for e in events if '"content"' in e and '"role"' not in e)  # generation has started
-    # No time window is judged (a busy machine stretches any): the metrics below prove that neither
-    # generation ran to its end (a finished one adds its tokens) and that both were cancelled.
-    _wait_idle(url, 120)
-    try:  # the non-streaming path: the client gives up long before ~200 tokens could be decoded
-        httpx.post(f"{url}/v1/chat/completions", json=_body(max_tokens=200, ignore_eos=True),
-                   headers={"Authorization": f"Bearer {KEY}"}, timeout=0.3)
-    except httpx.ReadTimeout:
-        pass
-    deadline = time.monotonic() + 120  # the server notices the disconnect at its next poll
-    while metric(url, "exaone_edge_cancelled_generations_total") < cancelled + 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    _wait_idle(url, 120)
+    _wait_idle(url)
+    # The non-streaming path: the client leaves once its generation has reached the engine.
+    started = metric(url, "exaone_edge_generations_started")
+    with request_then_leave(url, _body(max_tokens=LONG, ignore_eos=True), headers):
+        wait_for(lambda: metric(url, "exaone_edge_generations_started") == started + 1, "the generation never started")
+    wait_for(lambda: metric(url, "exaone_edge_cancelled_generations_total") == cancelled + 2,
+             "the server never noticed that the client left")
+    _wait_idle(url)
+    # No time window is judged: the metrics prove that neither generation ran to its end (a finished one adds
+    # its tokens; 2,000 tokens take far longer than a departure to notice) and that both were cancelled.
     assert metric(url, "exaone_edge_cancelled_generations_total") == cancelled + 2
-    assert metric(url, "exaone_edge_completion_tokens_total") == tokens  # neither ran to the end
+    assert metric(url, "exaone_edge_completion_tokens_total") == tokens
     assert ask(url).choices[0].finish_reason in ("stop", "length")
 
 
@@ -221,21 +221,17 @@ def test_a_request_that_leaves_while_queued_never_runs(server):
     url, _ = server
     started = metric(url, "exaone_edge_generations_started")
     headers = {"Authorization": f"Bearer {KEY}"}
-    with httpx.Client(timeout=60) as http:
-        with http.stream("POST", f"{url}/v1/chat/completions", json=_body(max_tokens=200, stream=True),
+    with httpx.Client(timeout=120) as http:
+        with http.stream("POST", f"{url}/v1/chat/completions", json=_body(max_tokens=LONG, stream=True, ignore_eos=True),
                          headers=headers) as running:
             lines = running.iter_lines()
             next(e for e in lines if '"content"' in e and '"role"' not in e)  # the first request is generating
-            with http.stream("POST", f"{url}/v1/chat/completions", json=_body(max_tokens=200, stream=True),
+            with http.stream("POST", f"{url}/v1/chat/completions", json=_body(max_tokens=LONG, stream=True),
                              headers=headers) as queued:
                 assert queued.status_code == 200
-                for _ in range(50):
-                    if httpx.get(f"{url}/health", timeout=10).json()["queue_depth"] == 1:
-                        break
-                    time.sleep(0.05)
-                else:
-                    raise AssertionError("the second request never queued")
-    _wait_idle(url, 5)
+                wait_for(lambda: httpx.get(f"{url}/health", timeout=120).json()["queue_depth"] == 1,
+                         "the second request never queued")
+    _wait_idle(url)
     assert metric(url, "exaone_edge_generations_started") == started + 1
 
 
@@ -270,29 +266,27 @@ def test_load_8_streaming_clients_complete_or_get_429_and_memory_is_flat(server)
         print(f"round {round_ + 1}: {done} completed, {refused} got 429, server RSS {rss[-1] / 2**20:.1f} MiB")
     assert metric(url, 'exaone_edge_requests_total{path="/v1/chat/completions",status="5') == 0
     assert rss[2] - rss[1] < 16 * 2**20 and rss[2] - rss[0] < 32 * 2**20
-    _wait_idle(url, 10)
+    _wait_idle(url)
 
 
-def test_four_concurrent_requests_throughput(server):
+def test_four_concurrent_requests_queue_and_each_runs_once(server):
+    # Speed belongs to `exaone-edge bench` (its server line); here, the outcome: one slot and --max-queue 3, so
+    # four at once are all admitted, each runs exactly once, and each gets the answer it would get alone.
     url, _ = server
-
-    def timed(n: int) -> float:
-        start = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(n) as pool:
-            answers = list(pool.map(lambda _: ask(url, max_tokens=10, messages=[{"role": "user", "content": "Describe it."}]), range(n)))
-        return sum(a.usage.completion_tokens for a in answers) / (time.perf_counter() - start)
-
-    # Interleaved twice: the 2 CPU cores are shared, so load from elsewhere hits both sides alike.
-    runs = [(timed(1), timed(4)) for _ in range(2)]
-    single, four = sum(r[0] for r in runs) / 2, sum(r[1] for r in runs) / 2
-    print(f"aggregate tokens/s: 1 request {single:.1f}, 4 concurrent {four:.1f}, ratio {four / single:.2f} "
-          f"(runs: {', '.join(f'{a:.1f}/{b:.1f}' for a, b in runs)})")
-    assert four > 0.3 * single  # one engine: requests queue, throughput does not collapse
+    messages = [{"role": "user", "content": "Describe it."}]
+    alone = ask(url, max_tokens=10, messages=messages).choices[0].message.content
+    started = metric(url, "exaone_edge_generations_started")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: ask(url, max_tokens=10, messages=messages), range(4)))
+    assert [a.choices[0].message.content for a in answers] == [alone] * 4
+    assert metric(url, "exaone_edge_generations_started") == started + 4
 
 
 def test_parallel_server_batches_concurrent_requests(text_bundle):
-    # F32 KV cache and no flash attention: greedy answers must not depend on what else is in the batch.
-    args = ("--ctx", "2048", "--threads", "2", "--parallel", "4", "--max-queue", "0", "--kv-type", "f32", "--flash-attn", "off")
+    # F32 KV cache and no flash attention: greedy answers must not depend on what else is in the batch. That the
+    # four share one llama_decode per step is recorded in test_runtime_engine.py; the speed that buys is
+    # `exaone-edge bench`'s server line, not a unit test's.
+    args = ("--ctx", "2048", "--threads", "1", "--parallel", "4", "--max-queue", "0", "--kv-type", "f32", "--flash-attn", "off")
     questions = ["What is the total?", "Who signed the contract?", "List the parties.", "요약해 주세요."]
 
     def answer(url: str, question: str, max_tokens: int = 12, stream: bool = False) -> dict:
@@ -311,28 +305,17 @@ def test_parallel_server_batches_concurrent_requests(text_bundle):
         assert metric(url, "exaone_edge_completion_tokens_total") == 8 * 12
 
         # Four long streams hold the four slots; with --max-queue 0 a fifth request is refused, not queued.
-        with httpx.Client(timeout=60) as http, contextlib.ExitStack() as streams:
+        with httpx.Client(timeout=120) as http, contextlib.ExitStack() as streams:
             lines = []  # kept: a dropped line iterator closes its connection
             for question in questions:
                 body = _body(model=MODEL, messages=[{"role": "user", "content": question}], max_tokens=2000,
                              stream=True, ignore_eos=True)
                 lines.append(streams.enter_context(http.stream("POST", f"{url}/v1/chat/completions", json=body)).iter_lines())
                 next(e for e in lines[-1] if '"content"' in e and '"role"' not in e)
-            assert httpx.get(f"{url}/health", timeout=10).json()["running"] == 4
+            assert httpx.get(f"{url}/health", timeout=120).json()["running"] == 4
             assert metric(url, "exaone_edge_requests_running") == 4
             assert http.post(f"{url}/v1/chat/completions", json=_body()).status_code == 429
-        _wait_idle(url, 5)
-
-        def rate(n: int) -> float:
-            start = time.perf_counter()
-            with concurrent.futures.ThreadPoolExecutor(n) as pool:
-                tokens = sum(pool.map(lambda q: answer(url, q, 32)["usage"]["completion_tokens"], questions[:n]))
-            return tokens / (time.perf_counter() - start)
-
-        runs = [(rate(1), rate(4)) for _ in range(2)]
-        single, four = sum(r[0] for r in runs) / 2, sum(r[1] for r in runs) / 2
-        print(f"--parallel 4: aggregate tokens/s 1 request {single:.1f}, 4 concurrent {four:.1f}, ratio {four / single:.2f}")
-        assert four > single  # batched: four at once beat one at a time even on this tiny, overhead-bound model
+        _wait_idle(url)
 
 
 def test_import_loads_neither_torch_nor_transformers(text_bundle):

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -26,7 +23,8 @@ from exaone_edge.runtime.engine import Engine, EngineOptions
 from exaone_edge.runtime.generation import GenerationParams
 from exaone_edge.runtime.server import ServerSettings, create_app
 from runtime_bundle_fixture import build_tiny_bundle
-from server_fixtures import _wait_for_url, data_url, image_part, png_bytes, serve_in_process, user
+from server_fixtures import (_wait_for_url, data_url, image_part, png_bytes, request_then_leave, serve_in_process, user,
+                             wait_for)
 
 MODEL = "bundle"
 WAIT_S = 120  # the bound on every wait for a condition: generous, since a busy machine only makes them slower
@@ -83,37 +81,17 @@ def health(url: str) -> httpx.Response:
     return httpx.get(f"{url}/health", timeout=WAIT_S)
 
 
-def wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} (waited {WAIT_S} s)")
-        time.sleep(0.02)
-
-
 def wait_idle(url: str) -> None:
     def idle() -> bool:
         state = health(url).json()
         return state["running"] == 0 and state["queue_depth"] == 0
 
-    wait_for(idle, f"still busy: {health(url).json()}")
+    wait_for(idle, "the server stayed busy")
 
 
 def assert_answers(url: str) -> None:
     response = httpx.post(f"{url}/v1/chat/completions", json=body(), timeout=WAIT_S)
     assert response.status_code == 200, response.text
-
-
-@contextmanager
-def request_then_leave(url: str, payload: dict):
-    """A client that sends its request, reads nothing, and hangs up when the block ends."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    data = json.dumps(payload).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n")
-    with socket.create_connection((host, int(port)), timeout=WAIT_S) as client:
-        client.sendall(head.encode() + data)
-        yield
 
 
 def recording(monkeypatch, obj, name: str, hook=None) -> list:
