@@ -1,7 +1,8 @@
-"""`kill -9` at random moments of `quantize` and `export`: no output may look complete unless it is, and the
-rerun must succeed and leave nothing of the killed run behind.
+"""`kill -9` (or Ctrl-C) at random moments of `quantize` and `export`: no output may look complete unless it is,
+and the rerun must succeed and leave nothing of the killed run behind.
 
     .venv/bin/python benchmarks/kill_runs.py [--tries 12] [--seed 0] [--commands quantize,export] [--root DIR]
+                                             [--signal kill|int]
 
 On the tiny model (built once under --root). Each command first runs once uncut: that gives its duration T
 (then updated to each rerun's) and a complete output to start some tries from (`--overwrite` then has an old
@@ -12,6 +13,9 @@ its uncut rerun), and checks:
     manifest; no folder outside a `.partial` has a manifest.json whose checksums fail ("looks complete, is not");
   - the rerun (same command, not killed) exits 0, its output verifies, and no `.partial` file or folder and no
     work folder is left beside it.
+With --signal int the process group gets SIGINT, as a terminal's Ctrl-C sends it, instead: the command must
+also stop by itself within --grace seconds with exit status 130 (or die by the signal, if it came before Python
+installed its handler); `stop_s` is how long it took.
 JSON (one record per try plus totals) on stdout; a line per try on stderr; exit status 1 if any try failed.
 """
 
@@ -54,7 +58,10 @@ class Try:
     command: str
     kill_after_s: float
     previous_output: bool
+    signal: str = "KILL"
     killed: bool = False
+    rc: int | None = None  # the command's exit status after the signal (-9: killed by it)
+    stop_s: float = 0.0  # from the signal to the command's exit
     stage: str = ""  # the last line the command logged before the kill
     after_kill: str = ""  # absent | old | new | BROKEN: ...
     partials_after_kill: list[str] = field(default_factory=list)
@@ -66,7 +73,8 @@ class Try:
 
     @property
     def ok(self) -> bool:
-        return (not self.after_kill.startswith("BROKEN") and not self.looks_complete_but_is_not
+        stopped = self.signal == "KILL" or not self.killed or self.rc in (130, -signal.SIGINT)
+        return (stopped and not self.after_kill.startswith("BROKEN") and not self.looks_complete_but_is_not
                 and self.rerun_rc == 0 and self.after_rerun == "new" and not self.left_after_rerun)
 
 
@@ -117,7 +125,7 @@ def stage(command: str, log: Path) -> str:
 
 
 def one_try(index: int, command: str, argv: Argv, model: Path, root: Path, delay: float,
-            previous: Path | None) -> Try:
+            previous: Path | None, sig: signal.Signals = signal.SIGKILL, grace: float = 120.0) -> Try:
     parent = root / f"{command}-runs"
     parent.mkdir(parents=True, exist_ok=True)
     out = parent / "out"
@@ -126,17 +134,25 @@ def one_try(index: int, command: str, argv: Argv, model: Path, root: Path, delay
     if previous is not None:
         shutil.copytree(previous, out)
     old = (out / "manifest.json").read_bytes() if previous is not None else None
-    record = Try(index, command, round(delay, 2), previous is not None)
+    record = Try(index, command, round(delay, 2), previous is not None, signal=sig.name.removeprefix("SIG"))
     log = root / f"try-{index:02d}.log"
     with open(log, "w") as stderr:
         process = subprocess.Popen(argv(model, out), stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
         try:
             process.wait(timeout=delay)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            record.killed = True
-    record.stage = stage(command, log) if record.killed else f"finished first (rc {process.returncode})"
+            record.stage, record.killed = stage(command, log), True
+            sent = time.perf_counter()
+            os.killpg(process.pid, sig)
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:  # Ctrl-C ignored
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            record.stop_s = round(time.perf_counter() - sent, 2)
+    record.rc = process.returncode
+    if not record.killed:
+        record.stage = f"finished first (rc {process.returncode})"
     record.after_kill = state(out, old, KINDS[command])
     record.partials_after_kill = leftovers(parent, out)
     record.looks_complete_but_is_not = false_complete(parent)
@@ -150,12 +166,13 @@ def one_try(index: int, command: str, argv: Argv, model: Path, root: Path, delay
 
 
 def kill_until_killed(index: int, command: str, argv: Argv, model: Path, root: Path, delay: float,
-                      previous: Path | None, rng: random.Random, attempts: int = 3) -> list[Try]:
+                      previous: Path | None, rng: random.Random, attempts: int = 3,
+                      sig: signal.Signals = signal.SIGKILL) -> list[Try]:
     """Tries until one is killed: the machine's speed and load vary, and a run that ends before its kill is
     tried again after U(0.1, 0.8) of the uncut rerun that followed it."""
     records: list[Try] = []
     for _ in range(attempts):
-        record = one_try(index + len(records), command, argv, model, root, delay, previous)
+        record = one_try(index + len(records), command, argv, model, root, delay, previous, sig)
         records.append(record)
         if record.killed:
             break
@@ -175,7 +192,7 @@ def measure(command: str, argv: Argv, model: Path, root: Path) -> tuple[float, P
 
 
 def run(model: Path, root: Path, tries: int, seed: int, commands: dict[str, Argv],
-        report: Callable[[str], None] = lambda line: None) -> dict:
+        report: Callable[[str], None] = lambda line: None, sig: signal.Signals = signal.SIGKILL) -> dict:
     rng = random.Random(seed)
     baselines = {name: measure(name, argv, model, root) for name, argv in commands.items()}
     for name, (seconds, _) in baselines.items():
@@ -187,14 +204,14 @@ def run(model: Path, root: Path, tries: int, seed: int, commands: dict[str, Argv
         name = names[index % len(names)]
         pristine = baselines[name][1] if rng.random() < 0.5 else None
         delay = rng.uniform(0.02, 0.85) * latest[name]
-        for record in kill_until_killed(len(records), name, commands[name], model, root, delay, pristine, rng):
+        for record in kill_until_killed(len(records), name, commands[name], model, root, delay, pristine, rng, sig=sig):
             records.append(record)
             latest[name] = record.rerun_s or latest[name]  # the newest uncut duration
-            report(f"try {record.index}: {name} killed={record.killed} after {record.kill_after_s} s at '{record.stage}'"
-                   f": {record.after_kill}, left {record.partials_after_kill}; rerun rc {record.rerun_rc} in "
-                   f"{record.rerun_s} s → {record.after_rerun}, left {record.left_after_rerun} → "
-                   f"{'ok' if record.ok else 'FAILED'}")
-    return {"seed": seed, "baseline_s": {name: round(s, 1) for name, (s, _) in baselines.items()},
+            report(f"try {record.index}: {name} SIG{record.signal} sent={record.killed} after {record.kill_after_s} s "
+                   f"at '{record.stage}', rc {record.rc} {record.stop_s} s later: {record.after_kill}, left "
+                   f"{record.partials_after_kill}; rerun rc {record.rerun_rc} in {record.rerun_s} s → "
+                   f"{record.after_rerun}, left {record.left_after_rerun} → {'ok' if record.ok else 'FAILED'}")
+    return {"seed": seed, "signal": sig.name, "baseline_s": {name: round(s, 1) for name, (s, _) in baselines.items()},
             "tries": [{**asdict(r), "ok": r.ok} for r in records], "kills": sum(r.killed for r in records),
             "failed": sum(not r.ok for r in records)}
 
@@ -206,6 +223,7 @@ def main() -> None:
     parser.add_argument("--commands", default="quantize,export", help="comma-separated: quantize, export")
     parser.add_argument("--root", type=Path, default=Path("/tmp/exaone-edge-kill-runs"))
     parser.add_argument("--model", type=Path, default=None, help="checkpoint (default: the tiny model, built once)")
+    parser.add_argument("--signal", choices=("kill", "int"), default="kill", help="SIGKILL, or SIGINT (Ctrl-C)")
     args = parser.parse_args()
     names = [name.strip() for name in args.commands.split(",") if name.strip()]
     unknown = sorted(set(names) - set(COMMANDS))
@@ -218,7 +236,8 @@ def main() -> None:
         if not model.exists():
             subprocess.run([*CLI, "tiny-model", str(model)], check=True, stdout=subprocess.DEVNULL)
     result = run(model, args.root, args.tries, args.seed, {name: COMMANDS[name] for name in names},
-                 report=lambda line: print(line, file=sys.stderr, flush=True))
+                 report=lambda line: print(line, file=sys.stderr, flush=True),
+                 sig=signal.SIGINT if args.signal == "int" else signal.SIGKILL)
     print(json.dumps(result, indent=2))
     sys.exit(1 if result["failed"] else 0)
 
