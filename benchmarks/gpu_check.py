@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class Run:
     started: float = field(default_factory=time.time)
     phases: list[dict] = field(default_factory=list)
     library_dirs: list[str] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)  # what setup found (GPU, kit, llama.cpp), the inputs' build times
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -141,10 +143,11 @@ def run_check(args: argparse.Namespace, run: Run) -> list[Verdict]:
             raise SetupFailure(f"{args.kit}/kit.json not found: build the kit (benchmarks/gpu_kit.py build) and carry it")
         kit = json.loads((args.kit / "kit.json").read_text(encoding="utf-8"))
         run.gpu = gpu is not None
+        run.notes.update(device=gpu, kit=kit)
         probe = None
         if run.gpu:
             run.library_dirs = cuda_library_dirs()
-            probe = run.worker("probe", True)
+            probe = run.notes["llama_cpp"] = run.worker("probe", True)
             if not probe["offload"]:
                 raise SetupFailure(f"the kit's llama.cpp ({probe['llama_cpp']}, backends {probe['backends']}) sees no "
                                    f"CUDA device; CUDA libraries from {run.library_dirs or 'nowhere'}")
@@ -152,6 +155,7 @@ def run_check(args: argparse.Namespace, run: Run) -> list[Verdict]:
     with run.phase("inputs"):
         made = _setup(run.worker, "inputs", False, kit=str(args.kit), work=str(run.work),
                       bench=run.gpu and bool(kit.get("bench")))
+        run.notes["inputs"] = made
     tiny, prompt, ctx = made["tiny_bundle"], made["prompt"], args.ctx
     gguf = str(Path(tiny) / "decoder.gguf")
     fp32_vision = str(args.kit / "vision-fp32")
@@ -203,8 +207,8 @@ def _guard(paths: tuple[str, ...], measure) -> dict[str, Verdict]:
     """A path whose measurement crashed FAILs with the reason; the others still run."""
     try:
         return {v.path: v for v in measure()}
-    except RuntimeError as exc:
-        return {path: Verdict(path, "FAIL", f"{exc}") for path in paths}
+    except Exception as exc:  # a worker that crashed or timed out, or numbers that cannot be compared
+        return {path: Verdict(path, "FAIL", f"{type(exc).__name__}: {exc}") for path in paths}
 
 
 def _decoder(logits, cpu_f32, cpu_q8, tiny: str, total: int, ctx: int, memory: dict) -> list[Verdict]:
@@ -270,14 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         verdicts = run_check(args, run)
         code = 1 if any(v.status == "FAIL" for v in verdicts) else (0 if run.gpu else 2)
-    except SetupFailure as exc:
-        print(f"gpu_check: setup failed: {exc}", file=sys.stderr)
-        verdicts, code = [not_checked(path, f"setup failed: {exc}") for path in PATHS], 3
+    except Exception as exc:  # SetupFailure, or a bug: either way result.json is written and the exit code is 3
+        why = str(exc) if isinstance(exc, SetupFailure) else f"{type(exc).__name__}: {exc}"
+        with open(args.out / "check.log", "a", encoding="utf-8") as log:
+            traceback.print_exc(file=log)
+        print(f"gpu_check: setup failed: {why}", file=sys.stderr)
+        verdicts, code = [not_checked(path, f"setup failed: {why}") for path in PATHS], 3
     for verdict in verdicts:
         print(verdict.line())
     result = {"exit_code": code, "gpu": run.gpu, "paths": [asdict(v) for v in verdicts], "phases": run.phases,
               "started": _stamp(run.started), "seconds": round(time.time() - run.started, 1),
-              "cuda_library_dirs": run.library_dirs}
+              "cuda_library_dirs": run.library_dirs, **run.notes}
     partial = args.out / "result.json.partial"
     partial.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     partial.replace(args.out / "result.json")

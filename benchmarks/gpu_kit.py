@@ -128,6 +128,7 @@ def build_kit(out: Path, *, tiny_checkpoint: Path, vision_dirs: dict[str, Path],
     from exaone_edge.benchmarks.synthetic import skeleton
     from exaone_edge.files import atomic_dir
 
+    repo_bytes = travel_bytes(repo) or 0  # before the kit's staging folder appears beside it
     with atomic_dir(Path(out), overwrite=True) as tmp:
         (tmp / "wheels").mkdir()
         for wheel in wheels:
@@ -142,7 +143,6 @@ def build_kit(out: Path, *, tiny_checkpoint: Path, vision_dirs: dict[str, Path],
             stamp = wheel.parent / "build-seconds"
             if wheel.name.startswith("llama_cpp_python") and stamp.is_file():
                 build_seconds = int(stamp.read_text().strip())
-        repo_bytes = travel_bytes(repo) or 0
         kit_bytes = tree_bytes(tmp)
         summary = {"wheels": {w.name: w.stat().st_size for w in wheels}, "bench": bench_checkpoint is not None,
                    "vision": sorted(vision_dirs), "cuda_wheel_build_seconds": build_seconds,

@@ -13,6 +13,7 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -114,13 +115,19 @@ def probe() -> dict:
             "free_bytes": memory[0] if memory else None, "total_bytes": memory[1] if memory else None}
 
 
+def _fresh(directory: Path) -> Path:
+    """An empty scratch folder (the check's work folder is its own: no atomic swap needed)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
 def inputs(kit: str, work: str, bench: bool) -> dict:
     """The tiny bundle (F32 decoder, fp32 vision) and, with `bench`, the real-width bench bundle (Q4_K_M decoder,
     no vision), from the kit's skeletons; the tiny prompt (text, the page's rows, text)."""
     from exaone_edge.benchmarks.synthetic import synthesize
     from exaone_edge.bundle import write_bundle
     from exaone_edge.checkpoint import open_checkpoint
-    from exaone_edge.files import atomic_dir
     from exaone_edge.llama import tokenize
     from exaone_edge.quantize.gguf_convert import convert_to_gguf
     from exaone_edge.quantize.llama_quantize import quantize_gguf
@@ -132,9 +139,8 @@ def inputs(kit: str, work: str, bench: bool) -> dict:
     started = time.perf_counter()
     tiny = synthesize(kit_dir / "tiny", work_dir / "tiny-checkpoint", seed=0)
     decoder = convert_to_gguf(tiny, work_dir / "tiny-decoder.gguf", out_type="F32").path
-    with atomic_dir(work_dir / "tiny-bundle", overwrite=True) as tmp:
-        write_bundle(tmp, open_checkpoint(tiny), decoder, vision_dir=kit_dir / "vision-fp32",
-                     details={"decoder": {"level": "F32"}})
+    write_bundle(_fresh(work_dir / "tiny-bundle"), open_checkpoint(tiny), decoder, vision_dir=kit_dir / "vision-fp32",
+                 details={"decoder": {"level": "F32"}})
     seconds["tiny"] = time.perf_counter() - started
     gguf = work_dir / "tiny-bundle" / "decoder.gguf"
     text = "Invoice 42 from Hanbit Trading: 3 widgets at 1,200 each, VAT 10%, total due 3,960 by 2024-12-31. "
@@ -146,12 +152,14 @@ def inputs(kit: str, work: str, bench: bool) -> dict:
     if bench:
         started = time.perf_counter()
         model = synthesize(kit_dir / "bench", work_dir / "bench-checkpoint", seed=0, skip_prefixes=("model.visual.",))
+        seconds["bench_weights"] = time.perf_counter() - started
         f16 = convert_to_gguf(model, work_dir / "bench-f16.gguf").path
+        seconds["bench_f16"] = time.perf_counter() - started
         recipe = choose_recipe(4, None, imatrix=False)
         quantized = quantize_gguf(f16, work_dir / "bench-decoder.gguf", recipe)
         f16.unlink()
-        with atomic_dir(work_dir / "bench-bundle", overwrite=True) as tmp:
-            write_bundle(tmp, open_checkpoint(model), quantized, details={"decoder": {"level": recipe.level}})
+        write_bundle(_fresh(work_dir / "bench-bundle"), open_checkpoint(model), quantized,
+                     details={"decoder": {"level": recipe.level}})
         result["bench_bundle"] = str(work_dir / "bench-bundle")
         seconds["bench"] = time.perf_counter() - started
     result["seconds"] = seconds
