@@ -209,7 +209,9 @@ def replace(src, dst):
     if step == "between-renames" and Path(dst) == target:
         die()
     real_replace(src, dst)
-    if (step == "after-rename-in" and Path(dst) == target) or (step == "after-marking-replaced" and Path(dst).name == "replaced"):
+    if step == "after-rename-in" and Path(dst) == target:
+        die()
+    if step == "after-marking-replaced" and Path(dst).name == "replaced":
         die()
 def rmtree(path, **options):
     if step == "during-removal" and Path(path).name == "replaced":
