@@ -18,7 +18,7 @@ OUT=${EXAONE_EDGE_WHEELS:-$HOME/.cache/exaone-edge/wheels}/cuda-sm$ARCH
 NAME="llama_cpp_python-$LLAMA_VERSION-1cu130sm$ARCH-py3-none-linux_x86_64.whl"
 
 if [ -f "$OUT/$NAME" ]; then echo "$OUT/$NAME"; exit 0; fi
-mkdir -p "$WORK" "$OUT"
+mkdir -p "$WORK/src" "$OUT"
 "$PY" -m pip download -q --no-deps --no-binary :all: -d "$WORK" "llama-cpp-python==$LLAMA_VERSION"
 "$PY" -m pip download -q --no-deps --only-binary :all: -d "$WORK" "nvidia-cublas==$CUBLAS_VERSION"
 rm -rf "$WORK/cublas" && mkdir -p "$WORK/cublas"
@@ -37,8 +37,7 @@ EOF
 mkdir -p "$WORK/stub"
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$WORK/stub/libcuda.so" "$WORK/cuda_stub.c"
 
-rm -rf "$WORK/src" && mkdir -p "$WORK/src"
-tar xzf "$WORK/llama_cpp_python-$LLAMA_VERSION.tar.gz" -C "$WORK/src"
+[ -d "$WORK/src/llama_cpp_python-$LLAMA_VERSION" ] || tar xzf "$WORK/llama_cpp_python-$LLAMA_VERSION.tar.gz" -C "$WORK/src"
 export CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-2}
 export CUDACXX="$CUDA_ROOT/bin/nvcc"
 # 90-real: sm_90 machine code only (no PTX: half the size); FlashAttention kernels only for the KV types the runtime
@@ -49,8 +48,9 @@ export CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$ARCH-real -DLLAVA_
 -DCUDAToolkit_ROOT=$CUDA_ROOT -DCUDA_cublas_LIBRARY=$CUBLAS/lib/libcublas.so \
 -DCUDA_cuda_driver_LIBRARY=$WORK/stub/libcuda.so -DCMAKE_CUDA_FLAGS=-I$CUBLAS/include -DCMAKE_CXX_FLAGS=-I$CUBLAS/include"
 started=$(date +%s)
+# A kept build folder: a compile cut short (a session's end) resumes where it stopped.
 nice -n 19 "$PY" -m pip wheel -q --no-deps -w "$WORK/wheel" "$WORK/src/llama_cpp_python-$LLAMA_VERSION" \
-  -C install.strip=true > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log" >&2; exit 1; }
+  -C install.strip=true -C build-dir="$WORK/build" > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log" >&2; exit 1; }
 seconds=$(( $(date +%s) - started ))
 mv "$WORK"/wheel/llama_cpp_python-$LLAMA_VERSION-*.whl "$OUT/$NAME.part" && mv "$OUT/$NAME.part" "$OUT/$NAME"
 echo "gpu_kit_wheel: built in ${seconds} s, $(du -k "$OUT/$NAME" | cut -f1) KiB: $OUT/$NAME" >&2
