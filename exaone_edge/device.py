@@ -63,6 +63,7 @@ def _provider_starts(name: str) -> bool:
     if name not in _started:
         import onnxruntime
 
+        onnxruntime.set_default_logger_severity(2)  # a provider that fails to load says why through this logger
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 2
         try:
