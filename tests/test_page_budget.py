@@ -48,7 +48,7 @@ def bundle(tiny_model_dir, tiny_vision_dir, tmp_path_factory):
 def engine(bundle):
     from exaone_edge.runtime.engine import Engine
 
-    engine = Engine.load(bundle, n_ctx=1024, n_threads=2, image_max_tokens=BUDGET)
+    engine = Engine.load(bundle, n_ctx=1024, n_threads=1, image_max_tokens=BUDGET)
     yield engine
     engine.close()
 
@@ -71,7 +71,7 @@ def test_an_engine_with_a_budget_encodes_a_large_page_into_at_most_n_rows(engine
 def test_run_renders_pdf_pages_within_the_budget(bundle, tmp_path):
     pdf = tmp_path / "a4.pdf"
     pdf.write_bytes(pdf_bytes([text_page("TOTAL 1,250", size=LARGE_PAGE)]))
-    args = ("run", str(bundle), "What is the total?", "--pdf", str(pdf), "--max-tokens", "2", "--threads", "2", "--json")
+    args = ("run", str(bundle), "What is the total?", "--pdf", str(pdf), "--max-tokens", "2", "--threads", "1", "--json")
     default = json.loads(run_cli(*args, check=True).stdout)
     budget = json.loads(run_cli(*args, "--image-max-tokens", str(BUDGET), check=True).stdout)
     assert default["usage"]["image_rows"] > BUDGET >= budget["usage"]["image_rows"] > 0

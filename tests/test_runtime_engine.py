@@ -36,7 +36,7 @@ def _engine(bundle, vision, **options):
     from exaone_edge.runtime.engine import Engine, EngineOptions
 
     # Exact settings for parity: F32 KV cache, flash attention off (CPU flash attention computes in F16).
-    settings = dict(n_ctx=1024, flash_attn=False, kv_type="f32", n_threads=2)
+    settings = dict(n_ctx=1024, flash_attn=False, kv_type="f32", n_threads=1)
     return Engine(load_bundle(bundle), EngineOptions(**{**settings, **options}), vision=vision)
 
 
@@ -159,7 +159,7 @@ def test_prompt_longer_than_the_context(tiny_bundle, engine):
 
 
 def test_cli_run_streams_an_answer(tiny_bundle, tmp_path):
-    result = run_cli("run", str(tiny_bundle), QUESTION, "--max-tokens", "5", "--threads", "2", check=True)
+    result = run_cli("run", str(tiny_bundle), QUESTION, "--max-tokens", "5", "--threads", "1", check=True)
     assert result.stdout.strip()
     assert "5 tokens" in result.stderr and "TTFT" in result.stderr
     result = run_cli("run", str(tiny_bundle), QUESTION, "--max-tokens", "3", "--json", "--seed", "1", "--temperature", "0.8", check=True)
@@ -214,7 +214,7 @@ def test_onnx_bundle_matches_transformers_end_to_end(onnx_bundle, hf_model, tiny
 
     from exaone_edge.runtime.engine import Engine
 
-    engine = Engine.load(onnx_bundle, n_ctx=1024, flash_attn=False, kv_type="f32", n_threads=2)
+    engine = Engine.load(onnx_bundle, n_ctx=1024, flash_attn=False, kv_type="f32", n_threads=1)
     try:
         messages = _page_messages(noise_image(200, 150, seed=7))
         inputs = hf_inputs(hf_processor(tiny_model_dir), messages)
@@ -238,7 +238,7 @@ def test_onnx_bundle_matches_transformers_end_to_end(onnx_bundle, hf_model, tiny
 def test_cli_run_with_an_image_and_pdf_pages(onnx_bundle, tmp_path):
     image = tmp_path / "page.png"
     noise_image(240, 180, seed=5).save(image)
-    result = run_cli("run", str(onnx_bundle), QUESTION, "--image", str(image), "--max-tokens", "5", "--threads", "2", check=True)
+    result = run_cli("run", str(onnx_bundle), QUESTION, "--image", str(image), "--max-tokens", "5", "--threads", "1", check=True)
     assert result.stdout.strip() and "1 vision-encoder run(s)" in result.stderr
     pdf = tmp_path / "report.pdf"
     pages = [noise_image(300, 400, seed=s) for s in range(3)]

@@ -25,7 +25,7 @@ def bundle(tiny_model_dir, tiny_vision_dir, tmp_path_factory):
 def engine(bundle):
     from exaone_edge.runtime.engine import Engine
 
-    engine = Engine.load(bundle, n_ctx=2048, n_threads=2)
+    engine = Engine.load(bundle, n_ctx=2048, n_threads=1)
     yield engine
     engine.close()
 
@@ -34,7 +34,7 @@ def engine(bundle):
 def server(bundle, tmp_path_factory):
     allowed = tmp_path_factory.mktemp("onnx-pages")
     text_page("INVOICE 7 TOTAL 1,250").save(allowed / "invoice.png")
-    with serve_process(bundle, "--ctx", "2048", "--threads", "2", "--allow-dir", str(allowed)) as (url, _):
+    with serve_process(bundle, "--ctx", "2048", "--threads", "1", "--allow-dir", str(allowed)) as (url, _):
         yield url, allowed
 
 

@@ -30,7 +30,7 @@ def engine(tiny_model_dir, tmp_path_factory):
 
     bundle = build_tiny_bundle(tiny_model_dir, tmp_path_factory.mktemp("serve-vision") / MODEL)
     hf = Exaone4_5_ForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    engine = Engine(load_bundle(bundle), EngineOptions(n_ctx=2048, n_threads=2, flash_attn=False),
+    engine = Engine(load_bundle(bundle), EngineOptions(n_ctx=2048, n_threads=1, flash_attn=False),
                     vision=TransformersVisionRows(hf, tiny_model_dir))
     yield engine
     engine.close()
