@@ -76,9 +76,10 @@ def test_second_question_on_the_same_page_skips_the_vision_encoder(url, engine, 
     )
     t1, t2 = first.model_extra["timings"], second.model_extra["timings"]
     assert (t1["vision_runs"], t2["vision_runs"], engine.vision.runs) == (1, 0, runs + 1)
+    # The saving is proven by what was skipped (no encoder run, the page's rows reused), not by comparing two
+    # times a busy machine can reorder; the times are printed for the reader.
     assert second.usage.prompt_tokens_details.cached_tokens >= t2["image_rows"]
     print(f"TTFT over HTTP: first question {t1['ttft_s'] * 1e3:.0f} ms, second on the same page {t2['ttft_s'] * 1e3:.0f} ms")
-    assert t2["ttft_s"] < t1["ttft_s"]
 
 
 @pytest.mark.parametrize("as_file_part", [True, False], ids=["file part", "image_url part"])
