@@ -309,7 +309,7 @@ def _plain_tools(tools: Sequence[Mapping[str, Any]] | None) -> list[dict[str, An
 
 def _escape(value: Any, control: re.Pattern | None, nonce: str, literals: list[str]) -> Any:
     """`value` with control-token text in its strings and keys replaced by sentinels (`literals` collects the
-    originals); a message's role is kept."""
+    originals)."""
     if control is None:
         return value
 
@@ -321,7 +321,7 @@ def _escape(value: Any, control: re.Pattern | None, nonce: str, literals: list[s
 
             return control.sub(swap, item)
         if isinstance(item, dict):
-            return {escape(key): inner if key == "role" else escape(inner) for key, inner in item.items()}
+            return {escape(key): escape(inner) for key, inner in item.items()}
         if isinstance(item, list):
             return [escape(inner) for inner in item]
         return item
