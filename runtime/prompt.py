@@ -35,7 +35,8 @@ IMAGE_PART_TYPES = ("image", "image_url")
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 REASONING_MARKERS = ("<think>", "</think>")
-_RENDER_ARGUMENTS = ("messages", "tools", "documents", "add_generation_prompt")
+# Names render() passes to the template itself ("self": jinja2's Template.render would get it twice).
+_RENDER_ARGUMENTS = ("messages", "tools", "documents", "add_generation_prompt", "self")
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ class ChatFormat:
         variables = {**self.special_tokens, **(template_kwargs or {})}
         clash = sorted(set(variables) & set(_RENDER_ARGUMENTS))
         if clash:
-            raise InputError(f"template_kwargs may not set {', '.join(clash)}: render() passes them itself")
+            raise InputError(f"template_kwargs may not set {', '.join(clash)}: names the renderer sets itself")
         try:
             return self._template.render(
                 messages=chat, tools=tools, documents=None, add_generation_prompt=add_generation_prompt, **variables

@@ -236,6 +236,7 @@ def test_unsupported_shapes_are_input_errors(chat, message, error):
         chat.render([{"role": "user", "content": "Hi"}, message])
 
 
-def test_template_kwargs_cannot_replace_what_render_sets(chat):
-    with pytest.raises(InputError, match="template_kwargs may not set tools"):
-        chat.render([{"role": "user", "content": "Hi"}], template_kwargs={"tools": TOOLS})
+@pytest.mark.parametrize("name", ["tools", "messages", "self"])
+def test_template_kwargs_cannot_replace_what_render_sets(chat, name):
+    with pytest.raises(InputError, match=f"template_kwargs may not set {name}: names the renderer sets itself"):
+        chat.render([{"role": "user", "content": "Hi"}], template_kwargs={name: TOOLS})
