@@ -88,3 +88,25 @@ def test_one_character_at_a_time_holds_back_a_possible_marker():
     assert parser.feed("x <tool").content == "x"  # " <tool" may still be a call
     assert parser.feed("box").content == " <toolbox"  # now it is not
     assert parser.feed(" ").content == "" and parser.finish().content == " "  # whitespace waits, then is kept
+
+
+def test_after_the_reasoning_parser_on_a_streamed_reply():
+    """The server's order: reasoning split off first, then calls parsed out of the answer text."""
+    from exaone_edge.runtime.reasoning import ReasoningParser
+
+    reply = f"I should look the vendor up.\n</think>\n\nOne moment.\n{CALL}"
+    reasoning_parser, call_parser = ReasoningParser(in_reasoning=True), ToolCallParser()
+    reasoning, content, calls = [], [], []
+    for index in range(0, len(reply), 3):
+        split = reasoning_parser.feed(reply[index:index + 3])
+        reasoning.append(split.reasoning)
+        out = call_parser.feed(split.content)
+        content.append(out.content)
+        calls.extend(out.calls)
+    rest = reasoning_parser.finish()
+    reasoning.append(rest.reasoning)
+    out, tail = call_parser.feed(rest.content), call_parser.finish()
+    content += [out.content, tail.content]
+    assert "".join(reasoning) == "I should look the vendor up.\n"
+    assert "".join(content) == "One moment."
+    assert _names(calls + list(out.calls)) == [("lookup_vendor", {"vat_id": "KR-1", "이름": "한울"})]
