@@ -57,7 +57,7 @@ def body(**overrides) -> dict:
     return {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, **overrides}
 
 
-def post(url: str, content: bytes | dict, headers: dict | None = None, timeout: float = 30) -> httpx.Response:
+def post(url: str, content: bytes | dict, headers: dict | None = None, timeout: float = 120) -> httpx.Response:
     raw = content if isinstance(content, bytes) else json.dumps(content).encode()
     return httpx.post(f"{url}/v1/chat/completions", content=raw,
                       headers={"Content-Type": "application/json", **(headers or {})}, timeout=timeout)
@@ -170,7 +170,7 @@ BROWSER = {  # no API key on this server
 def test_web_pages_cannot_drive_a_keyless_server(server, case):
     headers, code = BROWSER[case]
     assert_error(post(server, body(), headers=headers), 403, code)
-    assert_error(httpx.get(f"{server}/v1/models", headers=headers, timeout=10), 403, code)
+    assert_error(httpx.get(f"{server}/v1/models", headers=headers, timeout=120), 403, code)
     assert_still_serving(server)
 
 
@@ -181,7 +181,7 @@ def test_allowed_hosts_and_origins_are_served(server):
         assert post(server, body(), headers=headers).status_code == 200, headers
     allowed = post(server, body(), headers={"Origin": "http://app.example"})
     assert allowed.headers["access-control-allow-origin"] == "http://app.example"
-    preflight = httpx.options(f"{server}/v1/chat/completions", timeout=10, headers={
+    preflight = httpx.options(f"{server}/v1/chat/completions", timeout=120, headers={
         "Origin": "http://app.example", "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "content-type"})
     assert preflight.status_code == 200 and "POST" in preflight.headers["access-control-allow-methods"]
@@ -237,7 +237,7 @@ def test_text_requests_never_wait_for_image_preparation(server, intranet):
     # Causal, not timed: the image request holds the only preparation turn (--max-preparing 1) for as long as
     # the upstream holds its fetch, which is until this test releases it; the text request is answered before that.
     intranet.hold()
-    image, result = in_background(post, server, body(messages=user(image_part(f"{intranet.url}/held.png"))), None, 180)
+    image, result = in_background(post, server, body(messages=user(image_part(f"{intranet.url}/held.png"))))
     try:
         assert intranet.arrived.wait(120), "the image request never reached its upstream"
         assert_still_serving(server)  # a text-only request, answered while the image request holds the turn
@@ -259,7 +259,7 @@ def hasty_server(bundle, intranet):
 def test_input_preparation_has_a_deadline_that_frees_its_turn(hasty_server, intranet):
     intranet.hold()
     try:
-        response = post(hasty_server, body(messages=user(image_part(f"{intranet.url}/held.png"))), timeout=120)
+        response = post(hasty_server, body(messages=user(image_part(f"{intranet.url}/held.png"))))
         # /held.png sends nothing until released (below): this answer came from the deadline, not the upstream.
         assert intranet.arrived.is_set(), "the image request never reached its upstream"
         assert_error(response, 408, "input_timeout", contains="3 s limit")
@@ -269,7 +269,7 @@ def test_input_preparation_has_a_deadline_that_frees_its_turn(hasty_server, intr
         intranet.release.set()
     hits = len(intranet.hits)
     # The turn is free again: the next image request is fetched (a 404 upstream, so no file is decoded).
-    assert_error(post(hasty_server, body(messages=user(image_part(f"{intranet.url}/missing"))), timeout=120), 400,
+    assert_error(post(hasty_server, body(messages=user(image_part(f"{intranet.url}/missing")))), 400,
                  "invalid_image", contains="did not return a file")
     assert intranet.hits[hits:] == [("/missing", intranet.url.removeprefix("http://"))]
     assert_still_serving(hasty_server)
