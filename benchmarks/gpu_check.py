@@ -180,7 +180,7 @@ def run_check(args: argparse.Namespace, run: Run) -> list[Verdict]:
                  "imatrix": "CPU sums ready", "page encode (warm)": cpu_encode}
         return [not_checked(path, no_gpu + (f"; {ready[path]}" if path in ready else "")) for path in PATHS]
     assert probe is not None
-    total = probe["total_bytes"]
+    total = probe["total_bytes"] or gpu["memory_bytes"]  # llama.cpp's figure, else nvidia-smi's
     verdicts: dict[str, Verdict] = {}
     memory: dict[str, dict] = {}  # one line for every bundle measured
     with run.phase("gpu: decoder"):

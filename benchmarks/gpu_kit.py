@@ -14,12 +14,15 @@ On the box: python3 benchmarks/gpu_kit.py install --kit .gpu-kit --site /tmp/exa
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +103,40 @@ def install(kit: Path, site: Path, python: str = sys.executable, repo: Path = RE
           f"{(size + repo_bytes) / MIB:.1f} MiB carried (limit {CARRY_LIMIT / MIB:.0f} MiB)")
     return {"kit_bytes": size, "repo_bytes": repo_bytes, "wheels": [w.name for w in wheels],
             "cuda_wheel": bool(groups["cuda"])}
+
+
+# llama-cpp-python's ctypes loads lib/libllama.so and lib/libggml.so; the rest load by their sonames (readelf -d).
+# scikit-build-core stores every symlink (libX.so, .so.0, .so.0.25.3) as a copy, and llama.cpp's own install rules
+# add a second set, headers and the unused libllama-common under lib/ and include/: six copies of libggml-cuda.
+KEPT_LIBRARIES = ("libllama.so", "libggml.so", "libggml.so.0", "libggml-base.so.0", "libggml-cpu.so.0",
+                  "libggml-cuda.so.0")
+
+
+def slim_wheel(source: Path, target: Path, build_tag: str | None = None) -> Path:
+    """A copy of a llama-cpp-python wheel with one copy of each library it loads (KEPT_LIBRARIES), its Python
+    package and metadata, and a RECORD that matches; `build_tag` goes into WHEEL (and belongs in the file name)."""
+    def keep(name: str) -> bool:
+        if name.startswith("llama_cpp/lib/"):
+            return name.rsplit("/", 1)[1] in KEPT_LIBRARIES
+        return name.startswith(("llama_cpp/", "llama_cpp_python-")) and not name.endswith("/RECORD")
+
+    record: list[str] = []
+    partial = Path(f"{target}.partial")
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as new:
+        record_name = next(name for name in old.namelist() if name.endswith(".dist-info/RECORD"))
+        for info in old.infolist():
+            if not keep(info.filename):
+                continue
+            data = old.read(info)
+            if info.filename.endswith(".dist-info/WHEEL") and build_tag:
+                data = data.rstrip(b"\n") + f"\nBuild: {build_tag}\n".encode()
+            new.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{info.filename},sha256={digest},{len(data)}")
+        record.append(f"{record_name},,")
+        new.writestr(record_name, "\n".join(record) + "\n")
+    partial.replace(target)
+    return target
 
 
 def cached_wheels(cache: Path = WHEEL_CACHE, download: bool = False) -> list[Path]:
@@ -186,12 +223,20 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--bench-checkpoint", type=Path)
     build.add_argument("--no-bench", action="store_true", help="leave out the real-width bench skeleton")
     build.add_argument("--download", action="store_true", help="fetch missing pure wheels with pip download")
+    slim = sub.add_parser("slim", help="one copy of each library in a llama-cpp-python wheel (stdlib only)")
+    slim.add_argument("source", type=Path)
+    slim.add_argument("target", type=Path)
+    slim.add_argument("--build-tag")
     box = sub.add_parser("install", help="install the kit offline (on the GPU box; stdlib only)")
     box.add_argument("--kit", type=Path, default=KIT_DIR)
     box.add_argument("--site", type=Path, default=Path("/tmp/exaone-edge-site"))
     args = parser.parse_args(argv)
     if args.command == "install":
         install(args.kit, args.site)
+        return 0
+    if args.command == "slim":
+        slim_wheel(args.source, args.target, args.build_tag)
+        print(f"gpu_kit: {args.target} {args.target.stat().st_size / MIB:.1f} MiB (from {args.source.stat().st_size / MIB:.1f})")
         return 0
     tiny = _checkpoint(args.tiny_checkpoint, args.work, "tiny")
     bench = None if args.no_bench else _checkpoint(args.bench_checkpoint, args.work, "bench")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the offline GPU check kit's llama-cpp-python: 0.3.36 compiled with CUDA for sm_90 (H100/H200) on a CPU
-# machine with nvcc, and caches it under ~/.cache/exaone-edge/wheels/cuda-sm90/ with a build tag (a name the
-# CPU wheel's glob in setup.sh and pip's --find-links never pick up).
+# machine with nvcc, slimmed to one copy of each library it loads (benchmarks/gpu_kit.py slim), and caches it under
+# ~/.cache/exaone-edge/wheels/cuda-sm90/ with a build tag (a folder and name that the CPU wheel's glob in setup.sh
+# and pip's --find-links never pick up).
 #   bash scripts/gpu_kit_wheel.sh        # prints the wheel's path, its size and the build time
 # Needs: nvcc 13 (CUDA_ROOT, default /usr/local/cuda-13.0), gcc, cmake, and pip able to download the sdist and
 # the nvidia-cublas wheel (its headers and libcublas.so.13 are linked against; the GPU box has its own copy).
@@ -52,7 +53,8 @@ started=$(date +%s)
 nice -n 19 "$PY" -m pip wheel -q --no-deps -w "$WORK/wheel" "$WORK/src/llama_cpp_python-$LLAMA_VERSION" \
   -C install.strip=true -C build-dir="$WORK/build" > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log" >&2; exit 1; }
 seconds=$(( $(date +%s) - started ))
-mv "$WORK"/wheel/llama_cpp_python-$LLAMA_VERSION-*.whl "$OUT/$NAME.part" && mv "$OUT/$NAME.part" "$OUT/$NAME"
-echo "gpu_kit_wheel: built in ${seconds} s, $(du -k "$OUT/$NAME" | cut -f1) KiB: $OUT/$NAME" >&2
+built=$(ls "$WORK"/wheel/llama_cpp_python-$LLAMA_VERSION-*.whl)
+"$PY" benchmarks/gpu_kit.py slim "$built" "$OUT/$NAME" --build-tag "1cu130sm$ARCH" >&2  # one copy of each library
+echo "gpu_kit_wheel: built in ${seconds} s; wheel $(du -k "$built" | cut -f1) KiB, slimmed $(du -k "$OUT/$NAME" | cut -f1) KiB: $OUT/$NAME" >&2
 echo "$seconds" > "$OUT/build-seconds"
 echo "$OUT/$NAME"
