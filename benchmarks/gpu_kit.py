@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tomllib
 import zipfile
 from pathlib import Path
@@ -30,7 +31,9 @@ KIT_DIR = REPO / ".gpu-kit"
 CARRY_LIMIT = 64 * 2**20  # the device tool's limit on the working tree, carried paths included
 WHEEL_CACHE = Path(os.environ.get("EXAONE_EDGE_WHEELS", Path.home() / ".cache/exaone-edge/wheels"))
 CUDA_WHEEL_GLOB = "cuda-sm90/llama_cpp_python-0.3.36-*.whl"
-KIT_WHEEL_DIR = "kit-py312"  # the pure wheels, cached apart from setup.sh's --find-links folder
+KIT_WHEEL_DIR = "kit-py312"
+LLAMA_SRC = "llama-src.tar.gz"  # the trimmed sdist (trim_sdist), carried only when no CUDA wheel was built
+SDIST = Path("/tmp/exaone-edge-cuda-build/llama_cpp_python-0.3.36.tar.gz")  # where gpu_kit_wheel.sh downloads it  # the pure wheels, cached apart from setup.sh's --find-links folder
 # What the GPU box's Python (KINDS.md's package list) lacks for the check: llama-cpp-python needs diskcache, the
 # bundle build needs gguf. numpy, ml-dtypes, safetensors, tokenizers, pillow, jinja2, rich, onnxruntime are there.
 KIT_WHEELS = {"diskcache": "5.6.3", "gguf": "0.19.0"}
@@ -76,7 +79,7 @@ def stage_package(repo: Path, site: Path) -> Path:
     return site
 
 
-def install(kit: Path, site: Path, python: str = sys.executable, repo: Path = REPO) -> dict:
+def install(kit: Path, site: Path, python: str = sys.executable, repo: Path = REPO, extra: tuple[Path, ...] = ()) -> dict:
     """pip install --no-index: the CUDA llama-cpp-python into site/cuda (on the path only where a GPU is), the pure
     wheels and the staged repository into site/pure. Prints and returns the kit's size."""
     kit, site = Path(kit), Path(site)
@@ -84,7 +87,7 @@ def install(kit: Path, site: Path, python: str = sys.executable, repo: Path = RE
         raise SystemExit(f"gpu_kit: {kit}/kit.json not found: build the kit first "
                          "(.venv/bin/python benchmarks/gpu_kit.py build), then carry it")
     shutil.rmtree(site, ignore_errors=True)
-    wheels = sorted((kit / "wheels").glob("*.whl"))
+    wheels = sorted((kit / "wheels").glob("*.whl")) + [Path(w) for w in extra]  # extra: a wheel built on the box
     groups = {"cuda": [w for w in wheels if w.name.startswith("llama_cpp_python")],
               "pure": [w for w in wheels if not w.name.startswith("llama_cpp_python")]}
     env = dict(os.environ, PIP_CONFIG_FILE=os.devnull, PIP_NO_INPUT="1")  # nothing but the kit's own files
@@ -139,6 +142,29 @@ def slim_wheel(source: Path, target: Path, build_tag: str | None = None) -> Path
     return target
 
 
+# What llama-cpp-python's CMake build reads with CUDA on, LLAVA_BUILD off (the sdist is 76 MB: models, docs, tools,
+# every other backend): the kit's fallback when no CUDA wheel could be built on a CPU machine.
+SDIST_KEEP = ("CMakeLists.txt", "pyproject.toml", "PKG-INFO", "README.md", "LICENSE.md", "llama_cpp/",
+              "vendor/llama.cpp/CMakeLists.txt", "vendor/llama.cpp/LICENSE", "vendor/llama.cpp/cmake/",
+              "vendor/llama.cpp/licenses/", "vendor/llama.cpp/include/", "vendor/llama.cpp/src/",
+              "vendor/llama.cpp/common/", "vendor/llama.cpp/vendor/", "vendor/llama.cpp/ggml/CMakeLists.txt",
+              "vendor/llama.cpp/ggml/cmake/", "vendor/llama.cpp/ggml/include/", "vendor/llama.cpp/ggml/src/ggml-cpu/",
+              "vendor/llama.cpp/ggml/src/ggml-cuda/")
+
+
+def trim_sdist(sdist: Path, target: Path) -> Path:
+    """The llama-cpp-python sdist cut to what a CUDA build reads (SDIST_KEEP, and the files of ggml/src itself)."""
+    partial = Path(f"{target}.partial")
+    with tarfile.open(sdist) as old, tarfile.open(partial, "w:gz") as new:
+        for member in old:
+            top, _, rel = member.name.partition("/")
+            own = rel.startswith("vendor/llama.cpp/ggml/src/") and rel.count("/") == 4
+            if member.isfile() and (own or any(rel == k or (k.endswith("/") and rel.startswith(k)) for k in SDIST_KEEP)):
+                new.addfile(member, old.extractfile(member))
+    partial.replace(target)
+    return target
+
+
 def cached_wheels(cache: Path = WHEEL_CACHE, download: bool = False) -> list[Path]:
     """The pure wheels for Python 3.12 (KIT_WHEELS) from the cache; `download` fetches the missing ones."""
     folder = cache / KIT_WHEEL_DIR
@@ -160,8 +186,10 @@ def cuda_wheel(cache: Path = WHEEL_CACHE) -> Path | None:
 
 
 def build_kit(out: Path, *, tiny_checkpoint: Path, vision_dirs: dict[str, Path], wheels: list[Path],
-              bench_checkpoint: Path | None = None, repo: Path = REPO, limit: int = CARRY_LIMIT) -> dict:
-    """Write the kit folder; refuses (SystemExit) when it and the repository would pass the carry limit."""
+              bench_checkpoint: Path | None = None, llama_src: Path | None = None, repo: Path = REPO,
+              limit: int = CARRY_LIMIT) -> dict:
+    """Write the kit folder; refuses (SystemExit) when it and the repository would pass the carry limit.
+    `llama_src`: the trimmed sdist, for a box that must compile llama.cpp itself (no CUDA wheel in `wheels`)."""
     from exaone_edge.benchmarks.synthetic import skeleton
     from exaone_edge.files import atomic_dir
 
@@ -175,6 +203,8 @@ def build_kit(out: Path, *, tiny_checkpoint: Path, vision_dirs: dict[str, Path],
             skeleton(bench_checkpoint, tmp / "bench")
         for precision, directory in vision_dirs.items():
             shutil.copytree(directory, tmp / f"vision-{precision}")
+        if llama_src is not None:
+            shutil.copy2(llama_src, tmp / LLAMA_SRC)
         build_seconds = None
         for wheel in wheels:
             stamp = wheel.parent / "build-seconds"
@@ -182,6 +212,7 @@ def build_kit(out: Path, *, tiny_checkpoint: Path, vision_dirs: dict[str, Path],
                 build_seconds = int(stamp.read_text().strip())
         kit_bytes = tree_bytes(tmp)
         summary = {"wheels": {w.name: w.stat().st_size for w in wheels}, "bench": bench_checkpoint is not None,
+                   "llama_src": llama_src is not None,
                    "vision": sorted(vision_dirs), "cuda_wheel_build_seconds": build_seconds,
                    "kit_bytes": kit_bytes, "repo_bytes": repo_bytes, "limit_bytes": limit}
         if kit_bytes + repo_bytes > limit:
@@ -223,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--bench-checkpoint", type=Path)
     build.add_argument("--no-bench", action="store_true", help="leave out the real-width bench skeleton")
     build.add_argument("--download", action="store_true", help="fetch missing pure wheels with pip download")
+    trim = sub.add_parser("trim", help="cut the llama-cpp-python sdist to what a CUDA build reads (stdlib only)")
+    trim.add_argument("source", type=Path)
+    trim.add_argument("target", type=Path)
     slim = sub.add_parser("slim", help="one copy of each library in a llama-cpp-python wheel (stdlib only)")
     slim.add_argument("source", type=Path)
     slim.add_argument("target", type=Path)
@@ -230,9 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     box = sub.add_parser("install", help="install the kit offline (on the GPU box; stdlib only)")
     box.add_argument("--kit", type=Path, default=KIT_DIR)
     box.add_argument("--site", type=Path, default=Path("/tmp/exaone-edge-site"))
+    box.add_argument("--wheel", type=Path, action="append", default=[], help="another wheel (one built on the box)")
     args = parser.parse_args(argv)
     if args.command == "install":
-        install(args.kit, args.site)
+        install(args.kit, args.site, extra=tuple(args.wheel))
+        return 0
+    if args.command == "trim":
+        trim_sdist(args.source, args.target)
+        print(f"gpu_kit: {args.target} {args.target.stat().st_size / MIB:.1f} MiB (from {args.source.stat().st_size / MIB:.1f})")
         return 0
     if args.command == "slim":
         slim_wheel(args.source, args.target, args.build_tag)
@@ -241,13 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     tiny = _checkpoint(args.tiny_checkpoint, args.work, "tiny")
     bench = None if args.no_bench else _checkpoint(args.bench_checkpoint, args.work, "bench")
     wheels = cached_wheels(download=args.download)
-    wheel = cuda_wheel()
-    if wheel is None:
-        print("gpu_kit: no CUDA llama-cpp-python wheel cached: run scripts/gpu_kit_wheel.sh first", file=sys.stderr)
-        return 3
+    wheel, llama_src = cuda_wheel(), None
+    if wheel is None:  # the box compiles llama.cpp from the trimmed sdist (minutes of device time)
+        print("gpu_kit: no CUDA wheel cached (scripts/gpu_kit_wheel.sh): carrying the trimmed sdist instead", file=sys.stderr)
+        if not SDIST.is_file():
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d",
+                            str(SDIST.parent), "llama-cpp-python==0.3.36"], check=True)
+        llama_src = trim_sdist(SDIST, args.work / LLAMA_SRC)
     vision = {precision: _vision(tiny, args.work, precision) for precision in ("fp32", "int8w")}
-    summary = build_kit(args.out, tiny_checkpoint=tiny, vision_dirs=vision, wheels=[wheel, *wheels],
-                        bench_checkpoint=bench)
+    summary = build_kit(args.out, tiny_checkpoint=tiny, vision_dirs=vision, wheels=[*([wheel] if wheel else []), *wheels],
+                        bench_checkpoint=bench, llama_src=llama_src)
     print(json.dumps(summary, indent=1))
     print(f"gpu_kit: {args.out} {summary['kit_bytes'] / MIB:.1f} MiB + repository {summary['repo_bytes'] / MIB:.1f} "
           f"MiB (limit {CARRY_LIMIT / MIB:.0f} MiB)")

@@ -123,6 +123,20 @@ def test_slimmed_wheel_installs_offline_and_loads(tmp_path: Path) -> None:
     assert done.stdout.strip().startswith(str(tmp_path / "site"))
 
 
+@pytest.mark.skipif(not gpu_kit.SDIST.is_file(), reason="scripts/gpu_kit_wheel.sh downloads the sdist")
+def test_trimmed_sdist_keeps_what_a_cuda_build_reads(tmp_path: Path) -> None:
+    import tarfile
+
+    trimmed = gpu_kit.trim_sdist(gpu_kit.SDIST, tmp_path / "llama-src.tar.gz")
+    with tarfile.open(trimmed) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames()}
+    for needed in ("CMakeLists.txt", "llama_cpp/llama_cpp.py", "vendor/llama.cpp/src/llama.cpp", "vendor/llama.cpp/ggml/src/ggml.c",
+                   "vendor/llama.cpp/ggml/src/ggml-cuda/mmq.cu", "vendor/llama.cpp/vendor/nlohmann/json.hpp"):
+        assert needed in names
+    assert not [n for n in names if n.startswith(("vendor/llama.cpp/models/", "vendor/llama.cpp/ggml/src/ggml-vulkan/"))]
+    assert trimmed.stat().st_size < 8 * MIB
+
+
 @pytest.fixture(scope="module")
 def kit(tiny_model_dir: Path, tiny_vision_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The kit as `benchmarks/gpu_kit.py build` writes it, from the cached wheels (the CUDA one when built here)."""
