@@ -29,13 +29,14 @@ class Manifest:
 
 
 def write_manifest(directory: Path, manifest: Manifest, files: list[str] | None = None) -> Manifest:
-    """Checksum `files` (default: every file in `directory` except the manifest) and write manifest.json."""
+    """Checksum `files` (default: every file in `directory` except this manifest, a bundled export's own included)
+    and write manifest.json."""
     directory = Path(directory)
     if files is None:
         files = sorted(
             str(path.relative_to(directory))
             for path in directory.rglob("*")
-            if path.is_file() and path.name != MANIFEST_NAME
+            if path.is_file() and path != directory / MANIFEST_NAME
         )
     manifest.files = {
         name: {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size} for name in files
