@@ -119,11 +119,13 @@ def run(
     stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop when this text appears; repeatable.")] = None,
     think: Annotated[bool, typer.Option("--think/--no-think", help="Let the model reason first (reasoning shown dimmed on stderr, "
                                         "the answer on stdout); off: answer directly.")] = False,
+    json_schema: Annotated[Path | None, typer.Option("--json-schema", help="Answer with JSON matching this JSON Schema "
+                                                     "file (a grammar guarantees it; reasoning stays free).")] = None,
     json_output: JsonFlag = False,
     engine: EngineFlags = EngineFlags(),
 ) -> None:
     """Ask a question about images or PDF pages; the answer streams to stdout, timings go to stderr."""
-    from exaone_edge.runtime.ask import ask, result_dict, stats_line
+    from exaone_edge.runtime.ask import ask, read_schema, result_dict, stats_line
     from exaone_edge.runtime.generation import GenerationParams, collect
 
     params = GenerationParams(
@@ -135,6 +137,7 @@ def run(
         image_max_tokens=engine.image_max_tokens, device=engine.device, n_gpu_layers=engine.gpu_layers,
         vision_provider=engine.vision_provider, n_threads=engine.threads, flash_attn=engine.flash_attn_mode,
         kv_type=engine.kv_type, verify=engine.verify, thinking=think,
+        json_schema=read_schema(json_schema) if json_schema is not None else None,
     )
     if json_output:
         emit(result_dict(collect(chunks)), True, "")

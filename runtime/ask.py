@@ -8,8 +8,9 @@ from the answer in each chunk's `reasoning`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from exaone_edge.errors import InputError
 from exaone_edge.images import DocumentLimits, load_document
 from exaone_edge.runtime.generation import Chunk, GenerationParams, GenerationResult
 from exaone_edge.runtime.reasoning import parser_for, split_chunks
+from exaone_edge.runtime.structured import Answer, answer_grammar, reasoning_end
 
 THINKING_DEFAULT = False  # see the module docstring
 
@@ -40,9 +42,12 @@ def ask(
     params: GenerationParams = GenerationParams(),
     limits: DocumentLimits = DocumentLimits(),
     thinking: bool = THINKING_DEFAULT,
+    json_schema: Mapping[str, Any] | None = None,
     **engine_options: Any,
 ) -> Iterator[Chunk]:
-    """Load the documents and the bundle, then stream the answer (`chunk.text`) and any reasoning (`chunk.reasoning`)."""
+    """Load the documents and the bundle, then stream the answer (`chunk.text`) and any reasoning (`chunk.reasoning`).
+
+    `json_schema`: the answer is JSON matching it, guaranteed by a grammar (the reasoning stays free)."""
     from exaone_edge.bundle import load_bundle
     from exaone_edge.runtime.engine import Engine, EngineOptions
     from exaone_edge.vision.preprocess import with_image_max_tokens
@@ -61,10 +66,27 @@ def ask(
     engine = Engine(bundle, options)
     try:
         params = params.thinking(thinking)
+        if json_schema is not None:
+            grammar = answer_grammar(Answer(schema=json_schema), param="--json-schema",
+                                     think_end=reasoning_end(engine.chat, params.template_kwargs))
+            params = replace(params, grammar=grammar)
         chunks = engine.generate(question_messages(question, pictures), params)
         yield from split_chunks(chunks, parser_for(engine.chat, params.template_kwargs))
     finally:
         engine.close()
+
+
+def read_schema(path: Path) -> dict[str, Any]:
+    """A JSON Schema file for `run --json-schema`."""
+    try:
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read the JSON Schema ({exc.strerror})", path=path) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"the JSON Schema is not valid JSON ({exc})", path=path) from None
+    if not isinstance(schema, dict):
+        raise InputError("the JSON Schema must be a JSON object", path=path, fix='Start it with {"type": "object", …}.')
+    return schema
 
 
 def result_dict(result: GenerationResult) -> dict[str, Any]:

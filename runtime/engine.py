@@ -215,7 +215,7 @@ class Engine:
         """
         images = self._images(messages)
         rows = [self.vision.rows_for(image.size) for image in images]
-        prompt = self.chat.encode(messages, rows, template_kwargs=params.template_kwargs)
+        prompt = self.chat.encode(messages, rows, template_kwargs=params.template_kwargs, tools=params.tools)
         if params.grammar is not None:
             self.llama.check_grammar(params.grammar)
         if len(prompt.ids) >= self.n_ctx:
@@ -247,6 +247,10 @@ class Engine:
         with self._lock:
             return self._prepare(list(messages), template_kwargs or {}).prompt
 
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token stands for, control tokens' text included (what OpenAI's logprobs report)."""
+        return self.llama.model.piece(token, special=True)
+
     def close(self) -> None:
         self.scheduler.close()
 
@@ -261,7 +265,7 @@ class Engine:
         # The lock guards the vision encoder and its cache: a text-only prompt never waits for another's images.
         with self._lock if message_images(messages) else contextlib.nullcontext():
             try:
-                prepared = self._prepare(messages, params.template_kwargs, cancel)
+                prepared = self._prepare(messages, params.template_kwargs, cancel, tools=params.tools)
             except _Cancelled:
                 return
         seed = params.seed if params.seed is not None else secrets.randbits(32)
@@ -272,19 +276,22 @@ class Engine:
             max_tokens=params.max_tokens,
             ignore_eos=params.ignore_eos,
             stop_ids=frozenset(self._stop_ids),
+            top_logprobs=params.top_logprobs,
         )
         self.scheduler.submit(request)
         detokenizer = Detokenizer(self.chat.decode)
         scanner = StopScanner(params.stop)
         generated: list[int] = []
         first = None
+        reported = 0  # tokens whose log-probabilities went out with a chunk
         try:
             for token in self.scheduler.tokens(request, cancel):
                 first = first or time.perf_counter()
                 generated.append(token)
                 text = scanner.feed(detokenizer.add(token))
-                if text:
-                    yield Chunk(text)
+                if text:  # with the log-probabilities of every token consumed since the last chunk
+                    yield Chunk(text, logprobs=tuple(request.logprobs[reported:len(generated)]))
+                    reported = len(generated)
                 if scanner.stopped:
                     break
         finally:
@@ -311,7 +318,8 @@ class Engine:
             total_s=end - start,
             tokens_per_s=(completion - 1) / (end - first) if completion > 1 and end > first else None,
         )
-        yield Chunk(tail, finish_reason=finish, usage=usage, timings=timings, token_ids=tuple(generated))
+        yield Chunk(tail, finish_reason=finish, usage=usage, timings=timings, token_ids=tuple(generated),
+                    logprobs=tuple(request.logprobs[reported:len(generated)]))
 
     def _images(self, messages: Sequence[Mapping[str, Any]]) -> list[Image.Image]:
         images = message_images(messages)
@@ -326,7 +334,8 @@ class Engine:
         return images
 
     def _prepare(
-        self, messages: list[Mapping[str, Any]], template_kwargs: Mapping[str, Any], cancel: threading.Event | None = None
+        self, messages: list[Mapping[str, Any]], template_kwargs: Mapping[str, Any], cancel: threading.Event | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> PreparedPrompt:
         images = self._images(messages)
         started = time.perf_counter()
@@ -345,7 +354,8 @@ class Engine:
             rows_per_image.append(rows)
             keys.append(key)
         vision_s = time.perf_counter() - started
-        prompt = self.chat.encode(messages, [len(rows) for rows in rows_per_image], template_kwargs=template_kwargs)
+        prompt = self.chat.encode(messages, [len(rows) for rows in rows_per_image], template_kwargs=template_kwargs,
+                                  tools=tools)
         segments: list[Segment] = []
         position = 0
         for slot in prompt.images:

@@ -25,6 +25,19 @@ from exaone_edge.errors import InputError
 from exaone_edge.runtime.grammar import check_grammar_shape
 
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability under the model (raw logits, before any sampler stage), and the
+    `top_logprobs` most likely tokens at that step as (token id, log-probability), most likely first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     max_tokens: int = 512
@@ -39,6 +52,10 @@ class GenerationParams:
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     # A llama.cpp GBNF grammar the reply must match (as llama-server's `grammar`); `<[55]>` names a token id.
     grammar: str | None = None
+    # OpenAI function tools declared to the model (EXAONE 4.5's `<|tool_declare|>` turn); calls come back as text
+    # (`<tool_call>…</tool_call>`) for runtime.tool_calls to parse.
+    tools: tuple[dict[str, Any], ...] | None = None
+    top_logprobs: int | None = None  # None: no log-probabilities; n ≥ 0: each token's, with the n most likely
 
     def __post_init__(self) -> None:
         checks = (
@@ -49,6 +66,8 @@ class GenerationParams:
             (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
             (self.grammar is None or (isinstance(self.grammar, str) and self.grammar.strip() != ""), "grammar must be a non-empty string"),
+            (self.top_logprobs is None or 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS,
+             f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}"),
         )
         for ok, message in checks:
             if not ok:
@@ -99,6 +118,8 @@ class Chunk:
     timings: Timings | None = None  # set on the last chunk
     token_ids: tuple[int, ...] = ()  # the whole completion's token ids, on the last chunk
     reasoning: str = ""  # reasoning text (set once runtime.reasoning has split the stream)
+    # With top_logprobs: the tokens consumed since the previous chunk (text held back waits with its tokens).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from exaone_edge.llama_context import LlamaContext, PrefillStats, PrefillStopped, Sampler, Segment, prompt_keys
+from exaone_edge.runtime.generation import TokenLogprob
 
 _DONE = object()
 POLL_S = 0.05  # how often a waiting consumer looks at its cancel event and at the decode thread's health
@@ -48,11 +49,13 @@ class Request:
     ignore_eos: bool = False
     stop_ids: frozenset[int] = frozenset()
     logits_only: bool = False  # prefill, keep the next-token logits, generate nothing
+    top_logprobs: int | None = None  # record each sampled token's log-probability (and the n most likely)
     # -- outcome ------------------------------------------------------------------------------
     stats: PrefillStats | None = None
     prefill_s: float = 0.0
     finish_reason: str | None = None  # "stop" or "length"
     logits: np.ndarray | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # appended before the token is put in `events`
     # -- scheduler state (the decode thread's, except the two flags) ---------------------------
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # tokens, then _DONE or an exception
     cancelled: bool = False
@@ -201,7 +204,7 @@ class Scheduler:
                 self._fail(request, exc)
             return
         for index, request in enumerate(running):
-            self._accept(request, request.sampler.sample(index))
+            self._accept(request, request.sampler.sample(index), index)
 
     def _admit(self, request: Request) -> None:
         try:
@@ -221,7 +224,7 @@ class Scheduler:
                 self._finish(request, None)
                 return
             request.sampler = self.llama.sampler(**request.sampling)
-            self._accept(request, request.sampler.sample())
+            self._accept(request, request.sampler.sample(), -1)
         except PrefillStopped:  # its caller left during the prefill
             self._finish(request, None)
         except Exception as exc:  # the request's own error (prompt too long, decode failed): only it fails
@@ -241,7 +244,9 @@ class Scheduler:
             return best
         return min(free, key=lambda slot: self._last_used[slot])
 
-    def _accept(self, request: Request, token: int) -> None:
+    def _accept(self, request: Request, token: int, row: int) -> None:
+        if request.top_logprobs is not None:  # now: the next batch overwrites this logits row
+            request.logprobs.append(token_logprob(self.llama.logits(row), token, request.top_logprobs))
         if not request.ignore_eos and (token in request.stop_ids or self.llama.is_end_of_generation(token)):
             self._finish(request, "stop")
             return
@@ -270,3 +275,13 @@ class Scheduler:
             self._slots[request.slot] = None  # the sequence keeps its cache, for prefix reuse
         request.slot = request.pending = None
         request.released.set()
+
+
+def token_logprob(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """`token`'s log-probability under softmax(`logits`), and the `top` most likely tokens'."""
+    row = np.asarray(logits, dtype=np.float64)
+    peak = row.max()
+    log_total = peak + np.log(np.exp(row - peak).sum())
+    best = np.argpartition(-row, top)[:top] if 0 < top < row.size else np.arange(row.size if top else 0)
+    best = best[np.argsort(-row[best], kind="stable")]
+    return TokenLogprob(token, float(row[token] - log_total), tuple((int(i), float(row[i] - log_total)) for i in best))

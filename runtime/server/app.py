@@ -7,25 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import secrets
 import time
-from contextlib import aclosing, asynccontextmanager
-from dataclasses import asdict
+from contextlib import asynccontextmanager
 from typing import Any
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from exaone_edge.decode_process import ProcessLimits
 from exaone_edge.errors import ExaoneEdgeError
-from exaone_edge.runtime.generation import GenerationParams
-from exaone_edge.runtime.reasoning import parser_for, split_chunks_async
 from exaone_edge.runtime.server.body import check_content_type, parse_json
 from exaone_edge.runtime.server.errors import (
     AuthenticationFailed,
@@ -34,6 +30,7 @@ from exaone_edge.runtime.server.errors import (
     ClientGone,
     InvalidRequest,
     ModelNotFound,
+    UnsupportedParameter,
     error_body,
     error_status,
 )
@@ -41,25 +38,14 @@ from exaone_edge.runtime.server.guard import RequestGuard
 from exaone_edge.runtime.server.inputs import count_documents, engine_messages
 from exaone_edge.runtime.server.limits import check_lists, check_request
 from exaone_edge.runtime.server.metrics import ServerMetrics
+from exaone_edge.runtime.server.params import generation_params
 from exaone_edge.runtime.server.prepare import Preparation
-from exaone_edge.runtime.server.schemas import (
-    AssistantMessage,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    Choice,
-    ChunkChoice,
-    CompletionUsage,
-    Delta,
-    ModelCard,
-    ModelList,
-    PromptTokensDetails,
-)
+from exaone_edge.runtime.server.replies import EventStream, complete, events
+from exaone_edge.runtime.server.schemas import ChatCompletionRequest, ModelCard, ModelList
 from exaone_edge.runtime.server.settings import ServerSettings
 from exaone_edge.runtime.server.worker import EngineWorker
 
 log = logging.getLogger("exaone_edge.serve")
-DISCONNECT_POLL_S = 0.25
 
 
 class ServerState:
@@ -162,7 +148,7 @@ async def chat_completions(request: Request) -> Response:
     if body.model != state.model_id:
         raise ModelNotFound(f"model '{body.model[:256]}' is not served here", fix=f"This server serves '{state.model_id}'.")
     check_request(body, settings, engine.n_ctx)
-    params = _params(body, settings)
+    params, shape = generation_params(body, settings, engine.chat)
     failure = getattr(engine, "failure", None)
     if failure is not None:
         raise failure
@@ -184,10 +170,10 @@ async def chat_completions(request: Request) -> Response:
     completion_id = f"chatcmpl-{secrets.token_hex(12)}"
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _events(state, messages, params, completion_id, include_usage, admitted)
-        return EventStream(events, on_close=ticket.release, send_timeout_s=settings.send_timeout_s)
+        stream = events(state, messages, params, shape, completion_id, include_usage, admitted)
+        return EventStream(stream, on_close=ticket.release, send_timeout_s=settings.send_timeout_s)
     try:
-        return await _complete(request, state, messages, params, completion_id, admitted)
+        return await complete(request, state, messages, params, shape, completion_id, admitted)
     except ClientGone:
         return Response(status_code=499)
     finally:
@@ -225,156 +211,26 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     return bytes(body)
 
 
+_BRANCHES = ("str", "list", "NamedToolChoice")  # union branch names pydantic puts in a location
+
+
 def _parse(body: bytes, settings: ServerSettings) -> ChatCompletionRequest:
     data = parse_json(body, settings.max_json_depth, settings.max_json_nodes)
     check_lists(data, settings)  # before any object is built from them
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
         # Union branches add their type names to the location; keep the field path a client can find.
-        param = ".".join(str(p) for p in first["loc"] if not (isinstance(p, str) and ("[" in p or p in ("str", "list"))))
+        def path(error) -> str:
+            return ".".join(str(p) for p in error["loc"] if not (isinstance(p, str) and ("[" in p or p in _BRANCHES)))
+        extra = next((e for e in errors if e["type"] == "extra_forbidden"), None)
+        if extra is not None:  # a field we do not implement: refused by name, never silently dropped
+            raise UnsupportedParameter(f"{path(extra)}: this server does not implement this field",
+                                       param=path(extra)) from None
+        first = errors[0]
+        param = path(first)
         raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param=param or None) from None
-
-
-def _params(body: ChatCompletionRequest, settings: ServerSettings) -> GenerationParams:
-    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    kwargs = {"enable_thinking": settings.thinking, **(body.chat_template_kwargs or {})}  # serve --thinking
-    if not isinstance(kwargs["enable_thinking"], bool):
-        param = "chat_template_kwargs.enable_thinking"
-        raise InvalidRequest(f"{param}: must be true or false", param=param)
-    defaults = GenerationParams()
-    return GenerationParams(
-        max_tokens=body.max_completion_tokens or body.max_tokens or settings.default_max_tokens,
-        temperature=defaults.temperature if body.temperature is None else body.temperature,
-        top_p=defaults.top_p if body.top_p is None else body.top_p,
-        top_k=defaults.top_k if body.top_k is None else body.top_k,
-        min_p=defaults.min_p if body.min_p is None else body.min_p,
-        seed=body.seed,
-        stop=stop,
-        ignore_eos=body.ignore_eos,
-        template_kwargs=kwargs,
-        grammar=body.grammar,
-    )
-
-
-def _usage(chunk) -> CompletionUsage:
-    u = chunk.usage
-    return CompletionUsage(
-        prompt_tokens=u.prompt_tokens,
-        completion_tokens=u.completion_tokens,
-        total_tokens=u.total_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=u.cached_tokens),
-    )
-
-
-def _record(state: ServerState, last, admitted: float) -> dict[str, Any]:
-    """Metrics for a finished generation; returns the timings reported to the client."""
-    elapsed = time.perf_counter() - admitted
-    t, u = last.timings, last.usage
-    queue_s = max(elapsed - t.total_s, 0.0)
-    m = state.metrics
-    m.prompt_tokens.inc(u.prompt_tokens)
-    m.cached_tokens.inc(u.cached_tokens)
-    m.completion_tokens.inc(u.completion_tokens)
-    m.ttft.observe(queue_s + t.ttft_s)
-    m.duration.observe(elapsed)
-    return {**asdict(t), "queue_s": queue_s, "image_rows": u.image_rows, "vision_runs": u.vision_runs}
-
-
-async def _complete(request, state, messages, params, completion_id, admitted) -> Response:
-    async def collect():
-        parts, thoughts, last = [], [], None
-        parser = parser_for(state.engine.chat, params.template_kwargs)
-        async with aclosing(split_chunks_async(state.worker.stream(messages, params), parser)) as chunks:
-            async for chunk in chunks:
-                parts.append(chunk.text)
-                thoughts.append(chunk.reasoning)
-                last = chunk
-        return "".join(parts), "".join(thoughts), last
-
-    task = asyncio.ensure_future(collect())
-    while not task.done():
-        await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-        if not task.done() and await request.is_disconnected():
-            task.cancel()
-            state.metrics.cancelled.inc()
-            raise ClientGone()
-    text, reasoning, last = task.result()
-    timings = _record(state, last, admitted)
-    completion = ChatCompletion(
-        id=completion_id,
-        created=int(time.time()),
-        model=state.model_id,
-        choices=[Choice(message=AssistantMessage(content=text, reasoning_content=reasoning or None),
-                        finish_reason=last.finish_reason)],
-        usage=_usage(last),
-        timings=timings,
-    )
-    return JSONResponse(completion.model_dump(exclude_none=True))
-
-
-async def _events(state, messages, params, completion_id, include_usage, admitted):
-    created = int(time.time())
-
-    def event(choices, usage=None) -> str:
-        chunk = ChatCompletionChunk(id=completion_id, created=created, model=state.model_id, choices=choices, usage=usage)
-        return f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
-
-    yield event([ChunkChoice(delta=Delta(role="assistant", content=""))])
-    finished = False
-    try:
-        parser = parser_for(state.engine.chat, params.template_kwargs)
-        async with aclosing(split_chunks_async(state.worker.stream(messages, params), parser)) as chunks:
-            async for chunk in chunks:
-                if chunk.reasoning:  # reasoning travels in its own deltas, as vLLM sends it
-                    yield event([ChunkChoice(delta=Delta(reasoning_content=chunk.reasoning))])
-                if chunk.text:
-                    yield event([ChunkChoice(delta=Delta(content=chunk.text))])
-                if chunk.finish_reason is not None:
-                    finished = True
-                    _record(state, chunk, admitted)
-                    yield event([ChunkChoice(delta=Delta(), finish_reason=chunk.finish_reason)])
-                    if include_usage:
-                        yield event([], usage=_usage(chunk))
-    except Exception as exc:  # headers are sent: the error travels as an event, as OpenAI does
-        log.exception("generation failed")
-        yield f"data: {json.dumps(error_body(exc)[1])}\n\n"
-    finally:
-        if not finished:
-            state.metrics.cancelled.inc()
-    yield "data: [DONE]\n\n"
-
-
-class EventStream(StreamingResponse):
-    """SSE that frees its queue slot however it ends: finished, failed, the client disconnected, or stalled.
-
-    A client that accepts no byte for `send_timeout_s` while events wait (its TCP window and the
-    server's buffers are full) loses the response: generation is cancelled and the connection closed.
-    """
-
-    def __init__(self, events, on_close, send_timeout_s: float) -> None:
-        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        self._on_close = on_close
-        self._send_timeout_s = send_timeout_s
-
-    async def stream_response(self, send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        async for chunk in self.body_iterator:
-            try:
-                async with asyncio.timeout(self._send_timeout_s):
-                    await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
-            except TimeoutError:
-                log.warning("a streaming client accepted nothing for %g s: its generation is cancelled", self._send_timeout_s)
-                return  # the response stays incomplete: the server closes the connection
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.body_iterator.aclose()
-            self._on_close()
 
 
 # -- errors --------------------------------------------------------------------------------------

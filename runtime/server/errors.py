@@ -16,6 +16,10 @@ class InvalidRequest(InputError):
         self.param = param
 
 
+class UnsupportedParameter(InvalidRequest):
+    """A request field this server does not implement (refused by name rather than ignored)."""
+
+
 class Unsupported(InputError):
     """A valid OpenAI feature this server does not implement."""
 
@@ -70,6 +74,7 @@ class ClientGone(Exception):
 HTTP_ERRORS: dict[type[BaseException], tuple[int, str, str | None]] = {
     PromptTooLong: (400, "invalid_request_error", "context_length_exceeded"),
     ImageRejected: (400, "invalid_request_error", "invalid_image"),
+    UnsupportedParameter: (400, "invalid_request_error", "unsupported_parameter"),
     InvalidRequest: (400, "invalid_request_error", "invalid_request"),
     Unsupported: (400, "invalid_request_error", "unsupported"),
     ModelNotFound: (404, "invalid_request_error", "model_not_found"),

@@ -56,8 +56,10 @@ def engine_messages(
     images = pdf_pages = pixels = 0
     for message in messages:
         role = "system" if message.role == "developer" else message.role
+        extra = _turn_fields(message)
         if not isinstance(message.content, list):
-            out.append({"role": role, "content": message.content or ""})
+            content = message.content if message.content is not None or role == "assistant" else ""
+            out.append({"role": role, "content": content, **extra})
             continue
         parts: list[dict[str, Any]] = []
         for part in message.content:
@@ -86,8 +88,20 @@ def engine_messages(
             if images > settings.max_images:
                 raise InputError(f"the request holds more than {settings.max_images} images (PDF pages included)")
             parts.extend({"type": "image", "image": page} for page in pages)
-        out.append({"role": role, "content": parts})
+        out.append({"role": role, "content": parts, **extra})
     return out
+
+
+def _turn_fields(message: ChatMessage) -> dict[str, Any]:
+    """Tool calls, the tool call a result answers, and earlier reasoning, as the chat template reads them."""
+    fields: dict[str, Any] = {}
+    if message.tool_calls:
+        fields["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+    if message.tool_call_id is not None:
+        fields["tool_call_id"] = message.tool_call_id
+    if message.reasoning_content is not None:
+        fields["reasoning_content"] = message.reasoning_content
+    return fields
 
 
 def _source(part: ImageUrlPart | FilePart, settings: ServerSettings, deadline: Deadline) -> Source:
