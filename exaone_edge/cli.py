@@ -280,8 +280,8 @@ def validate(
     no_speed: Annotated[bool, typer.Option("--no-speed", help="Skip the speed/memory probe.")] = False,
     reference_cache: Annotated[Path | None, typer.Option(help="Where reference files are kept and reused "
                                                          "(default: ~/.cache/exaone-edge/references).")] = None,
-    reference_dtype: Annotated[str, typer.Option(help="Reference precision: auto (bf16 on CUDA, float32 on CPU), "
-                                                 "bfloat16 or float32.")] = "auto",
+    reference_dtype: Annotated[str, typer.Option(help="Reference precision: auto (float32 everywhere, so the "
+                                                 "reference rounds less than any candidate), bfloat16 or float32.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier report in -o (nothing else is ever replaced).")] = False,
     think: Annotated[bool, typer.Option("--think/--no-think", help="Validate with reasoning on (answers scored after "
                                         "</think>) or off (default, as run and serve answer).")] = False,

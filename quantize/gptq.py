@@ -83,7 +83,8 @@ def document_conversations(documents) -> list[Conversation]:
 def _chat(image, question: str, answer: str) -> Conversation:
     return [
         {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]},
-        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        # A string: the released template strips an assistant's content as text (a list of parts fails there).
+        {"role": "assistant", "content": answer},
     ]
 
 

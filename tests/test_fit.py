@@ -178,3 +178,22 @@ def test_engine_auto_without_a_gpu_is_the_cpu_default(bundle):
         assert engine.placement == Placement("cpu", 0)
     finally:
         engine.close()
+
+
+def test_health_reports_what_auto_chose(tiny_model_dir, tmp_path):
+    import httpx
+
+    from exaone_edge.runtime.engine import Engine
+    from exaone_edge.runtime.server.app import create_app
+    from runtime_bundle_fixture import build_tiny_bundle
+    from server_fixtures import serve_in_process
+
+    engine = Engine.load(build_tiny_bundle(tiny_model_dir, tmp_path / "bundle"), n_ctx="auto", n_gpu_layers="auto",
+                         n_threads=1)
+    try:
+        with serve_in_process(create_app(engine)) as url:
+            health = httpx.get(f"{url}/health", timeout=60).json()
+        assert health["fit"] == {**engine.fit.as_dict(), "asked": {"ctx": "auto", "gpu_layers": "auto"}}
+        assert health["fit"]["n_ctx"] == engine.n_ctx
+    finally:
+        engine.close()
