@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/exaone-edge-bench"))
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint and GGUFs")
     args = parser.parse_args()
-    from exaone_edge.tiny_model import build_tiny_model
+    from exaone_edge.fixtures.tiny_model import build_tiny_model
 
     tiny = args.work / "tiny"
     if not (tiny / "config.json").exists():

@@ -85,7 +85,7 @@ def quantize_params_per_s_per_core(work: Path, repeats: int) -> float:
     from exaone_edge.quantize.gguf_convert import convert_to_gguf
     from exaone_edge.quantize.llama_quantize import quantize_gguf
     from exaone_edge.quantize.recipes import choose_recipe
-    from exaone_edge.tiny_model import build_tiny_model
+    from exaone_edge.fixtures.tiny_model import build_tiny_model
 
     model = work / "bench-2"
     if not (model / "config.json").exists():
@@ -108,7 +108,7 @@ def quantize_params_per_s_per_core(work: Path, repeats: int) -> float:
 def trace_seconds_per_block(work: Path, repeats: int) -> float:
     from exaone_edge.export.vision import export_vision
     from exaone_edge.spec import model_spec
-    from exaone_edge.tiny_model import build_tiny_model
+    from exaone_edge.fixtures.tiny_model import build_tiny_model
 
     model = work / "tiny"
     if not (model / "config.json").exists():

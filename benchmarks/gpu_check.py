@@ -129,7 +129,7 @@ def cuda_library_dirs() -> list[str]:
 
 def _plan(bundle: str, total_bytes: int, context: int, kv_type: str, gpu_layers: int) -> dict[str, int]:
     """plan's GPU components at the measured settings (vision on the CPU, as measured), headroom left out."""
-    from exaone_edge.plan import plan
+    from exaone_edge.memory import plan
 
     predicted = plan(Path(bundle), gpu=f"{total_bytes / 2**30:.3f}GiB", context=context, kv_type=kv_type,
                      gpu_layers=gpu_layers, vision_provider="cpu")

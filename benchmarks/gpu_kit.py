@@ -227,7 +227,7 @@ def _checkpoint(path: Path | None, work: Path, preset: str) -> Path:
     """The given checkpoint, or the preset built once under `work` (needs transformers with EXAONE 4.5)."""
     if path is not None:
         return path
-    from exaone_edge.tiny_model import build_tiny_model
+    from exaone_edge.fixtures.tiny_model import build_tiny_model
 
     target = work / preset
     if not (target / "config.json").is_file():

@@ -39,27 +39,27 @@ import json, sys, time
 from pathlib import Path
 kind, model = sys.argv[1], Path(sys.argv[2])
 started = time.perf_counter()
-from exaone_edge.docs import generate_set
+from exaone_edge.documents import generate_set
 from exaone_edge.validate.collect import questions_from
 questions = questions_from(generate_set(2, ["en", "ko"], 3), %(questions)d)
 chats = [[{"role": "user", "content": [{"type": "image", "image": q.image}, {"type": "text", "text": q.question}]},
           {"role": "assistant", "content": [{"type": "text", "text": q.answers[0]}]}] for q in questions]
 if kind == "streamed":
-    from exaone_edge.validate.streamed import question_reference
+    from exaone_edge.reference.streamed import question_reference
     question_reference(model, questions, "bench", {}, %(tokens)d, cache_dir=Path(sys.argv[3]), dtype="float32")
 elif kind == "whole":
-    from exaone_edge.validate.reference import HFModel
+    from exaone_edge.reference.inputs import HFModel
     m = HFModel(model, model)
     for q in questions:
         m.generate(q, %(tokens)d); m.teacher_forced(q, m.answer_ids(q.answers[0])); m.vision_rows(q.image)
 elif kind == "gptq-streamed":
     from transformers import AutoProcessor
-    from exaone_edge.validate.streamed import chat_reference
+    from exaone_edge.reference.streamed import chat_reference
     chat_reference(model, AutoProcessor.from_pretrained(model), chats, cache_dir=Path(sys.argv[3]), dtype="float32")
 elif kind == "gptq-candidate-streamed":  # the candidate half of quantize/gptq.py gptq_fidelity
     import numpy as np
     from exaone_edge.progress import stdout_to_stderr
-    from exaone_edge.validate.streamed import StreamedReference, conversation_inputs
+    from exaone_edge.reference.streamed import StreamedReference, conversation_inputs
     with stdout_to_stderr():  # GPTQModel logs to stdout; the result line must be the last one there
         candidate = StreamedReference(model, dtype="float32", device="cpu")
         for chunks in candidate.sequence_logits(conversation_inputs(candidate.processor, chats)):
@@ -77,7 +77,7 @@ elif kind == "gptq-candidate-whole":  # the candidate half of the old fidelity s
     import torch
     from transformers import AutoProcessor, Exaone4_5_ForConditionalGeneration
     from exaone_edge.progress import stdout_to_stderr
-    from exaone_edge.validate.candidates import eager_gptq_kernels
+    from exaone_edge.reference.kernels import eager_gptq_kernels
     processor = AutoProcessor.from_pretrained(model)
     with stdout_to_stderr(), eager_gptq_kernels(), torch.no_grad():
         candidate = Exaone4_5_ForConditionalGeneration.from_pretrained(model, dtype=torch.float32,
@@ -91,7 +91,7 @@ print(json.dumps({"peak_rss_bytes": peak, "seconds": round(time.perf_counter() -
 
 
 def bench_model(work: Path) -> Path:
-    from exaone_edge.tiny_model import build_tiny_model
+    from exaone_edge.fixtures.tiny_model import build_tiny_model
 
     path = work / "bench-2"
     if not (path / "config.json").exists():
@@ -104,10 +104,10 @@ def gptq_model(base: Path, work: Path) -> Path:
     group 128), on GPTQ_CHATS generated document chats; cached in the work dir."""
     import os
 
-    from exaone_edge.docs import generate_set
+    from exaone_edge.documents import generate_set
     from exaone_edge.progress import stdout_to_stderr
     from exaone_edge.quantize.gptq import document_conversations, write_checkpoint
-    from exaone_edge.validate.candidates import eager_gptq_kernels
+    from exaone_edge.reference.kernels import eager_gptq_kernels
 
     path = work / "gptq-2"
     if (path / "quantize_config.json").exists():

@@ -96,6 +96,9 @@ class BenchReport:
     placement: dict[str, Any]  # where each part ran
     results: list[Result]
 
+    def summary(self) -> str:
+        return render_table(self)
+
     def to_dict(self) -> dict[str, Any]:
         """bench.json."""
         return {"bundle": str(self.bundle), "decoder_level": self.decoder_level,
@@ -267,8 +270,8 @@ def bench_page(path: Path | None) -> Image.Image:
         from exaone_edge.images import open_image
 
         return open_image(path)
-    from exaone_edge.docs.canvas import Scan, rasterize
-    from exaone_edge.docs.generate import generate_document
+    from exaone_edge.documents.canvas import Scan, rasterize
+    from exaone_edge.documents.generate import generate_document
 
     generated = generate_document(0, ["en"], seed=0)
     return rasterize(generated.pages[0], Scan(dpi=100))

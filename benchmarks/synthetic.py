@@ -2,7 +2,7 @@
 
 A skeleton is a checkpoint folder without its weights: config, tokenizer, chat template, preprocessor config, and
 `tensors.json` (every tensor's name, safetensors dtype and shape). `synthesize` draws weights for it from a seed
-with numpy, as `exaone_edge.tiny_model` initialises them (norms 1 + 0.2·N(0,1), biases and weights 0.02·N(0,1)),
+with numpy, as `exaone_edge.fixtures.tiny_model` initialises them (norms 1 + 0.2·N(0,1), biases and weights 0.02·N(0,1)),
 and writes one safetensors file. The GPU check carries skeletons to a box whose transformers predates EXAONE 4.5,
 and whose 64 MiB carry limit rules out real-width weights (the bench preset is 2.4 GB).
 """

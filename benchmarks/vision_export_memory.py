@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/exaone-edge-vision-mem"))
     args = parser.parse_args()
 
-    from exaone_edge.tiny_model import build_tiny_model
+    from exaone_edge.fixtures.tiny_model import build_tiny_model
 
     tiny = args.work / "tiny"
     if not tiny.exists():
@@ -94,7 +94,7 @@ def main() -> None:
     if args.precision == "int8":
         docs = args.work / "docs"
         if not docs.exists():
-            from exaone_edge.docs import generate_set
+            from exaone_edge.documents import generate_set
 
             generate_set(3, ["en", "ko"], 0, docs)
         options += ["--calibration", str(docs)]

@@ -6,12 +6,13 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from exaone_edge.cli_flags import EngineFlags, engine_flags
 from exaone_edge.errors import ExaoneEdgeError, InputError
+from exaone_edge.results import Result
 
 app = typer.Typer(
     name="exaone-edge",
@@ -25,11 +26,11 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable J
 PLACEMENT = ("image_max_tokens", "device", "gpu_layers", "vision_provider")  # where each part runs, page size
 
 
-def emit(result: Any, as_json: bool, text: str) -> None:
+def emit(result: Result, as_json: bool) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str) + "\n")
     else:
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(result.summary() + "\n")
 
 
 @app.command()
@@ -38,10 +39,9 @@ def inspect(
     json_output: JsonFlag = False,
 ) -> None:
     """Check a checkpoint directory and print its sizes, attention pattern and memory at each precision."""
-    from exaone_edge.inspect_model import inspect_checkpoint, render_text
+    from exaone_edge.plan.inspect import inspect_checkpoint
 
-    report = inspect_checkpoint(model_dir)
-    emit(report.to_dict(), json_output, render_text(report))
+    emit(inspect_checkpoint(model_dir), json_output)
 
 
 @app.command("tiny-model")
@@ -53,10 +53,9 @@ def tiny_model(
     json_output: JsonFlag = False,
 ) -> None:
     """Write a small random EXAONE 4.5 checkpoint (64-layer decoder, MTP head, 4-block vision tower)."""
-    from exaone_edge.tiny_model import build_tiny_model
+    from exaone_edge.fixtures.tiny_model import build_tiny_model
 
-    result = build_tiny_model(out, seed=seed, overwrite=overwrite, preset=preset)
-    emit(result.to_dict(), json_output, result.summary())
+    emit(build_tiny_model(out, seed=seed, overwrite=overwrite, preset=preset), json_output)
 
 
 @app.command()
@@ -80,25 +79,15 @@ def plan(
 
     Placement flags as for run/serve: the plan places each part as the runtime would on a GPU box with the
     GPU builds installed."""
-    from exaone_edge.plan import plan as make_plan, plan_dict, render_text
+    from exaone_edge.plan.command import plan_report
 
     if vision_on not in ("gpu", "cpu"):
         raise InputError(f"--vision-on must be gpu or cpu, got '{vision_on}'")
-    result = make_plan(
-        model, gpu=gpu, context=context, kv_type=engine.kv_type, level=level, vision_on_gpu=vision_on == "gpu",
-        parallel=parallel, device=engine.device, gpu_layers=engine.gpu_layers, vision_provider=engine.vision_provider,
-        vision_precision=vision_precision, image_max_tokens=engine.image_max_tokens,
-    )
-    if not stages:
-        emit(plan_dict(result), json_output, render_text(result))
-        return
-    from exaone_edge.stage_plan import render_stages, stage_plan, stages_dict
-
-    predicted = stage_plan(model, result, vision_precision=vision_precision, cores=cores, ram_gib=ram_gib,
-                           disk_gbs=disk_gbs)
-    box = f"{result.gpu}, {cores} cores, {ram_gib:g} GiB RAM, disk {disk_gbs:g} GB/s"
-    emit({**plan_dict(result), "stages": stages_dict(predicted)}, json_output,
-         render_text(result) + "\n\n" + render_stages(predicted, box))
+    emit(plan_report(model, gpu=gpu, context=context, kv_type=engine.kv_type, level=level, vision_on_gpu=vision_on == "gpu",
+                     parallel=parallel, device=engine.device, gpu_layers=engine.gpu_layers,
+                     vision_provider=engine.vision_provider, vision_precision=vision_precision,
+                     image_max_tokens=engine.image_max_tokens, stages=stages, cores=cores, ram_gib=ram_gib,
+                     disk_gbs=disk_gbs), json_output)
 
 
 
@@ -125,7 +114,7 @@ def run(
     engine: EngineFlags = EngineFlags(),
 ) -> None:
     """Ask a question about images or PDF pages; the answer streams to stdout, timings go to stderr."""
-    from exaone_edge.runtime.ask import ask, read_schema, result_dict, stats_line
+    from exaone_edge.runtime.ask import ask, read_schema, stats_line
     from exaone_edge.runtime.generation import GenerationParams, collect
 
     params = GenerationParams(
@@ -140,7 +129,7 @@ def run(
         json_schema=read_schema(json_schema) if json_schema is not None else None,
     )
     if json_output:
-        emit(result_dict(collect(chunks)), True, "")
+        emit(collect(chunks), True)
         return
     # Reasoning goes to stderr (dimmed on a terminal), so stdout holds only the answer and stays pipeable.
     dim, undim = ("\x1b[2m", "\x1b[0m") if sys.stderr.isatty() else ("", "")
@@ -247,7 +236,7 @@ def quantize(
         result = quantize_gguf(model_dir, out, bits=bits, recipe=recipe, calibration=calibration, imatrix=imatrix,
                                vision_dir=vision, work_dir=work_dir, keep_work=keep_work, overwrite=overwrite,
                                threads=threads, gpu_layers=gpu_layers)
-    emit(result.to_dict(), json_output, result.summary())
+    emit(result, json_output)
 
 
 @app.command()
@@ -264,7 +253,7 @@ def export(
     from exaone_edge.export.vision import export_vision
 
     result = export_vision(model_dir, out, precision=precision, calibration=calibration, overwrite=overwrite)
-    emit(result.to_dict(), json_output, result.summary())
+    emit(result, json_output)
 
 
 @app.command()
@@ -306,7 +295,7 @@ def validate(
                      reference_cache=reference_cache, reference_dtype=reference_dtype)
     overrides = {"kl_mean_increase": kl_threshold} if kl_threshold is not None else None
     result = write_report(out, report, baseline, overrides, overwrite=overwrite)
-    emit(result.to_dict(), json_output, result.summary())
+    emit(result, json_output)
     if result.regressions:
         raise typer.Exit(1)
 
@@ -331,7 +320,7 @@ def bench(
     engine: EngineFlags = EngineFlags(),
 ) -> None:
     """Speed and memory as ratios against llama-cpp-python, transformers, the memory bandwidth and a copy."""
-    from exaone_edge.benchmarks.suite import SECTIONS, BenchOptions, render_table, run_bench
+    from exaone_edge.benchmarks.suite import SECTIONS, BenchOptions, run_bench
     from exaone_edge.files import write_json
 
     if repeats < 1 or prompt_tokens < 8 or decode_tokens < 2:
@@ -343,7 +332,8 @@ def bench(
                            **({"threads": threads} if threads else {}))
     report = run_bench(bundle, options)
     write_json(save, report.to_dict())
-    emit(report.to_dict(), json_output, render_table(report) + f"\nsaved {save}")
+    sys.stderr.write(f"saved {save}\n")
+    emit(report, json_output)
 
 
 docs_app = typer.Typer(help="Document sets for calibration and evaluation.", no_args_is_help=True)
@@ -361,12 +351,12 @@ def docs_make(
     json_output: JsonFlag = False,
 ) -> None:
     """Write a synthetic set of invoices, receipts, statements, tables, charts and forms with QA pairs."""
-    from exaone_edge.docs import generate_set
+    from exaone_edge.documents import generate_set
+
+    from dataclasses import replace
 
     result = generate_set(n, lang, seed, out, overwrite=overwrite, pdf=pdf)
-    summary = {**result.summary(), "path": str(out)}
-    emit(summary, json_output, f"wrote {out}: {summary['documents']} documents, {summary['pages']} pages, "
-         f"{summary['questions']} questions (content hash {summary['content_hash'][:16]})")
+    emit(replace(result.summary(), written_to=str(out)), json_output)
 
 
 @docs_app.command("show")
@@ -375,11 +365,9 @@ def docs_show(
     json_output: JsonFlag = False,
 ) -> None:
     """Summarize a document set: documents, pages, questions, kinds, languages, skipped files."""
-    from exaone_edge.docs import load_documents
-    from exaone_edge.docs.summary import render_text
+    from exaone_edge.documents import load_documents
 
-    summary = load_documents(set_path).summary()
-    emit(summary, json_output, render_text(summary))
+    emit(load_documents(set_path).summary(), json_output)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from exaone_edge.errors import InputError
 from exaone_edge.llama import ALL_LAYERS
-from exaone_edge.plan import (GIB, QUALITY_ORDER, Gpu, Source, gpu_bytes, largest_context, load_source,
+from exaone_edge.memory import (GIB, QUALITY_ORDER, Gpu, Source, gpu_bytes, largest_context, load_source,
                               with_page_budget)
 
 AUTO = "auto"

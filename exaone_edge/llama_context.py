@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exaone_edge.budgets import UBATCH
 from exaone_edge.errors import ArtifactError, InputError
 from exaone_edge.interrupts import held_interrupt
 from exaone_edge.llama import ALL_LAYERS, KV_TYPES, Model, Owned, log_mark, log_since
@@ -55,7 +56,7 @@ class LlamaOptions:
     n_ctx: int = 8192
     n_gpu_layers: int = ALL_LAYERS  # placed on the GPU only when llama.cpp has a GPU backend
     n_threads: int | None = None  # None: all cores
-    n_batch: int = 512
+    n_batch: int = UBATCH
     flash_attn: bool | None = None  # None: llama.cpp decides; on CPU it computes in F16 (parity: off)
     kv_type: str = "f16"
     swa_full: bool = False  # full-size sliding-window cache: more memory, prefix reuse at any distance
@@ -64,7 +65,7 @@ class LlamaOptions:
 
 
 # Reference runs (imatrix, KL, parity): flash attention off and an F32 KV cache (the F16 cache alone moves logits ~1e-3).
-def reference_options(n_ctx: int, *, n_gpu_layers: int = 0, n_threads: int | None = None, n_batch: int = 512) -> LlamaOptions:
+def reference_options(n_ctx: int, *, n_gpu_layers: int = 0, n_threads: int | None = None, n_batch: int = UBATCH) -> LlamaOptions:
     return LlamaOptions(n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, n_batch=min(n_batch, n_ctx),
                         flash_attn=False, kv_type="f32")
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from exaone_edge.budgets import EXPORT_INT8_CALIBRATION_PAGES
 from exaone_edge.errors import InputError, ValidationFailed, require
 from exaone_edge.files import atomic_dir, check_output_dir, sha256_file
 from exaone_edge.manifest import Manifest, write_manifest
@@ -36,7 +37,6 @@ from exaone_edge.export import checklist
 from exaone_edge.export.checklist import TOLERANCES, PageCheck
 
 PRECISIONS = tuple(TOLERANCES)
-MAX_CALIBRATION_PAGES = 16  # each costs one forward pass of the tower; memory does not grow with the count
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def calibration_pages(images: Iterable[Image.Image] | None, source: str, limit: int = MAX_CALIBRATION_PAGES
+def calibration_pages(images: Iterable[Image.Image] | None, source: str, limit: int = EXPORT_INT8_CALIBRATION_PAGES
                       ) -> list[Image.Image]:
     pages = [] if images is None else [image for _, image in zip(range(limit), images)]
     if not pages:
@@ -203,7 +203,7 @@ def _validate(directory: Path, precision: str, samples, references) -> list[Page
 
 def document_pages(path: Path | None) -> tuple[Iterable[Image.Image], str]:
     """Page images of a document set or folder (a small generated set when none is given), lazily."""
-    from exaone_edge.docs import documents_or_builtin
+    from exaone_edge.documents import documents_or_builtin
 
     documents, source = documents_or_builtin(path, builtin=8, seed=0)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from exaone_edge.budgets import PAGE_TEXT_ALLOWANCE
 from exaone_edge.checkpoint import Checkpoint
 from exaone_edge.errors import InputError
 from exaone_edge.progress import log
@@ -35,7 +36,7 @@ class CalibrationSample:
 
 def samples_from_documents(document_set: Any, pages_per_document: int = 2, questions_per_page: int = 2
                            ) -> list[CalibrationSample]:
-    """Pages of an `exaone_edge.docs.DocumentSet`: each question on a page with its answer, and the page's
+    """Pages of an `exaone_edge.documents.DocumentSet`: each question on a page with its answer, and the page's
     text as a transcription (so the statistics cover long answers too), or a generic request."""
     samples: list[CalibrationSample] = []
     for document in document_set.documents:
@@ -120,7 +121,6 @@ class PromptBuilder:
         return [s for s in segments if len(s)]
 
 
-PAGE_TEXT_ALLOWANCE = 512  # positions beside a page's rows: template, question and some of the answer
 
 
 def build_prompts(builder: PromptBuilder, samples: Iterable[CalibrationSample], max_positions: int) -> list[list[Any]]:
@@ -185,9 +185,9 @@ class CalibrationSet:
 
 
 def load_calibration(path: Path | None, eval_fraction: float = 0.25, builtin_documents: int = 8) -> CalibrationSet:
-    """A document set (`exaone_edge.docs`: a generated set or a folder of PDFs/images) split into calibration
+    """A document set (`exaone_edge.documents`: a generated set or a folder of PDFs/images) split into calibration
     and held-out pages; without a path, the built-in synthetic set."""
-    from exaone_edge.docs import documents_or_builtin
+    from exaone_edge.documents import documents_or_builtin
 
     documents, where = documents_or_builtin(path, builtin=builtin_documents, seed=0)
     calib, evals = documents.split(eval_fraction=eval_fraction, seed=0)

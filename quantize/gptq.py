@@ -21,7 +21,7 @@ from exaone_edge.errors import InputError, require
 from exaone_edge.files import atomic_dir, check_output_dir
 from exaone_edge.manifest import Manifest, write_manifest
 from exaone_edge.progress import log, stdout_to_stderr
-from exaone_edge.validate.candidates import eager_gptq_kernels
+from exaone_edge.reference.kernels import eager_gptq_kernels
 
 GPTQ_BITS = (4, 8)
 MIN_CALIBRATION = 4  # GPTQ's Hessians need several documents; real models want 128+
@@ -101,7 +101,7 @@ def gptq_from_documents(model_dir: Path, out: Path, documents: Path | None = Non
                         group_size: int = 128, overwrite: bool = False) -> GptqResult:
     """`exaone-edge quantize --format gptq`: a document set (default: the built-in one) split into calibration and
     held-out conversations, then `quantize_gptq`."""
-    from exaone_edge.docs import documents_or_builtin
+    from exaone_edge.documents import documents_or_builtin
 
     check_options(bits, group_size, _decoder_in_features(model_dir))  # bad options fail before pages are made
     check_output_dir(Path(out), overwrite=overwrite, kind="gptq")
@@ -194,8 +194,8 @@ def gptq_fidelity(source: Path, quantized: Path, conversations: list[Conversatio
     from transformers import AutoProcessor
 
     from exaone_edge.torch_weights import dequant_kernel
-    from exaone_edge.validate.reference_file import topk_fidelity
-    from exaone_edge.validate.streamed import StreamedReference, chat_reference, conversation_inputs, resolve_placement
+    from exaone_edge.reference.file import topk_fidelity
+    from exaone_edge.reference.streamed import StreamedReference, chat_reference, conversation_inputs, resolve_placement
 
     if not conversations:
         raise InputError("no evaluation samples for the GPTQ fidelity check", fix="Use a set with at least 2 documents.")

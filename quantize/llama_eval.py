@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exaone_edge.budgets import LLAMA_GPU_RESERVE
 from exaone_edge.errors import ArtifactError
 from exaone_edge.llama import ALL_LAYERS, gpu_memory
 from exaone_edge.llama_context import LlamaContext, reference_options
@@ -27,11 +28,10 @@ from exaone_edge.progress import log
 SCRATCH_BYTES = 16 * 2**30
 # GPU memory kept free beside the offloaded layers: CUDA context and cuBLAS workspace, and the compute buffer, whose
 # [512 × 153,600] float32 logits alone are 0.3 GB.
-GPU_RESERVE = 1536 * 2**20
 
 
 def layers_that_fit(gguf_path: Path, free_bytes: int, n_ctx: int) -> int:
-    """llama.cpp's `n_gpu_layers` for the model to fit `free_bytes` of GPU memory beside GPU_RESERVE, with its f32 KV
+    """llama.cpp's `n_gpu_layers` for the model to fit `free_bytes` of GPU memory beside LLAMA_GPU_RESERVE, with its f32 KV
     cache of `n_ctx` positions. llama.cpp's rule (exaone_edge.device.gpu_layer_split, from src/llama-model.cpp
     `load_tensors`): N puts the output layer and the last N - 1 repeating layers on the GPU. So the output layer is
     counted first (0 when it does not fit: then nothing goes to the GPU), then layers from the last one down. While
@@ -59,9 +59,9 @@ def layers_that_fit(gguf_path: Path, free_bytes: int, n_ctx: int) -> int:
             largest = max(largest, int(tensor.n_bytes))
         elif tensor.name.startswith("output"):  # output.weight and output_norm
             output += int(tensor.n_bytes)
-    if free_bytes - GPU_RESERVE >= output + sum(layers.values()) + kv_per_layer * len(layers):
+    if free_bytes - LLAMA_GPU_RESERVE >= output + sum(layers.values()) + kv_per_layer * len(layers):
         return ALL_LAYERS
-    room = free_bytes - GPU_RESERVE - largest - output
+    room = free_bytes - LLAMA_GPU_RESERVE - largest - output
     if room < 0:
         return 0
     count = 1  # the output layer

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -87,16 +87,6 @@ def read_schema(path: Path) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise InputError("the JSON Schema must be a JSON object", path=path, fix='Start it with {"type": "object", …}.')
     return schema
-
-
-def result_dict(result: GenerationResult) -> dict[str, Any]:
-    return {
-        "text": result.text,
-        "reasoning": result.reasoning,
-        "finish_reason": result.finish_reason,
-        "usage": asdict(result.usage),
-        "timings": asdict(result.timings),
-    }
 
 
 def stats_line(result: GenerationResult) -> str:

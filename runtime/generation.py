@@ -18,7 +18,7 @@ together in one batch, more wait for a free slot; callers decide their own concu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from exaone_edge.errors import InputError
@@ -130,6 +130,13 @@ class GenerationResult:
     timings: Timings
     token_ids: tuple[int, ...] = ()
     reasoning: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "reasoning": self.reasoning, "finish_reason": self.finish_reason,
+                "usage": asdict(self.usage), "timings": asdict(self.timings)}
+
+    def summary(self) -> str:
+        return self.text
 
 
 def collect(chunks) -> GenerationResult:

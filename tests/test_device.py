@@ -124,12 +124,12 @@ def test_imatrix_and_kl_offload_count_the_output_layer_first(tiny_model_dir, tmp
     config = json.loads((tiny_model_dir / "config.json").read_text())["text_config"]
     kv = 256 * 2 * config["num_key_value_heads"] * config["head_dim"] * 4  # f32 KV of one layer at 256 positions
     fit = llama_eval.layers_that_fit
-    base = llama_eval.GPU_RESERVE + output + largest  # the output layer and one host weight's copy
+    base = llama_eval.LLAMA_GPU_RESERVE + output + largest  # the output layer and one host weight's copy
     assert fit(f16, base + 5 * (layer + kv), 256) == 6  # the output layer + 5 repeating layers
     assert fit(f16, base + 5 * (layer + kv) - 1, 256) == 5
     assert fit(f16, base, 256) == 1  # the output layer only
     assert fit(f16, base - 1, 256) == 0  # not even the output layer: nothing on the GPU
-    everything = llama_eval.GPU_RESERVE + output + 64 * (layer + kv)  # no layer left on the host: no copy needed
+    everything = llama_eval.LLAMA_GPU_RESERVE + output + 64 * (layer + kv)  # no layer left on the host: no copy needed
     assert fit(f16, everything, 256) == -1
     assert fit(f16, everything - 1, 256) == 1 + (everything - 1 - base) // (layer + kv) < 65
     monkeypatch.setattr(llama_eval, "gpu_memory", lambda: (base + 7 * (layer + kv), 10**12))
@@ -163,7 +163,7 @@ def test_plan_predicts_the_runtime_default():
 
 
 def test_plan_follows_the_placement(tiny_model_dir):
-    from exaone_edge.plan import plan
+    from exaone_edge.memory import plan
 
     on_gpu = plan(tiny_model_dir, gpu="24GiB", context=4096)
     assert on_gpu.vision_on_gpu and on_gpu.placement == predicted_placement().as_dict()

@@ -12,13 +12,13 @@ import pypdfium2 as pdfium
 import pytest
 
 from conftest import run_cli
-from exaone_edge.docs import KINDS, generate_set, load_documents
-from exaone_edge.docs import fonts as fonts_module
-from exaone_edge.docs import generate as generate_module
-from exaone_edge.docs.canvas import Canvas, Scan, Text, measure, rasterize, write_pdf
-from exaone_edge.docs.fonts import FontMissing, covers, font_index
-from exaone_edge.docs.generate import generate_documents
-from exaone_edge.docs.langs import LANGS, lang_fonts
+from exaone_edge.documents import KINDS, generate_set, load_documents
+from exaone_edge.documents import fonts as fonts_module
+from exaone_edge.documents import generate as generate_module
+from exaone_edge.documents.canvas import Canvas, Scan, Text, measure, rasterize, write_pdf
+from exaone_edge.documents.fonts import FontMissing, covers, font_index
+from exaone_edge.documents.generate import generate_documents
+from exaone_edge.documents.langs import LANGS, lang_fonts
 from exaone_edge.errors import ArtifactError, InputError
 
 EVERY_KIND = 2 * len(KINDS)  # documents cycle languages, then kinds: this many cover every kind in ko and en
@@ -158,7 +158,7 @@ def test_written_set_loads_back_and_detects_tampering(tmp_path):
 
 
 def test_written_set_with_remade_manifest_around_a_bad_qa_line_is_refused(tmp_path):
-    from exaone_edge.docs.model import files_hash
+    from exaone_edge.documents.model import files_hash
     from exaone_edge.manifest import read_manifest, write_manifest
 
     generate_set(2, "en", 2, tmp_path / "set")
@@ -208,7 +208,7 @@ def test_cli_make_and_show(tmp_path):
 
 
 def test_docs_package_imports_without_torch():
-    code = ("import sys; from exaone_edge.docs import generate_set; generate_set(1, 'ko', 0).documents[0].page_image(0); "
+    code = ("import sys; from exaone_edge.documents import generate_set; generate_set(1, 'ko', 0).documents[0].page_image(0); "
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(','.join(bad)); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, f"imported {result.stdout.strip()}: {result.stderr[-500:]}"

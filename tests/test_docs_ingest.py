@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from exaone_edge.docs import generate_set, load_documents
-from exaone_edge.docs.canvas import Canvas, write_pdf
-from exaone_edge.docs.ingest import LoadOptions
+from exaone_edge.documents import generate_set, load_documents
+from exaone_edge.documents.canvas import Canvas, write_pdf
+from exaone_edge.documents.ingest import LoadOptions
 from exaone_edge.errors import InputError
 
 REAL_PDFS = [Path("/usr/share/debian-reference/debian-reference.en.pdf"),

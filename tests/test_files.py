@@ -263,7 +263,7 @@ def test_a_swap_killed_between_its_renames_is_recovered_by_the_next_command(tiny
     assert run_cli("docs", "make", str(out), "--n", "1").returncode == 0
     old = (out / "manifest.json").read_bytes()
     killed = CHILD.split("with files.atomic_dir")[0] + (
-        "from exaone_edge.docs import generate_set\ngenerate_set(2, 'en', 0, target, overwrite=True)\n")
+        "from exaone_edge.documents import generate_set\ngenerate_set(2, 'en', 0, target, overwrite=True)\n")
     child = subprocess.run([sys.executable, "-c", killed, str(out), "between-renames"], capture_output=True, text=True,
                            timeout=300)
     assert child.returncode == -9 and not out.exists(), child.stderr
@@ -285,7 +285,7 @@ def test_a_partial_file_of_a_killed_write_is_swept_by_the_next_write(tmp_path):
 def test_the_one_writer_never_writes_through_a_link(tmp_path, monkeypatch):
     """A link at the target is replaced, not followed; one planted at the temporary name (had it been guessed) makes
     the write fail: the file is created with O_EXCL | O_NOFOLLOW and written through that descriptor only."""
-    from exaone_edge.validate.reference_file import ReferenceFile, write_reference
+    from exaone_edge.reference.file import ReferenceFile, write_reference
 
     victim = tmp_path / "victim.txt"
     victim.write_text("not ours")

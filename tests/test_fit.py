@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli
 from exaone_edge.device import Placement, predicted_placement
 from exaone_edge.fit import MIN_CONTEXT, fit, recommend
-from exaone_edge.plan import GIB, GPUS, Gpu, load_source, plan, plan_source, with_page_budget
+from exaone_edge.memory import GIB, GPUS, Gpu, load_source, plan, plan_source, with_page_budget
 
 RELEASED = "exaone-4.5-33b"
 WALKTHROUGH = dict(kv_type="q8_0", vision_precision="int8w", image_max_tokens=1280)  # README's 24 GB setting

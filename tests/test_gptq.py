@@ -83,9 +83,9 @@ def test_streamed_candidate_equals_the_whole_gptq_model(gptq_models, tiny_model_
     import torch
     from transformers import AutoProcessor, Exaone4_5_ForConditionalGeneration
 
-    from exaone_edge.validate.candidates import eager_gptq_kernels
+    from exaone_edge.reference.kernels import eager_gptq_kernels
     from exaone_edge.torch_weights import GptqShardReader
-    from exaone_edge.validate.streamed import StreamedReference, conversation_inputs
+    from exaone_edge.reference.streamed import StreamedReference, conversation_inputs
 
     path = gptq_models[bits].path
     inputs = conversation_inputs(AutoProcessor.from_pretrained(tiny_model_dir), _chats(2, offset=100))

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_cli
 from exaone_edge.checkpoint import open_checkpoint
-from exaone_edge.inspect_model import inspect_checkpoint
+from exaone_edge.plan.inspect import inspect_checkpoint
 from exaone_edge.spec import RELEASED_33B_CONFIG
 
 DATA = RELEASED_33B_CONFIG.parent

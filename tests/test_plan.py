@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_cli
 from exaone_edge.errors import InputError
-from exaone_edge.plan import GIB, plan, vision_activation_bytes
+from exaone_edge.memory import GIB, plan, vision_activation_bytes
 from exaone_edge.spec import RELEASED_33B_CONFIG
 
 DATA = RELEASED_33B_CONFIG.parent

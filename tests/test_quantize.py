@@ -265,7 +265,7 @@ def test_cli_quantize_4bit_with_a_folder_of_pages(tiny_model_dir, tmp_path):
 
 
 def test_calibration_from_a_document_set_keeps_pages_and_holds_out_documents():
-    from exaone_edge.docs import generate_set
+    from exaone_edge.documents import generate_set
     from exaone_edge.quantize.calibration import load_calibration, samples_from_documents
 
     documents = generate_set(4, ["en", "ko"], 0)

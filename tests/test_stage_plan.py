@@ -8,9 +8,9 @@ import pytest
 
 from conftest import run_cli
 from exaone_edge.errors import InputError
-from exaone_edge.plan import GIB, plan
+from exaone_edge.memory import GIB, plan
 from exaone_edge.spec import RELEASED_33B_CONFIG, model_spec
-from exaone_edge.stage_plan import Workload, prompt_flops, stage_plan
+from exaone_edge.plan.stages import Workload, prompt_flops, stage_plan
 
 RELEASED = "exaone-4.5-33b"
 DECODER = model_spec(json.loads(RELEASED_33B_CONFIG.read_text()), RELEASED_33B_CONFIG).decoder
@@ -124,20 +124,3 @@ def test_many_questions_run_in_groups_instead_of_overflowing_the_gpu():
     assert "191 more passes" in passes.name and "8 groups" in passes.name
     assert "groups" not in next(p for p in few.phases if "more passes" in p.name).name  # 12 questions: one group
     assert many.gpu_bytes <= 24564 * 2**20 and many.seconds > 3 * few.seconds
-
-
-def test_the_stage_constants_mirror_the_stages_they_predict():
-    """The core cannot import a stage, so stage_plan repeats a few of their constants: they must not drift."""
-    from exaone_edge import stage_plan as predicted
-    from exaone_edge.export.vision import MAX_CALIBRATION_PAGES
-    from exaone_edge.llama_context import reference_options
-    from exaone_edge.quantize.calibration import PAGE_TEXT_ALLOWANCE
-    from exaone_edge.quantize.llama_eval import GPU_RESERVE
-    from exaone_edge.validate.streamed import CACHE_SHARE, resolve_placement
-
-    assert predicted.EXPORT_INT8_CALIBRATION_PAGES == MAX_CALIBRATION_PAGES
-    assert predicted.PAGE_TEXT_ALLOWANCE == PAGE_TEXT_ALLOWANCE
-    assert predicted.LLAMA_GPU_RESERVE == GPU_RESERVE
-    assert predicted.REFERENCE_CACHE_SHARE == CACHE_SHARE
-    assert resolve_placement("auto", "cuda")[0] == "float32" and predicted.REFERENCE_BYTES == 4
-    assert predicted.UBATCH == reference_options(4096).n_batch  # imatrix and KL upload host weights once a batch

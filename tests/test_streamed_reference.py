@@ -12,7 +12,7 @@ from exaone_edge.metrics import log_softmax
 
 @pytest.fixture(scope="module")
 def questions():
-    from exaone_edge.docs import generate_set
+    from exaone_edge.documents import generate_set
     from exaone_edge.validate.collect import questions_from
 
     return questions_from(generate_set(2, ["en", "ko"], 3), 2)
@@ -21,7 +21,7 @@ def questions():
 @pytest.fixture(scope="module")
 def whole_model(tiny_model_dir: Path, questions):
     """transformers' whole-model reference (float32, CPU): logits, greedy answers, vision rows."""
-    from exaone_edge.validate.reference import HFModel
+    from exaone_edge.reference.inputs import HFModel
 
     model = HFModel(tiny_model_dir, tiny_model_dir)
     answers = [model.answer_ids(q.answers[0]) for q in questions]
@@ -33,8 +33,8 @@ def whole_model(tiny_model_dir: Path, questions):
 
 
 def test_streamed_reference_equals_the_whole_model(tiny_model_dir, questions, whole_model):
-    from exaone_edge.validate.reference import chat_inputs
-    from exaone_edge.validate.streamed import StreamedReference
+    from exaone_edge.reference.inputs import chat_inputs
+    from exaone_edge.reference.streamed import StreamedReference
 
     streamed = StreamedReference(tiny_model_dir, dtype="float32", device="cpu")
     inputs = [chat_inputs(streamed.processor, q) for q in questions]
@@ -60,7 +60,7 @@ def test_kl_from_kept_tokens_agrees_with_full_vocabulary_kl(whole_model, coverag
     """Tolerance: per position KL_full − 10·(1 − coverage)·KL_full − 1e-6 ≤ KL_kept ≤ KL_full + 1e-6 (lumping
     is a lower bound; the gap is the KL the left-out tokens carry, measured up to 5·(1 − coverage)·KL_full here).
     The default coverage (0.9999) keeps the tiny model's whole flat vocabulary: exact up to rounding."""
-    from exaone_edge.validate.reference_file import kl_from_topk, topk_numpy
+    from exaone_edge.reference.file import kl_from_topk, topk_numpy
 
     reference = np.concatenate(whole_model["logits"])
     rng = np.random.default_rng(0)
@@ -76,7 +76,7 @@ def test_kl_from_kept_tokens_agrees_with_full_vocabulary_kl(whole_model, coverag
 
 
 def test_reference_file_round_trip_checksum_and_key(tmp_path, whole_model):
-    from exaone_edge.validate.reference_file import (
+    from exaone_edge.reference.file import (
         ReferenceEntry, ReferenceFile, read_reference, topk_fidelity, topk_numpy, write_reference,
     )
 
@@ -98,7 +98,7 @@ def test_reference_file_round_trip_checksum_and_key(tmp_path, whole_model):
 
 def test_second_validate_run_reuses_the_reference_file_without_the_checkpoint(
         tiny_model_dir, tiny_vision_dir, tmp_path, monkeypatch):
-    from exaone_edge.docs import generate_set
+    from exaone_edge.documents import generate_set
     from exaone_edge import torch_weights
     from exaone_edge.validate import collect, reference, streamed
 

@@ -9,7 +9,7 @@ import pytest
 from exaone_edge.checkpoint import open_checkpoint
 from exaone_edge.files import sha256_file
 from exaone_edge.spec import RELEASED_33B_CONFIG
-from exaone_edge.tiny_model import build_tiny_model
+from exaone_edge.fixtures.tiny_model import build_tiny_model
 
 
 def test_structure_matches_what_llama_cpp_and_the_stages_need(tiny_model_dir):
@@ -45,7 +45,7 @@ def test_bench_preset_has_the_released_widths():
     from transformers import Exaone4_5_Config, Exaone4_5_ForConditionalGeneration, PreTrainedTokenizerFast
 
     from exaone_edge.spec import model_spec
-    from exaone_edge.tiny_model import PRESETS, _hf_tokenizer, preset_config
+    from exaone_edge.fixtures.tiny_model import PRESETS, _hf_tokenizer, preset_config
 
     path = RELEASED_33B_CONFIG
     released = model_spec(json.loads(path.read_text()), path)

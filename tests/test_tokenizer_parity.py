@@ -1,6 +1,6 @@
 """llama.cpp tokenizes like HF, token for token, for both EXAONE pre-tokenizers.
 
-Each tiny tokenizer (exaone_edge.tiny_tokenizer) is saved as tokenizer.json, turned into a GGUF vocabulary by
+Each tiny tokenizer (exaone_edge.fixtures.tiny_tokenizer) is saved as tokenizer.json, turned into a GGUF vocabulary by
 our converter's own code (quantize/gguf_vocab.py) and loaded vocab-only by llama-cpp-python 0.3.36. HF's side
 is the `tokenizers` library reading the same tokenizer.json. Special-token parsing off in llama.cpp is compared
 with HF's split_special_tokens (tokenizers' `encode_special_tokens`).
@@ -82,7 +82,7 @@ def build_variant(out: Path, pre_tokenizer: str, normalizer: str | None) -> Path
     import gguf
 
     from exaone_edge.quantize.gguf_vocab import vocab_from_files, write_vocab
-    from exaone_edge.tiny_tokenizer import EOS, SPECIAL_ROLES, train_tokenizer
+    from exaone_edge.fixtures.tiny_tokenizer import EOS, SPECIAL_ROLES, train_tokenizer
 
     out.mkdir(parents=True)
     tokenizer = train_tokenizer(2048, pre_tokenizer, normalizer)
@@ -172,7 +172,7 @@ def test_special_and_user_defined_tokens(variants):
     split_special_tokens); `<think>` and tool-call markers are not special: always parsed, kept in text."""
     from transformers import PreTrainedTokenizerFast
 
-    from exaone_edge.tiny_tokenizer import SPECIAL_ROLES
+    from exaone_edge.fixtures.tiny_tokenizer import SPECIAL_ROLES
 
     directory, tokenizer, llama = variants["exaone-moe"]
     for text, token_id in (("<|user|>", 51), ("<|endofturn|>", 53), ("<|image_pad|>", 67), ("[BOS]", 1)):

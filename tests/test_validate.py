@@ -90,7 +90,7 @@ def test_thinking_mode_is_chosen_recorded_and_budgeted(tiny_model_dir, bundles):
 def test_pages_are_validated_at_the_deployed_page_budget(tiny_model_dir, bundles):
     """--image-max-tokens: the reference and the bundle see the page as `run`/`serve --image-max-tokens` fit it."""
     from exaone_edge.checkpoint import open_checkpoint
-    from exaone_edge.docs import load_documents
+    from exaone_edge.documents import load_documents
     from exaone_edge.validate.collect import fit_pages, questions_from
     from exaone_edge.vision.preprocess import fit_page, rows_for, with_image_max_tokens
 
@@ -129,7 +129,7 @@ def test_answers_are_scored_after_the_reasoning():
 def test_reference_prompt_follows_the_mode(tiny_model_dir, thinking, ending):
     from PIL import Image
 
-    from exaone_edge.validate.reference import Question, chat_inputs
+    from exaone_edge.reference.inputs import Question, chat_inputs
     from runtime_fixtures import hf_processor
 
     processor = hf_processor(tiny_model_dir)

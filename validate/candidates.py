@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +12,9 @@ from exaone_edge.errors import ArtifactError
 from exaone_edge.levels import LEVELS, VISION_BITS
 from exaone_edge.manifest import read_manifest
 from exaone_edge.progress import stdout_to_stderr
-from exaone_edge.validate.reference import HFModel, Question
+from exaone_edge.reference.kernels import eager_gptq_kernels
+from exaone_edge.reference.inputs import HFModel, Question
 from exaone_edge.vision import contract as vision_format
-
-
-@contextlib.contextmanager
-def eager_gptq_kernels() -> Iterator[None]:
-    """GPTQModel torch.compiles every TorchLinear's dequantization; on CPU each new sequence length
-    recompiles until dynamo's limit (validating 6 questions took > 16 min). Eager takes seconds."""
-    import torch
-
-    with torch._dynamo.config.patch(disable=True):
-        yield
 
 
 class BundleCandidate:

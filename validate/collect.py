@@ -16,8 +16,8 @@ from exaone_edge.machine import describe_machine
 from exaone_edge.metrics import ANLS_THRESHOLD, anls, exact_match, row_cosines
 from exaone_edge.progress import log
 from exaone_edge.runtime.reasoning import split_text
-from exaone_edge.validate.reference import Question
-from exaone_edge.validate.reference_file import ReferenceFile, topk_fidelity
+from exaone_edge.reference.inputs import Question
+from exaone_edge.reference.file import ReferenceFile, topk_fidelity
 from exaone_edge.validate.schema import (ArtifactResult, DecoderFidelity, EvalSet, Flip, Mode, QuestionOutcome,
                                          ReferenceRun, ReferenceTask, TaskAccuracy, ValidationReport, VisionFidelity)
 
@@ -133,11 +133,11 @@ def fit_pages(questions: list[Question], reference_dir: Path, image_max_tokens: 
 def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
              options: ValidateOptions = ValidateOptions(), reference_cache: Path | None = None,
              reference_dtype: str = "auto") -> ValidationReport:
-    from exaone_edge.docs import documents_or_builtin
+    from exaone_edge.documents import documents_or_builtin
     from exaone_edge.manifest import read_manifest
     from exaone_edge.validate.candidates import open_candidate
-    from exaone_edge.validate.reference import chat_inputs
-    from exaone_edge.validate.streamed import question_reference
+    from exaone_edge.reference.inputs import chat_inputs
+    from exaone_edge.reference.streamed import question_reference
 
     if not artifacts:
         raise InputError("no artifacts to validate", fix="Pass one or more bundles, GPTQ checkpoints or vision exports.")

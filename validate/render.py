@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from exaone_edge.plan import GPUS
+from exaone_edge.memory import GPUS
 from exaone_edge.validate.schema import ArtifactResult, Flip, Speed, ValidationReport
 
 _WIDTH, _HEIGHT, _PAD = 640, 320, 56

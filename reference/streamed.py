@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from exaone_edge.budgets import REFERENCE_CACHE_SHARE, REFERENCE_DTYPE
 from exaone_edge.errors import InputError
 from exaone_edge.progress import log
 from exaone_edge.torch_weights import open_weights, vision_prefix
@@ -34,7 +35,6 @@ from exaone_edge.torch_weights import open_weights, vision_prefix
 DTYPES = ("auto", "bfloat16", "float32")
 # Of the free memory when the reference starts, the share its generation KV caches may take; the rest holds one decoder
 # layer, the embeddings and head (8.2 GB for the 33B in float32) and the activations.
-CACHE_SHARE = 0.5
 HEAD_ROWS = 256  # positions per lm_head chunk: bounds the [rows, vocab] float32 logits (153,600 wide for the 33B)
 
 
@@ -61,7 +61,7 @@ def resolve_placement(dtype: str = "auto", device: str | None = None) -> tuple[s
         raise InputError(f"reference dtype '{dtype}' is not supported", fix=f"Use one of: {', '.join(DTYPES)}.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype == "auto":
-        dtype = "float32"
+        dtype = REFERENCE_DTYPE
     return dtype, device
 
 
@@ -255,14 +255,14 @@ class StreamedReference:
         return tokens
 
     def cache_groups(self, inputs: Sequence[Any], max_new_tokens: int) -> list[slice]:
-        """Consecutive questions whose generation KV caches (every layer, prompt + answer) fit CACHE_SHARE of the
+        """Consecutive questions whose generation KV caches (every layer, prompt + answer) fit REFERENCE_CACHE_SHARE of the
         device's free memory together: one group unless the questions are many (0.93 GB each for the 33B in float32
         at 1,772 positions, so about 12 to a group on a 24 GB card)."""
         config = self.text_config
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         per_position = (config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim
                         * self._torch.finfo(self.dtype).bits // 8)
-        budget = CACHE_SHARE * free_memory(self.device)
+        budget = REFERENCE_CACHE_SHARE * free_memory(self.device)
         groups, start, used = [], 0, 0
         for index, item in enumerate(inputs):
             need = (item["input_ids"].shape[1] + max_new_tokens) * per_position
@@ -293,7 +293,7 @@ def conversation_inputs(processor, conversations: Sequence[Any]) -> list[Any]:
 
 
 def _cached(key: str, cache_dir: Path | None) -> tuple[Path, Any]:
-    from exaone_edge.validate.reference_file import default_cache_dir, read_reference
+    from exaone_edge.reference.file import default_cache_dir, read_reference
 
     path = Path(cache_dir or default_cache_dir()) / f"reference-{key[:32]}.npz"
     return path, read_reference(path, key)
@@ -306,8 +306,8 @@ def question_reference(model_dir: Path, questions: Sequence[Any], eval_hash: str
     miss and written to the cache; on a hit the checkpoint's weights are never opened."""
     import time
 
-    from exaone_edge.validate.reference import chat_inputs
-    from exaone_edge.validate.reference_file import (
+    from exaone_edge.reference.inputs import chat_inputs
+    from exaone_edge.reference.file import (
         ReferenceEntry, ReferenceFile, checkpoint_fingerprint, image_digest, reference_key, target_logprobs, topk_numpy,
         write_reference,
     )
@@ -350,7 +350,7 @@ def question_reference(model_dir: Path, questions: Sequence[Any], eval_hash: str
 def chat_reference(model_dir: Path, processor, conversations: Sequence[Any], cache_dir: Path | None = None,
                    dtype: str = "auto") -> Any:
     """Top-k logits at every position of each full chat (the GPTQ fidelity check), cached like validate's."""
-    from exaone_edge.validate.reference_file import (
+    from exaone_edge.reference.file import (
         ReferenceEntry, ReferenceFile, checkpoint_fingerprint, concat_topk, image_digest, reference_key, topk_torch,
         write_reference,
     )

@@ -3,9 +3,9 @@
 Torch-free: the runtime may import it.
 """
 
-from exaone_edge.docs.generate import KINDS, generate_set
-from exaone_edge.docs.ingest import LoadOptions, documents_or_builtin, load_documents
-from exaone_edge.docs.model import QA, Document, DocumentSet, Skipped
+from exaone_edge.documents.generate import KINDS, generate_set
+from exaone_edge.documents.ingest import LoadOptions, documents_or_builtin, load_documents
+from exaone_edge.documents.model import QA, Document, DocumentSet, Skipped
 
 __all__ = ["KINDS", "QA", "Document", "DocumentSet", "LoadOptions", "Skipped", "documents_or_builtin", "generate_set",
            "load_documents"]

@@ -6,11 +6,14 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from exaone_edge.errors import InputError
+
+if TYPE_CHECKING:
+    from exaone_edge.documents.summary import SetSummary
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,10 @@ class DocumentSet:
 
         return DocumentSet(documents, f"{self.source}, {label}", list(self.skipped), subset_hash)
 
-    def summary(self) -> dict[str, Any]:
-        return {
+    def summary(self) -> SetSummary:
+        from exaone_edge.documents.summary import SetSummary
+
+        return SetSummary({
             "source": self.source,
             "content_hash": self.content_hash,
             "documents": len(self.documents),
@@ -97,7 +102,7 @@ class DocumentSet:
             "kinds": dict(sorted(Counter(d.kind for d in self.documents).items())),
             "langs": dict(sorted(Counter(d.lang or "unknown" for d in self.documents).items())),
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
-        }
+        })
 
 
 def files_hash(entries: Iterable[tuple[str, str]]) -> str:

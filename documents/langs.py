@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from exaone_edge.docs.fonts import font_index, pick_fonts
+from exaone_edge.documents.fonts import font_index, pick_fonts
 
 MONTHS_EN = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
              "November", "December")

@@ -6,9 +6,9 @@ import datetime
 import random
 from dataclasses import dataclass, field
 
-from exaone_edge.docs.canvas import A4, Canvas, Color
-from exaone_edge.docs.langs import Lang
-from exaone_edge.docs.model import QA
+from exaone_edge.documents.canvas import A4, Canvas, Color
+from exaone_edge.documents.langs import Lang
+from exaone_edge.documents.model import QA
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from exaone_edge.docs.blocks import Built, Cell, Ctx, draw_table
-from exaone_edge.docs.model import QA
+from exaone_edge.documents.blocks import Built, Cell, Ctx, draw_table
+from exaone_edge.documents.model import QA
 
 
 def _statement_header(ctx: Ctx, page, title: str, company: str, period: str) -> float:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from exaone_edge.docs.model import QA, Document, DocumentSet, files_hash
+from exaone_edge.documents.model import QA, Document, DocumentSet, files_hash
 from exaone_edge.errors import ArtifactError
 from exaone_edge.images import open_image
 from exaone_edge.manifest import read_manifest

@@ -131,6 +131,9 @@ class InspectReport:
     estimated_bytes: EstimatedBytes
     weights: WeightFiles
 
+    def summary(self) -> str:
+        return render_text(self)
+
     def to_dict(self) -> dict[str, Any]:
         """What `inspect --json` prints: the fields, and the parameter total."""
         data = json.loads(json.dumps(asdict(self)))  # tuples become lists, as JSON has them

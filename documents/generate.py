@@ -15,12 +15,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from exaone_edge.docs import kinds_business, kinds_charts, kinds_finance
-from exaone_edge.docs.blocks import Built, Ctx
-from exaone_edge.docs.canvas import Canvas, Scan, page_text, rasterize
-from exaone_edge.docs.langs import LANGS, lang_fonts, pick
-from exaone_edge.docs.model import Document, DocumentSet, files_hash
-from exaone_edge.docs.written import SET_KIND
+from exaone_edge.documents import kinds_business, kinds_charts, kinds_finance
+from exaone_edge.documents.blocks import Built, Ctx
+from exaone_edge.documents.canvas import Canvas, Scan, page_text, rasterize
+from exaone_edge.documents.langs import LANGS, lang_fonts, pick
+from exaone_edge.documents.model import Document, DocumentSet, files_hash
+from exaone_edge.documents.written import SET_KIND
 from exaone_edge.errors import InputError
 
 GENERATOR_VERSION = 1  # bump when the same seed would draw different pages
@@ -171,7 +171,7 @@ def generate_set(n: int, langs: list[str] | str, seed: int, out: Path | None = N
 
         return DocumentSet(documents, source, hasher=content_hash)
     from exaone_edge.files import atomic_dir
-    from exaone_edge.docs.canvas import write_pdf
+    from exaone_edge.documents.canvas import write_pdf
     from exaone_edge.manifest import Manifest, write_manifest
     from exaone_edge.progress import track
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from exaone_edge.docs.blocks import Built, Cell, Ctx, draw_table
-from exaone_edge.docs.canvas import Canvas
-from exaone_edge.docs.model import QA
+from exaone_edge.documents.blocks import Built, Cell, Ctx, draw_table
+from exaone_edge.documents.canvas import Canvas
+from exaone_edge.documents.model import QA
 
 
 def _line_items(ctx: Ctx, count: int) -> list[tuple[str, int, float]]:

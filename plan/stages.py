@@ -2,7 +2,7 @@
 
 Work is counted from config.json: FLOPs per token and per page, the bytes each step reads and writes, the passes
 over the weights. A phase lasts as long as its slowest resource at the box's rates: the GPU's spec-sheet tensor
-throughput, memory bandwidth and PCIe link (exaone_edge.plan.GPUS), the disk's sequential rate (`--disk-gbs`:
+throughput, memory bandwidth and PCIe link (exaone_edge.memory.GPUS), the disk's sequential rate (`--disk-gbs`:
 the user's drive, unknowable here) and CPU rates measured on this project's test machine
 (benchmarks/cpu_rates.py). A command's phases run one after another. No run reaches spec-sheet peaks, so every
 time here is a floor, printed as a prediction; scripts/gpu_check.sh measures the GPU path on a GPU box.
@@ -16,8 +16,10 @@ from pathlib import Path
 
 from exaone_edge.errors import InputError
 from exaone_edge.levels import estimated_bytes
-from exaone_edge.plan import (GIB, GPUS, UBATCH, VISION_WEIGHT_BYTES, Gpu, Plan, Source, load_source,
-                              output_layer_bytes, vision_activation_bytes, with_page_budget)
+from exaone_edge.budgets import (DTYPE_BYTES, EXPORT_INT8_CALIBRATION_PAGES, GIB, LLAMA_GPU_RESERVE,
+                                  PAGE_TEXT_ALLOWANCE, REFERENCE_CACHE_SHARE, REFERENCE_DTYPE, UBATCH)
+from exaone_edge.memory import (GPUS, VISION_WEIGHT_BYTES, Gpu, Plan, Source, load_source, output_layer_bytes,
+                                vision_activation_bytes, with_page_budget)
 from exaone_edge.spec import DecoderSpec, VisionSpec
 from exaone_edge.vision.contract import VALIDATION_PAGES
 from exaone_edge.vision.preprocess import smart_resize
@@ -33,14 +35,9 @@ TRACE_SECONDS_PER_BLOCK = 1.9  # the tiny tower's whole export on one tiny page 
 # int4 are given fp32's ratio, not measured (their conversion reopens the fp32 graph after the tower is freed).
 EXPORT_FIXED_RAM = int(1.15e9)
 EXPORT_RAM_PER_FP32_BYTE = {"fp32": 1.52, "fp16": 1.52, "int8w": 1.52, "int4": 1.52, "int8": 2.17}
-EXPORT_INT8_CALIBRATION_PAGES = 16  # export.vision.MAX_CALIBRATION_PAGES
 # validate's layer-streamed reference, peak RSS at the real decoder widths with 8 layers (benchmarks/reference_memory.py).
 REFERENCE_RAM = int(4.12 * GIB)
-LLAMA_GPU_RESERVE = 1536 * 2**20  # quantize.llama_eval.GPU_RESERVE: CUDA context, cuBLAS workspace, compute buffer
-PAGE_TEXT_ALLOWANCE = 512  # quantize.calibration.PAGE_TEXT_ALLOWANCE: positions beside a page's rows
 GPTQ_GPU = "a100-40"  # the GPU GPTQ is planned on (README: an A100 40/80 GB)
-REFERENCE_CACHE_SHARE = 0.5  # validate.streamed.CACHE_SHARE: the free GPU memory a group's KV caches may take
-REFERENCE_BYTES = 4  # validate.streamed.resolve_placement: the reference runs float32, on the GPU too
 PROCESS_RAM = GIB  # a Python process with its runtimes loaded, beside what a stage holds
 
 
@@ -264,11 +261,11 @@ def validate_stage(source: Source, box: Box, work: Workload, deployed: Plan) -> 
     decoder = source.spec.decoder
     tokens = _page_rows(source) + PAGE_TEXT_ALLOWANCE
     bf16 = 2 * source.decoder_params  # the shards on disk
-    ref = REFERENCE_BYTES * source.decoder_params  # what crosses PCIe: torch casts on the host for blocking copies
+    ref = DTYPE_BYTES[REFERENCE_DTYPE] * source.decoder_params  # what crosses PCIe: torch casts on the host for blocking copies
     cached = bf16 + REFERENCE_RAM <= box.ram_bytes  # later passes come from the page cache, not the disk
     # Every generating question keeps all layers' KV caches on the GPU; questions run in groups whose caches fit
-    # validate.streamed.CACHE_SHARE of it, each group with its own passes over the weights.
-    caches = work.questions * tokens * decoder.num_layers * decoder.kv_bytes_per_token_per_layer_f16 * REFERENCE_BYTES // 2
+    # budgets.REFERENCE_CACHE_SHARE of it, each group with its own passes over the weights.
+    caches = work.questions * tokens * decoder.num_layers * decoder.kv_bytes_per_token_per_layer_f16 * DTYPE_BYTES[REFERENCE_DTYPE] // 2
     groups = max(1, math.ceil(caches / (REFERENCE_CACHE_SHARE * box.gpu.memory_bytes)))
     passes = groups * work.answer_tokens  # teacher-forced + prefill share a group's first; each further token one more
     per_pass = _pcie(box, ref) if cached else max(_disk(box, bf16), _pcie(box, ref))
@@ -290,7 +287,7 @@ def validate_stage(source: Source, box: Box, work: Workload, deployed: Plan) -> 
                GPU_FP16=_gpu(box, work.questions * (page + 2 * prompt_flops(decoder, tokens))),
                GPU_bandwidth=work.questions * work.answer_tokens * step),
     )
-    resident = REFERENCE_BYTES * (decoder.layer_params + decoder.embedding_params)
+    resident = DTYPE_BYTES[REFERENCE_DTYPE] * (decoder.layer_params + decoder.embedding_params)
     return Stage(f"validate ({work.questions} questions, reference once)", "GPU + CPU", phases, REFERENCE_RAM,
                  max(resident + caches // groups, deployed.total_bytes),
                  "RAM measured at the real widths (float32, CPU, 8 layers); GPU predicted: one float32 layer, "
@@ -342,7 +339,7 @@ def gptq_stage(source: Source, box: Box, work: Workload) -> Stage:
 def stage_plan(path: Path, deployed: Plan, *, vision_precision: str = "int8w", cores: int = 8, ram_gib: float = 64,
                disk_gbs: float = 2.0, work: Workload = Workload()) -> list[Stage]:
     """The README walk-through's commands for the checkpoint at `path` (config.json alone is enough), deployed as
-    `deployed` (exaone_edge.plan.plan for the same path) on a box with its GPU."""
+    `deployed` (exaone_edge.memory.plan for the same path) on a box with its GPU."""
     card = GPUS.get(deployed.gpu)
     if card is None:
         raise InputError(f"no spec-sheet rates for '{deployed.gpu}'", fix=f"Stage times need a named GPU: {', '.join(GPUS)}.")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from exaone_edge.docs.model import QA, Document, DocumentSet, Skipped, files_hash
+from exaone_edge.documents.model import QA, Document, DocumentSet, Skipped, files_hash
 from exaone_edge.errors import ImageRejected, InputError
 from exaone_edge.images import DocumentLimits, frame_sizes, open_image, render_scale, to_rgb
 from exaone_edge.files import sha256_file
@@ -38,7 +38,7 @@ def load_documents(path: Path | str, options: LoadOptions = LoadOptions()) -> Do
     if path.is_file():
         raise InputError("expected a folder, got a file", path=path, fix="Put the PDFs/images in a folder and pass that.")
     if (path / "manifest.json").is_file():
-        from exaone_edge.docs.written import load_written_set
+        from exaone_edge.documents.written import load_written_set
 
         return load_written_set(path)
     return load_folder(path, options)
@@ -49,7 +49,7 @@ def documents_or_builtin(path: Path | str | None, *, builtin: int, seed: int) ->
     description of which, for logs and manifests."""
     if path is not None:
         return load_documents(path), str(path)
-    from exaone_edge.docs.generate import generate_set
+    from exaone_edge.documents.generate import generate_set
 
     return generate_set(builtin, ["en", "ko"], seed), f"generated document set ({builtin} documents, en+ko, seed {seed})"
 

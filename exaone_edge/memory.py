@@ -1,4 +1,5 @@
-"""`exaone-edge plan`: will it fit? GPU memory for decoder, vision encoder and KV cache at a context.
+"""GPU memory of a deployment: decoder, vision encoder and KV cache at a context (what `plan` reports and what
+`--ctx auto` / `--gpu-layers auto` fit).
 
 Weights come from the real artifact when a bundle is given (file sizes), otherwise from the
 checkpoint's parameter counts at each level's bits per weight; of a checkpoint only config.json is
@@ -13,24 +14,21 @@ never offloads the input layer. Pages are sized by the preprocessor's max_pixels
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from exaone_edge import bundle as bundle_format
+from exaone_edge.budgets import GIB, MIB, UBATCH
 from exaone_edge.errors import InputError
 from exaone_edge.levels import GGML_TYPE_BITS, LEVELS, embedding_bytes, estimated_bytes
 from exaone_edge.llama import ALL_LAYERS, KV_TYPES
-from exaone_edge.plan_source import Source, load_source, with_page_budget  # noqa: F401 (re-exported)
+from exaone_edge.memory_source import Source, load_source, with_page_budget  # noqa: F401 (re-exported)
 from exaone_edge.spec import DecoderSpec, ModelSpec
 
-MIB = 2**20
-GIB = 2**30
 # Best quality first: the planner recommends the first level that fits.
 QUALITY_ORDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "IQ4_XS")
-UBATCH = 512  # llama.cpp's default micro-batch; sizes the compute buffer and the SWA cache padding
 RUNTIME_OVERHEAD = 800 * MIB  # two CUDA contexts (ONNX Runtime + llama.cpp) with their BLAS workspaces
 HEADROOM = 0.05  # fragmentation and driver reserve
 # Vision weight bytes per parameter for a checkpoint plan, by export precision (a bundle's file is measured):
@@ -297,40 +295,3 @@ def plan_source(source: Source, card: Gpu, context: int | None, kv_type: str, le
         vision_precision="measured" if source.measured_vision_bytes else vision_precision,
         recommended=asdict(recommended) if recommended else None,
     )
-
-
-def plan_dict(result: Plan) -> dict:
-    return json.loads(json.dumps(asdict(result)))
-
-
-def render_text(result: Plan) -> str:
-    gib = lambda n: f"{n / GIB:6.2f} GiB"  # noqa: E731
-    slots = f" × {result.parallel} parallel" if result.parallel > 1 else ""
-    lines = [f"{result.gpu} ({gib(result.gpu_bytes).strip()}), {result.level}, context {result.context}{slots}, "
-             f"KV {result.kv_type}, vision on {'GPU' if result.vision_on_gpu else 'CPU'}" + ("" if result.weights_measured else " — weights estimated from bits per weight")]
-    layers = result.placement["decoder"]["gpu_layers"]
-    lines.append("decoder layers on the GPU: " + {-1: "all", 0: "none (decoder on the CPU)"}.get(
-        layers, f"n_gpu_layers {layers}: the output layer and {max(layers - 1, 0)} repeating layers"))
-    for name, size in result.components.items():
-        lines.append(f"  {name:<24}{gib(size)}")
-    lines.append(f"  {'headroom (5%)':<24}{gib(int(HEADROOM * result.gpu_bytes))}")
-    lines.append(f"  {'total':<24}{gib(result.total_bytes)}  {'fits' if result.fits else 'DOES NOT FIT'}")
-    lines.append("host memory, not in the GPU total (llama.cpp keeps the input embedding on the CPU):")
-    for name, size in result.host_components.items():
-        lines.append(f"  {name:<24}{gib(size)}  ({result.token_embedding_from})")
-    lines.append(f"largest context at {result.level}{slots}: {result.max_context or 'none'}")
-    lines.append(f"best level for context {result.context}: {result.best_level or 'none fits'}"
-                 + (" (at these settings)" if result.recommended else ""))
-    if result.recommended:
-        best = result.recommended
-        pages = f"{best['image_max_tokens']:,}-row pages" if best["image_max_tokens"] else "the source's pages"
-        vision = f"vision {best['vision_precision']}, " if result.vision_on_gpu else ""
-        lines.append(f"recommended for context {result.context}: {best['level']}, KV {best['kv_type']}, {vision}{pages}: "
-                     f"{best['total_bytes'] / GIB:.2f} GiB, fits to {best['max_context']:,} context")
-    attention = "full attention fused" if result.vision_attention_fused else "full attention unfused (scores held)"
-    lines.append(f"pages up to {result.max_pixels:,} pixels ({result.pixels_from})"
-                 + (f", vision {result.vision_precision} weights, {attention}" if result.vision_on_gpu else ""))
-    if result.decode_tokens_per_s_ceiling:
-        rule = f"{result.parallel} × bandwidth / bytes per step" if result.parallel > 1 else "bandwidth / bytes per token"
-        lines.append(f"decode ceiling ({rule}): {result.decode_tokens_per_s_ceiling:.1f} tokens/s")
-    return "\n".join(lines)

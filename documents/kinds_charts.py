@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from exaone_edge.docs.blocks import Built, Ctx
-from exaone_edge.docs.model import QA
+from exaone_edge.documents.blocks import Built, Ctx
+from exaone_edge.documents.model import QA
 
 PALETTE = [(52, 101, 164), (204, 102, 51), (78, 154, 6), (117, 80, 123), (193, 125, 17), (32, 150, 160)]
 

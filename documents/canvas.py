@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from exaone_edge.docs.fonts import font_index, truetype
+from exaone_edge.documents.fonts import font_index, truetype
 
 Color = tuple[int, int, int]
 BLACK: Color = (0, 0, 0)
