@@ -14,6 +14,7 @@ from typing import Any
 
 from PIL import Image
 
+from exaone_edge.engine_settings import EngineSettings
 from exaone_edge.errors import InputError
 from exaone_edge.progress import log
 
@@ -33,16 +34,14 @@ class BenchOptions:
     page: Path | None = None
     sections: tuple[str, ...] = SECTIONS
     mtmd: bool = False
-    device: str = "auto"  # as run/serve: exaone_edge.device.choose_placement
-    gpu_layers: int | None = None
-    vision_provider: str = "auto"
-    image_max_tokens: int | None = None  # as run/serve --image-max-tokens: rows a page becomes (None: the bundle's)
+    engine: EngineSettings = EngineSettings()  # placement and page budget, as for run/serve
 
     def engine_flags(self) -> tuple[str, ...]:
         """The serve flags that make the server's engine this run's engine."""
-        layers = () if self.gpu_layers is None else ("--gpu-layers", str(self.gpu_layers))
-        pages = () if self.image_max_tokens is None else ("--image-max-tokens", str(self.image_max_tokens))
-        return ("--device", self.device, "--vision-provider", self.vision_provider, *layers, *pages)
+        engine = self.engine
+        layers = () if engine.n_gpu_layers is None else ("--gpu-layers", str(engine.n_gpu_layers))
+        pages = () if engine.image_max_tokens is None else ("--image-max-tokens", str(engine.image_max_tokens))
+        return ("--device", engine.device, "--vision-provider", engine.vision_provider, *layers, *pages)
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ def run_bench(bundle_dir: Path, options: BenchOptions) -> BenchReport:
     from exaone_edge.benchmarks.machine import read_bandwidth
     from exaone_edge.machine import describe_machine
     from exaone_edge.bundle import load_bundle
-    from exaone_edge.runtime.engine import Engine, EngineOptions
+    from exaone_edge.runtime.engine import Engine
 
     unknown = sorted(set(options.sections) - set(SECTIONS))
     if unknown:
@@ -123,9 +122,7 @@ def run_bench(bundle_dir: Path, options: BenchOptions) -> BenchReport:
     bundle = load_bundle(bundle_dir)
     level = bundle.manifest.details.get("decoder", {}).get("level", "?")
     results: list[Result] = []
-    engine = Engine(bundle, EngineOptions(n_threads=options.threads, flash_attn=False, verify=False, device=options.device,
-                                          n_gpu_layers=options.gpu_layers, vision_provider=options.vision_provider,
-                                          image_max_tokens=options.image_max_tokens))
+    engine = Engine(bundle, replace(options.engine, n_threads=options.threads, flash_attn=False, verify=False))
     n_ctx, placement = engine.n_ctx, engine.placement.as_dict()
     model = _transformers_model(options) if options.model_dir and {"decode", "vision", "first_token"} & set(options.sections) else None
     try:
@@ -226,7 +223,7 @@ def _first_token(engine, model, options: BenchOptions) -> list[Result]:
 
     page = bench_page(options.page)
     processor = image_only_processor(options.model_dir)
-    if options.image_max_tokens is not None:  # transformers gets the same page size as our engine
+    if options.engine.image_max_tokens is not None:  # transformers gets the same page size as our engine
         image_processor = processor.image_processor
         image_processor.size = replace(image_processor.size, longest_edge=engine.image.max_pixels)
     timing = compare_with_transformers(engine, model, processor, page, repeats=options.repeats)

@@ -6,11 +6,13 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from exaone_edge.cli_flags import EngineFlags, engine_flags
+from exaone_edge.cli_flags import engine_flags, settings_flags
+from exaone_edge.engine_settings import EngineSettings
+from exaone_edge.runtime.server.settings import ServerSettings  # pydantic only (typer needs it too)
 from exaone_edge.errors import ExaoneEdgeError, InputError
 from exaone_edge.results import Result
 
@@ -23,7 +25,7 @@ app = typer.Typer(
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-PLACEMENT = ("image_max_tokens", "device", "gpu_layers", "vision_provider")  # where each part runs, page size
+PLACEMENT = ("image_max_tokens", "device", "n_gpu_layers", "vision_provider")  # where each part runs, page size
 
 
 def emit(result: Result, as_json: bool) -> None:
@@ -59,21 +61,20 @@ def tiny_model(
 
 
 @app.command()
-@engine_flags("kv_type", *PLACEMENT)
+@engine_flags("kv_type", "parallel", *PLACEMENT)
 def plan(
     model: Annotated[Path, typer.Argument(help="Checkpoint directory (config.json alone is enough) or bundle.")],
     gpu: Annotated[str, typer.Option(help="rtx4090, a10g, a100-40, a100-80, or a size such as 48GiB.")] = "rtx4090",
     context: Annotated[int | None, typer.Option(help="Context length in tokens (default: min(model max, 32768)).")] = None,
     level: Annotated[str | None, typer.Option(help="Decoder level (default: the bundle's, else Q4_K_M).")] = None,
     vision_on: Annotated[str, typer.Option(help="Where the vision encoder runs: gpu or cpu (cpu = --vision-provider cpu).")] = "gpu",
-    parallel: Annotated[int, typer.Option(help="Requests decoded together (serve --parallel); each holds a context.")] = 1,
     vision_precision: Annotated[str, typer.Option(help="Vision export precision for a checkpoint: fp32, fp16, int8, int8w or int4 (a bundle's file is measured).")] = "fp16",
     stages: Annotated[bool, typer.Option("--stages", help="Also predict each README command's time and memory on this box.")] = False,
     disk_gbs: Annotated[float, typer.Option(help="--stages: the disk's sequential read/write rate, GB/s.")] = 2.0,
     cores: Annotated[int, typer.Option(help="--stages: CPU cores of the box.")] = 8,
     ram_gib: Annotated[float, typer.Option(help="--stages: RAM of the box, GiB.")] = 64,
     json_output: JsonFlag = False,
-    engine: EngineFlags = EngineFlags(),
+    engine: EngineSettings = EngineSettings(),
 ) -> None:
     """Predict GPU memory for a deployment and find the largest context and best level that fit.
 
@@ -84,7 +85,7 @@ def plan(
     if vision_on not in ("gpu", "cpu"):
         raise InputError(f"--vision-on must be gpu or cpu, got '{vision_on}'")
     emit(plan_report(model, gpu=gpu, context=context, kv_type=engine.kv_type, level=level, vision_on_gpu=vision_on == "gpu",
-                     parallel=parallel, device=engine.device, gpu_layers=engine.gpu_layers,
+                     parallel=engine.parallel, device=engine.device, gpu_layers=engine.n_gpu_layers,
                      vision_provider=engine.vision_provider, vision_precision=vision_precision,
                      image_max_tokens=engine.image_max_tokens, stages=stages, cores=cores, ram_gib=ram_gib,
                      disk_gbs=disk_gbs), json_output)
@@ -92,7 +93,7 @@ def plan(
 
 
 @app.command()
-@engine_flags("ctx", *PLACEMENT, "threads", "flash_attn", "kv_type", "verify")
+@engine_flags("n_ctx", *PLACEMENT, "n_threads", "flash_attn", "kv_type", "verify")
 def run(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `exaone-edge quantize`.")],
     question: Annotated[str, typer.Argument(help="The question about the document.")],
@@ -111,7 +112,7 @@ def run(
     json_schema: Annotated[Path | None, typer.Option("--json-schema", help="Answer with JSON matching this JSON Schema "
                                                      "file (a grammar guarantees it; reasoning stays free).")] = None,
     json_output: JsonFlag = False,
-    engine: EngineFlags = EngineFlags(),
+    engine: EngineSettings = EngineSettings(),
 ) -> None:
     """Ask a question about images or PDF pages; the answer streams to stdout, timings go to stderr."""
     from exaone_edge.runtime.ask import ask, read_schema, stats_line
@@ -121,13 +122,8 @@ def run(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
         stop=tuple(stop or ()),
     )
-    chunks = ask(
-        bundle, question, images=image or [], pdf=pdf, pages=pages, params=params, n_ctx=engine.ctx,
-        image_max_tokens=engine.image_max_tokens, device=engine.device, n_gpu_layers=engine.gpu_layers,
-        vision_provider=engine.vision_provider, n_threads=engine.threads, flash_attn=engine.flash_attn_mode,
-        kv_type=engine.kv_type, verify=engine.verify, thinking=think,
-        json_schema=read_schema(json_schema) if json_schema is not None else None,
-    )
+    chunks = ask(bundle, question, images=image or [], pdf=pdf, pages=pages, params=params, settings=engine,
+                 thinking=think, json_schema=read_schema(json_schema) if json_schema is not None else None)
     if json_output:
         emit(collect(chunks), True)
         return
@@ -158,50 +154,22 @@ def run(
 
 
 @app.command()
-@engine_flags("ctx", *PLACEMENT, "threads", "flash_attn", "kv_type", "verify", unset=True)
+@settings_flags(ServerSettings, skip=("engine", "api_key"))
+@engine_flags("n_ctx", *PLACEMENT, "n_threads", "flash_attn", "kv_type", "parallel", "verify", given_only=True)
 def serve(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `exaone-edge quantize`.")],
-    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port; 0 picks a free one (EXAONE_EDGE_PORT; 8000).")] = None,
-    api_key_file: Annotated[Path | None, typer.Option(help="Require 'Authorization: Bearer KEY', KEY being this file's "
-                                                      "first line (or EXAONE_EDGE_API_KEY; never on the command line, where `ps` shows it).")] = None,
-    model_name: Annotated[str | None, typer.Option(help="Model id clients send (default: the bundle's name).")] = None,
-    allow_dir: Annotated[list[Path] | None, typer.Option("--allow-dir", help="Local image/PDF paths are read only under this; repeatable.")] = None,
-    allow_remote_urls: Annotated[bool | None, typer.Option("--allow-remote-urls", help="Fetch http(s) image URLs (off: refused).")] = None,
-    allow_remote_network: Annotated[list[str] | None, typer.Option("--allow-remote-network", help="A non-public network (CIDR) remote URLs may reach; repeatable.")] = None,
-    allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help="Without --api-key: a Host name served besides IPs and localhost ('*': any); repeatable.")] = None,
-    allow_origin: Annotated[list[str] | None, typer.Option("--allow-origin", help="A browser origin allowed (CORS), e.g. http://localhost:3000 ('*': any); repeatable.")] = None,
-    prepare_timeout_s: Annotated[float | None, typer.Option("--prepare-timeout", help="Seconds to fetch, render and decode a request's images (60); then 408.")] = None,
-    max_preparing: Annotated[int | None, typer.Option(help="Requests with images prepared at once (2); text-only requests never wait.")] = None,
-    send_timeout_s: Annotated[float | None, typer.Option("--send-timeout", help="Seconds a streaming client may accept nothing before it is cut off (30).")] = None,
-    max_stop: Annotated[int | None, typer.Option(help="Stop strings per request (16).")] = None,
-    max_body_bytes: Annotated[int | None, typer.Option(help="Largest request body (32 MiB).")] = None,
-    max_images: Annotated[int | None, typer.Option(help="Images per request, PDF pages included (8).")] = None,
-    max_pdf_pages: Annotated[int | None, typer.Option(help="PDF pages per request (8).")] = None,
-    max_image_pixels: Annotated[int | None, typer.Option(help="Pixels per image, checked before decoding (64M).")] = None,
-    max_request_pixels: Annotated[int | None, typer.Option(help="Decoded pixels per request, PDF pages included (64M).")] = None,
-    max_queue: Annotated[int | None, typer.Option(help="Requests waiting beyond the running ones; more get 429 (8).")] = None,
-    parallel: Annotated[int | None, typer.Option(help="Generations decoded together, each with a --ctx KV cache (1).")] = None,
-    default_max_tokens: Annotated[int | None, typer.Option(help="max_tokens when a request gives none (512).")] = None,
-    thinking: Annotated[str | None, typer.Option(help="Default reasoning mode, on or off (off); a request's "
-                                                 "chat_template_kwargs.enable_thinking overrides it.")] = None,
-    engine: EngineFlags = EngineFlags(),
+    given: dict[str, Any],
+    engine: dict[str, Any],
 ) -> None:
     """OpenAI-compatible server (/v1/chat/completions, /v1/models, /health, /metrics); loopback by default.
 
-    Every flag can also come from EXAONE_EDGE_<FLAG> (e.g. EXAONE_EDGE_MAX_QUEUE=4); flags win.
+    Every flag can also come from EXAONE_EDGE_<SETTING> (e.g. EXAONE_EDGE_MAX_QUEUE=4, EXAONE_EDGE_N_CTX=16384);
+    flags win.
     """
-    # flag name = setting name
-    flags = {name: value for name, value in locals().items() if name not in ("bundle", "engine")} | engine.to_dict()
-    flags["allow_dir"] = tuple(allow_dir) if allow_dir else None
-    if thinking is not None and thinking not in ("on", "off"):
-        raise InputError(f"--thinking must be on or off, got '{thinking}'")
-    for name in ("allow_remote_network", "allow_host", "allow_origin"):
-        flags[name] = tuple(flags[name]) if flags[name] else None
     from exaone_edge.runtime.server.main import serve as run_server
-    from exaone_edge.runtime.server.settings import ServerSettings
 
-    run_server(bundle, ServerSettings.resolve(flags))
+    run_server(bundle, ServerSettings.resolve(given, engine=engine))
+
 
 @app.command()
 def quantize(
@@ -277,7 +245,7 @@ def validate(
     answer_tokens: Annotated[int | None, typer.Option(help="Token budget per answer (default: 24 without thinking, "
                                                       "1024 with it; each token is a pass of the reference).")] = None,
     json_output: JsonFlag = False,
-    engine: EngineFlags = EngineFlags(),
+    engine: EngineSettings = EngineSettings(),
 ) -> None:
     """Accuracy-regression report per artifact: vision/decoder fidelity, document-QA accuracy, speed, memory."""
     from exaone_edge.validate.collect import ValidateOptions, validate as collect
@@ -289,8 +257,7 @@ def validate(
     if answer_tokens is not None and answer_tokens < 1:
         raise InputError(f"--answer-tokens must be at least 1, got {answer_tokens}")
     options = ValidateOptions(max_questions=max_questions, measure_speed=not no_speed, thinking=think,
-                              max_new_tokens=answer_tokens, device=engine.device, gpu_layers=engine.gpu_layers,
-                              vision_provider=engine.vision_provider, image_max_tokens=engine.image_max_tokens)
+                              max_new_tokens=answer_tokens, engine=engine)
     report = collect(reference, artifacts, eval_set, options,
                      reference_cache=reference_cache, reference_dtype=reference_dtype)
     overrides = {"kl_mean_increase": kl_threshold} if kl_threshold is not None else None
@@ -317,7 +284,7 @@ def bench(
     mtmd: Annotated[bool, typer.Option(help="Also time llama.cpp's mtmd vision path (builds it once; minutes).")] = False,
     save: Annotated[Path, typer.Option(help="Where to write the JSON results.")] = Path("bench.json"),
     json_output: JsonFlag = False,
-    engine: EngineFlags = EngineFlags(),
+    engine: EngineSettings = EngineSettings(),
 ) -> None:
     """Speed and memory as ratios against llama-cpp-python, transformers, the memory bandwidth and a copy."""
     from exaone_edge.benchmarks.suite import SECTIONS, BenchOptions, run_bench
@@ -326,8 +293,7 @@ def bench(
     if repeats < 1 or prompt_tokens < 8 or decode_tokens < 2:
         raise InputError("--repeats must be >= 1, --prompt-tokens >= 8 and --decode-tokens >= 2")
     options = BenchOptions(model_dir=model_dir, repeats=repeats, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
-                           page=page, parallel=parallel, mtmd=mtmd, device=engine.device, gpu_layers=engine.gpu_layers,
-                           vision_provider=engine.vision_provider, image_max_tokens=engine.image_max_tokens,
+                           page=page, parallel=parallel, mtmd=mtmd, engine=engine,
                            sections=tuple(s.strip() for s in only.split(",")) if only else SECTIONS,
                            **({"threads": threads} if threads else {}))
     report = run_bench(bundle, options)

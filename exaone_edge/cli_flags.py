@@ -1,107 +1,90 @@
-"""The engine's settings as command-line flags, declared once: run, serve, bench, validate and plan each take
-the ones they use (`@engine_flags(...)`) and receive them as one `EngineFlags` value.
-
-Flag name = setting name of `EngineOptions` / `ServerSettings` (`--gpu-layers` ↔ `gpu_layers`). `--ctx` and
-`--gpu-layers` also take `auto`: the engine fits them to the GPU's free memory (exaone_edge/fit.py).
-"""
+"""Typer flags made from the engine's settings (exaone_edge/engine_settings.py, where each is declared once):
+run, serve, bench, validate and plan each take the ones they use (`@engine_flags(...)`)."""
 
 from __future__ import annotations
 
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
 from typing import Annotated, Any
 
 import typer
 
-from exaone_edge.errors import InputError
-from exaone_edge.llama import KV_TYPES
-
-AUTO = "auto"
-AUTO_FLAGS = ("ctx", "gpu_layers")  # an int, or "auto"
+from exaone_edge.engine_settings import EngineSettings, Flag, flag_fields, parse_setting
 
 
-@dataclass(frozen=True)
-class EngineFlags:
-    ctx: int | str | None = None
-    threads: int | None = None
-    flash_attn: str | None = "auto"
-    kv_type: str | None = "f16"
-    verify: bool | None = True
-    image_max_tokens: int | None = None
-    device: str | None = "auto"
-    gpu_layers: int | str | None = None
-    vision_provider: str | None = "auto"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def flash_attn_mode(self) -> bool | None:
-        """--flash-attn as llama.cpp takes it: None (auto), True or False."""
-        modes = {"auto": None, "on": True, "off": False}
-        if self.flash_attn not in modes:
-            raise InputError(f"--flash-attn must be auto, on or off, got '{self.flash_attn}'")
-        return modes[self.flash_attn]
+def _annotation(flag: Flag) -> Any:
+    kind = flag.kind if flag.parse is None else str
+    return Annotated[kind | None, typer.Option(*flag.names, help=flag.help)]
 
 
-def int_or_auto(name: str, value: int | str | None) -> int | str | None:
-    """An `AUTO_FLAGS` value as typed: None, "auto" or an int."""
-    if value is None or isinstance(value, int) or value == AUTO:
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise InputError(f"--{name.replace('_', '-')} takes a number or auto, got '{value}'") from None
-
-
-FLAG_TYPES: dict[str, Any] = {
-    "ctx": Annotated[str | None, typer.Option("--ctx", help="Context length, or auto: the largest that fits the GPU's "
-                                              "free memory (default: min(model max, 8192)).")],
-    "threads": Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")],
-    "flash_attn": Annotated[str | None, typer.Option(help="Flash attention: auto, on or off.")],
-    "kv_type": Annotated[str | None, typer.Option(help=f"KV cache type: {', '.join(KV_TYPES)}.")],
-    "verify": Annotated[bool | None, typer.Option(help="Hash every bundle file before loading (--no-verify: sizes only).")],
-    # named as llama.cpp's mtmd / llama-server flag
-    "image_max_tokens": Annotated[int | None, typer.Option(
-        help="Most decoder rows (merged image tokens) an image or PDF page becomes; one row is (patch × merge)² "
-             "pixels, 28×28 for EXAONE 4.5 (default: the bundle's max_pixels).")],
-    # exaone_edge/device.py decides where each part runs
-    "device": Annotated[str | None, typer.Option(help="auto (the GPU for each part whose runtime has a GPU build), "
-                                                  "cpu, or cuda (an error if a runtime lacks it).")],
-    "gpu_layers": Annotated[str | None, typer.Option(help="llama.cpp's n_gpu_layers: -1 all, 0 none, N the output layer "
-                                                      "and N-1 layers, auto: as many as fit the GPU's free memory "
-                                                      "(default: all when llama.cpp has a GPU backend).")],
-    "vision_provider": Annotated[str | None, typer.Option(help="Vision encoder's ONNX Runtime provider: auto, cpu, "
-                                                           "cuda or tensorrt (used only when asked).")],
-}
-DEFAULTS = {field.name: field.default for field in fields(EngineFlags)}
-
-
-def engine_flags(*names: str, unset: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Adds the named engine flags to a typer command (before its --json), passed to it as `engine: EngineFlags`.
-
-    `unset`: every default is None, so that a later layer (serve's EXAONE_EDGE_* variables) can fill it."""
-    unknown = sorted(set(names) - set(FLAG_TYPES))
+def engine_flags(*names: str, given_only: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Adds the named settings' flags to a typer command (before its --json). The command receives
+    `engine: EngineSettings` (flags over defaults), or with `given_only` a dict of the flags given on the command line
+    (serve layers EXAONE_EDGE_* variables under them)."""
+    declared = flag_fields()
+    unknown = sorted(set(names) - set(declared))
     if unknown:
-        raise ValueError(f"unknown engine flags {unknown}")
+        raise ValueError(f"unknown engine settings {unknown}")
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "engine"]
-        added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=FLAG_TYPES[name],
-                                   default=None if unset else DEFAULTS[name]) for name in names]
+        added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=_annotation(declared[name]),
+                                   default=None) for name in names]
         last = [p for p in own if p.name == "json_output"]
         parameters = [p for p in own if p.name != "json_output"] + added + last
 
         @functools.wraps(command)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            values = dict.fromkeys(DEFAULTS) if unset else {}
-            values.update({name: kwargs.pop(name) for name in names})
-            values.update({name: int_or_auto(name, values[name]) for name in AUTO_FLAGS if name in values})
-            return command(*args, engine=EngineFlags(**values), **kwargs)
+            given = {}
+            for name in names:
+                value = kwargs.pop(name)
+                if value is not None:
+                    given[name] = parse_setting(name, value) if isinstance(value, str) else value
+            return command(*args, engine=given if given_only else EngineSettings(**given), **kwargs)
 
         wrapper.__signature__ = inspect.Signature(parameters)  # what typer reads
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        return wrapper
+
+    return decorate
+
+
+def settings_flags(model: Any, *, skip: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Adds a flag for every described field of a pydantic settings model (its description is the help; the name is
+    the field's, a trailing `_s` dropped); the command receives `given`: the flags given, by field name."""
+    import types
+    import typing
+
+    def annotation(name: str, info: Any) -> Any:
+        hint = typing.get_type_hints(model)[name]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        base = next(a for a in typing.get_args(hint) if a is not type(None)) if union else hint
+        flag = "--" + name.removesuffix("_s").replace("_", "-")
+        shown = f"{info.default:,}" if isinstance(info.default, int) and not isinstance(info.default, bool) else info.default
+        help_ = info.description + (f" [default: {shown}]" if info.default not in (None, (), False) else "")
+        if typing.get_origin(base) is tuple:  # repeatable
+            return Annotated[list[typing.get_args(base)[0]] | None, typer.Option(flag, help=help_)]
+        if base is bool:
+            return Annotated[bool | None, typer.Option(f"{flag}/--no-{flag[2:]}", help=help_)]
+        return Annotated[base | None, typer.Option(flag, help=help_)]
+
+    fields_ = {name: info for name, info in model.model_fields.items() if info.description and name not in skip}
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "given"]
+        added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation(name, info),
+                                   default=None) for name, info in fields_.items()]
+        parameters = own[:1] + added + own[1:]
+
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            given = {name: kwargs.pop(name) for name in fields_}
+            given = {name: tuple(value) if isinstance(value, list) else value
+                     for name, value in given.items() if value is not None and value != []}
+            return command(*args, given=given, **kwargs)
+
+        wrapper.__signature__ = inspect.Signature(parameters)
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
         return wrapper
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from exaone_edge.engine_settings import EngineSettings
 from exaone_edge.errors import InputError
 from exaone_edge.images import DocumentLimits, load_document
 from exaone_edge.runtime.generation import Chunk, GenerationParams, GenerationResult
@@ -43,27 +44,26 @@ def ask(
     limits: DocumentLimits = DocumentLimits(),
     thinking: bool = THINKING_DEFAULT,
     json_schema: Mapping[str, Any] | None = None,
-    **engine_options: Any,
+    settings: EngineSettings = EngineSettings(),
 ) -> Iterator[Chunk]:
     """Load the documents and the bundle, then stream the answer (`chunk.text`) and any reasoning (`chunk.reasoning`).
 
     `json_schema`: the answer is JSON matching it, guaranteed by a grammar (the reasoning stays free)."""
     from exaone_edge.bundle import load_bundle
-    from exaone_edge.runtime.engine import Engine, EngineOptions
+    from exaone_edge.runtime.engine import Engine
     from exaone_edge.vision.preprocess import with_image_max_tokens
 
     if pages is not None and pdf is None:
         raise InputError("--pages needs --pdf")
-    options = EngineOptions(**engine_options)
-    bundle = load_bundle(bundle_dir, verify=options.verify)
+    bundle = load_bundle(bundle_dir, verify=settings.verify)
     # PDF pages render no larger than the encoder will take them (the Engine bounds images the same way).
-    max_pixels = with_image_max_tokens(bundle.image, options.image_max_tokens).max_pixels
+    max_pixels = with_image_max_tokens(bundle.image, settings.image_max_tokens).max_pixels
     pictures = []
     for path in images:
         pictures.extend(load_document(Path(path), max_pixels=max_pixels, limits=limits))
     if pdf is not None:
         pictures.extend(load_document(Path(pdf), pages, max_pixels=max_pixels, limits=limits))
-    engine = Engine(bundle, options)
+    engine = Engine(bundle, settings)
     try:
         params = params.thinking(thinking)
         if json_schema is not None:

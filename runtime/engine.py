@@ -28,6 +28,7 @@ from PIL import Image
 
 from exaone_edge.bundle import Bundle, load_bundle
 from exaone_edge.device import choose_placement
+from exaone_edge.engine_settings import EngineSettings
 from exaone_edge.errors import ArtifactError, ImageRejected, InputError, MissingDependency, PromptTooLong
 from exaone_edge.images import to_rgb
 from exaone_edge.llama_context import EmbeddingSegment, LlamaContext, LlamaOptions, Segment, TextSegment
@@ -47,29 +48,6 @@ class _Cancelled(Exception):
 
 
 @dataclass(frozen=True)
-class EngineOptions:
-    n_ctx: int | str | None = None  # per request; None: min(model maximum, 8192); "auto": the largest that fits the GPU
-    # Decoder rows (merged image tokens) an image or PDF page may become, as llama.cpp's --image-max-tokens;
-    # None: the bundle's preprocessor max_pixels. Bounds the vision encoder's activations, hence its GPU memory.
-    image_max_tokens: int | None = None
-    parallel: int = 1  # generations decoded together; each holds its own n_ctx KV cache
-    device: str = "auto"  # auto, cpu or cuda: where each part runs (exaone_edge/device.py decides)
-    # llama.cpp's n_gpu_layers (-1 all, 0 none, N the output layer + N-1); None: all when the decoder may use a GPU;
-    # "auto": as many as fit the GPU's free memory (exaone_edge/fit.py)
-    n_gpu_layers: int | str | None = None
-    vision_provider: str = "auto"  # auto, cpu, cuda or tensorrt (only when asked)
-    n_threads: int | None = None
-    n_batch: int = 512
-    flash_attn: bool | None = None  # None: llama.cpp decides; False for exact parity on CPU
-    kv_type: str = "f16"
-    swa_full: bool = False
-    vision_cache_entries: int = 64
-    vision_cache_bytes: int = 1 << 30
-    verify: bool = True  # hash every bundle file on load
-    verbose: bool = False
-
-
-@dataclass(frozen=True)
 class PreparedPrompt:
     prompt: Prompt
     segments: list[Segment]
@@ -85,7 +63,7 @@ class ImageEncoder(Protocol):
 
 
 class Engine:
-    def __init__(self, bundle: Bundle, options: EngineOptions, vision: ImageEncoder | None = None) -> None:
+    def __init__(self, bundle: Bundle, options: EngineSettings, vision: ImageEncoder | None = None) -> None:
         """`vision` defaults to the bundle's ONNX encoder (`exaone_edge.vision.VisionEncoder`), which resizes pages
         to `self.image`; an encoder passed in does its own preprocessing."""
         self.bundle = bundle
@@ -154,13 +132,15 @@ class Engine:
         return min(bundle.spec.decoder.max_position_embeddings, DEFAULT_CONTEXT)
 
     @classmethod
-    def load(cls, bundle_dir: Path | str, **options: Any) -> Engine:
-        known = {f.name for f in fields(EngineOptions)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InputError(f"unknown engine option(s): {', '.join(unknown)}", fix=f"Known: {', '.join(sorted(known))}.")
-        engine_options = EngineOptions(**options)
-        return cls(load_bundle(bundle_dir, verify=engine_options.verify), engine_options)
+    def load(cls, bundle_dir: Path | str, settings: EngineSettings | None = None, **values: Any) -> Engine:
+        """`settings`, or EngineSettings(**values) (exaone_edge/engine_settings.py: n_ctx, n_gpu_layers, n_threads, …)."""
+        if settings is None:
+            known = {f.name for f in fields(EngineSettings)}
+            unknown = sorted(set(values) - known)
+            if unknown:
+                raise InputError(f"unknown engine setting(s): {', '.join(unknown)}", fix=f"Known: {', '.join(sorted(known))}.")
+            settings = EngineSettings(**values)
+        return cls(load_bundle(bundle_dir, verify=settings.verify), settings)
 
     @property
     def model_id(self) -> str:

@@ -12,7 +12,7 @@ The engine streams the raw reply, reasoning markers included; `runtime.reasoning
 it into `reasoning` and `text` (what `run`, `serve` and `validate` show). Thinking is the chat
 template's `enable_thinking` (in `template_kwargs`); EXAONE 4.5's template thinks when it is unset.
 
-`generate` may be called from several threads: up to `parallel` generations (EngineOptions) decode
+`generate` may be called from several threads: up to `parallel` generations (EngineSettings) decode
 together in one batch, more wait for a free slot; callers decide their own concurrency beyond that.
 """
 

@@ -93,9 +93,10 @@ def test_server_settings_carry_the_budget_to_the_engine():
     from exaone_edge.runtime.server.settings import ServerSettings
 
     settings = ServerSettings.resolve({}, {"EXAONE_EDGE_IMAGE_MAX_TOKENS": "1280"})
-    assert settings.image_max_tokens == 1280 and settings.engine_options()["image_max_tokens"] == 1280
-    assert ServerSettings.resolve({"image_max_tokens": 64}, {"EXAONE_EDGE_IMAGE_MAX_TOKENS": "1280"}).image_max_tokens == 64
-    assert ServerSettings().engine_options()["image_max_tokens"] is None
+    assert settings.engine.image_max_tokens == 1280
+    flagged = ServerSettings.resolve({}, {"EXAONE_EDGE_IMAGE_MAX_TOKENS": "1280"}, engine={"image_max_tokens": 64})
+    assert flagged.engine.image_max_tokens == 64  # the flag wins over the variable
+    assert ServerSettings().engine.image_max_tokens is None
 
 
 def test_the_server_bounds_pages_and_reports_the_budget(engine):

@@ -180,7 +180,7 @@ def test_cli_json_and_errors(config_33b):
     assert report["gpu"] == "a100-40" and report["components"]["kv_cache"] > 0
     for args, message in (
         (["--gpu", "h999"], "unknown GPU 'h999'"),
-        (["--kv-type", "f8"], "unknown KV cache type 'f8'"),
+        (["--kv-type", "f8"], "--kv-type must be one of f32, f16, q8_0, q4_0, got 'f8'"),
         (["--context", "999999999"], "outside 1..262144"),
         (["--level", "Q3_X"], "unknown level 'Q3_X'"),
         (["--image-max-tokens", "0"], "--image-max-tokens 0 is outside the allowed range: at least 4"),

@@ -104,7 +104,7 @@ FORCED = 'root ::= "The total" <[55]> "\\n\\n42 won"'  # reasoning, the </think>
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     bundle = build_tiny_bundle(tiny_model_dir, tmp_path_factory.mktemp("reasoning") / MODEL)
-    with serve_process(bundle, "--ctx", "256", "--threads", "1", "--thinking", "on") as (url, _):
+    with serve_process(bundle, "--ctx", "256", "--threads", "1", "--thinking") as (url, _):
         yield url
 
 

@@ -33,11 +33,12 @@ def hf_model(tiny_model_dir):
 
 def _engine(bundle, vision, **options):
     from exaone_edge.bundle import load_bundle
-    from exaone_edge.runtime.engine import Engine, EngineOptions
+    from exaone_edge.engine_settings import EngineSettings
+    from exaone_edge.runtime.engine import Engine
 
     # Exact settings for parity: F32 KV cache, flash attention off (CPU flash attention computes in F16).
     settings = dict(n_ctx=1024, flash_attn=False, kv_type="f32", n_threads=1)
-    return Engine(load_bundle(bundle), EngineOptions(**{**settings, **options}), vision=vision)
+    return Engine(load_bundle(bundle), EngineSettings(**{**settings, **options}), vision=vision)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from exaone_edge.bundle import load_bundle
-from exaone_edge.runtime.engine import Engine, EngineOptions
+from exaone_edge.engine_settings import EngineSettings
+from exaone_edge.runtime.engine import Engine
 from exaone_edge.runtime.generation import GenerationParams
 from exaone_edge.runtime.server import ServerSettings, create_app
 from runtime_bundle_fixture import build_tiny_bundle
@@ -61,7 +62,7 @@ def bundle(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine(bundle):
     loaded = load_bundle(bundle)
-    engine = Engine(loaded, EngineOptions(n_ctx=1024, n_threads=1, n_batch=32),
+    engine = Engine(loaded, EngineSettings(n_ctx=1024, n_threads=1, n_batch=32),
                     vision=GatedEncoder(loaded.spec.decoder.hidden_size))
     yield engine
     engine.close()

@@ -26,11 +26,12 @@ def engine(tiny_model_dir, tmp_path_factory):
     from transformers import Exaone4_5_ForConditionalGeneration
 
     from exaone_edge.bundle import load_bundle
-    from exaone_edge.runtime.engine import Engine, EngineOptions
+    from exaone_edge.engine_settings import EngineSettings
+    from exaone_edge.runtime.engine import Engine
 
     bundle = build_tiny_bundle(tiny_model_dir, tmp_path_factory.mktemp("serve-vision") / MODEL)
     hf = Exaone4_5_ForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    engine = Engine(load_bundle(bundle), EngineOptions(n_ctx=2048, n_threads=1, flash_attn=False),
+    engine = Engine(load_bundle(bundle), EngineSettings(n_ctx=2048, n_threads=1, flash_attn=False),
                     vision=TransformersVisionRows(hf, tiny_model_dir))
     yield engine
     engine.close()

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from exaone_edge import __version__
+from exaone_edge.engine_settings import EngineSettings
 from exaone_edge.errors import InputError
 from exaone_edge.machine import describe_machine
 from exaone_edge.metrics import ANLS_THRESHOLD, anls, exact_match, row_cosines
@@ -33,14 +34,14 @@ class ValidateOptions:
     max_new_tokens: int | None = None  # None: the mode's budget (ANSWER_TOKENS)
     measure_speed: bool = True
     thinking: bool = False  # the template's enable_thinking for the reference and every candidate
-    device: str = "auto"  # where bundles run (as `run --device`); exaone_edge.device decides each part
-    gpu_layers: int | None = None
-    vision_provider: str = "auto"
-    image_max_tokens: int | None = None  # pages fitted to this budget for the reference and every candidate
+    # Where bundles run and the page budget, as for `run` (pages are fitted to image_max_tokens for the reference and
+    # every candidate alike).
+    engine: EngineSettings = EngineSettings()
 
     def engine_options(self) -> dict[str, Any]:
-        return {"device": self.device, "n_gpu_layers": self.gpu_layers, "vision_provider": self.vision_provider,
-                "image_max_tokens": self.image_max_tokens}
+        """The placement and page budget, by EngineSettings field (what candidates and the speed probe load with)."""
+        return {name: getattr(self.engine, name) for name in ("device", "n_gpu_layers", "vision_provider",
+                                                                "image_max_tokens")}
 
     @property
     def answer_tokens(self) -> int:
@@ -145,8 +146,8 @@ def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
         read_manifest(Path(path), verify=False)
     documents, source = documents_or_builtin(eval_set, builtin=6, seed=1)
     questions = questions_from(documents, options.max_questions)
-    if options.image_max_tokens is not None:
-        questions = fit_pages(questions, Path(reference_dir), options.image_max_tokens)
+    if options.engine.image_max_tokens is not None:
+        questions = fit_pages(questions, Path(reference_dir), options.engine.image_max_tokens)
     log(f"validate: reference {reference_dir} on {len(questions)} questions")
     key_options = {"max_new_tokens": options.answer_tokens, "thinking": options.thinking}
     reference, reference_file, reused = question_reference(
@@ -168,7 +169,7 @@ def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
         machine=describe_machine(),
         reference=ReferenceRun(str(reference_dir), str(reference_file), reused, reference.details),
         mode=Mode(thinking=options.thinking, answer_tokens=options.answer_tokens,
-                  image_max_tokens=options.image_max_tokens),
+                  image_max_tokens=options.engine.image_max_tokens),
         eval_set=EvalSet(path=source, sha256=documents.content_hash, documents=len(documents.documents),
                          questions=len(questions)),
         reference_task=ReferenceTask(

@@ -27,7 +27,7 @@ def serve(bundle_dir: Path | str, settings: ServerSettings) -> None:
     for directory in settings.allow_dir:
         if not directory.is_dir():
             raise InputError("--allow-dir is not a directory", path=directory)
-    engine = Engine.load(bundle_dir, **settings.engine_options())
+    engine = Engine.load(bundle_dir, settings.engine)
     try:
         app = create_app(engine, settings)
         family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
