@@ -18,6 +18,7 @@ import argparse
 import base64
 import io
 import json
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -180,6 +181,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tokens", type=int, default=16, help="Greedy tokens a chat.")
     parser.add_argument("--skip", action="append", default=[], help="A configuration to leave out (repeatable).")
+    parser.add_argument("--bundle", type=Path, help="Also validate this GGUF bundle beside the GPTQ on vLLM, one report.")
+    parser.add_argument("--eval", type=Path, help="validate's --eval (default: its built-in set).")
+    parser.add_argument("--max-questions", type=int, default=6)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     conversation = chats()
@@ -231,7 +235,26 @@ def main() -> int:
         if "same_tokens_as_without_mtp" in run:
             print(f"{run['label']}: greedy tokens equal to gptq4-bf16 for {sum(run['same_tokens_as_without_mtp'])}/"
                   f"{len(run['same_tokens_as_without_mtp'])} chats; spec decode {run['spec_decode']}")
+    if args.bundle:
+        return validate_beside(args)
     return 0
+
+
+def validate_beside(args) -> int:
+    """`exaone-edge validate BUNDLE --endpoint <vLLM serving the GPTQ>`: one report, both rows."""
+    options = ServeOptions(args.gptq, "gptq4", dtype="bfloat16")
+    print(f"vllm_check: validate {args.bundle} beside {options.gpu_command()}", file=sys.stderr, flush=True)
+    with vllm_server(args.vllm_python, options, args.out / "vllm-validate.log") as (url, _):
+        command = [sys.executable, "-m", "exaone_edge.cli", "validate", str(args.bundle), "--endpoint", f"{url}/v1",
+                   "--endpoint-model", options.name, "--reference", str(args.source), "--max-questions",
+                   str(args.max_questions), "-o", str(args.out / "report"), "--overwrite"]
+        if args.eval:
+            command += ["--eval", str(args.eval)]
+        print("$ " + " ".join(command), file=sys.stderr, flush=True)
+        result = subprocess.run(command)
+    if result.returncode == 0:
+        print((args.out / "report" / "report.md").read_text())
+    return result.returncode
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ def _report() -> dict:
                                   for q in range(9)]},
         "speed": {"ttft_s": 0.2, "decode_tokens_per_s": 40.0, "prompt_tokens": 300, "completion_tokens": 24,
                   "peak_rss_bytes": 2**30},
+        "endpoint": None,
     }
     return {
         "schema": 1, "toolkit_version": "0.1.0", "created_at": "2026-11-23T00:00:00+00:00",
@@ -65,7 +66,13 @@ def test_report_json_round_trips_byte_for_byte():
     report["artifacts"][1]["speed"] = {"error": "probe: out of memory"}
     report["artifacts"].append({"name": "vision int8", "kind": "vision", "path": "/v", "bits": 8, "bytes": 2**19,
                                 "vision": {"cosine_min": 0.9994, "cosine_mean": 0.9998, "max_abs": 0.01},
-                                "decoder": None, "task": None, "speed": None})
+                                "decoder": None, "task": None, "speed": None, "endpoint": None})
+    endpoint = copy.deepcopy(report["artifacts"][0])
+    endpoint.update(name="gptq4 @ 127.0.0.1:8000", kind="endpoint", path="http://127.0.0.1:8000/v1", bits=None,
+                    bytes=None, vision=None, decoder=None,
+                    endpoint={"top1_agreement": 0.9, "positions": 30, "departures": 3, "runner_up_departures": 2})
+    endpoint["speed"]["peak_rss_bytes"] = None
+    report["artifacts"].append(endpoint)
     typed = _typed(report)
     assert isinstance(typed.artifacts[0].speed, Speed) and typed.artifacts[1].speed == ProbeFailed("probe: out of memory")
     assert typed.mode.scored == "the whole reply" and typed.reference.details == {"dtype": "float32", "rest_mass_max": 1e-5}
@@ -104,7 +111,7 @@ def test_a_broken_artifact_is_flagged_with_what_regressed():
     found = {(r.artifact, r.metric) for r in compare(_typed(report).artifacts, _typed(baseline).artifacts)}
     assert found == {("Q4_K_M", "decoder.kl_mean"), ("Q4_K_M", "decoder.top1_agreement"), ("Q4_K_M", "task.anls")}
     assert {metric.name for metric in GATED} == {"decoder.kl_mean", "decoder.top1_agreement", "task.anls",
-                                                 "vision.cosine_min"}
+                                                 "vision.cosine_min", "endpoint.top1_agreement"}
 
 
 def test_thresholds_are_per_bit_width_and_overridable():

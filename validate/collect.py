@@ -120,6 +120,22 @@ def evaluate_artifact(candidate, reference: ReferenceFile, questions: list[Quest
     return replace(result, decoder=decoder, task=task_accuracy(questions, reference_answers, answers), speed=speed)
 
 
+def evaluate_endpoint(candidate, reference: ReferenceFile, questions: list[Question],
+                      options: ValidateOptions) -> ArtifactResult:
+    """An OpenAI-compatible endpoint (validate/endpoint.py): answers scored as a bundle's, top-1 along its greedy
+    answers from top_logprobs (thinking off only: with it on the reasoning precedes the answer), speed as it answered."""
+    from exaone_edge.validate.endpoint import endpoint_agreement, endpoint_speed
+
+    log(f"validate: {candidate.name}: answering {len(questions)} questions over HTTP")
+    replies = [candidate.ask(q, options.answer_tokens) for q in questions]
+    answers = [options.answer(candidate.raw_answer(reply)) for reply in replies]
+    reference_answers = [options.answer(entry.answer or "") for entry in reference.entries]
+    agreement = None if options.thinking else endpoint_agreement([e.answer or "" for e in reference.entries], replies)
+    return ArtifactResult(candidate.name, candidate.kind, candidate.path, None, None,
+                          task=task_accuracy(questions, reference_answers, answers),
+                          speed=endpoint_speed(replies) if options.measure_speed else None, endpoint=agreement)
+
+
 def fit_pages(questions: list[Question], reference_dir: Path, image_max_tokens: int) -> list[Question]:
     """Pages at most `image_max_tokens` decoder rows, as `run`/`serve --image-max-tokens` fit them: the reference
     and every candidate then see the deployed page (fitting a fitted page again changes nothing), and the
@@ -133,17 +149,23 @@ def fit_pages(questions: list[Question], reference_dir: Path, image_max_tokens: 
 
 def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
              options: ValidateOptions = ValidateOptions(), reference_cache: Path | None = None,
-             reference_dtype: str = "auto") -> ValidationReport:
+             reference_dtype: str = "auto", endpoints: list[Any] = ()) -> ValidationReport:
     from exaone_edge.documents import documents_or_builtin
     from exaone_edge.manifest import read_manifest
     from exaone_edge.validate.candidates import open_candidate
     from exaone_edge.reference.inputs import chat_inputs
     from exaone_edge.reference.streamed import question_reference
 
-    if not artifacts:
-        raise InputError("no artifacts to validate", fix="Pass one or more bundles, GPTQ checkpoints or vision exports.")
-    for path in artifacts:  # fail on a wrong path before minutes of reference work
+    from exaone_edge.validate.endpoint import EndpointCandidate
+
+    if not artifacts and not endpoints:
+        raise InputError("no artifacts to validate",
+                         fix="Pass one or more bundles, GPTQ checkpoints or vision exports, or --endpoint URL.")
+    for path in artifacts:  # fail on a wrong path or a dead endpoint before minutes of reference work
         read_manifest(Path(path), verify=False)
+    servers = [EndpointCandidate(endpoint, options.thinking) for endpoint in endpoints]
+    for server in servers:
+        server.check()
     documents, source = documents_or_builtin(eval_set, builtin=6, seed=1)
     questions = questions_from(documents, options.max_questions)
     if options.engine.image_max_tokens is not None:
@@ -163,6 +185,11 @@ def validate(reference_dir: Path, artifacts: list[Path], eval_set: Path | None,
                 results.append(evaluate_artifact(candidate, reference, questions, options, Path(scratch)))
             finally:
                 candidate.close()
+    for server in servers:
+        try:
+            results.append(evaluate_endpoint(server, reference, questions, options))
+        finally:
+            server.close()
     return ValidationReport(
         toolkit_version=__version__,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -57,6 +57,7 @@ GATED = (
     Gated("decoder.top1_agreement", lambda a: a.decoder and a.decoder.top1_agreement, lambda t: t.top1_drop),
     Gated("task.anls", lambda a: a.task and a.task.anls, lambda t: t.anls_drop),
     Gated("vision.cosine_min", lambda a: a.vision and a.vision.cosine_min, lambda t: t.vision_cosine_drop),
+    Gated("endpoint.top1_agreement", lambda a: a.endpoint and a.endpoint.top1_agreement, lambda t: t.top1_drop),
 )
 
 

@@ -29,6 +29,20 @@ def _speed(a: ArtifactResult) -> Speed | None:
     return a.speed if isinstance(a.speed, Speed) else None  # a failed probe shows as not measured
 
 
+def _top1(a: ArtifactResult) -> str:
+    if a.endpoint is not None:  # along its greedy answers, not teacher-forced: marked, and explained under the table
+        return f"{_fmt(a.endpoint.top1_agreement, 3)} †"
+    return _fmt(a.decoder and a.decoder.top1_agreement, 3)
+
+
+def endpoint_note(report: ValidationReport) -> str:
+    if not any(a.kind == "endpoint" for a in report.artifacts):
+        return ""
+    return ("† endpoint (OpenAI-compatible server): top-1 from its top_logprobs along its own greedy answers while they "
+            "continue the reference's, not teacher-forced; TTFT and tokens/s over its answers, measured by this client; "
+            "its memory is the server's.")
+
+
 # The summary table, one column each; a part an artifact does not have reads as None and shows as "–".
 COLUMNS: tuple[tuple[str, Callable[[ArtifactResult], str]], ...] = (
     ("artifact", lambda a: a.name),
@@ -36,7 +50,7 @@ COLUMNS: tuple[tuple[str, Callable[[ArtifactResult], str]], ...] = (
     ("size", lambda a: _mib(a.bytes)),
     ("KL mean", lambda a: _fmt(a.decoder and a.decoder.kl_mean)),
     ("KL p99", lambda a: _fmt(a.decoder and a.decoder.kl_p99)),
-    ("top-1", lambda a: _fmt(a.decoder and a.decoder.top1_agreement, 3)),
+    ("top-1", lambda a: _top1(a)),
     ("ppl ratio", lambda a: _fmt(a.decoder and a.decoder.ppl_ratio)),
     ("ANLS", lambda a: _fmt(a.task and a.task.anls, 3)),
     ("EM", lambda a: _fmt(a.task and a.task.exact_match, 3)),
@@ -74,6 +88,8 @@ def render_markdown(report: ValidationReport, regressions: list[str] | None = No
         "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(report)]
+    if endpoint_note(report):
+        lines += ["", endpoint_note(report)]
     if regressions is not None:
         lines += ["", "## Regression gate", ""]
         lines += [f"- ✗ {item}" for item in regressions] or ["- ✓ nothing regressed beyond its threshold"]
@@ -207,6 +223,7 @@ def render_html(report: ValidationReport, regressions: list[str] | None = None) 
         "</style></head><body>"
         f"<h1>EXAONE 4.5 accuracy-regression report</h1><p>{head}</p>{gate}"
         f"<table><tr>{''.join(f'<th>{h}</th>' for h in HEADER)}</tr>{table}</table>"
+        + (f"<p>{html.escape(endpoint_note(report))}</p>" if endpoint_note(report) else "") +
         f"<div>{accuracy_vs_memory_svg(report) if any(a.task and a.task.anls is not None for a in report.artifacts) else ''}"
         f"{kl_bars_svg(report)}{answers_grid_svg(report)}</div>{flips_html}</body></html>\n"
     )

@@ -86,13 +86,23 @@ class TaskAccuracy:
 
 @dataclass(frozen=True)
 class Speed:
-    """One bundle's speed and memory, measured in a fresh process (probe.py)."""
+    """One bundle's speed and memory, measured in a fresh process (probe.py); an endpoint's over its answers."""
 
     ttft_s: float
     decode_tokens_per_s: float | None  # None with fewer than two generated tokens
     prompt_tokens: int
     completion_tokens: int
-    peak_rss_bytes: int
+    peak_rss_bytes: int | None  # None: an endpoint (its memory is the server's)
+
+
+@dataclass(frozen=True)
+class EndpointAgreement:
+    """An endpoint's top-1 along its own greedy answers, from `top_logprobs` (validate/endpoint.py): not teacher-forced."""
+
+    top1_agreement: float | None
+    positions: int  # tokens compared: those that continue the reference's answer, and each first departure
+    departures: int
+    runner_up_departures: int  # departures where the reference's continuation was the endpoint's second choice
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,7 @@ class ProbeFailed:
 @dataclass(frozen=True)
 class ArtifactResult:
     name: str
-    kind: str  # bundle, gptq or vision
+    kind: str  # bundle, gptq, vision or endpoint
     path: str
     bits: int | None
     bytes: int | None
@@ -111,12 +121,14 @@ class ArtifactResult:
     decoder: DecoderFidelity | None = None  # None: no decoder (a vision export)
     task: TaskAccuracy | None = None
     speed: Speed | ProbeFailed | None = None  # None: not measured (not a bundle, or --no-speed)
+    endpoint: EndpointAgreement | None = None  # an OpenAI-compatible endpoint (kind "endpoint") in place of `decoder`
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArtifactResult:
         speed = data.get("speed")
         return _record(cls, {
             **data, "vision": _record(VisionFidelity, data.get("vision")),
+            "endpoint": _record(EndpointAgreement, data.get("endpoint")),
             "decoder": _record(DecoderFidelity, data.get("decoder")), "task": TaskAccuracy.from_dict(data.get("task")),
             "speed": _record(ProbeFailed if speed and "error" in speed else Speed, speed),
         })
