@@ -83,7 +83,7 @@ def quantize_params_per_s_per_core(work: Path, repeats: int) -> float:
     from gguf import GGUFReader
 
     from exaone_edge.quantize.gguf_convert import convert_to_gguf
-    from exaone_edge.quantize.llama_quantize import quantize_gguf
+    from exaone_edge.quantize.llama_quantize import quantize_tensors
     from exaone_edge.quantize.recipes import choose_recipe
     from exaone_edge.fixtures.tiny_model import build_tiny_model
 
@@ -100,7 +100,7 @@ def quantize_params_per_s_per_core(work: Path, repeats: int) -> float:
                if len(t.shape) == 2 and (t.name.startswith("blk.") or t.name == "output.weight")}
     recipe = choose_recipe(4, None, imatrix=True)
     target = work / "bench-2-q4.gguf"
-    seconds = _median_seconds(lambda: quantize_gguf(f16, target, recipe, imatrix, CORES), repeats)
+    seconds = _median_seconds(lambda: quantize_tensors(f16, target, recipe, imatrix, CORES), repeats)
     target.unlink(missing_ok=True)
     return params / seconds / CORES
 

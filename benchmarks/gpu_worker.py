@@ -126,11 +126,11 @@ def inputs(kit: str, work: str, bench: bool) -> dict:
     """The tiny bundle (F32 decoder, fp32 vision) and, with `bench`, the real-width bench bundle (Q4_K_M decoder,
     no vision), from the kit's skeletons; the tiny prompt (text, the page's rows, text)."""
     from exaone_edge.benchmarks.synthetic import synthesize
-    from exaone_edge.bundle import write_bundle
+    from exaone_edge.bundle import DecoderDetails, write_bundle
     from exaone_edge.checkpoint import open_checkpoint
     from exaone_edge.llama import tokenize
     from exaone_edge.quantize.gguf_convert import convert_to_gguf
-    from exaone_edge.quantize.llama_quantize import quantize_gguf
+    from exaone_edge.quantize.llama_quantize import quantize_tensors
     from exaone_edge.quantize.recipes import choose_recipe
     from exaone_edge.vision import VisionEncoder
 
@@ -140,7 +140,7 @@ def inputs(kit: str, work: str, bench: bool) -> dict:
     tiny = synthesize(kit_dir / "tiny", work_dir / "tiny-checkpoint", seed=0)
     decoder = convert_to_gguf(tiny, work_dir / "tiny-decoder.gguf", out_type="F32").path
     write_bundle(_fresh(work_dir / "tiny-bundle"), open_checkpoint(tiny), decoder, vision_dir=kit_dir / "vision-fp32",
-                 details={"decoder": {"level": "F32"}})
+                 decoder_details=DecoderDetails("F32"))
     seconds["tiny"] = time.perf_counter() - started
     gguf = work_dir / "tiny-bundle" / "decoder.gguf"
     text = "Invoice 42 from Hanbit Trading: 3 widgets at 1,200 each, VAT 10%, total due 3,960 by 2024-12-31. "
@@ -156,10 +156,10 @@ def inputs(kit: str, work: str, bench: bool) -> dict:
         f16 = convert_to_gguf(model, work_dir / "bench-f16.gguf").path
         seconds["bench_f16"] = time.perf_counter() - started
         recipe = choose_recipe(4, None, imatrix=False)
-        quantized = quantize_gguf(f16, work_dir / "bench-decoder.gguf", recipe)
+        quantized = quantize_tensors(f16, work_dir / "bench-decoder.gguf", recipe)
         f16.unlink()
         write_bundle(_fresh(work_dir / "bench-bundle"), open_checkpoint(model), quantized,
-                     details={"decoder": {"level": recipe.level}})
+                     decoder_details=DecoderDetails(recipe.level))
         result["bench_bundle"] = str(work_dir / "bench-bundle")
         seconds["bench"] = time.perf_counter() - started
     result["seconds"] = seconds

@@ -120,7 +120,7 @@ def run_bench(bundle_dir: Path, options: BenchOptions) -> BenchReport:
         raise InputError(f"sections {', '.join(sorted(needs_model))} compare against transformers and need the checkpoint",
                          fix="Pass --model-dir CHECKPOINT (the one the bundle was made from), or --only decode,server.")
     bundle = load_bundle(bundle_dir)
-    level = bundle.manifest.details.get("decoder", {}).get("level", "?")
+    level = bundle.details.decoder.level
     results: list[Result] = []
     engine = Engine(bundle, replace(options.engine, n_threads=options.threads, flash_attn=False, verify=False))
     n_ctx, placement = engine.n_ctx, engine.placement.as_dict()

@@ -14,7 +14,7 @@ from PIL import Image
 
 from exaone_edge.documents.model import QA, Document, DocumentSet, Skipped, files_hash
 from exaone_edge.errors import ImageRejected, InputError
-from exaone_edge.images import DocumentLimits, frame_sizes, open_image, render_scale, to_rgb
+from exaone_edge.images import MAX_RENDER_DPI, DocumentLimits, frame_sizes, open_image, render_page
 from exaone_edge.files import sha256_file
 from exaone_edge.progress import log
 
@@ -24,8 +24,9 @@ QA_NAME = "qa.jsonl"
 
 @dataclass(frozen=True)
 class LoadOptions:
-    dpi: float = 144.0  # PDF render resolution
-    max_pixels: int = 64_000_000  # per image or rendered page (an 8000×8000 scan); bombs are far larger
+    # Per image or rendered page (an 8000×8000 scan); bombs are far larger. PDF pages are rendered by the one rule
+    # (exaone_edge/images.py render_page): as large as this allows, at most 300 DPI; the vision preprocessing fits them.
+    max_pixels: int = 64_000_000
     max_pdf_pages: int = 2000
     max_file_bytes: int = 2**30  # per image file (a multi-page TIFF scan can be large)
 
@@ -57,7 +58,7 @@ def documents_or_builtin(path: Path | str | None, *, builtin: int, seed: int) ->
 def load_folder(root: Path, options: LoadOptions = LoadOptions()) -> DocumentSet:
     documents: dict[str, Document] = {}
     skipped: list[Skipped] = []
-    hashes: list[tuple[str, str]] = [("render-dpi", str(options.dpi))]
+    hashes: list[tuple[str, str]] = [("render", f"{options.max_pixels} pixels, at most {MAX_RENDER_DPI:g} DPI")]
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
         name = file.relative_to(root).as_posix()
         if name == QA_NAME or any(part.startswith(".") for part in file.relative_to(root).parts):
@@ -128,11 +129,7 @@ def _pdf_document(file: Path, name: str, options: LoadOptions) -> Document:
     def render(index: int) -> Image.Image:
         document = pdfium.PdfDocument(file)
         try:
-            page = document[index]
-            width, height = page.get_size()  # points
-            return to_rgb(page.render(scale=render_scale(width, height, options.max_pixels, options.dpi)).to_pil())
-        except pdfium.PdfiumError as exc:
-            raise InputError(f"page {index + 1} could not be rendered ({exc})", path=file) from None
+            return render_page(document, index, options.max_pixels, str(file))
         finally:
             document.close()
 

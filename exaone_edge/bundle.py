@@ -6,17 +6,17 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from exaone_edge.checkpoint import Checkpoint
 from exaone_edge.errors import ArtifactError, InputError
-from exaone_edge.manifest import Manifest, read_manifest, verify_files, write_manifest
+from exaone_edge.files import read_json
+from exaone_edge.manifest import MANIFEST_NAME, Manifest, read_manifest, typed_details, verify_files, write_manifest
 from exaone_edge.spec import ImageSpec, ModelSpec, image_spec, model_spec
-from exaone_edge.vision.contract import KIND as VISION_KIND
+from exaone_edge.vision.contract import KIND as VISION_KIND, VisionDetails
 
 KIND = "bundle"
 DECODER_FILE = "decoder.gguf"
@@ -29,11 +29,43 @@ FIX = "Re-create the bundle with `exaone-edge quantize`; do not edit files insid
 
 
 @dataclass(frozen=True)
+class DecoderDetails:
+    level: str  # the llama.cpp quantization level (F32, F16, Q8_0, Q4_K_M, …)
+    bits_per_weight: float | None = None
+    bytes: int | None = None
+    format: str = "gguf"
+    arch: str = "exaone4"
+    imatrix: bool = False  # calibrated with a document importance matrix
+    mtp: str = "none"  # the MTP head: "none" in the checkpoint, "dropped", or "kept"
+
+
+@dataclass(frozen=True)
+class VisionRef:
+    precision: str | None
+    source_manifest: dict[str, Any] = field(default_factory=dict)  # the export's own inputs
+
+
+@dataclass(frozen=True)
+class BundleDetails:
+    decoder: DecoderDetails
+    vision: VisionRef | None = None
+
+    @property
+    def name(self) -> str:
+        """How reports name the bundle: its level, and whether an imatrix calibrated it."""
+        return self.decoder.level + (" +imatrix" if self.decoder.imatrix else "")
+
+
+@dataclass(frozen=True)
 class Bundle:
     path: Path
     manifest: Manifest
     spec: ModelSpec
     image: ImageSpec
+
+    @property
+    def details(self) -> BundleDetails:
+        return typed_details(BundleDetails, self.manifest, self.path / MANIFEST_NAME)
 
     @property
     def decoder_path(self) -> Path:
@@ -80,8 +112,8 @@ def directory_bytes(directory: Path | None) -> int:
     return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
 
 
-def write_bundle(target: Path, checkpoint: Checkpoint, decoder: Path, *, imatrix: Path | None = None,
-                 vision_dir: Path | None = None, details: dict[str, Any] | None = None,
+def write_bundle(target: Path, checkpoint: Checkpoint, decoder: Path, *, decoder_details: DecoderDetails,
+                 imatrix: Path | None = None, vision_dir: Path | None = None,
                  inputs: dict[str, Any] | None = None, validation: dict[str, Any] | None = None) -> Manifest:
     """Fill `target` (a fresh temporary directory; `decoder` is moved in) and write its manifest; the caller
     renames it into place."""
@@ -97,12 +129,13 @@ def write_bundle(target: Path, checkpoint: Checkpoint, decoder: Path, *, imatrix
             raise ArtifactError(f"{name} is missing from the checkpoint", path=checkpoint.path)
         shutil.copy2(source, target / name)
     (target / TEMPLATE_FILE).write_text(checkpoint.chat_template, encoding="utf-8")
-    vision: dict[str, Any] | None = None
+    vision = None
     if vision_dir is not None:
         vision_manifest = check_vision_dir(vision_dir)
         shutil.copytree(vision_dir, target / VISION_DIR)
-        vision = {"precision": vision_manifest.details.get("precision"), "source_manifest": vision_manifest.inputs}
-    manifest = Manifest(kind=KIND, inputs=inputs or {}, details={**(details or {}), "vision": vision},
+        exported = typed_details(VisionDetails, vision_manifest, Path(vision_dir) / MANIFEST_NAME)
+        vision = VisionRef(exported.precision, vision_manifest.inputs)
+    manifest = Manifest(kind=KIND, inputs=inputs or {}, details=asdict(BundleDetails(decoder_details, vision)),
                         validation=validation or {})
     return write_manifest(target, manifest)
 
@@ -135,10 +168,7 @@ def _check_sizes(directory: Path, manifest: Manifest) -> None:
 
 
 def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"unreadable JSON ({exc})", path=path, fix=FIX) from None
+    data = read_json(path, path.name, fix=FIX)
     if not isinstance(data, dict):
         raise ArtifactError("expected a JSON object", path=path, fix=FIX)
     return data

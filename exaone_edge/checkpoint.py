@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from exaone_edge import files
 from exaone_edge.errors import CheckpointError
 from exaone_edge.spec import ImageSpec, ModelSpec, image_spec, model_spec
 
@@ -20,10 +21,14 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16
 
 @dataclass(frozen=True)
 class TensorInfo:
+    """One tensor of a safetensors shard, as its header describes it (the one record every reader uses)."""
+
     name: str
-    dtype: str
+    dtype: str  # safetensors dtype string
     shape: tuple[int, ...]
     file: Path
+    offset: int = 0  # absolute byte offset of the data in `file`
+    nbytes: int = 0
 
     @property
     def numel(self) -> int:
@@ -49,37 +54,49 @@ class Checkpoint:
 
 
 def read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise CheckpointError(f"{what} is missing", path=path, fix="Copy the whole checkpoint directory from the hub.")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{what} is not valid JSON ({exc})", path=path, fix="Re-download this file.") from None
+    """A checkpoint's JSON file (files.read_json with the checkpoint's error and fix)."""
+    return files.read_json(path, what, error=CheckpointError,
+                           fix="Copy the whole checkpoint directory from the hub, or re-download this file.")
 
 
-def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
-    """Tensor names, dtypes and shapes; also proves the file holds every byte its header promises."""
-    fix = "The file is incomplete or corrupt: download it again."
+SAFETENSORS_FIX = "The file is incomplete or corrupt: download it again."
+
+
+def safetensors_header_bytes(path: Path) -> bytes:
+    """A shard's JSON header, as stored (its length checked against the file); the one place a header is read."""
     if not path.is_file():
         raise CheckpointError("safetensors shard is missing", path=path, fix="Download the missing shard.")
     size = path.stat().st_size
     with open(path, "rb") as handle:
         raw = handle.read(8)
         if len(raw) < 8:
-            raise CheckpointError("safetensors shard is truncated (no header)", path=path, fix=fix)
+            raise CheckpointError("safetensors shard is truncated (no header)", path=path, fix=SAFETENSORS_FIX)
         (header_len,) = struct.unpack("<Q", raw)
         if header_len > min(size - 8, 100 << 20):
-            raise CheckpointError("safetensors header length is impossible", path=path, fix=fix)
-        try:
-            header = json.loads(handle.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError("safetensors header is not valid JSON", path=path, fix=fix) from None
+            raise CheckpointError("safetensors header length is impossible", path=path, fix=SAFETENSORS_FIX)
+        return handle.read(header_len)
+
+
+def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    """Tensor names, dtypes, shapes and absolute offsets; also proves the file holds every byte its header promises."""
+    fix = SAFETENSORS_FIX
+    raw = safetensors_header_bytes(path)
+    header_len, size = len(raw), path.stat().st_size
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError("safetensors header is not valid JSON", path=path, fix=fix) from None
     header.pop("__metadata__", None)
     tensors: dict[str, TensorInfo] = {}
     end = 0
     for name, entry in header.items():
-        tensors[name] = TensorInfo(name, entry["dtype"], tuple(entry["shape"]), path)
-        end = max(end, entry["data_offsets"][1])
+        try:
+            start, stop = entry["data_offsets"]
+            tensors[name] = TensorInfo(name, entry["dtype"], tuple(entry["shape"]), path, 8 + header_len + start,
+                                       stop - start)
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"safetensors header entry '{name}' is malformed", path=path, fix=fix) from None
+        end = max(end, stop)
     if 8 + header_len + end > size:
         raise CheckpointError(
             f"safetensors shard is truncated: {size} bytes on disk, header needs {8 + header_len + end}", path=path, fix=fix

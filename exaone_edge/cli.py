@@ -177,7 +177,7 @@ def quantize(
     out: Annotated[Path, typer.Option("-o", "--out", help="Bundle directory to write.")],
     bits: Annotated[int | None, typer.Option(help="4 (Q4_K_M, imatrix) or 8 (Q8_0); default 4.")] = None,
     recipe: Annotated[str | None, typer.Option(help="Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_K_S or IQ4_XS.")] = None,
-    format: Annotated[str, typer.Option("--format", help="gguf (llama.cpp bundle) or gptq.")] = "gguf",
+    format: Annotated[str, typer.Option("--format", help="gguf (llama.cpp bundle) or gptq (exaone_edge/formats.py).")] = "gguf",
     calibration: Annotated[Path | None, typer.Option(help="Document set or folder for the importance matrix.")] = None,
     vision: Annotated[Path | None, typer.Option(help="Vision export dir (`exaone-edge export`) to bundle.")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Where intermediates live (default: beside -o).")] = None,
@@ -191,19 +191,24 @@ def quantize(
     json_output: JsonFlag = False,
 ) -> None:
     """Quantize the decoder: GGUF at 4/8 bits with a document-calibrated importance matrix, as a bundle."""
-    if format not in ("gguf", "gptq"):
-        raise InputError(f"--format must be gguf or gptq, got '{format}'")
-    if format == "gptq":
-        from exaone_edge.quantize.gptq import gptq_from_documents
+    from exaone_edge.formats import QUANTIZE_FORMATS
 
-        result = gptq_from_documents(model_dir, out, calibration, bits=bits or 4, group_size=group_size,
-                                     overwrite=overwrite)
-    else:
+    if format not in QUANTIZE_FORMATS:
+        raise InputError(f"--format must be one of {', '.join(QUANTIZE_FORMATS)}, got '{format}'")
+
+    def gguf():
         from exaone_edge.quantize.pipeline import quantize_gguf
 
-        result = quantize_gguf(model_dir, out, bits=bits, recipe=recipe, calibration=calibration, imatrix=imatrix,
-                               vision_dir=vision, work_dir=work_dir, keep_work=keep_work, overwrite=overwrite,
-                               threads=threads, gpu_layers=gpu_layers)
+        return quantize_gguf(model_dir, out, bits=bits, recipe=recipe, calibration=calibration, imatrix=imatrix,
+                             vision_dir=vision, work_dir=work_dir, keep_work=keep_work, overwrite=overwrite,
+                             threads=threads, gpu_layers=gpu_layers)
+
+    def gptq():
+        from exaone_edge.quantize.gptq import gptq_from_documents
+
+        return gptq_from_documents(model_dir, out, calibration, bits=bits or 4, group_size=group_size, overwrite=overwrite)
+
+    result = {"gguf": gguf, "gptq": gptq}[format]()  # one entry per QUANTIZE_FORMATS name (a test keeps them equal)
     emit(result, json_output)
 
 

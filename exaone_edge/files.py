@@ -79,11 +79,35 @@ def _alive(pid: int, start: int) -> bool:
     return not (start and now and now != start)
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path, what: str, *, error: type | None = None, fix: str | None = None) -> Any:
+    """The one JSON file reader: the parsed file, or `error` (an ExaoneEdgeError class; ArtifactError by default)
+    naming the file and what it should have been."""
+    from exaone_edge.errors import ArtifactError
+
+    error = error or ArtifactError
+    if not Path(path).is_file():
+        raise error(f"{what} is missing", path=path, fix=fix)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise error(f"{what} is not readable JSON ({exc})", path=path, fix=fix) from None
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file when it is one, else None: for telling our outputs from anything else."""
+    from exaone_edge.errors import ExaoneEdgeError
+
+    try:
+        return read_json(path, path.name)
+    except ExaoneEdgeError:
         return None
+
+
+def inputs_digest(inputs: Any) -> str:
+    """The one provenance hash: what something was made from, as canonical JSON (keys sorted), SHA-256. Names cached
+    intermediates (quantize's sidecars) and reference files alike."""
+    payload = json.dumps(inputs, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 def sweep_stale(directory: Path, name: str | None = None) -> list[Path]:

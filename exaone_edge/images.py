@@ -173,23 +173,27 @@ def render_pdf(
             if total > pixel_budget:
                 raise ImageRejected(f"{label}: the {len(selected)} selected pages hold {total:,} pixels, more than the "
                                     f"{pixel_budget:,} left for this request", fix="Send fewer or smaller pages.")
-        images = []
-        for index in selected:
-            try:
-                page = pdf[index]
-            except pdfium.PdfiumError as exc:  # a page tree that lies about its pages
-                raise ImageRejected(f"{label}: page {index + 1} cannot be read ({exc})", fix="Repair or re-export the PDF.") from None
-            try:
-                width_pt, height_pt = page.get_size()
-                scale = render_scale(width_pt, height_pt, max_pixels)
-                images.append(to_rgb(page.render(scale=scale).to_pil()))
-            except pdfium.PdfiumError as exc:
-                raise ImageRejected(f"{label}: page {index + 1} cannot be rendered ({exc})", fix="Repair or re-export the PDF.") from None
-            finally:
-                page.close()
-        return images
+        return [render_page(pdf, index, max_pixels, label) for index in selected]
     finally:
         pdf.close()
+
+
+def render_page(pdf, index: int, max_pixels: int, label: str) -> Image.Image:
+    """Page `index` of an open pypdfium2 document as RGB, by the one rule every PDF page is rendered by: as large as
+    `max_pixels` allows, at most MAX_RENDER_DPI (run, serve, and document sets for calibration and evaluation)."""
+    import pypdfium2 as pdfium
+
+    try:
+        page = pdf[index]
+    except pdfium.PdfiumError as exc:  # a page tree that lies about its pages
+        raise ImageRejected(f"{label}: page {index + 1} cannot be read ({exc})", fix="Repair or re-export the PDF.") from None
+    try:
+        width_pt, height_pt = page.get_size()
+        return to_rgb(page.render(scale=render_scale(width_pt, height_pt, max_pixels)).to_pil())
+    except pdfium.PdfiumError as exc:
+        raise ImageRejected(f"{label}: page {index + 1} cannot be rendered ({exc})", fix="Repair or re-export the PDF.") from None
+    finally:
+        page.close()
 
 
 def _rendered_pixels(pdf, index: int, max_pixels: int, label: str) -> int:

@@ -114,9 +114,19 @@ def supports_gpu_offload() -> bool:
     return bool(lib.llama_supports_gpu_offload())
 
 
-def _ggml():
+def ggml():
+    """The one handle on libggml (llama-cpp-python's), with the signatures this project calls declared once: device
+    queries here, graph tensors for the imatrix collector (symbols of libggml-base resolve through it)."""
+    library()
     from llama_cpp._ggml import libggml
 
+    libggml.ggml_op_name.restype, libggml.ggml_op_name.argtypes = ctypes.c_char_p, [ctypes.c_int]
+    libggml.ggml_tensor_overhead.restype = ctypes.c_size_t
+    libggml.ggml_backend_buffer_is_host.restype = ctypes.c_bool
+    libggml.ggml_backend_buffer_is_host.argtypes = [ctypes.c_void_p]
+    libggml.ggml_nbytes.restype, libggml.ggml_nbytes.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
+    libggml.ggml_backend_tensor_get.restype = None
+    libggml.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
     libggml.ggml_backend_dev_count.restype = ctypes.c_size_t
     libggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
     libggml.ggml_backend_dev_get.restype = ctypes.c_void_p
@@ -136,7 +146,7 @@ def gpu_memory() -> tuple[int, int] | None:
     """(free, total) bytes of the first GPU this llama.cpp build can use (ggml_backend_dev_memory); None without one."""
     if not supports_gpu_offload():
         return None
-    libggml = _ggml()
+    libggml = ggml()
     for index in range(libggml.ggml_backend_dev_count()):
         device = libggml.ggml_backend_dev_get(index)
         if libggml.ggml_backend_dev_type(device) == _DEVICE_TYPE_GPU:
@@ -154,7 +164,7 @@ def gpu_backends() -> list[str]:
     except MissingDependency:
         return []
     init_backend()
-    libggml = _ggml()
+    libggml = ggml()
     names = [libggml.ggml_backend_reg_name(libggml.ggml_backend_reg_get(i)).decode()
              for i in range(libggml.ggml_backend_reg_count())]
     return [name for name in names if name not in _NOT_GPU_BACKENDS]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import dataclasses
+import typing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,3 +81,28 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
                 path=path,
                 fix="Re-create the artifact; do not edit files inside it.",
             )
+
+
+T = typing.TypeVar("T")
+
+
+def typed_details(cls: type[T], manifest: Manifest, path: Path) -> T:
+    """The manifest's `details` as `cls` (a frozen dataclass, nested ones too): every reader goes through this, so a
+    missing or mistyped field is one ArtifactError naming it, not a KeyError deep in a stage."""
+    return _build(cls, manifest.details, path, "details")
+
+
+def _build(cls: type[T], data: Any, path: Path, where: str) -> T:
+    if not isinstance(data, dict):
+        raise ArtifactError(f"manifest.json {where} is not an object", path=path, fix="Re-create the artifact.")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for spec in dataclasses.fields(cls):
+        if spec.name not in data:
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise ArtifactError(f"manifest.json {where}.{spec.name} is missing", path=path, fix="Re-create the artifact.")
+            continue
+        value, hint = data[spec.name], hints[spec.name]
+        nested = next((t for t in typing.get_args(hint) or (hint,) if dataclasses.is_dataclass(t)), None)
+        values[spec.name] = _build(nested, value, path, f"{where}.{spec.name}") if nested and value is not None else value
+    return cls(**values)

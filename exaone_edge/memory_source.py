@@ -10,8 +10,9 @@ from pathlib import Path
 from exaone_edge import bundle as bundle_format
 from exaone_edge.checkpoint import read_json
 from exaone_edge.errors import ArtifactError, CheckpointError
+from exaone_edge.manifest import MANIFEST_NAME, read_manifest, typed_details
 from exaone_edge.spec import RELEASED_33B_CONFIG, ModelSpec, image_spec, model_spec
-from exaone_edge.vision.contract import FUSED_ATTENTION, PREPROCESSOR_FILE
+from exaone_edge.vision.contract import FUSED_ATTENTION, KIND as VISION_KIND, PREPROCESSOR_FILE, VisionDetails
 from exaone_edge.vision.preprocess import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, budget_max_pixels
 
 # Names `plan` takes instead of a folder: the released 33B's config.json, built in (exaone_edge/data/).
@@ -82,22 +83,18 @@ def load_source(path: Path) -> Source:
     if built_in:
         pixels_from = f"{path}: transformers' EXAONE 4.5 default"
     params = spec.decoder.body_params + spec.decoder.embedding_params
-    if (path / "manifest.json").is_file():
-        from exaone_edge.manifest import read_manifest
-
-        manifest = read_manifest(path, kind=bundle_format.KIND, verify=False)
-        decoder_file = path / bundle_format.DECODER_FILE
-        vision_dir = path / bundle_format.VISION_DIR
-        vision_bytes = sum(f.stat().st_size for f in vision_dir.glob("vision.onnx*"))
+    if (path / MANIFEST_NAME).is_file():  # a bundle, read through its format
+        bundle = bundle_format.load_bundle(path, verify=False)
+        vision_bytes = sum(f.stat().st_size for f in bundle.vision_dir.glob("vision.onnx*")) if bundle.has_vision else 0
         fused = False  # a graph exported before fused attention (or with none recorded) holds the scores
-        if (vision_dir / "manifest.json").is_file():
-            fused = read_manifest(vision_dir, verify=False).details.get("attention") == FUSED_ATTENTION
-        embedding, output = _gguf_sizes(decoder_file) if decoder_file.is_file() else (None, None)
+        if bundle.has_vision:
+            vision_manifest = read_manifest(bundle.vision_dir, kind=VISION_KIND, verify=False)
+            details = typed_details(VisionDetails, vision_manifest, bundle.vision_dir / MANIFEST_NAME)
+            fused = details.attention == FUSED_ATTENTION
+        embedding, output = _gguf_sizes(bundle.decoder_path)
         return Source(
             spec, max_pixels, pixels_from, min_pixels, token_side, fused, params, spec.vision.params,
-            manifest.details.get("decoder", {}).get("level"),
-            decoder_file.stat().st_size if decoder_file.is_file() else None,
-            vision_bytes or None, embedding, output,
+            bundle.details.decoder.level, bundle.decoder_path.stat().st_size, vision_bytes or None, embedding, output,
         )
     # A checkpoint: planned as `exaone-edge export` writes its vision graph, full attention fused.
     return Source(spec, max_pixels, pixels_from, min_pixels, token_side, True, params, spec.vision.params,

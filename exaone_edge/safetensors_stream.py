@@ -7,9 +7,7 @@ worker threads read and cast pieces while the caller writes finished ones (file 
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +18,7 @@ from typing import TypeVar
 import ml_dtypes
 import numpy as np
 
+from exaone_edge.checkpoint import TensorInfo, read_safetensors_header
 from exaone_edge.errors import CheckpointError
 
 # Source bytes per piece: small enough that a piece's cast and check passes stay in the CPU cache.
@@ -30,43 +29,20 @@ R = TypeVar("R")
 
 
 @dataclass(frozen=True)
-class StoredTensor:
-    name: str
-    dtype: str  # safetensors dtype string
-    shape: tuple[int, ...]
-    file: Path
-    offset: int  # absolute byte offset of the data in `file`
-    nbytes: int
-
-    @property
-    def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
-
-
-@dataclass(frozen=True)
 class Piece:
     """Elements [start, start + count) of a tensor, in storage order."""
 
-    tensor: StoredTensor
+    tensor: TensorInfo
     start: int
     count: int
 
 
-def read_layout(path: Path) -> dict[str, StoredTensor]:
-    """Absolute offsets of every tensor in one shard (the header was validated by open_checkpoint)."""
-    with open(path, "rb") as handle:
-        (header_len,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(header_len))
-    header.pop("__metadata__", None)
-    base = 8 + header_len
-    return {
-        name: StoredTensor(name, entry["dtype"], tuple(entry["shape"]), path, base + entry["data_offsets"][0],
-                           entry["data_offsets"][1] - entry["data_offsets"][0])
-        for name, entry in header.items()
-    }
+def read_layout(path: Path) -> dict[str, TensorInfo]:
+    """Every tensor of one shard with its absolute offset: checkpoint.read_safetensors_header, the one header reader."""
+    return read_safetensors_header(path)
 
 
-def _source_dtype(tensor: StoredTensor) -> np.dtype:
+def _source_dtype(tensor: TensorInfo) -> np.dtype:
     if tensor.dtype not in _NUMPY:
         raise CheckpointError(
             f"tensor '{tensor.name}' has dtype {tensor.dtype}; only F32, F16, BF16 and F64 weights convert",
@@ -75,7 +51,7 @@ def _source_dtype(tensor: StoredTensor) -> np.dtype:
     return np.dtype(_NUMPY[tensor.dtype])
 
 
-def pieces(tensor: StoredTensor, piece_bytes: int | None = None) -> list[Piece]:
+def pieces(tensor: TensorInfo, piece_bytes: int | None = None) -> list[Piece]:
     per_piece = max(1, (piece_bytes or PIECE_BYTES) // _source_dtype(tensor).itemsize)
     return [Piece(tensor, start, min(per_piece, tensor.numel - start)) for start in range(0, tensor.numel, per_piece)]
 
@@ -99,13 +75,13 @@ def read_f32_piece(piece: Piece) -> np.ndarray:
     return read_piece(piece).astype(np.float32)
 
 
-def iter_f32_chunks(tensor: StoredTensor, piece_bytes: int | None = None) -> Iterator[np.ndarray]:
+def iter_f32_chunks(tensor: TensorInfo, piece_bytes: int | None = None) -> Iterator[np.ndarray]:
     """The tensor's elements in order, as flat float32 arrays of bounded size."""
     for piece in pieces(tensor, piece_bytes):
         yield read_f32_piece(piece)
 
 
-def read_f32(tensor: StoredTensor) -> np.ndarray:
+def read_f32(tensor: TensorInfo) -> np.ndarray:
     """A whole (small) tensor as float32 in its shape."""
     return np.concatenate(list(iter_f32_chunks(tensor))).reshape(tensor.shape)
 

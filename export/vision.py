@@ -7,7 +7,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from exaone_edge.vision.contract import (
     KIND,
     OUTPUT_NAME,
     VALIDATION_PAGES,
+    VisionDetails,
 )
 from exaone_edge.vision.geometry import graph_inputs, rope_theta
 from exaone_edge.vision.preprocess import preprocess
@@ -131,15 +132,9 @@ def export_vision(model_dir: Path, out: Path, *, precision: str = "fp32",
         validation = checklist.summary(precision, checks)
         if calib:
             validation["calibration"] = {"source": calibration_source, "pages": len(calib)}
-        details = {
-            "precision": precision,
-            "graph": onnx_graph.graph_io(tmp / GRAPH_FILE),
-            "spec": checkpoint.config["vision_config"],  # VisionEncoder reads its VisionSpec and rope theta here
-            "image": vars_of(checkpoint.image),
-            "external_data": (tmp / (GRAPH_FILE + DATA_SUFFIX)).exists(),
-            # full-attention blocks run as one fused node: no [heads, patches, patches] scores (plan reads this)
-            "attention": FUSED_ATTENTION,
-        }
+        details = VisionDetails(precision=precision, spec=checkpoint.config["vision_config"],
+                                graph=onnx_graph.graph_io(tmp / GRAPH_FILE), image=vars_of(checkpoint.image),
+                                external_data=(tmp / (GRAPH_FILE + DATA_SUFFIX)).exists(), attention=FUSED_ATTENTION)
         inputs = {"checkpoint": str(checkpoint.path), "config_sha256": sha256_file(checkpoint.path / "config.json"),
                   "shards": {shard.name: shard.stat().st_size for shard in checkpoint.shards
                              if any(t.file == shard and t.name.startswith(("model.visual.", "visual."))
@@ -150,7 +145,7 @@ def export_vision(model_dir: Path, out: Path, *, precision: str = "fp32",
                 f"{precision} vision graph missed its tolerance against PyTorch on {', '.join(failed)}",
                 path=out, fix="Nothing was written. See the checklist above; try a higher precision.",
             )
-        manifest = write_manifest(tmp, Manifest(kind=KIND, inputs=inputs, details=details, validation=validation))
+        manifest = write_manifest(tmp, Manifest(kind=KIND, inputs=inputs, details=asdict(details), validation=validation))
         size = sum(f.stat().st_size for f in tmp.iterdir() if f.is_file())
     return ExportResult(Path(out), precision, checks, size, time.perf_counter() - started, manifest)
 

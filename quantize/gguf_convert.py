@@ -26,7 +26,7 @@ from exaone_edge.errors import CheckpointError, InputError, require
 from exaone_edge.files import atomic_path
 from exaone_edge.progress import log, track
 from exaone_edge.quantize.gguf_vocab import read_vocab, write_vocab
-from exaone_edge.safetensors_stream import Piece, StoredTensor, ordered_map, pieces, read_layout, read_piece
+from exaone_edge.safetensors_stream import Piece, TensorInfo, ordered_map, pieces, read_layout, read_piece
 from exaone_edge.spec import DecoderSpec
 
 ARCH = "exaone4"
@@ -51,7 +51,7 @@ class PlannedTensor:
     gguf_name: str
     shape: tuple[int, ...]  # numpy order (rows first)
     qtype: str  # F32, F16 or BF16
-    source: StoredTensor | None  # None: generated (rope_freqs)
+    source: TensorInfo | None  # None: generated (rope_freqs)
 
     @property
     def nbytes(self) -> int:
@@ -201,7 +201,7 @@ def plan_tensors(checkpoint: Checkpoint, out_type: str) -> list[PlannedTensor]:
 
     decoder = checkpoint.spec.decoder
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.EXAONE4, decoder.num_layers)
-    stored: dict[str, StoredTensor] = {}
+    stored: dict[str, TensorInfo] = {}
     for shard in checkpoint.shards:
         stored.update(read_layout(shard))
     planned: list[PlannedTensor] = []

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from exaone_edge.checkpoint import open_checkpoint
+from exaone_edge.formats import GPTQ_KIND, GptqDetails
 from exaone_edge.errors import InputError, require
 from exaone_edge.files import atomic_dir, check_output_dir
 from exaone_edge.manifest import Manifest, write_manifest
@@ -104,7 +105,7 @@ def gptq_from_documents(model_dir: Path, out: Path, documents: Path | None = Non
     from exaone_edge.documents import documents_or_builtin
 
     check_options(bits, group_size, _decoder_in_features(model_dir))  # bad options fail before pages are made
-    check_output_dir(Path(out), overwrite=overwrite, kind="gptq")
+    check_output_dir(Path(out), overwrite=overwrite, kind=GPTQ_KIND)
     document_set, _ = documents_or_builtin(documents, builtin=BUILTIN_DOCUMENTS, seed=0)
     calib, evals = document_set.split(eval_fraction=EVAL_FRACTION, seed=0)
     return quantize_gptq(model_dir, out, document_conversations(calib.documents), document_conversations(evals.documents),
@@ -123,7 +124,7 @@ def quantize_gptq(
     overwrite: bool = False,
 ) -> GptqResult:
     check_options(bits, group_size, _decoder_in_features(model_dir))
-    check_output_dir(Path(out), overwrite=overwrite, kind="gptq")  # before the model loads
+    check_output_dir(Path(out), overwrite=overwrite, kind=GPTQ_KIND)  # before the model loads
     if len(calibration) < MIN_CALIBRATION:
         raise InputError(
             f"the calibration set gives {len(calibration)} samples; GPTQ needs at least {MIN_CALIBRATION}",
@@ -139,16 +140,15 @@ def quantize_gptq(
 def _quantize(model_dir: Path, out: Path, calibration: list[Conversation], evaluation: list[Conversation],
               bits: int, group_size: int, calibration_hash: str | None, overwrite: bool) -> GptqResult:
     started = time.perf_counter()
-    with atomic_dir(out, overwrite=overwrite, kind="gptq") as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind=GPTQ_KIND) as tmp:
         tmp = tmp.resolve()  # GPTQModel runs inside the scratch dir: relative paths would land there
         write_checkpoint(model_dir, tmp, calibration, bits, group_size)
         fidelity = gptq_fidelity(Path(model_dir), tmp, evaluation)
         log(f"gptq: KL vs source {fidelity['kl_mean']:.4g}, top-1 agreement {fidelity['top1_agreement']:.3f}")
         manifest = Manifest(
-            kind="gptq",
+            kind=GPTQ_KIND,
             inputs={"source": str(model_dir), "calibration_sha256": calibration_hash},
-            details={"bits": bits, "group_size": group_size, "format": "gptq", "calibration_samples": len(calibration),
-                     "unquantized": list(KEEP_UNQUANTIZED)},
+            details=asdict(GptqDetails(bits, group_size, len(calibration), list(KEEP_UNQUANTIZED))),
             validation=fidelity,
         )
         write_manifest(tmp, manifest)

@@ -9,13 +9,13 @@ llama-imatrix tool (text only) cannot. Saved in llama.cpp's GGUF imatrix format.
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from exaone_edge.errors import ArtifactError
+from exaone_edge.llama import ggml
 
 GGML_TYPE_F32 = 0
 _MAX_DIMS, _MAX_SRC, _MAX_OP_PARAMS, _MAX_NAME = 4, 10, 64, 64
@@ -43,19 +43,6 @@ GgmlTensor._fields_ = [
 ]
 
 
-def _ggml_base():
-    from exaone_edge.llama import library
-
-    lib = ctypes.CDLL(os.path.join(os.path.dirname(library().__file__), "lib", "libggml-base.so"))
-    lib.ggml_op_name.restype, lib.ggml_op_name.argtypes = ctypes.c_char_p, [ctypes.c_int]
-    lib.ggml_tensor_overhead.restype = ctypes.c_size_t
-    lib.ggml_backend_buffer_is_host.restype, lib.ggml_backend_buffer_is_host.argtypes = ctypes.c_bool, [ctypes.c_void_p]
-    lib.ggml_nbytes.restype, lib.ggml_nbytes.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
-    lib.ggml_backend_tensor_get.restype = None
-    lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
-    return lib
-
-
 def _mul_mat_op(lib) -> int:
     for op in range(128):
         if lib.ggml_op_name(op) == b"MUL_MAT":
@@ -81,7 +68,7 @@ class ImatrixCollector:
     """A `cb_eval` callback for `LlamaContext` that fills an Imatrix."""
 
     def __init__(self, include_output: bool = True) -> None:
-        lib = _ggml_base()
+        lib = ggml()
         # ggml_tensor_overhead() = sizeof(ggml_object) (32) + sizeof(ggml_tensor): guards the layout above.
         if lib.ggml_tensor_overhead() != ctypes.sizeof(GgmlTensor) + 32:
             raise RuntimeError("ggml_tensor layout differs from the pinned llama-cpp-python; imatrix cannot be read")

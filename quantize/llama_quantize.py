@@ -13,7 +13,7 @@ from exaone_edge.files import atomic_path
 from exaone_edge.quantize.recipes import Recipe
 
 
-def quantize_gguf(source: Path, target: Path, recipe: Recipe, imatrix: dict[str, np.ndarray] | None = None,
+def quantize_tensors(source: Path, target: Path, recipe: Recipe, imatrix: dict[str, np.ndarray] | None = None,
                   threads: int | None = None) -> Path:
     """Write `target` (atomically) at `recipe`'s level; `imatrix` maps weight names to mean x² per column."""
     from exaone_edge.llama import init_backend, library
@@ -45,9 +45,10 @@ def quantize_gguf(source: Path, target: Path, recipe: Recipe, imatrix: dict[str,
 
 
 def _run_quantizer(source: Path, target: Path, params) -> int:
-    import llama_cpp
-
     from exaone_edge.interrupts import held_interrupt
+    from exaone_edge.llama import library
+
+    llama_cpp = library()
 
     with held_interrupt():  # it logs every tensor through a Python callback
         return llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))

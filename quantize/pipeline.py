@@ -9,7 +9,6 @@ the user: only files with our sidecar are replaced or removed, and the folder it
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import resource
@@ -25,8 +24,8 @@ import numpy as np
 from exaone_edge import __version__
 from exaone_edge.checkpoint import open_checkpoint
 from exaone_edge.errors import InputError, ValidationFailed, require
-from exaone_edge.files import (atomic_dir, check_output_dir, close_work_dir, open_work_dir, scratch_dir, sha256_file,
-                               write_json)
+from exaone_edge.files import (atomic_dir, check_output_dir, close_work_dir, inputs_digest, open_work_dir, scratch_dir,
+                               sha256_file, write_json)
 from exaone_edge.levels import estimated_bytes
 from exaone_edge.metrics import LogitFidelity
 from exaone_edge.progress import log
@@ -127,7 +126,7 @@ def quantize_checkpoint(
 ) -> QuantizeResult:
     require("gguf", "quantize")
     require("llama_cpp", "quantize")
-    from exaone_edge.bundle import KIND as BUNDLE, check_vision_dir, directory_bytes, write_bundle
+    from exaone_edge.bundle import KIND as BUNDLE, DecoderDetails, check_vision_dir, directory_bytes, write_bundle
     from exaone_edge.quantize.gguf_convert import checkpoint_hash, ensure_free_space, plan_tensors
 
     started = time.monotonic()
@@ -182,19 +181,17 @@ def quantize_checkpoint(
         if not np.isfinite(fidelity.logits.kl_mean):
             raise ValidationFailed(f"{chosen.level} decoder produces non-finite logits", path=quantized)
         decoder_bytes = quantized.stat().st_size
-        details = {
-            "decoder": {"level": chosen.level, "bits_per_weight": round(decoder_bytes * 8 / params, 3),
-                        "bytes": decoder_bytes, "format": "gguf", "arch": "exaone4", "imatrix": imatrix_path is not None,
-                        "mtp": "dropped" if checkpoint.spec.decoder.nextn_layers else "none"},
-        }
+        decoder_details = DecoderDetails(
+            level=chosen.level, bits_per_weight=round(decoder_bytes * 8 / params, 3), bytes=decoder_bytes,
+            imatrix=imatrix_path is not None, mtp="dropped" if checkpoint.spec.decoder.nextn_layers else "none")
         inputs = {"checkpoint_sha256": source_hash, "calibration_sha256": calib_hash if imatrix_path else None,
                   "toolkit_version": __version__}
         with atomic_dir(out, overwrite=overwrite, kind=BUNDLE) as tmp:
-            write_bundle(tmp, checkpoint, quantized, imatrix=imatrix_path, vision_dir=vision_dir, details=details,
+            write_bundle(tmp, checkpoint, quantized, decoder_details=decoder_details, imatrix=imatrix_path, vision_dir=vision_dir,
                          inputs=inputs, validation={"decoder_vs_f16": fidelity.to_dict()})
     if not keep_work:
         _remove_intermediates(work, intermediates)
-    result = QuantizeResult(out, chosen.level, details["decoder"]["bits_per_weight"], decoder_bytes,
+    result = QuantizeResult(out, chosen.level, decoder_details.bits_per_weight, decoder_bytes,
                             out / "imatrix.gguf" if imatrix_path else None, time.monotonic() - started,
                             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, fidelity, reused)
     return result  # the CLI prints result.summary() as the one summary line
@@ -241,7 +238,7 @@ def _valid(path: Path, inputs: dict[str, Any]) -> bool:
         record = _sidecar(path)
     except (OSError, json.JSONDecodeError):
         return False
-    if record.get("inputs") != _inputs_hash(inputs) or not path.is_file():
+    if record.get("inputs") != inputs_digest(inputs) or not path.is_file():
         return False
     return path.stat().st_size == record.get("bytes") and sha256_file(path) == record.get("sha256")
 
@@ -259,7 +256,7 @@ def _cached(path: Path, inputs: dict[str, Any], make: Callable[[Path], None], wh
         make(tmp)
         # The record goes first: a kill before the rename leaves a record that does not match (redone next time),
         # never a file without one (which would look like the user's own).
-        write_json(_sidecar_path(path), {"inputs": _inputs_hash(inputs), "bytes": tmp.stat().st_size,
+        write_json(_sidecar_path(path), {"inputs": inputs_digest(inputs), "bytes": tmp.stat().st_size,
                                          "sha256": sha256_file(tmp), "made_by": "exaone-edge quantize"})
     return path
 
@@ -270,10 +267,6 @@ def _device(path: Path) -> int:
         if candidate.exists():
             return candidate.stat().st_dev
     return -1
-
-
-def _inputs_hash(inputs: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
 # -- stages -----------------------------------------------------------------------------------------
@@ -341,10 +334,10 @@ def _collect(checkpoint, vision: _VisionOnce, f16: Path, samples, calib_hash: st
 
 def _quantize(f16: Path, target: Path, recipe: Recipe, imatrix_path: Path | None, threads: int | None) -> None:
     from exaone_edge.quantize.imatrix import load_imatrix
-    from exaone_edge.quantize.llama_quantize import quantize_gguf
+    from exaone_edge.quantize.llama_quantize import quantize_tensors
 
     values = load_imatrix(imatrix_path).values() if imatrix_path else None
-    quantize_gguf(f16, target, recipe, values, threads)
+    quantize_tensors(f16, target, recipe, values, threads)
 
 
 def _fidelity(checkpoint, vision: _VisionOnce, f16: Path, quantized: Path, samples: Sequence[CalibrationSample],

@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from exaone_edge.files import write_bytes
+from exaone_edge.checkpoint import safetensors_header_bytes
+from exaone_edge.files import inputs_digest, write_bytes
 from exaone_edge.metrics import LogitFidelity, log_softmax
 from exaone_edge.progress import log
 
@@ -98,18 +99,14 @@ def checkpoint_fingerprint(model_dir: Path) -> str:
         if path.is_file():
             digest.update(name.encode() + b"\0" + path.read_bytes())
     for shard in sorted(model_dir.glob("*.safetensors")):
-        with open(shard, "rb") as handle:
-            header_len = int.from_bytes(handle.read(8), "little")
-            digest.update(shard.name.encode() + b"\0" + handle.read(header_len))
+        digest.update(shard.name.encode() + b"\0" + safetensors_header_bytes(shard))
         digest.update(str(shard.stat().st_size).encode())
     return digest.hexdigest()
 
 
 def reference_key(checkpoint: str, parts: dict[str, Any]) -> str:
     """The hash naming a reference file: checkpoint fingerprint + eval set, questions and options (JSON)."""
-    payload = json.dumps({"format": FORMAT_VERSION, "kept": [MIN_K, MAX_K, COVERAGE], "checkpoint": checkpoint, **parts},
-                         sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return inputs_digest({"format": FORMAT_VERSION, "kept": [MIN_K, MAX_K, COVERAGE], "checkpoint": checkpoint, **parts})
 
 
 def image_digest(image: Any) -> str:

@@ -8,7 +8,6 @@ from the answer in each chunk's `reasoning`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from exaone_edge.engine_settings import EngineSettings
 from exaone_edge.errors import InputError
+from exaone_edge.files import read_json
 from exaone_edge.images import DocumentLimits, load_document
 from exaone_edge.runtime.generation import Chunk, GenerationParams, GenerationResult
 from exaone_edge.runtime.reasoning import parser_for, split_chunks
@@ -78,12 +78,7 @@ def ask(
 
 def read_schema(path: Path) -> dict[str, Any]:
     """A JSON Schema file for `run --json-schema`."""
-    try:
-        schema = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read the JSON Schema ({exc.strerror})", path=path) from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"the JSON Schema is not valid JSON ({exc})", path=path) from None
+    schema = read_json(Path(path), "the JSON Schema", error=InputError)
     if not isinstance(schema, dict):
         raise InputError("the JSON Schema must be a JSON object", path=path, fix='Start it with {"type": "object", …}.')
     return schema

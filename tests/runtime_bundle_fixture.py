@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exaone_edge.bundle import write_bundle
+from exaone_edge.bundle import DecoderDetails, write_bundle
 from exaone_edge.checkpoint import open_checkpoint
 
 
@@ -17,7 +17,7 @@ def build_tiny_bundle(model_dir: Path, out: Path, vision_dir: Path | None = None
     out.mkdir(parents=True)
     decoder = out.parent / f".{out.name}.decoder.gguf"
     convert_to_gguf(model_dir, decoder, out_type="F32")
-    write_bundle(out, open_checkpoint(model_dir), decoder, vision_dir=vision_dir, details={"decoder": {"level": "F32"}})
+    write_bundle(out, open_checkpoint(model_dir), decoder, vision_dir=vision_dir, decoder_details=DecoderDetails("F32"))
     return out
 
 

@@ -58,7 +58,7 @@ def folder(tmp_path: Path) -> Path:
 
 
 def test_folder_of_pdfs_and_images(folder):
-    documents = load_documents(folder, LoadOptions(dpi=72))
+    documents = load_documents(folder, LoadOptions(max_pixels=595 * 842))  # A4 at 72 DPI
     by_id = {d.id: d for d in documents.documents}
     assert sorted(by_id) == ["photo.jpg", "report.pdf", "scans/fax.tiff", "scans/logo.png"]
     assert documents.skipped == []
@@ -72,13 +72,13 @@ def test_folder_of_pdfs_and_images(folder):
     assert by_id["photo.jpg"].qa[0].page == 0
     with pytest.raises(InputError, match="page index 3"):
         fax.page_image(3)
-    assert load_documents(folder, LoadOptions(dpi=144)).documents[1].page_image(0).size == (1190, 1684)
+    assert load_documents(folder, LoadOptions(max_pixels=1190 * 1684)).documents[1].page_image(0).size == (1190, 1684)
 
 
 def test_content_hash_follows_the_files(folder):
     first = load_documents(folder).content_hash
     assert load_documents(folder).content_hash == first
-    assert load_documents(folder, LoadOptions(dpi=100)).content_hash != first  # pages would differ
+    assert load_documents(folder, LoadOptions(max_pixels=10**6)).content_hash != first  # pages would differ
     Image.new("RGB", (300, 200), (0, 30, 30)).save(folder / "photo.jpg")
     assert load_documents(folder).content_hash != first
 
@@ -156,7 +156,7 @@ def test_real_multipage_pdf(tmp_path):
     source = next(p for p in REAL_PDFS if p.is_file())
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / source.name).symlink_to(source)
-    documents = load_documents(tmp_path / "real", LoadOptions(dpi=100))
+    documents = load_documents(tmp_path / "real", LoadOptions(max_pixels=900_000))
     document = documents.documents[0]
     assert document.page_count > 100
     assert "Debian" in document.text and "apt" in document.text

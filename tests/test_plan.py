@@ -51,6 +51,15 @@ def _with_preprocessor(config_33b: Path, tmp_path: Path, max_pixels: int) -> Pat
     return directory
 
 
+def _finish_bundle(directory: Path, level: str = "Q4_K_M") -> None:
+    """The rest of a bundle around a test's decoder.gguf (and vision/): the files and manifest load_bundle checks."""
+    from exaone_edge.manifest import Manifest, write_manifest
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (directory / name).write_text("{}")
+    write_manifest(directory, Manifest(kind="bundle", details={"decoder": {"level": level}}))
+
+
 def test_config_json_alone_is_enough(config_33b):
     assert sorted(p.name for p in config_33b.iterdir()) == ["config.json"]
     result = plan(config_33b, gpu="rtx4090", context=16384)
@@ -92,9 +101,9 @@ def test_a_bundle_says_whether_its_vision_graph_is_fused(config_33b, tmp_path):
         _write_gguf(bundle / "decoder.gguf")
         (bundle / "vision").mkdir()
         (bundle / "vision" / "vision.onnx").write_bytes(b"\0" * 2048)
-        details = {"attention": "fused-full-attention"} if fused else {}
+        details = {"precision": "fp16", "spec": {}, **({"attention": "fused-full-attention"} if fused else {})}
         write_manifest(bundle / "vision", Manifest(kind="vision-onnx", details=details))
-        write_manifest(bundle, Manifest(kind="bundle", details={"decoder": {"level": "Q4_K_M"}}))
+        _finish_bundle(bundle)
         result = plan(bundle, gpu="a100-80", context=8192)
         assert result.weights_measured and result.components["vision_weights"] == 2048
         assert result.vision_attention_fused is fused
@@ -142,11 +151,9 @@ def test_the_token_embedding_is_host_memory(config_33b):
 
 
 def test_a_bundle_s_token_embedding_is_read_from_its_gguf(config_33b, tmp_path):
-    from exaone_edge.manifest import Manifest, write_manifest
-
     bundle = _with_preprocessor(config_33b, tmp_path, 1280 * 28 * 28)
     embedding = _write_gguf(bundle / "decoder.gguf", (40, 32))
-    write_manifest(bundle, Manifest(kind="bundle", details={"decoder": {"level": "Q4_K_M"}}))
+    _finish_bundle(bundle)
     result = plan(bundle, gpu="a100-80", context=8192)
     assert result.host_components == {"token_embedding": embedding} == {"token_embedding": 40 * 32 * 4}
     assert result.components["decoder_weights"] == (bundle / "decoder.gguf").stat().st_size - embedding

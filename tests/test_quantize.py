@@ -86,11 +86,11 @@ def test_imatrix_covers_every_quantized_tensor(q4):
 def test_imatrix_changes_q4_k_m_weights(q4, tmp_path):
     from gguf import GGUFReader
 
-    from exaone_edge.quantize.llama_quantize import quantize_gguf
+    from exaone_edge.quantize.llama_quantize import quantize_tensors
     from exaone_edge.quantize.recipes import RECIPES
 
     result, root = q4
-    plain = quantize_gguf(root / "work" / "decoder-F16.gguf", tmp_path / "plain.gguf", RECIPES["Q4_K_M"])
+    plain = quantize_tensors(root / "work" / "decoder-F16.gguf", tmp_path / "plain.gguf", RECIPES["Q4_K_M"])
     with_imatrix = {t.name: np.asarray(t.data) for t in GGUFReader(result.bundle / "decoder.gguf").tensors}
     without = {t.name: np.asarray(t.data) for t in GGUFReader(plain).tensors}
     changed = {name for name in with_imatrix if not np.array_equal(with_imatrix[name], without[name])}

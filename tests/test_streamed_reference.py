@@ -100,7 +100,8 @@ def test_second_validate_run_reuses_the_reference_file_without_the_checkpoint(
         tiny_model_dir, tiny_vision_dir, tmp_path, monkeypatch):
     from exaone_edge.documents import generate_set
     from exaone_edge import torch_weights
-    from exaone_edge.validate import collect, reference, streamed
+    from exaone_edge.reference import inputs as reference, streamed
+    from exaone_edge.validate import collect
 
     docs = tmp_path / "docs"
     generate_set(2, ["en", "ko"], 3, out=docs)
@@ -130,14 +131,14 @@ def test_second_validate_run_reuses_the_reference_file_without_the_checkpoint(
 def test_questions_whose_caches_do_not_fit_together_run_in_groups(tiny_model_dir, questions, tmp_path, monkeypatch):
     """Each generating question keeps every layer's KV cache on the device (0.46 GB each for the 33B): when they do
     not fit together the reference runs them in groups, each with its own passes, and writes the same file."""
-    from exaone_edge.validate import streamed
+    from exaone_edge.reference import streamed
 
     def reference(cache: str):
         return streamed.question_reference(tiny_model_dir, questions, "eval", {}, 4, cache_dir=tmp_path / cache,
                                            dtype="float32")[0]
 
     together = reference("together")
-    monkeypatch.setattr(streamed, "CACHE_SHARE", 1e-12)  # no two questions fit: one group each
+    monkeypatch.setattr(streamed, "REFERENCE_CACHE_SHARE", 1e-12)  # no two questions fit: one group each
     apart = reference("apart")
     assert len(questions) == 2 and apart.details["weight_passes"] > together.details["weight_passes"]
     for mine, theirs in zip(apart.entries, together.entries, strict=True):

@@ -10,7 +10,8 @@ import numpy as np
 from exaone_edge import bundle as bundle_format
 from exaone_edge.errors import ArtifactError
 from exaone_edge.levels import LEVELS, VISION_BITS
-from exaone_edge.manifest import read_manifest
+from exaone_edge.formats import ARTIFACTS, GPTQ_KIND, GptqDetails
+from exaone_edge.manifest import MANIFEST_NAME, read_manifest, typed_details
 from exaone_edge.progress import stdout_to_stderr
 from exaone_edge.reference.kernels import eager_gptq_kernels
 from exaone_edge.reference.inputs import HFModel, Question
@@ -29,10 +30,9 @@ class BundleCandidate:
         self.thinking = thinking
         # f32 KV and no flash attention: measure the weights' error, not the cache's rounding.
         self.engine = Engine.load(self.path, flash_attn=False, kv_type="f32", n_ctx=4096, **(engine_options or {}))
-        decoder = self.engine.bundle.manifest.details.get("decoder", {})
-        level = decoder.get("level", "?")
-        self.name = level + (" +imatrix" if decoder.get("imatrix") else "")
-        self.bits = LEVELS[level].bits if level in LEVELS else None
+        details = self.engine.bundle.details
+        self.name = details.name
+        self.bits = LEVELS[details.decoder.level].bits if details.decoder.level in LEVELS else None
         self.bytes = bundle_format.directory_bytes(self.path)
 
     def teacher_forced(self, question: Question, answer_ids: list[int]) -> np.ndarray:
@@ -59,12 +59,12 @@ class BundleCandidate:
 
 
 class GptqCandidate:
-    kind = "gptq"
+    kind = GPTQ_KIND
 
     def __init__(self, path: Path, reference_dir: Path, thinking: bool = False) -> None:
         self.path = Path(path)
-        manifest = read_manifest(self.path, kind="gptq")
-        self.bits = manifest.details["bits"]
+        manifest = read_manifest(self.path, kind=GPTQ_KIND)
+        self.bits = typed_details(GptqDetails, manifest, self.path / MANIFEST_NAME).bits
         self.name = f"GPTQ {self.bits}-bit"
         self.bytes = bundle_format.directory_bytes(self.path)
         with stdout_to_stderr():  # GPTQModel's kernel selection logs to stdout
@@ -94,7 +94,7 @@ class VisionCandidate:
 
         self.path = Path(path)
         manifest = read_manifest(self.path, kind=vision_format.KIND)
-        precision = manifest.details.get("precision", "?")
+        precision = typed_details(vision_format.VisionDetails, manifest, self.path / MANIFEST_NAME).precision
         self.name = f"vision {precision}"
         self.bits = VISION_BITS.get(precision)
         self.bytes = bundle_format.directory_bytes(self.path)
@@ -110,13 +110,19 @@ class VisionCandidate:
         pass
 
 
+# How each registered artifact kind (exaone_edge/formats.py) is judged; a test keeps this table and the registry equal.
+JUDGES = {
+    BundleCandidate.kind: lambda path, reference_dir, thinking, options: BundleCandidate(path, thinking, options),
+    GptqCandidate.kind: lambda path, reference_dir, thinking, options: GptqCandidate(path, reference_dir, thinking),
+    VisionCandidate.kind: lambda path, reference_dir, thinking, options: VisionCandidate(path, options),
+}
+
+
 def open_candidate(path: Path, reference_dir: Path, thinking: bool = False,
                    engine_options: dict[str, Any] | None = None) -> Any:
     manifest = read_manifest(Path(path), verify=False)
-    kinds = {BundleCandidate.kind: lambda: BundleCandidate(path, thinking, engine_options),
-             "gptq": lambda: GptqCandidate(path, reference_dir, thinking),
-             VisionCandidate.kind: lambda: VisionCandidate(path, engine_options)}
-    if manifest.kind not in kinds:
+    if manifest.kind not in JUDGES:
+        kinds = "; ".join(f"{a.kind}: {a.what}" for a in ARTIFACTS.values())
         raise ArtifactError(f"cannot validate an artifact of kind '{manifest.kind}'", path=path,
-                            fix="Pass bundles (quantize), GPTQ checkpoints or vision exports.")
-    return kinds[manifest.kind]()
+                            fix=f"Pass one of these ({kinds}).")
+    return JUDGES[manifest.kind](path, reference_dir, thinking, engine_options)

@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 KIND = "vision-onnx"
 GRAPH_FILE = "vision.onnx"
 DATA_SUFFIX = ".data"  # weights above 64 MiB live in GRAPH_FILE + DATA_SUFFIX
@@ -23,3 +26,15 @@ VALIDATION_PAGES: tuple[tuple[str, tuple[int, int]], ...] = (
     ("large-a4-300dpi", (2480, 3508)),
     ("odd", (333, 517)),
 )
+
+
+@dataclass(frozen=True)
+class VisionDetails:
+    """manifest.json `details` of a vision export (export/vision.py writes it, every reader goes through this)."""
+
+    precision: str  # fp32, fp16, int8, int8w or int4
+    spec: dict[str, Any]  # the checkpoint's vision_config: the encoder reads its VisionSpec and rope theta here
+    graph: dict[str, Any] = field(default_factory=dict)  # inputs and outputs with their shapes
+    image: dict[str, Any] = field(default_factory=dict)  # the preprocessor's ImageSpec
+    external_data: bool = False  # weights in GRAPH_FILE + DATA_SUFFIX
+    attention: str | None = None  # FUSED_ATTENTION: full-attention blocks hold no [heads, patches, patches] scores

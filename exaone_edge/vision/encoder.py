@@ -9,10 +9,10 @@ import numpy as np
 from PIL import Image
 
 from exaone_edge.errors import ArtifactError, MissingDependency
-from exaone_edge.manifest import read_manifest
+from exaone_edge.manifest import MANIFEST_NAME, read_manifest, typed_details
 from exaone_edge.progress import log
 from exaone_edge.spec import VisionSpec, image_spec, vision_spec
-from exaone_edge.vision.contract import GRAPH_FILE, INPUT_NAMES, KIND, OUTPUT_NAME, PREPROCESSOR_FILE
+from exaone_edge.vision.contract import GRAPH_FILE, INPUT_NAMES, KIND, OUTPUT_NAME, PREPROCESSOR_FILE, VisionDetails
 from exaone_edge.vision.geometry import Grid, graph_inputs, rope_theta
 from exaone_edge.vision.preprocess import preprocess, rows_for, with_image_max_tokens
 
@@ -87,11 +87,12 @@ class VisionEncoder:
         """`image_max_tokens` lowers the page size to that many rows an image (None: the export's max_pixels)."""
         self.path = Path(export_dir)
         self.manifest = read_manifest(self.path, kind=KIND, verify=verify)
-        self.vision, self.theta = _vision_spec(self.manifest.details.get("spec"), self.path / "manifest.json")
+        details = typed_details(VisionDetails, self.manifest, self.path / MANIFEST_NAME)
+        self.vision, self.theta = _vision_spec(details.spec, self.path / MANIFEST_NAME)
         preprocessor = self.path / PREPROCESSOR_FILE
         image = image_spec(json.loads(preprocessor.read_text(encoding="utf-8")), preprocessor)
         self.image = with_image_max_tokens(image, image_max_tokens)  # a bad value fails before the session loads
-        self.precision = self.manifest.details.get("precision", "fp32")
+        self.precision = details.precision
         self.session = session(self.path / GRAPH_FILE, providers, threads)
         self.providers = tuple(self.session.get_providers())  # what ONNX Runtime actually runs it on
         self.cpu_nodes = cpu_nodes(self.session)  # nodes left on the CPU under a GPU provider
