@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: setup demo test
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml scripts/setup.sh scripts/llama_patches.sh $(wildcard patches/llama.cpp/*.patch)
 	bash scripts/setup.sh
 	touch $(STAMP)
 

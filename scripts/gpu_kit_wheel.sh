@@ -21,7 +21,10 @@ OUT=${EXAONE_EDGE_WHEELS:-$HOME/.cache/exaone-edge/wheels}/cuda-sm$ARCH
 NAME="llama_cpp_python-$LLAMA_VERSION-1cu130sm$ARCH-py3-none-linux_x86_64.whl"
 OFFLINE=${OFFLINE:-0}
 
-if [ -f "$OUT/$NAME" ]; then echo "$OUT/$NAME"; exit 0; fi
+# a wheel built from other patches (or none) is built again
+if [ -f "$OUT/$NAME" ] && [ "$(cat "$OUT/patches" 2>/dev/null)" = "$(bash scripts/llama_patches.sh hash)" ]; then
+  echo "$OUT/$NAME"; exit 0
+fi
 mkdir -p "$WORK/src" "$WORK/cublas/lib" "$OUT"
 if [ "$OFFLINE" = 1 ]; then
   SDIST=${LLAMA_SDIST:?OFFLINE=1 needs LLAMA_SDIST: the kit llama-src.tar.gz}
@@ -54,6 +57,7 @@ EOF
 fi
 
 [ -d "$WORK/src/llama_cpp_python-$LLAMA_VERSION" ] || tar xzf "$SDIST" -C "$WORK/src"
+bash scripts/llama_patches.sh apply "$WORK/src/llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp"  # the MTP graph
 export CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-2}
 export CUDACXX="$CUDA_ROOT/bin/nvcc"
 # 90-real: sm_90 machine code only (no PTX: half the size); FlashAttention kernels only for the KV types the runtime
@@ -71,4 +75,5 @@ built=$(ls "$WORK"/wheel/llama_cpp_python-$LLAMA_VERSION-*.whl)
 "$PY" benchmarks/gpu_kit.py slim "$built" "$OUT/$NAME" --build-tag "1cu130sm$ARCH" >&2  # one copy of each library
 echo "gpu_kit_wheel: built in ${seconds} s; wheel $(du -k "$built" | cut -f1) KiB, slimmed $(du -k "$OUT/$NAME" | cut -f1) KiB: $OUT/$NAME" >&2
 echo "$seconds" > "$OUT/build-seconds"
+bash scripts/llama_patches.sh hash > "$OUT/patches"
 echo "$OUT/$NAME"

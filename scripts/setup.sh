@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine: system fonts/documents, a virtual environment, and the project.
-# Re-running is cheap: the llama-cpp-python wheel (a 5-minute compile) is cached in ~/.cache/exaone-edge.
+# Re-running is cheap: the patched llama-cpp-python wheel (a 5-25 minute compile) is cached in ~/.cache/exaone-edge.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,11 +26,26 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 
-mkdir -p "$WHEELS"
-if ! ls "$WHEELS"/llama_cpp_python-$LLAMA_VERSION-*.whl >/dev/null 2>&1; then
-  echo "setup: compiling llama-cpp-python $LLAMA_VERSION (about 5 minutes on 2 cores, cached afterwards)" >&2
-  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$VENV/bin/python" -m pip wheel -q --no-deps "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS"
+# llama.cpp with this project's patches (patches/llama.cpp: the EXAONE 4.5 MTP graph): the sdist is unpacked, patched
+# and compiled, and the wheel is cached under the patches' hash, so a wheel built without them is never picked up.
+PATCHED="$WHEELS/llama-$(bash scripts/llama_patches.sh hash)"
+if ! ls "$PATCHED"/llama_cpp_python-$LLAMA_VERSION-*.whl >/dev/null 2>&1; then
+  echo "setup: compiling llama-cpp-python $LLAMA_VERSION with patches/llama.cpp (5-25 minutes on 2 cores, cached afterwards)" >&2
+  BUILD=$(mktemp -d "${TMPDIR:-/tmp}/exaone-edge-llama.XXXXXX")
+  "$VENV/bin/python" -m pip download -q --no-deps --no-binary :all: -d "$BUILD" "llama-cpp-python==$LLAMA_VERSION"
+  tar xzf "$BUILD/llama_cpp_python-$LLAMA_VERSION.tar.gz" -C "$BUILD"
+  bash scripts/llama_patches.sh apply "$BUILD/llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp"
+  mkdir -p "$PATCHED"
+  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$VENV/bin/python" -m pip wheel -q --no-deps -w "$BUILD/wheel" "$BUILD/llama_cpp_python-$LLAMA_VERSION"
+  mv "$BUILD"/wheel/llama_cpp_python-$LLAMA_VERSION-*.whl "$PATCHED/"  # whole wheels only: a cut-short build leaves none
+  rm -rf "$BUILD"
+fi
+# The same version number with or without patches: reinstall whenever the installed build is not this one.
+STAMP="$VENV/.llama-patches"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$PATCHED" ]; then
+  "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps "$PATCHED"/llama_cpp_python-$LLAMA_VERSION-*.whl
+  echo "$PATCHED" > "$STAMP"
 fi
 
-"$VENV/bin/python" -m pip install -q --find-links "$WHEELS" -e ".[all]"
+"$VENV/bin/python" -m pip install -q --find-links "$PATCHED" -e ".[all]"
 echo "setup: ready ($VENV)" >&2
