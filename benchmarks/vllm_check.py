@@ -160,7 +160,8 @@ def run_config(label: str, options: ServeOptions, args, conversation: list[Chat]
 
 
 def summarize(runs: list[dict[str, Any]]) -> str:
-    lines = ["| run | reference | text agreed | image agreed | prompt ids equal | server start |", "|---|---|---|---|---|---|"]
+    lines = ["| run | reference | text agreed | image agreed | prompt ids equal | largest margin at a disagreement "
+             "| server start |", "|---|---|---|---|---|---|---|"]
     for run in runs:
         text = [a for a in run["agreement"] if a.kind == "text"]
         image = [a for a in run["agreement"] if a.kind == "image"]
@@ -169,7 +170,10 @@ def summarize(runs: list[dict[str, Any]]) -> str:
             return f"{sum(a.agreed for a in rows)}/{sum(a.tokens for a in rows)}"
 
         equal = all(a.prompt_ids_equal for a in run["agreement"])
-        lines.append(f"| {run['label']} | {run['reference']} | {count(text)} | {count(image)} | {equal} | {run['start_s']} s |")
+        margins = [a.margin_at_first for a in run["agreement"] if a.margin_at_first is not None]
+        margin = f"{max(margins):.3g} logits" if margins else "–"
+        lines.append(f"| {run['label']} | {run['reference']} | {count(text)} | {count(image)} | {equal} | {margin} "
+                     f"| {run['start_s']} s |")
     return "\n".join(lines)
 
 

@@ -73,15 +73,25 @@ def plan(
     disk_gbs: Annotated[float, typer.Option(help="--stages: the disk's sequential read/write rate, GB/s.")] = 2.0,
     cores: Annotated[int, typer.Option(help="--stages: CPU cores of the box.")] = 8,
     ram_gib: Annotated[float, typer.Option(help="--stages: RAM of the box, GiB.")] = 64,
+    serving_engine: Annotated[str, typer.Option("--engine", help="llama.cpp (our bundle, one GPU) or vllm (the GPTQ "
+                                                "checkpoint with tensor parallel, per GPU).")] = "llama.cpp",
+    tp: Annotated[int, typer.Option("--tp", help="--engine vllm: GPUs (tensor-parallel degree).")] = 1,
     json_output: JsonFlag = False,
     engine: EngineSettings = EngineSettings(),
 ) -> None:
     """Predict GPU memory for a deployment and find the largest context and best level that fit.
 
     Placement flags as for run/serve: the plan places each part as the runtime would on a GPU box with the
-    GPU builds installed."""
+    GPU builds installed. --engine vllm: per-GPU memory of `vllm serve` at --tp GPUs (plan/vllm.py)."""
     from exaone_edge.plan.command import plan_report
 
+    if serving_engine not in ("llama.cpp", "vllm"):
+        raise InputError(f"--engine must be llama.cpp or vllm, got '{serving_engine}'")
+    if serving_engine == "vllm":
+        from exaone_edge.plan.vllm import vllm_plan
+
+        emit(vllm_plan(model, tp=tp, gpu=gpu, context=context, image_max_tokens=engine.image_max_tokens), json_output)
+        return
     if vision_on not in ("gpu", "cpu"):
         raise InputError(f"--vision-on must be gpu or cpu, got '{vision_on}'")
     emit(plan_report(model, gpu=gpu, context=context, kv_type=engine.kv_type, level=level, vision_on_gpu=vision_on == "gpu",
@@ -184,7 +194,10 @@ def quantize(
     keep_work: Annotated[bool, typer.Option(help="Keep the F16 GGUF and imatrix for later runs.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier output of this command (never a folder it did not write).")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
-    group_size: Annotated[int, typer.Option(help="GPTQ group size (-1: per channel).")] = 128,
+    group_size: Annotated[int | None, typer.Option(help="GPTQ group size (-1: per channel; default: the largest that "
+                                                   "serves --tp GPUs: 128 at TP 1-2 for EXAONE 4.5 33B).")] = None,
+    tp: Annotated[int, typer.Option("--tp", help="GPTQ: the vLLM tensor-parallel degree to serve at (checks or picks "
+                                   "--group-size).")] = 1,
     imatrix: Annotated[bool, typer.Option(help="Calibrate 4/5/6-bit levels with the document importance matrix.")] = True,
     gpu_layers: Annotated[int | None, typer.Option(help="F16 decoder layers on the GPU for the imatrix and KL steps: "
                                                    "-1 all, 0 none (default: as many as fit the GPU's free memory).")] = None,
@@ -206,7 +219,8 @@ def quantize(
     def gptq():
         from exaone_edge.quantize.gptq import gptq_from_documents
 
-        return gptq_from_documents(model_dir, out, calibration, bits=bits or 4, group_size=group_size, overwrite=overwrite)
+        return gptq_from_documents(model_dir, out, calibration, bits=bits or 4, group_size=group_size, tp=tp,
+                                   overwrite=overwrite)
 
     result = {"gguf": gguf, "gptq": gptq}[format]()  # one entry per QUANTIZE_FORMATS name (a test keeps them equal)
     emit(result, json_output)
@@ -232,9 +246,9 @@ def export(
 @app.command()
 @engine_flags(*PLACEMENT)
 def validate(
-    artifacts: Annotated[list[Path], typer.Argument(help="Bundles, GPTQ checkpoints or vision exports.")],
     reference: Annotated[Path, typer.Option(help="The original Hugging Face checkpoint.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Report directory (report.json, .md, .html).")],
+    artifacts: Annotated[list[Path] | None, typer.Argument(help="Bundles, GPTQ checkpoints or vision exports.")] = None,
     eval_set: Annotated[Path | None, typer.Option("--eval", help="Document set or folder with qa.jsonl.")] = None,
     baseline: Annotated[Path | None, typer.Option(help="An earlier report.json: exit 1 if anything regressed.")] = None,
     max_questions: Annotated[int, typer.Option(help="Questions to evaluate.")] = 12,
@@ -249,12 +263,20 @@ def validate(
                                         "</think>) or off (default, as run and serve answer).")] = False,
     answer_tokens: Annotated[int | None, typer.Option(help="Token budget per answer (default: 24 without thinking, "
                                                       "1024 with it; each token is a pass of the reference).")] = None,
+    endpoint: Annotated[list[str] | None, typer.Option("--endpoint", help="An OpenAI-compatible server (vLLM, "
+                        "llama-server, exaone-edge serve) as a candidate, e.g. http://127.0.0.1:8000/v1; repeatable.")] = None,
+    endpoint_model: Annotated[list[str] | None, typer.Option("--endpoint-model", help="The model each --endpoint serves, "
+                              "in order (default: the server's only model).")] = None,
+    endpoint_api_key_file: Annotated[Path | None, typer.Option(help="A file holding the endpoints' API key.")] = None,
     json_output: JsonFlag = False,
     engine: EngineSettings = EngineSettings(),
 ) -> None:
-    """Accuracy-regression report per artifact: vision/decoder fidelity, document-QA accuracy, speed, memory."""
+    """Accuracy-regression report per artifact or endpoint: vision/decoder fidelity, document-QA accuracy, speed."""
     from exaone_edge.validate.collect import ValidateOptions, validate as collect
+    from exaone_edge.validate.endpoint import endpoints_from
     from exaone_edge.validate.report import check_report_dir, load_baseline, write_report
+
+    endpoints = endpoints_from(endpoint or [], endpoint_model or [], endpoint_api_key_file)
 
     check_report_dir(out, overwrite)  # a folder we may not write fails before the run, not after
     if baseline is not None:
@@ -263,8 +285,8 @@ def validate(
         raise InputError(f"--answer-tokens must be at least 1, got {answer_tokens}")
     options = ValidateOptions(max_questions=max_questions, measure_speed=not no_speed, thinking=think,
                               max_new_tokens=answer_tokens, engine=engine)
-    report = collect(reference, artifacts, eval_set, options,
-                     reference_cache=reference_cache, reference_dtype=reference_dtype)
+    report = collect(reference, artifacts or [], eval_set, options,
+                     reference_cache=reference_cache, reference_dtype=reference_dtype, endpoints=endpoints)
     overrides = {"kl_mean_increase": kl_threshold} if kl_threshold is not None else None
     result = write_report(out, report, baseline, overrides, overwrite=overwrite)
     emit(result, json_output)

@@ -21,6 +21,7 @@ class GptqDetails:
     group_size: int
     calibration_samples: int
     unquantized: tuple[str, ...] | list[str] = ()  # module patterns kept in 16 bits (vision tower, MTP head)
+    tensor_parallel: tuple[int, ...] | list[int] = ()  # vLLM TP degrees the group size serves (empty: not recorded)
     format: str = "gptq"
 
 

@@ -72,4 +72,5 @@ def group_size_for_tp(decoder: DecoderSpec, tp: int, group_size: int | None = No
         if tp_problem(decoder, tp, size) is None:
             return size
     problem = tp_problem(decoder, tp, PER_CHANNEL) or tp_problem(decoder, tp, GROUP_SIZES[-1])
-    raise InputError(f"--tp {tp}: {problem}", fix=f"Use --tp {max(supported_tp(decoder, GROUP_SIZES[-1]) or (1,))}.")
+    degrees = ", ".join(map(str, supported_tp(decoder, GROUP_SIZES[-1]))) or "1"
+    raise InputError(f"--tp {tp}: {problem}", fix=f"Use one of --tp {degrees}.")

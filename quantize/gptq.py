@@ -22,7 +22,9 @@ from exaone_edge.errors import InputError, require
 from exaone_edge.files import atomic_dir, check_output_dir
 from exaone_edge.manifest import Manifest, write_manifest
 from exaone_edge.progress import log, stdout_to_stderr
+from exaone_edge.quantize.gptq_vllm import write_vllm_parts
 from exaone_edge.reference.kernels import eager_gptq_kernels
+from exaone_edge.tensor_parallel import group_size_for_tp, supported_tp
 
 GPTQ_BITS = (4, 8)
 MIN_CALIBRATION = 4  # GPTQ's Hessians need several documents; real models want 128+
@@ -44,12 +46,14 @@ class GptqResult:
     top1_agreement: float
     bytes: int
     seconds: float
+    tensor_parallel: tuple[int, ...] = ()  # vLLM tensor-parallel degrees the group size serves
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "path": str(self.path)}
 
     def summary(self) -> str:
-        return f"{self.path}: GPTQ {self.bits}-bit, KL vs source {self.kl_mean:.3g}"
+        return (f"{self.path}: GPTQ {self.bits}-bit, group size {self.group_size}, KL vs source {self.kl_mean:.3g}; "
+                f"vLLM tensor parallel {', '.join(map(str, self.tensor_parallel))}")
 
 
 def check_options(bits: int, group_size: int, in_features: list[int]) -> None:
@@ -99,11 +103,13 @@ def _decoder_in_features(model_dir: Path) -> list[int]:
 
 
 def gptq_from_documents(model_dir: Path, out: Path, documents: Path | None = None, *, bits: int = 4,
-                        group_size: int = 128, overwrite: bool = False) -> GptqResult:
+                        group_size: int | None = None, tp: int = 1, overwrite: bool = False) -> GptqResult:
     """`exaone-edge quantize --format gptq`: a document set (default: the built-in one) split into calibration and
-    held-out conversations, then `quantize_gptq`."""
+    held-out conversations, then `quantize_gptq`. The group size serves vLLM at `tp` GPUs: `group_size` is checked,
+    or without it the largest that does is chosen (exaone_edge/tensor_parallel.py)."""
     from exaone_edge.documents import documents_or_builtin
 
+    group_size = group_size_for_tp(open_checkpoint(model_dir, read_weights=False).spec.decoder, tp, group_size)
     check_options(bits, group_size, _decoder_in_features(model_dir))  # bad options fail before pages are made
     check_output_dir(Path(out), overwrite=overwrite, kind=GPTQ_KIND)
     document_set, _ = documents_or_builtin(documents, builtin=BUILTIN_DOCUMENTS, seed=0)
@@ -145,10 +151,14 @@ def _quantize(model_dir: Path, out: Path, calibration: list[Conversation], evalu
         write_checkpoint(model_dir, tmp, calibration, bits, group_size)
         fidelity = gptq_fidelity(Path(model_dir), tmp, evaluation)
         log(f"gptq: KL vs source {fidelity['kl_mean']:.4g}, top-1 agreement {fidelity['top1_agreement']:.3f}")
+        decoder = open_checkpoint(model_dir, read_weights=False).spec.decoder
+        degrees = supported_tp(decoder, group_size)
+        details = asdict(GptqDetails(bits, group_size, len(calibration), list(KEEP_UNQUANTIZED), list(degrees)))
+        write_vllm_parts(tmp, Path(out), model_dir, decoder, details, fidelity)
         manifest = Manifest(
             kind=GPTQ_KIND,
             inputs={"source": str(model_dir), "calibration_sha256": calibration_hash},
-            details=asdict(GptqDetails(bits, group_size, len(calibration), list(KEEP_UNQUANTIZED))),
+            details=details,
             validation=fidelity,
         )
         write_manifest(tmp, manifest)
@@ -156,7 +166,7 @@ def _quantize(model_dir: Path, out: Path, calibration: list[Conversation], evalu
     return GptqResult(
         path=Path(out), bits=bits, group_size=group_size, calibration_samples=len(calibration),
         kl_mean=fidelity["kl_mean"], top1_agreement=fidelity["top1_agreement"], bytes=size,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, tensor_parallel=degrees,
     )
 
 

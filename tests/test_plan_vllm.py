@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from exaone_edge.budgets import GIB
@@ -75,3 +77,15 @@ def test_summary_names_every_part():
                  "largest context (--max-model-len)", "serve: vllm serve GPTQ_DIR"):
         assert part in text, part
     assert f"{80:.2f} GiB each" in text and GIB
+
+
+def test_the_command():
+    from conftest import run_cli
+
+    result = run_cli("plan", MODEL, "--engine", "vllm", "--tp", "4", "--gpu", "rtx4090", "--context", "65536", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["tp"] == 4 and data["group_size"] == 64 and data["fits"] and data["context"] == 65536
+    assert data == vllm_plan(MODEL, tp=4, gpu="rtx4090", context=65536).to_dict()
+    wrong = run_cli("plan", MODEL, "--engine", "vllm", "--tp", "3")
+    assert wrong.returncode == 2 and "40 attention heads do not split over 3 GPUs" in wrong.stderr

@@ -43,5 +43,5 @@ def test_heads_limit_the_degree(decoder):
     assert tp_problem(decoder, 3, 32) == "40 attention heads do not split over 3 GPUs"
     odd = replace(decoder, num_heads=48, num_kv_heads=6)
     assert tp_problem(odd, 4, 32) == "6 KV heads do not split (or replicate evenly) over 4 GPUs"
-    with pytest.raises(InputError, match="Use --tp 2"):
+    with pytest.raises(InputError, match="Use one of --tp 1, 2"):
         group_size_for_tp(odd, 4)

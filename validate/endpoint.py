@@ -12,6 +12,7 @@ answers are still scored). Time to first token and decode tokens/s are measured 
 from __future__ import annotations
 
 import base64
+import codecs
 import io
 import json
 import statistics
@@ -179,23 +180,36 @@ def _piece(entry: dict[str, Any]) -> bytes:
 
 def greedy_path_agreement(reference: str, tokens: list[dict[str, Any]],
                           finish_reason: str | None) -> tuple[int, int, bool]:
-    """(tokens agreed, positions compared, the departing position's runner-up was the reference's) for one answer."""
-    target = reference.encode()
-    so_far = b""
+    """(tokens agreed, positions compared, the departing position's runner-up was the reference's) for one answer.
+
+    Compared as text the way the reference was decoded (tokenizers' lossy UTF-8: one U+FFFD per invalid run, which a
+    random model produces often): the token bytes go through an incremental decoder that holds back an incomplete
+    character until its last byte comes."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text = ""
     for index, entry in enumerate(tokens):
-        after = (so_far + _piece(entry)).lstrip()
-        if target.startswith(after):
-            so_far += _piece(entry)
-            if len(after) >= len(target):
+        state = decoder.getstate()
+        after = text + decoder.decode(_piece(entry))
+        if reference.startswith(after.lstrip()):
+            text = after
+            if len(after.lstrip()) >= len(reference):
                 return index + 1, index + 1, False  # the whole reference reproduced: what follows is not comparable
             continue
-        held = so_far.lstrip()
-        runner_up = any(target.startswith((so_far + _piece(alt)).lstrip()) and len((so_far + _piece(alt)).lstrip()) > len(held)
-                        for alt in (entry.get("top_logprobs") or [])[1:2])
-        return index, index + 1, runner_up
-    if finish_reason == "stop" and len(so_far.lstrip()) < len(target):
+        return index, index + 1, _runner_up(reference, text, state, entry)
+    if finish_reason == "stop" and len(text.lstrip()) < len(reference):
         return len(tokens), len(tokens) + 1, False  # it ended where the reference went on
     return len(tokens), len(tokens), False
+
+
+def _runner_up(reference: str, text: str, state: tuple[bytes, int], entry: dict[str, Any]) -> bool:
+    """Whether the endpoint's second choice at a departure continues the reference."""
+    for alternative in (entry.get("top_logprobs") or [])[1:2]:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        decoder.setstate(state)
+        after = (text + decoder.decode(_piece(alternative))).lstrip()
+        if len(after) > len(text.lstrip()) and reference.startswith(after):
+            return True
+    return False
 
 
 def endpoint_agreement(references: list[str], replies: list[Reply]) -> EndpointAgreement | None:
