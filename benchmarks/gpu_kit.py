@@ -165,6 +165,14 @@ def trim_sdist(sdist: Path, target: Path) -> Path:
     return target
 
 
+def _patch_hash(repo: Path) -> str | None:
+    try:
+        return subprocess.run(["bash", str(repo / "scripts/llama_patches.sh"), "hash"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def cached_wheels(cache: Path = WHEEL_CACHE, download: bool = False) -> list[Path]:
     """The pure wheels for Python 3.12 (KIT_WHEELS) from the cache; `download` fetches the missing ones."""
     folder = cache / KIT_WHEEL_DIR
@@ -205,15 +213,19 @@ def build_kit(out: Path, *, tiny_checkpoint: Path, vision_dirs: dict[str, Path],
             shutil.copytree(directory, tmp / f"vision-{precision}")
         if llama_src is not None:
             shutil.copy2(llama_src, tmp / LLAMA_SRC)
-        build_seconds = None
+        build_seconds, built_patches = None, None
         for wheel in wheels:
-            stamp = wheel.parent / "build-seconds"
-            if wheel.name.startswith("llama_cpp_python") and stamp.is_file():
-                build_seconds = int(stamp.read_text().strip())
+            if wheel.name.startswith("llama_cpp_python"):
+                stamp, patches = wheel.parent / "build-seconds", wheel.parent / "patches"
+                build_seconds = int(stamp.read_text().strip()) if stamp.is_file() else None
+                built_patches = patches.read_text().strip() if patches.is_file() else "none"
         kit_bytes = tree_bytes(tmp)
         summary = {"wheels": {w.name: w.stat().st_size for w in wheels}, "bench": bench_checkpoint is not None,
                    "llama_src": llama_src is not None,
                    "vision": sorted(vision_dirs), "cuda_wheel_build_seconds": build_seconds,
+                   # patches/llama.cpp the CUDA wheel was compiled with ("none": before the patch set) and the
+                   # repository's now; the check's paths use no patched graph, so a stale wheel still checks CUDA
+                   "cuda_wheel_patches": built_patches, "llama_patches": _patch_hash(repo),
                    "kit_bytes": kit_bytes, "repo_bytes": repo_bytes, "limit_bytes": limit}
         if kit_bytes + repo_bytes > limit:
             raise SystemExit(f"gpu_kit: kit {kit_bytes / MIB:.1f} MiB + repository {repo_bytes / MIB:.1f} MiB "

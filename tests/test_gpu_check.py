@@ -108,10 +108,12 @@ def test_memory_decode_imatrix_and_vision_verdicts() -> None:
     assert verdict.status == "NOT CHECKED" and "no GPU" not in verdict.detail
 
 
-@pytest.mark.skipif(not list(gpu_kit.WHEEL_CACHE.glob("llama_cpp_python-0.3.36-*.whl")),
-                    reason="setup.sh caches the CPU wheel; none here")
+CPU_WHEELS = sorted(gpu_kit.WHEEL_CACHE.glob("llama-*/llama_cpp_python-0.3.36-*.whl"))  # setup.sh's cache
+
+
+@pytest.mark.skipif(not CPU_WHEELS, reason="setup.sh caches the CPU wheel; none here")
 def test_slimmed_wheel_installs_offline_and_loads(tmp_path: Path) -> None:
-    source = sorted(gpu_kit.WHEEL_CACHE.glob("llama_cpp_python-0.3.36-*.whl"))[0]
+    source = CPU_WHEELS[-1]
     slim = gpu_kit.slim_wheel(source, tmp_path / "llama_cpp_python-0.3.36-1test-py3-none-linux_x86_64.whl", "1test")
     assert slim.stat().st_size < source.stat().st_size / 2
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
