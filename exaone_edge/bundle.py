@@ -36,7 +36,7 @@ class DecoderDetails:
     format: str = "gguf"
     arch: str = "exaone4"
     imatrix: bool = False  # calibrated with a document importance matrix
-    mtp: str = "none"  # the MTP head: "none" in the checkpoint, "dropped", or "kept"
+    mtp: str = "none"  # the MTP head: "kept", "none" (the checkpoint has none), or "dropped" (older bundles)
 
 
 @dataclass(frozen=True)

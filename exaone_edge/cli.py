@@ -61,7 +61,7 @@ def tiny_model(
 
 
 @app.command()
-@engine_flags("kv_type", "parallel", *PLACEMENT)
+@engine_flags("kv_type", "parallel", *PLACEMENT, "draft")
 def plan(
     model: Annotated[Path, typer.Argument(help="Checkpoint directory (config.json alone is enough) or bundle.")],
     gpu: Annotated[str, typer.Option(help="rtx4090, a10g, a100-40, a100-80, or a size such as 48GiB.")] = "rtx4090",
@@ -98,12 +98,12 @@ def plan(
                      parallel=engine.parallel, device=engine.device, gpu_layers=engine.n_gpu_layers,
                      vision_provider=engine.vision_provider, vision_precision=vision_precision,
                      image_max_tokens=engine.image_max_tokens, stages=stages, cores=cores, ram_gib=ram_gib,
-                     disk_gbs=disk_gbs), json_output)
+                     disk_gbs=disk_gbs, draft=engine.draft), json_output)
 
 
 
 @app.command()
-@engine_flags("n_ctx", *PLACEMENT, "n_threads", "flash_attn", "kv_type", "verify")
+@engine_flags("n_ctx", *PLACEMENT, "n_threads", "flash_attn", "kv_type", "verify", "draft", "draft_max")
 def run(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `exaone-edge quantize`.")],
     question: Annotated[str, typer.Argument(help="The question about the document.")],
@@ -165,7 +165,8 @@ def run(
 
 @app.command()
 @settings_flags(ServerSettings, skip=("engine", "api_key"))
-@engine_flags("n_ctx", *PLACEMENT, "n_threads", "flash_attn", "kv_type", "parallel", "verify", given_only=True)
+@engine_flags("n_ctx", *PLACEMENT, "n_threads", "flash_attn", "kv_type", "parallel", "verify", "draft", "draft_max",
+              given_only=True)
 def serve(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `exaone-edge quantize`.")],
     given: dict[str, Any],

@@ -21,6 +21,8 @@ AUTO = "auto"
 DEVICES = ("auto", "cpu", "cuda")
 VISION_PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 FLASH_ATTN = {"auto": None, "on": True, "off": False}  # llama-server's words → llama.cpp's flash_attn_type
+DRAFTERS = {"mtp": "mtp", "off": None}  # --draft words → the drafter (None: no speculative decoding)
+MAX_DRAFT = 16
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,12 @@ def _flash_attn(flag: str, text: str) -> bool | None:
     if text not in FLASH_ATTN:
         raise InputError(f"{flag} must be auto, on or off, got '{text}'")
     return FLASH_ATTN[text]
+
+
+def _draft(flag: str, text: str) -> str | None:
+    if text not in DRAFTERS:
+        raise InputError(f"{flag} must be mtp or off, got '{text}'")
+    return DRAFTERS[text]
 
 
 def _setting(default: Any, flag: Flag | None = None) -> Any:
@@ -77,6 +85,11 @@ class EngineSettings:
                                                                          "cpu, cuda or tensorrt (used only when asked)."))
     verify: bool = _setting(True, Flag(("--verify/--no-verify",), "Hash every bundle file before loading "
                                                                   "(--no-verify: sizes only).", kind=bool))
+    draft: str | None = _setting(None, Flag(
+        ("--draft",), "Speculative decoding: mtp drafts with the model's MTP head and the model verifies the drafts "
+        "in one pass (the output is what the model alone gives); off (default).", _draft))
+    draft_max: int = _setting(3, Flag(("--draft-max",), "Tokens drafted per step with --draft (llama-server's "
+                                                        "--draft-max).", kind=int))
     # Library settings, no flags: the tests and benchmarks set them.
     n_batch: int = 512
     swa_full: bool = False
@@ -94,6 +107,11 @@ class EngineSettings:
             (1 <= self.parallel <= 64, "parallel", "between 1 and 64"),
             (self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}"),
             (self.vision_provider in VISION_PROVIDERS, "vision_provider", f"one of {', '.join(VISION_PROVIDERS)}"),
+            (self.draft in DRAFTERS.values(), "draft", "mtp or off"),
+            (1 <= self.draft_max <= MAX_DRAFT, "draft_max", f"between 1 and {MAX_DRAFT}"),
+            # a step verifies draft_max + 1 tokens of every sequence in one llama.cpp micro-batch (KV rollback)
+            (self.draft is None or self.parallel * (self.draft_max + 1) <= self.n_batch, "draft_max",
+             f"at most {self.n_batch} // --parallel - 1 (each step verifies every sequence's drafts in one batch)"),
         )
         for ok, name, rule in checks:
             if not ok:

@@ -16,7 +16,7 @@ from typing import Any
 from exaone_edge.errors import InputError
 from exaone_edge.llama import ALL_LAYERS
 from exaone_edge.memory import (GIB, QUALITY_ORDER, Gpu, Source, gpu_bytes, largest_context, load_source,
-                              with_page_budget)
+                              with_draft, with_page_budget)
 
 AUTO = "auto"
 MIN_CONTEXT = 4096  # llama.cpp's fit_params_min_ctx (common/common.h): the context is not shrunk below this first
@@ -84,7 +84,7 @@ def fit(source: Source, card: Gpu, placement, *, ctx: int | str, gpu_layers: int
 
 def fit_engine(bundle_dir: Path, *, ctx: int | str | None, gpu_layers: int | str | None, device: str,
                vision_provider: str, has_vision: bool, image_max_tokens: int | None, kv_type: str, parallel: int,
-               default_ctx: int) -> Fit:
+               default_ctx: int, draft: str | None = None) -> Fit:
     """`fit` for an engine about to load `bundle_dir`, against the free memory llama.cpp reports for the GPU
     (exaone_edge.llama.gpu_memory, ggml_backend_dev_memory); measured before anything is loaded, so plan's model
     counts every part. Without a GPU for the decoder: the default context, no layer."""
@@ -98,7 +98,7 @@ def fit_engine(bundle_dir: Path, *, ctx: int | str | None, gpu_layers: int | str
     if memory is None:
         n_ctx = default_ctx if ctx in (None, AUTO) else int(ctx)
         return Fit(n_ctx, placement.gpu_layers, asked, None, 0)
-    source = with_page_budget(load_source(bundle_dir), image_max_tokens)
+    source = with_draft(with_page_budget(load_source(bundle_dir), image_max_tokens), draft)
     card = Gpu("free", memory[0], None)
     chosen = fit(source, card, placement, ctx=default_ctx if ctx is None else ctx,
                  gpu_layers=placement.gpu_layers if gpu_layers is None else gpu_layers, kv_type=kv_type,

@@ -34,6 +34,9 @@ _NOT_GPU_BACKENDS = ("CPU", "BLAS", "RPC")  # ggml backend registries that never
 # Warnings every EXAONE GGUF raises on load, not worth a line each time: <|endofturn|> is not in llama.cpp's list of
 # end-of-generation names, so it adds the eos id to that set itself and says so (src/llama-vocab.cpp, load).
 _EXPECTED_WARNINGS = ("special_eos_id is not in special_eog_ids",)
+# Remembered (log_since reads them) but not written: a decoder loaded without its MTP head (every run without
+# --draft) reports each head tensor as unused, and an unpatched llama.cpp does so even with load_mtp.
+_QUIET_WARNINGS = ("model has unused tensor blk.",)
 _lock = threading.Lock()
 _backend_ready = False
 _log_callback = None  # kept alive: llama.cpp holds the pointer
@@ -51,15 +54,18 @@ class LogFilter:
         self._write = write or (lambda text: sys.stderr.write(text))
         self.recent: collections.deque[str] = collections.deque(maxlen=keep)
         self._passing = False  # whether the message a CONT piece continues was passed
+        self._quiet = False  # passed to `recent` only
         self.count = 0  # lines passed so far
 
     def __call__(self, level: int, text: bytes | str | None) -> None:
         line = text.decode("utf-8", "replace") if isinstance(text, bytes) else (text or "")
         if level != self.CONT:
             self._passing = level in (self.WARN, self.ERROR) and not any(w in line for w in _EXPECTED_WARNINGS)
+            self._quiet = any(w in line for w in _QUIET_WARNINGS)
         if not self._passing or not line:
             return
-        self._write(line if level == self.CONT else f"llama.cpp: {line}")
+        if not self._quiet:
+            self._write(line if level == self.CONT else f"llama.cpp: {line}")
         if level == self.CONT and self.recent:
             self.recent[-1] += line.rstrip("\n")
         else:
@@ -194,13 +200,15 @@ class Owned:
             pass
 
 
-def model_params(lib, *, n_gpu_layers: int, vocab_only: bool = False):
-    """(llama_model_params, what must outlive the load). With no layer on the GPU, llama.cpp gets an empty device list
+def model_params(lib, *, n_gpu_layers: int, vocab_only: bool = False, load_mtp: bool = False):
+    """(llama_model_params, what must outlive the load); `load_mtp` loads the MTP head's tensors (--draft mtp), which
+    llama.cpp skips otherwise. With no layer on the GPU, llama.cpp gets an empty device list
     (`--device none`, common/arg.cpp): it otherwise takes every GPU it registered (src/llama.cpp,
     llama_prepare_model_devices) and its contexts offload matmuls of ≥ 32 rows over host weights to CUDA."""
     params = lib.llama_model_default_params()
     params.n_gpu_layers = n_gpu_layers
     params.vocab_only = vocab_only
+    params.load_mtp = load_mtp
     devices = None
     if n_gpu_layers == 0:
         devices = (ctypes.c_void_p * 1)(None)  # NULL-terminated, nothing before the NULL
@@ -224,13 +232,16 @@ def load_failure(path: Path, *, vocab_only: bool, n_gpu_layers: int, gpu: bool, 
 
 
 class Model(Owned):
-    """A loaded GGUF: weights (`n_gpu_layers` of them on the GPU; -1 all, 0 none) or only its vocabulary."""
+    """A loaded GGUF: weights (`n_gpu_layers` of them on the GPU; -1 all, 0 none) or only its vocabulary; with
+    `load_mtp` the MTP head too (an error if the file has none or this llama.cpp cannot run it)."""
 
-    def __init__(self, path: Path, *, n_gpu_layers: int = 0, vocab_only: bool = False, verbose: bool = False) -> None:
+    def __init__(self, path: Path, *, n_gpu_layers: int = 0, vocab_only: bool = False, verbose: bool = False,
+                 load_mtp: bool = False) -> None:
         lib = library()
         init_backend(verbose)
         self._lib, self.path = lib, Path(path)
-        self.params, self._devices = model_params(lib, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only)
+        self.params, self._devices = model_params(lib, n_gpu_layers=n_gpu_layers, vocab_only=vocab_only,
+                                                  load_mtp=load_mtp)
         mark = log_mark()
         with held_interrupt():  # llama.cpp logs through a Python callback while it loads
             self._model = lib.llama_model_load_from_file(str(path).encode(), self.params)
@@ -245,6 +256,21 @@ class Model(Owned):
         self.n_embd = lib.llama_model_n_embd(self._model)
         self.n_layer = lib.llama_model_n_layer(self._model)
         self.n_swa = lib.llama_model_n_swa(self._model)
+        self.n_nextn = lib.llama_model_n_layer_nextn(self._model)  # MTP heads in the file
+        if load_mtp:
+            self._check_mtp(log_since(mark))
+
+    def _check_mtp(self, logged: Sequence[str]) -> None:
+        if self.n_nextn == 0:
+            self.close()
+            raise ArtifactError("the decoder has no MTP head (drafting needs one)", path=self.path,
+                                fix="Re-create the bundle with this version's quantize, which keeps the head, or "
+                                    "run without --draft.")
+        # An unpatched llama.cpp loads exaone4's head as unused tensors and has no graph to run it.
+        if any("unused tensor blk." in line for line in logged):
+            self.close()
+            raise MissingDependency("llama-cpp-python is built without patches/llama.cpp (the EXAONE 4.5 MTP graph)",
+                                    fix="Run scripts/setup.sh: it compiles llama-cpp-python with the patches.")
 
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8")

@@ -8,6 +8,8 @@ non-unified cache), so `decode_step` can advance several generations in one `lla
 sequence remembers what it has decoded, one key per position, so its next prompt only decodes what
 differs from the longest common prefix (`llama_memory_seq_rm` drops the rest). `evaluate` instead
 decodes a whole prompt from an empty sequence with logits at every position (imatrix, KL, parity).
+With `mtp`, an MTP context (exaone_edge/llama_mtp.py) follows every sequence for speculative decoding: `verify`
+decodes a sequence's drafts with logits on every row and `keep` removes the rows that were not accepted.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from exaone_edge.budgets import UBATCH
 from exaone_edge.errors import ArtifactError, InputError
 from exaone_edge.interrupts import held_interrupt
 from exaone_edge.llama import ALL_LAYERS, KV_TYPES, Model, Owned, log_mark, log_since
+from exaone_edge.llama_mtp import MtpContext
+from exaone_edge.llama_sampler import Sampler
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class LlamaOptions:
     swa_full: bool = False  # full-size sliding-window cache: more memory, prefix reuse at any distance
     n_seq: int = 1  # sequences decoded together; each gets its own n_ctx positions (memory grows n_seq-fold)
     verbose: bool = False
+    mtp: bool = False  # load the MTP head and keep an MTP context beside the target (--draft mtp)
+    image_token: int = 0  # what the MTP head reads at image positions (<|image_pad|>)
 
 
 # Reference runs (imatrix, KL, parity): flash attention off and an F32 KV cache (the F16 cache alone moves logits ~1e-3).
@@ -107,7 +113,7 @@ class LlamaContext(Owned):
         if options.kv_type not in KV_TYPES:
             raise InputError(f"KV cache type {options.kv_type!r} is not one of {', '.join(KV_TYPES)}")
         self.options = options
-        self.model = Model(gguf_path, n_gpu_layers=options.n_gpu_layers, verbose=options.verbose)
+        self.model = Model(gguf_path, n_gpu_layers=options.n_gpu_layers, verbose=options.verbose, load_mtp=options.mtp)
         lib = self._lib = self.model._lib
         self.n_vocab, self.n_embd, self.n_swa = self.model.n_vocab, self.model.n_embd, self.model.n_swa
         self._cb = None if cb_eval is None else lib.ggml_backend_sched_eval_callback(cb_eval)  # kept alive with us
@@ -125,6 +131,19 @@ class LlamaContext(Owned):
         self._tokens = lib.llama_batch_init(options.n_batch, 0, 1)
         self._embeds = lib.llama_batch_init(options.n_batch, self.n_embd, 1)
         self._keys: list[list[Hashable]] = [[] for _ in range(self.n_seq)]  # what each position holds, per sequence
+        self._verified: dict[int, tuple[int, list[int]]] = {}  # seq → (first batch row, tokens) of the last verify
+        self.mtp: MtpContext | None = None
+        if options.mtp:
+            from llama_cpp import llama_cpp_ext
+
+            self._ext = llama_cpp_ext
+            llama_cpp_ext.llama_set_embeddings_nextn(self._ctx, True, False)  # every row's state, for the head
+            try:
+                self.mtp = MtpContext(self.model, context_params(lib, options), n_seq=self.n_seq,
+                                      n_batch=options.n_batch, n_swa=self.n_swa, image_token=options.image_token)
+            except BaseException:
+                self.close()
+                raise
 
     # -- prompts -------------------------------------------------------------------------------
 
@@ -146,6 +165,9 @@ class LlamaContext(Owned):
                 fix="Ask about fewer pages or a shorter conversation, or load the engine with a larger context.",
             )
         keep = min(self.reusable(seq, keys), len(keys) - 1)  # the last position is always decoded again, for its logits
+        if self.mtp is not None:  # the head's row at `keep` reads the target's state at keep-1: decode that again
+            self.mtp.flush([seq])
+            keep = max(0, min(keep, self.reusable(seq, keys) - 1, self.mtp.held(seq) - 1))
         keep = self._truncate(seq, keep)
         position = 0
         try:
@@ -191,22 +213,47 @@ class LlamaContext(Owned):
 
     def decode_step(self, steps: Sequence[tuple[int, int]]) -> None:
         """One token at the end of each listed sequence, all in one batch; logits row i belongs to steps[i]."""
+        self.verify([(seq, [token]) for seq, token in steps])
+        for seq, _ in steps:
+            self.keep(seq, 1)
+
+    def verify(self, steps: Sequence[tuple[int, Sequence[int]]]) -> list[int]:
+        """Decode each listed sequence's tokens at its end in one batch with logits on every row; returns each step's
+        first row. `keep(seq, n)` must follow for each. Every sequence brings as many tokens, so each lies in one
+        llama.cpp micro-batch: a sliding-window cache then evicts only cells no later row of it can need."""
         self._require_open()
-        if any(len(self._keys[seq]) >= self.n_ctx for seq, _ in steps):
+        if len({len(tokens) for _, tokens in steps}) != 1 or sum(len(t) for _, t in steps) > self.options.n_batch:
+            raise RuntimeError("verify takes as many tokens for every sequence, a batch at most")  # a caller's bug
+        if any(len(self._keys[seq]) + len(tokens) > self.n_ctx for seq, tokens in steps):
             raise InputError("the context is full")
-        batch = self._tokens
-        for i, (seq, token) in enumerate(steps):
-            batch.token[i] = token
-            _place(batch, i, len(self._keys[seq]), seq, True)
-        batch.n_tokens = len(steps)
+        batch, rows, i = self._tokens, [], 0
+        for seq, tokens in steps:
+            rows.append(i)
+            for j, token in enumerate(tokens):
+                batch.token[i] = token
+                _place(batch, i, len(self._keys[seq]) + j, seq, True)
+                i += 1
+        batch.n_tokens = i
         try:
             self._decode(batch)
         except BaseException:
             for seq, _ in steps:
                 self.reset(seq)
             raise
-        for seq, token in steps:
-            self._keys[seq].append(token)
+        self._verified = {seq: (row, list(tokens)) for (seq, tokens), row in zip(steps, rows)}
+        return rows
+
+    def keep(self, seq: int, count: int) -> None:
+        """Of sequence `seq`'s tokens in the last `verify`, the first `count` (at least one) stay; the rest leave the
+        KV cache (llama_memory_seq_rm)."""
+        row, tokens = self._verified.pop(seq)
+        first = len(self._keys[seq])
+        if count < len(tokens) and not self._lib.llama_memory_seq_rm(self._memory, seq, first + count, -1):
+            self.reset(seq)
+            raise InputError("llama.cpp could not remove rejected draft tokens from the KV cache")
+        self._keys[seq].extend(tokens[:count])
+        if self.mtp is not None:
+            self.mtp.follow(seq, first, tokens[:count], self._states(row, count))
 
     def length(self, seq: int = 0) -> int:
         """Positions sequence `seq` holds."""
@@ -224,6 +271,8 @@ class LlamaContext(Owned):
         else:
             self._lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
             self._keys[seq] = []
+        if self.mtp is not None:
+            self.mtp.reset(seq)
 
     # -- output and lifetime ---------------------------------------------------------------------
 
@@ -249,6 +298,9 @@ class LlamaContext(Owned):
         self._lib.llama_sampler_free(stage)
 
     def close(self) -> None:
+        if getattr(self, "mtp", None) is not None:
+            self.mtp.close()
+            self.mtp = None
         if getattr(self, "_ctx", None):
             self._lib.llama_batch_free(self._tokens)
             self._lib.llama_batch_free(self._embeds)
@@ -264,7 +316,14 @@ class LlamaContext(Owned):
             raise RuntimeError("the llama.cpp context is closed")  # a programming error, not bad input
 
     def _truncate(self, seq: int, keep: int) -> int:
-        """Drop positions ≥ keep; fall back to an empty sequence when llama.cpp cannot keep the prefix."""
+        """Drop positions ≥ keep; fall back to an empty sequence when llama.cpp cannot keep the prefix (the MTP head's
+        rows too: it keeps rows up to `keep`, which read the target's states before it)."""
+        keep = self._truncate_target(seq, keep)
+        if self.mtp is not None and not self.mtp.truncate(seq, keep + 1) and keep > 0:
+            keep = self._truncate_target(seq, 0)
+        return keep
+
+    def _truncate_target(self, seq: int, keep: int) -> int:
         if keep == len(self._keys[seq]):
             return keep
         lib = self._lib
@@ -305,9 +364,17 @@ class LlamaContext(Owned):
                 _place(batch, i, position + offset + i, seq, wanted)
             batch.n_tokens = len(chunk)
             self._decode(batch)
+            if self.mtp is not None and logits != "all":  # a prompt: the head follows it batch by batch
+                self.mtp.follow(seq, position + offset, None if is_embd else chunk, self._states(0, len(chunk)))
+                self.mtp.flush([seq])
             if logits == "all" and on_logits is not None:
                 pointer = self._lib.llama_get_logits(self._ctx)
                 on_logits(position + offset, np.ctypeslib.as_array(pointer, shape=(len(chunk), self.n_vocab)))
+
+    def _states(self, row: int, count: int) -> np.ndarray:
+        """The target's post-norm states of batch rows row.., a view valid until the next decode."""
+        pointer = self._ext.llama_get_embeddings_nextn(self._ctx)
+        return np.ctypeslib.as_array(pointer, shape=(row + count, self.n_embd))[row:]
 
     def _decode(self, batch) -> None:
         with held_interrupt():  # an eval callback (imatrix) and the log callback run inside
@@ -322,48 +389,6 @@ def _place(batch, i: int, position: int, seq: int, logits: bool) -> None:
     batch.n_seq_id[i] = 1
     batch.seq_id[i][0] = seq
     batch.logits[i] = 1 if logits else 0
-
-
-class Sampler(Owned):
-    """llama.cpp's sampler chain: [grammar →] top-k → top-p → min-p → temperature → draw, or greedy argmax."""
-
-    def __init__(
-        self, llama: LlamaContext, *, temperature: float, top_k: int, top_p: float, min_p: float, seed: int,
-        grammar: str | None = None,
-    ):
-        lib = llama._lib
-        self._lib, self._ctx = lib, llama._ctx
-        self._chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        stages = []
-        if grammar is not None:  # first, so every later stage only sees tokens the grammar allows
-            stage = lib.llama_sampler_init_grammar(llama.model._vocab, grammar.encode("utf-8"), b"root")
-            if not stage:
-                lib.llama_sampler_free(self._chain)
-                self._chain = None
-                raise InputError("grammar: llama.cpp could not parse it (GBNF with a 'root' rule)")
-            stages.append(stage)
-        if temperature <= 0.0:
-            stages.append(lib.llama_sampler_init_greedy())
-        else:
-            if top_k > 0:
-                stages.append(lib.llama_sampler_init_top_k(top_k))
-            if top_p < 1.0:
-                stages.append(lib.llama_sampler_init_top_p(top_p, 1))
-            if min_p > 0.0:
-                stages.append(lib.llama_sampler_init_min_p(min_p, 1))
-            stages.append(lib.llama_sampler_init_temp(temperature))
-            stages.append(lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        for stage in stages:
-            lib.llama_sampler_chain_add(self._chain, stage)  # the chain owns and frees its stages
-
-    def sample(self, index: int = -1) -> int:
-        """Draw from logits row `index` of the last batch; llama_sampler_sample also accepts the token into the chain."""
-        return int(self._lib.llama_sampler_sample(self._chain, self._ctx, index))
-
-    def close(self) -> None:
-        if getattr(self, "_chain", None):
-            self._lib.llama_sampler_free(self._chain)
-            self._chain = None
 
 
 def prompt_keys(segments: Sequence[Segment]) -> list[Hashable]:

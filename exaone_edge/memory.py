@@ -24,7 +24,7 @@ from exaone_edge.budgets import GIB, MIB, UBATCH
 from exaone_edge.errors import InputError
 from exaone_edge.levels import GGML_TYPE_BITS, LEVELS, embedding_bytes, estimated_bytes
 from exaone_edge.llama import ALL_LAYERS, KV_TYPES
-from exaone_edge.memory_source import Source, load_source, with_page_budget  # noqa: F401 (re-exported)
+from exaone_edge.memory_source import Source, load_source, with_draft, with_page_budget  # noqa: F401 (re-exported)
 from exaone_edge.spec import DecoderSpec, ModelSpec
 
 # Best quality first: the planner recommends the first level that fits.
@@ -152,6 +152,19 @@ def output_layer_bytes(source: Source, level: str) -> int:
     return int(decoder.vocab_size * decoder.hidden_size * GGML_TYPE_BITS[kind] / 8)
 
 
+def mtp_head_bytes(source: Source, level: str) -> int:
+    """The MTP head's weights at `level`: measured in a bundle's decoder.gguf, else its parameters at the level's bits."""
+    if source.measured_level == level and source.measured_mtp_bytes is not None:
+        return source.measured_mtp_bytes
+    return estimated_bytes(source.spec.decoder.mtp_params, level)
+
+
+def mtp_kv_bytes(decoder: DecoderSpec, context: int, kv_type: str) -> int:
+    """The MTP context's KV cache: one layer of layer 0's kind (the head runs as layer_types[0])."""
+    first = replace(decoder, layer_types=decoder.layer_types[:1])
+    return kv_cache_bytes(first, context, kv_type)
+
+
 def _components(
     source: Source, level: str, context: int, kv_type: str, vision_on_gpu: bool, parallel: int = 1,
     gpu_layers: int = ALL_LAYERS, vision_precision: str = "fp16",
@@ -162,7 +175,9 @@ def _components(
 
     decoder = source.spec.decoder
     measured = source.measured_level == level and source.measured_decoder_bytes is not None
-    weights = source.measured_decoder_bytes if measured else estimated_bytes(source.decoder_params, level)
+    # llama.cpp loads the MTP head only with --draft mtp: the file holds it, the estimate (decoder_params) does not.
+    head = mtp_head_bytes(source, level)
+    weights = source.measured_decoder_bytes - head if measured else estimated_bytes(source.decoder_params, level)
     # llama.cpp keeps the input layer (token_embd) in host memory whatever -ngl says: src/llama-model.cpp,
     # load_tensors, "assign the input layer ... always keep it on the CPU" (dev_input = the CPU's buffer list).
     # A tied table is loaded a second time as the output layer, on the GPU.
@@ -184,6 +199,9 @@ def _components(
         "vision_activations": vision_activation_bytes(source.spec, source.max_pixels, source.fused) if vision_on_gpu else 0,
         "runtime_overhead": RUNTIME_OVERHEAD // 2 * (int(vision_on_gpu) + int(on_gpu)),
     }
+    if source.drafting:  # the head beside the output layer, its own KV cache per sequence, a second compute buffer
+        components["mtp_head"] = int(head * output_on_gpu + parallel * mtp_kv_bytes(decoder, context, kv_type) * share
+                                     + (compute_buffer_bytes(decoder) if on_gpu else 0))
     return components, measured
 
 
@@ -194,8 +212,8 @@ def _total(components: dict[str, int], gpu: Gpu) -> int:
 def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: str = "f16",
          level: str | None = None, vision_on_gpu: bool | None = None, parallel: int = 1, *, device: str = "auto",
          gpu_layers: int | None = None, vision_provider: str = "auto", vision_precision: str = "fp16",
-         image_max_tokens: int | None = None) -> Plan:
-    """`device`, `gpu_layers`, `vision_provider`, `image_max_tokens` as for `run`/`serve`; the placement is what the
+         image_max_tokens: int | None = None, draft: str | None = None) -> Plan:
+    """`device`, `gpu_layers`, `vision_provider`, `image_max_tokens`, `draft` as for `run`/`serve`; the placement is what the
     runtime decides on a GPU box set up as the README says (exaone_edge.device.predicted_placement).
     `vision_on_gpu=False` is `vision_provider="cpu"`."""
     from exaone_edge.device import predicted_placement
@@ -204,7 +222,7 @@ def plan(path: Path, gpu: str = "rtx4090", context: int | None = None, kv_type: 
         vision_provider = "cpu"
     auto = gpu_layers == "auto"  # as the engine fits --gpu-layers auto, on this card's whole memory
     placement = predicted_placement(device, None if auto else gpu_layers, vision_provider)
-    source = with_page_budget(load_source(path), image_max_tokens)
+    source = with_draft(with_page_budget(load_source(path), image_max_tokens), draft)
     card = parse_gpu(gpu)
     if auto and placement.gpu_layers:
         from exaone_edge.fit import fit

@@ -34,6 +34,8 @@ class Source:
     measured_vision_bytes: int | None
     measured_embedding_bytes: int | None  # token_embd in decoder.gguf
     measured_output_bytes: int | None = None  # output.weight in decoder.gguf (None: tied, or not read)
+    measured_mtp_bytes: int | None = None  # the MTP head's tensors in decoder.gguf (blk.<num_layers>.*)
+    drafting: bool = False  # --draft mtp: the head is loaded, with an MTP context of its own
 
 
 def _pixels(directory: Path, spec: ModelSpec) -> tuple[int, int, int, str]:
@@ -46,13 +48,13 @@ def _pixels(directory: Path, spec: ModelSpec) -> tuple[int, int, int, str]:
     return DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS, side, f"no {PREPROCESSOR_FILE}: transformers' EXAONE 4.5 default"
 
 
-def _gguf_sizes(path: Path) -> tuple[int | None, int | None]:
-    """(token_embd, output.weight) bytes in a GGUF file; (None, None) without the gguf package (the conversion
-    extra), then estimated."""
+def _gguf_sizes(path: Path, head_block: int) -> tuple[int | None, int | None, int | None]:
+    """(token_embd, output.weight, MTP head) bytes in a GGUF file, the head being block `head_block`; Nones without
+    the gguf package (the conversion extra), then estimated."""
     try:
         from gguf import GGUFReader
     except ImportError:
-        return None, None
+        return None, None, None
     try:
         tensors = GGUFReader(str(path)).tensors
     except (ValueError, OSError) as exc:
@@ -60,7 +62,8 @@ def _gguf_sizes(path: Path) -> tuple[int | None, int | None]:
     sizes = {tensor.name: int(tensor.n_bytes) for tensor in tensors if tensor.name in ("token_embd.weight", "output.weight")}
     if "token_embd.weight" not in sizes:
         raise ArtifactError("the GGUF file has no token_embd.weight", path=path, fix="Re-create the bundle.")
-    return sizes["token_embd.weight"], sizes.get("output.weight")
+    head = sum(int(t.n_bytes) for t in tensors if t.name.startswith(f"blk.{head_block}."))
+    return sizes["token_embd.weight"], sizes.get("output.weight"), head
 
 
 def _read_spec(config_path: Path) -> ModelSpec:
@@ -91,14 +94,20 @@ def load_source(path: Path) -> Source:
             vision_manifest = read_manifest(bundle.vision_dir, kind=VISION_KIND, verify=False)
             details = typed_details(VisionDetails, vision_manifest, bundle.vision_dir / MANIFEST_NAME)
             fused = details.attention == FUSED_ATTENTION
-        embedding, output = _gguf_sizes(bundle.decoder_path)
+        embedding, output, head = _gguf_sizes(bundle.decoder_path, spec.decoder.num_layers)
         return Source(
             spec, max_pixels, pixels_from, min_pixels, token_side, fused, params, spec.vision.params,
             bundle.details.decoder.level, bundle.decoder_path.stat().st_size, vision_bytes or None, embedding, output,
+            head,
         )
     # A checkpoint: planned as `exaone-edge export` writes its vision graph, full attention fused.
     return Source(spec, max_pixels, pixels_from, min_pixels, token_side, True, params, spec.vision.params,
                    None, None, None, None)
+
+
+def with_draft(source: Source, draft: str | None) -> Source:
+    """The source as `run`/`serve --draft` load it (the MTP head and its context counted)."""
+    return replace(source, drafting=draft is not None)
 
 
 def with_page_budget(source: Source, image_max_tokens: int | None) -> Source:

@@ -31,10 +31,10 @@ def plan_report(model: Path, *, gpu: str = "rtx4090", context: int | None = None
                 level: str | None = None, vision_on_gpu: bool = True, parallel: int = 1, device: str = "auto",
                 gpu_layers: int | str | None = None, vision_provider: str = "auto", vision_precision: str = "fp16",
                 image_max_tokens: int | None = None, stages: bool = False, cores: int = 8, ram_gib: float = 64,
-                disk_gbs: float = 2.0) -> PlanReport:
+                disk_gbs: float = 2.0, draft: str | None = None) -> PlanReport:
     result = plan(model, gpu=gpu, context=context, kv_type=kv_type, level=level, vision_on_gpu=vision_on_gpu,
                   parallel=parallel, device=device, gpu_layers=gpu_layers, vision_provider=vision_provider,
-                  vision_precision=vision_precision, image_max_tokens=image_max_tokens)
+                  vision_precision=vision_precision, image_max_tokens=image_max_tokens, draft=draft)
     if not stages:
         return PlanReport(result)
     predicted = stage_plan(model, result, vision_precision=vision_precision, cores=cores, ram_gib=ram_gib,

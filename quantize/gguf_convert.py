@@ -1,8 +1,8 @@
 """EXAONE 4.5 decoder (safetensors) → GGUF for llama.cpp's `exaone4` architecture, one tensor at a time.
 
-MTP policy: the multi-token-prediction head (`mtp.*`) is dropped. llama.cpp at the pinned commit
-loads nextn layers but never runs them, and it turns on sliding-window attention only when
-`block_count − nextn == 64`; dropping the head keeps block_count == 64 and the file smaller.
+MTP policy: the multi-token-prediction head (`mtp.*`) is kept, as llama.cpp's own converter writes it
+(quantize/gguf_mtp.py: block 64, block_count 65, nextn_predict_layers 1, so llama.cpp's decoder depth, and with
+it the sliding-window switch, stays at 64). `run`/`serve --draft mtp` drafts with it; otherwise it is not loaded.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from exaone_edge.checkpoint import Checkpoint, open_checkpoint
 from exaone_edge.errors import CheckpointError, InputError, require
 from exaone_edge.files import atomic_path
 from exaone_edge.progress import log, track
+from exaone_edge.quantize.gguf_mtp import LAYER_PARTS, block_count, head_tensors
 from exaone_edge.quantize.gguf_vocab import read_vocab, write_vocab
 from exaone_edge.safetensors_stream import Piece, TensorInfo, ordered_map, pieces, read_layout, read_piece
 from exaone_edge.spec import DecoderSpec
@@ -115,9 +116,14 @@ def convert_to_gguf(checkpoint_dir: Path, out_path: Path, out_type: str = "F16",
         writer.close()
         tokenizer_check = check_tokenizer(tmp, checkpoint)
     size = out_path.stat().st_size
-    log(f"converted: {out_type}, {len(plan)} tensors, {size / 2**20:.1f} MiB, MTP head {'dropped' if decoder.nextn_layers else 'absent'}")
+    log(f"converted: {out_type}, {len(plan)} tensors, {size / 2**20:.1f} MiB, MTP head {mtp_policy(decoder)}")
     return ConvertResult(out_path, out_type, len(plan), size, source_hash, time.monotonic() - started,
-                         "dropped" if decoder.nextn_layers else "none", tokenizer_check)
+                         mtp_policy(decoder), tokenizer_check)
+
+
+def mtp_policy(decoder: DecoderSpec) -> str:
+    """What the GGUF holds of the MTP head: "kept", or "none" when the checkpoint has none."""
+    return "kept" if decoder.nextn_layers else "none"
 
 
 def check_tokenizer(gguf_path: Path, checkpoint: Checkpoint) -> dict:
@@ -200,7 +206,7 @@ def plan_tensors(checkpoint: Checkpoint, out_type: str) -> list[PlannedTensor]:
     import gguf
 
     decoder = checkpoint.spec.decoder
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.EXAONE4, decoder.num_layers)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.EXAONE4, block_count(decoder))
     stored: dict[str, TensorInfo] = {}
     for shard in checkpoint.shards:
         stored.update(read_layout(shard))
@@ -216,12 +222,11 @@ def plan_tensors(checkpoint: Checkpoint, out_type: str) -> list[PlannedTensor]:
             raise CheckpointError(f"decoder tensor '{hf_name}' has no GGUF name for arch {ARCH}",
                                   path=stored[hf_name].file, fix="Is this an EXAONE 4.5 checkpoint?")
         tensor = stored[hf_name]
-        qtype = "F32" if (out_type == "F32" or len(tensor.shape) <= 1 or gguf_name.endswith("_norm.weight")) else out_type
-        planned.append(PlannedTensor(gguf_name, tensor.shape, qtype, tensor))
+        planned.append(_planned(gguf_name, tensor, out_type))
+    if decoder.nextn_layers:
+        planned.extend(_planned(name, tensor, out_type) for name, tensor in head_tensors(stored, decoder, checkpoint.path))
     required = {"token_embd.weight", "output_norm.weight"} | {
-        f"blk.{i}.{part}.weight" for i in range(decoder.num_layers)
-        for part in ("attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm", "attn_k_norm", "post_attention_norm",
-                     "ffn_gate", "ffn_up", "ffn_down", "post_ffw_norm")
+        f"blk.{i}.{part}.weight" for i in range(decoder.num_layers) for part in LAYER_PARTS
     }
     missing = required - {t.gguf_name for t in planned}
     if missing:
@@ -230,6 +235,11 @@ def plan_tensors(checkpoint: Checkpoint, out_type: str) -> list[PlannedTensor]:
     if not decoder.tie_word_embeddings and "output.weight" not in {t.gguf_name for t in planned}:
         raise CheckpointError("lm_head.weight is missing and the embeddings are not tied", path=checkpoint.path)
     return planned
+
+
+def _planned(gguf_name: str, tensor: TensorInfo, out_type: str) -> PlannedTensor:
+    qtype = "F32" if (out_type == "F32" or len(tensor.shape) <= 1 or gguf_name.endswith("_norm.weight")) else out_type
+    return PlannedTensor(gguf_name, tensor.shape, qtype, tensor)
 
 
 def _strip_prefix(name: str) -> str:
@@ -316,7 +326,9 @@ def _write_metadata(writer, gguf, checkpoint: Checkpoint, out_type: str, source_
     rope = decoder.rope.get("full_attention", decoder.rope)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(checkpoint.path.resolve().name)
-    writer.add_block_count(decoder.num_layers)
+    writer.add_block_count(block_count(decoder))
+    if decoder.nextn_layers:
+        writer.add_nextn_predict_layers(decoder.nextn_layers)
     writer.add_context_length(decoder.max_position_embeddings)
     writer.add_embedding_length(decoder.hidden_size)
     writer.add_feed_forward_length(decoder.intermediate_size)
@@ -335,4 +347,4 @@ def _write_metadata(writer, gguf, checkpoint: Checkpoint, out_type: str, source_
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_string(META_SOURCE, source_hash)
     writer.add_string(META_VERSION, __version__)
-    writer.add_string(META_MTP, "dropped" if decoder.nextn_layers else "none")
+    writer.add_string(META_MTP, mtp_policy(decoder))

@@ -127,7 +127,7 @@ def quantize_checkpoint(
     require("gguf", "quantize")
     require("llama_cpp", "quantize")
     from exaone_edge.bundle import KIND as BUNDLE, DecoderDetails, check_vision_dir, directory_bytes, write_bundle
-    from exaone_edge.quantize.gguf_convert import checkpoint_hash, ensure_free_space, plan_tensors
+    from exaone_edge.quantize.gguf_convert import checkpoint_hash, ensure_free_space, mtp_policy, plan_tensors
 
     started = time.monotonic()
     chosen = choose_recipe(bits, recipe, imatrix)
@@ -143,7 +143,8 @@ def quantize_checkpoint(
         calibration, evaluation = split_samples(calibration)
     work = work_dir_for(out, work_dir)
     source_hash = checkpoint_hash(checkpoint)
-    f16_path, f16_inputs = work / "decoder-F16.gguf", {"checkpoint": source_hash, "toolkit": __version__}
+    f16_path, f16_inputs = (work / "decoder-F16.gguf",
+                          {"checkpoint": source_hash, "toolkit": __version__, "mtp": mtp_policy(checkpoint.spec.decoder)})
     intermediates = [f16_path, work / "imatrix.gguf"] if chosen.uses_imatrix else [f16_path]
     for path in intermediates:
         _claim(path)
@@ -183,7 +184,7 @@ def quantize_checkpoint(
         decoder_bytes = quantized.stat().st_size
         decoder_details = DecoderDetails(
             level=chosen.level, bits_per_weight=round(decoder_bytes * 8 / params, 3), bytes=decoder_bytes,
-            imatrix=imatrix_path is not None, mtp="dropped" if checkpoint.spec.decoder.nextn_layers else "none")
+            imatrix=imatrix_path is not None, mtp=mtp_policy(checkpoint.spec.decoder))
         inputs = {"checkpoint_sha256": source_hash, "calibration_sha256": calib_hash if imatrix_path else None,
                   "toolkit_version": __version__}
         with atomic_dir(out, overwrite=overwrite, kind=BUNDLE) as tmp:

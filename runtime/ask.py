@@ -87,6 +87,8 @@ def read_schema(path: Path) -> dict[str, Any]:
 def stats_line(result: GenerationResult) -> str:
     usage, timings = result.usage, result.timings
     speed = f"{timings.tokens_per_s:.1f} tokens/s" if timings.tokens_per_s else "n/a tokens/s"
+    if timings.drafted:
+        speed += f" (drafts accepted {timings.accepted}/{timings.drafted})"
     return (
         f"prompt {usage.prompt_tokens} positions ({usage.image_rows} vision rows, {usage.cached_tokens} cached), "
         f"{usage.vision_runs} vision-encoder run(s) {timings.vision_s:.2f} s; TTFT {timings.ttft_s:.2f} s; "

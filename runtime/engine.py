@@ -34,6 +34,7 @@ from exaone_edge.images import to_rgb
 from exaone_edge.llama_context import EmbeddingSegment, LlamaContext, LlamaOptions, Segment, TextSegment
 from exaone_edge.runtime.generation import Chunk, GenerationParams, Timings, Usage
 from exaone_edge.runtime.prompt import ChatFormat, Prompt, message_images
+from exaone_edge.runtime.drafting import MtpDrafter, Speculation
 from exaone_edge.runtime.scheduler import DecoderDied, Request, Scheduler
 from exaone_edge.runtime.textstream import Detokenizer, StopScanner
 from exaone_edge.runtime.vision_cache import VisionCache, image_key
@@ -75,7 +76,7 @@ class Engine:
             self.fit = fit_engine(bundle.path, ctx=options.n_ctx, gpu_layers=options.n_gpu_layers, device=options.device,
                                   vision_provider=options.vision_provider, has_vision=vision is None and bundle.has_vision,
                                   image_max_tokens=options.image_max_tokens, kv_type=options.kv_type,
-                                  parallel=options.parallel, default_ctx=self._default_ctx(bundle))
+                                  parallel=options.parallel, default_ctx=self._default_ctx(bundle), draft=options.draft)
             options = replace(options, n_ctx=self.fit.n_ctx, n_gpu_layers=self.fit.gpu_layers)
             sys.stderr.write(f"fit: {self.fit.describe()}\n")
         self.options = options
@@ -112,6 +113,8 @@ class Engine:
                 swa_full=options.swa_full,
                 n_seq=options.parallel,
                 verbose=options.verbose,
+                mtp=options.draft == "mtp",
+                image_token=bundle.spec.image_token_id,
             ),
         )
         if self.llama.n_embd != bundle.spec.decoder.hidden_size:
@@ -125,7 +128,10 @@ class Engine:
         self.requests = 0
         self._stop_ids = bundle.eos_token_ids
         self._lock = threading.Lock()  # the vision encoder, its cache and the counters
-        self.scheduler = Scheduler(self.llama)
+        speculation = None
+        if options.draft == "mtp":
+            speculation = Speculation(self.llama, MtpDrafter(self.llama), options.draft_max, "mtp")
+        self.scheduler = Scheduler(self.llama, speculation)
 
     @staticmethod
     def _default_ctx(bundle: Bundle) -> int:
@@ -154,6 +160,14 @@ class Engine:
     @property
     def parallel(self) -> int:
         return self.llama.n_seq
+
+    @property
+    def drafting(self) -> dict[str, Any] | None:
+        """--draft: the drafter, its k and what it achieved since load (acceptance, tokens per step, time)."""
+        speculation = self.scheduler.speculation
+        if speculation is None:
+            return None
+        return {"method": speculation.method, "draft_max": speculation.k, **speculation.stats.as_dict()}
 
     @property
     def image_max_tokens(self) -> int:
@@ -297,6 +311,8 @@ class Engine:
             decode_s=end - first,
             total_s=end - start,
             tokens_per_s=(completion - 1) / (end - first) if completion > 1 and end > first else None,
+            drafted=request.drafted,
+            accepted=request.accepted,
         )
         yield Chunk(tail, finish_reason=finish, usage=usage, timings=timings, token_ids=tuple(generated),
                     logprobs=tuple(request.logprobs[reported:len(generated)]))

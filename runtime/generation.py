@@ -108,6 +108,8 @@ class Timings:
     decode_s: float  # first token → last token
     total_s: float
     tokens_per_s: float | None  # generation speed after the first token (None with fewer than two)
+    drafted: int = 0  # --draft: draft tokens compared with the model's own choice
+    accepted: int = 0  # of them, accepted (the acceptance rate is accepted / drafted)
 
 
 @dataclass(frozen=True)

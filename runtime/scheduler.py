@@ -4,7 +4,8 @@ One decode thread owns the context. Each step it frees the slots of cancelled re
 waiting requests into free slots (prefill, first token sampled at once, since the next batch
 overwrites the logits), then decodes the pending token of every running request in ONE
 `llama_decode`, so the weights are read once for all of them, and samples each from its own row.
-Callers submit requests and read their tokens from a queue.
+With a `Speculation` (runtime/drafting.py, --draft) a step instead drafts k tokens per request and verifies them
+all in that one decode. Callers submit requests and read their tokens from a queue.
 
 Why one thread: ggml's CPU backend runs on OpenMP, which keeps a thread team per calling thread;
 decoding from several threads leaves several teams spinning on the same cores (3-5x slower here).
@@ -27,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from exaone_edge.llama_context import LlamaContext, PrefillStats, PrefillStopped, Sampler, Segment, prompt_keys
+from exaone_edge.llama_context import LlamaContext, PrefillStats, PrefillStopped, Segment, prompt_keys
+from exaone_edge.llama_sampler import Sampler
+from exaone_edge.runtime.drafting import Speculation
 from exaone_edge.runtime.generation import TokenLogprob
 
 _DONE = object()
@@ -64,11 +67,14 @@ class Request:
     sampler: Sampler | None = None
     pending: int | None = None  # sampled, not yet decoded
     produced: int = 0
+    drafted: int = 0  # draft tokens compared with the target's choice (--draft)
+    accepted: int = 0  # of them, the ones it chose too
 
 
 class Scheduler:
-    def __init__(self, llama: LlamaContext) -> None:
+    def __init__(self, llama: LlamaContext, speculation: Speculation | None = None) -> None:
         self.llama = llama
+        self.speculation = speculation
         self._lock = threading.Condition()  # guards _waiting and _closing; the decode thread sleeps on it
         self._waiting: deque[Request] = deque()
         self._closing = False
@@ -198,10 +204,14 @@ class Scheduler:
         if not running:
             return
         try:
+            if self.speculation is not None and self.speculation.step(running, self._accept):
+                return
             self.llama.decode_step([(r.slot, r.pending) for r in running])
-        except Exception as exc:  # every sequence in the batch is lost
+        except Exception as exc:  # every sequence in the batch is lost (its cache may hold unverified rows)
             for request in running:
-                self._fail(request, exc)
+                if request.slot is not None:
+                    self.llama.reset(request.slot)
+                    self._fail(request, exc)
             return
         for index, request in enumerate(running):
             self._accept(request, request.sampler.sample(index), index)

@@ -70,12 +70,18 @@ def test_f16_weights_are_the_checkpoint_weights(tiny_model_dir, gguf_dir):
 
     reader = GGUFReader(converted(tiny_model_dir, "F16", gguf_dir))
     tensors = {t.name: t for t in reader.tensors}
-    assert "blk.64.attn_q.weight" not in tensors  # MTP head dropped
-    assert len([n for n in tensors if n.endswith("attn_q.weight")]) == 64
+    assert len([n for n in tensors if n.endswith("attn_q.weight")]) == 65  # 64 layers and the MTP head's
+    assert len([n for n in tensors if n.startswith("blk.64.")]) == 15  # the layer's 11 and nextn's 4
     pairs = {
         "blk.5.ffn_down.weight": "model.language_model.layers.5.mlp.down_proj.weight",
         "blk.63.post_ffw_norm.weight": "model.language_model.layers.63.post_feedforward_layernorm.weight",
         "output.weight": "lm_head.weight",
+        "blk.64.attn_q.weight": "mtp.layers.0.self_attn.q_proj.weight",
+        "blk.64.nextn.eh_proj.weight": "mtp.fc.weight",
+        "blk.64.nextn.enorm.weight": "mtp.pre_fc_norm_embedding.weight",
+        "blk.64.nextn.hnorm.weight": "mtp.pre_fc_norm_hidden.weight",
+        "blk.64.nextn.shared_head_norm.weight": "mtp.norm.weight",
+        "blk.64.post_ffw_norm.weight": "mtp.layers.0.post_feedforward_layernorm.weight",
     }
     from exaone_edge.checkpoint import open_checkpoint
 
@@ -84,7 +90,7 @@ def test_f16_weights_are_the_checkpoint_weights(tiny_model_dir, gguf_dir):
         with safe_open(checkpoint.tensors[hf_name].file, framework="pt") as shard:
             source = shard.get_tensor(hf_name).float().numpy()
         stored = np.asarray(tensors[gguf_name].data).reshape(source.shape)
-        expected = source if gguf_name.endswith("_norm.weight") else source.astype(np.float16)
+        expected = source if source.ndim == 1 else source.astype(np.float16)
         assert stored.dtype == expected.dtype and np.array_equal(stored, expected), gguf_name
 
 
@@ -95,12 +101,13 @@ def test_metadata_records_swa_pattern_rope_and_provenance(tiny_model_dir, gguf_d
 
     with _runner(converted(tiny_model_dir, "F16", gguf_dir)) as runner:
         assert runner.model.meta("general.architecture") == "exaone4"
-        assert runner.model.meta("exaone4.block_count") == "64"
+        assert runner.model.meta("exaone4.block_count") == "65"  # as llama.cpp's converter: 64 + the MTP head
+        assert runner.model.meta("exaone4.nextn_predict_layers") == "1"
         assert runner.model.meta("exaone4.attention.sliding_window") == "32"
         assert runner.model.meta("tokenizer.ggml.pre") == "exaone-moe"  # EXAONE 4.5 uses the K-EXAONE split
         assert runner.model.meta("exaone_edge.toolkit_version") == __version__
         assert runner.model.meta("exaone_edge.source_checkpoint_sha256") == checkpoint_hash(open_checkpoint(tiny_model_dir))
-        assert runner.model.meta("exaone_edge.mtp_policy") == "dropped"
+        assert runner.model.meta("exaone_edge.mtp_policy") == "kept"
 
 
 TOKENIZER_TEXTS = [
@@ -160,7 +167,7 @@ def test_bad_inputs_are_typed_errors(tiny_model_dir, tmp_path):
 
 
 def test_sliding_window_depth_rule(tiny_model_dir, tmp_path):
-    """The real 33B config converts (64 layers once the MTP head is dropped); any other depth with sliding
+    """The real 33B config converts (64 layers, the MTP head counted apart); any other depth with sliding
     layers is refused, because llama.cpp would silently run every layer as global attention."""
     import json
     import shutil

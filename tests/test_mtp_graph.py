@@ -26,38 +26,7 @@ CHUNKS = (59, 1, 39)  # MTP rows decoded as a prompt, one draft step, the rest: 
 
 @pytest.fixture(scope="module")
 def mtp_gguf(tiny_model_dir: Path, tmp_path_factory) -> Path:
-    from exaone_edge.quantize.gguf_mtp import add_mtp_head
-
-    root = tmp_path_factory.mktemp("mtp")
-    return add_mtp_head(converted(tiny_model_dir, "F32", root), tiny_model_dir, root / "tiny-F32-mtp.gguf").path
-
-
-def test_head_is_written_as_llama_cpp_names_it(mtp_gguf, tiny_model_dir):
-    from gguf import GGUFReader
-
-    reader = GGUFReader(mtp_gguf)
-    assert reader.fields["exaone4.block_count"].contents() == 65
-    assert reader.fields["exaone4.nextn_predict_layers"].contents() == 1
-    tensors = {t.name: np.asarray(t.data) for t in reader.tensors}
-    assert len([name for name in tensors if name.startswith("blk.64.")]) == 15
-    source = _mtp_weights(tiny_model_dir)
-    pairs = {"blk.64.nextn.eh_proj.weight": "mtp.fc.weight",
-             "blk.64.nextn.enorm.weight": "mtp.pre_fc_norm_embedding.weight",
-             "blk.64.nextn.hnorm.weight": "mtp.pre_fc_norm_hidden.weight",
-             "blk.64.nextn.shared_head_norm.weight": "mtp.norm.weight",
-             "blk.64.attn_q.weight": "mtp.layers.0.self_attn.q_proj.weight",
-             "blk.64.post_ffw_norm.weight": "mtp.layers.0.post_feedforward_layernorm.weight"}
-    for gguf_name, hf_name in pairs.items():
-        assert np.array_equal(tensors[gguf_name], source[hf_name]), gguf_name
-
-
-def test_a_gguf_with_a_head_is_refused(mtp_gguf, tiny_model_dir, tmp_path):
-    from exaone_edge.errors import InputError
-    from exaone_edge.quantize.gguf_mtp import add_mtp_head
-
-    with pytest.raises(InputError, match="already has an MTP head"):
-        add_mtp_head(mtp_gguf, tiny_model_dir, tmp_path / "twice.gguf")
-    assert not (tmp_path / "twice.gguf").exists()
+    return converted(tiny_model_dir, "F32", tmp_path_factory.mktemp("mtp"))  # the converter keeps the head
 
 
 def test_mtp_logits_match_transformers(mtp_gguf, tiny_model_dir):
@@ -91,20 +60,10 @@ def test_mtp_logits_match_transformers(mtp_gguf, tiny_model_dir):
 
 
 def _require_patched_llama(path: Path) -> None:
-    """Skip unless llama-cpp-python's llama.cpp loads exaone4's MTP head on request (part of the patch)."""
-    pytest.importorskip("llama_cpp")
-    from exaone_edge.llama import init_backend, library, log_mark, log_since
+    """llama-cpp-python as setup.sh builds it, with patches/llama.cpp: an unpatched build fails here, saying so."""
+    from exaone_edge.llama import Model
 
-    init_backend()  # llama.cpp's warnings go through exaone_edge's log filter, where log_since finds them
-    lib, mark = library(), log_mark()
-    params = lib.llama_model_default_params()
-    params.n_gpu_layers, params.load_mtp = 0, True
-    model = lib.llama_model_load_from_file(str(path).encode(), params)
-    assert model, f"llama.cpp could not load {path}"
-    lib.llama_model_free(model)
-    if any("unused tensor blk.64." in line for line in log_since(mark)):
-        pytest.skip("llama-cpp-python is built without patches/llama.cpp/0001-exaone4-mtp-graph.patch "
-                    "(its exaone4 leaves the MTP head unused); build it with the patch to run this test")
+    Model(path, load_mtp=True).close()
 
 
 class _Llama:

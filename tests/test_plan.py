@@ -268,3 +268,18 @@ def test_the_released_config_is_built_in(config_33b):
     assert result.returncode == 0 and json.loads(result.stdout)["total_bytes"] > 0, result.stderr
     missing = run_cli("plan", "exaone-4.5-32b")
     assert missing.returncode == 2 and "exaone-4.5-33b (the released config, built in)" in missing.stderr
+
+
+def test_the_mtp_head_is_counted_when_drafting(config_33b):
+    """--draft mtp loads the head (0.54B parameters: one layer, fc 2·5120² and three norms) with an MTP context of its
+    own: a one-layer KV cache of layer 0's kind (sliding: window 4096 + a micro-batch, in 256s) and a compute buffer."""
+    plain = plan(config_33b, gpu="a100-80", context=16384, level="Q4_K_M")
+    drafting = plan(config_33b, gpu="a100-80", context=16384, level="Q4_K_M", draft="mtp")
+    head_params = (2 * 5120 * 5120 + 2 * 5120 * 1024 + 2 * 128 + 3 * 5120 * 27392 + 2 * 5120) + 2 * 5120**2 + 3 * 5120
+    assert head_params == 536_110_336
+    kv = 4608 * 2 * 8 * 128 * 2
+    compute = 512 * (153_600 + 3 * 27_392 + 4 * 5120) * 4
+    assert "mtp_head" not in plain.components
+    assert drafting.components["mtp_head"] == int(head_params * 4.85 / 8) + kv + compute
+    assert drafting.total_bytes - plain.total_bytes == drafting.components["mtp_head"]
+    assert run_cli("plan", str(config_33b), "--draft", "mtp", "--json", check=True).stdout.count("mtp_head") == 1

@@ -54,6 +54,8 @@ def test_bench_preset_has_the_released_widths():
     same = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim")
     assert all(getattr(bench.decoder, f) == getattr(released.decoder, f) for f in same)
     assert bench.decoder.rope == released.decoder.rope
+    assert bench.decoder.nextn_layers == released.decoder.nextn_layers == 1  # the MTP head, for timing drafts
+    assert bench.decoder.mtp_params == released.decoder.mtp_params
     for field in ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "patch_size", "temporal_patch_size",
                   "spatial_merge_size", "window_size", "out_hidden_size"):
         assert getattr(bench.vision, field) == getattr(released.vision, field), field

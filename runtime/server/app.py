@@ -122,6 +122,8 @@ async def health(request: Request) -> Response:
          **({"placement": placement.as_dict()} if placement is not None else {}),
          # What --ctx auto / --gpu-layers auto chose, from the free GPU memory at load.
          **({"fit": state.engine.fit.as_dict()} if getattr(state.engine, "fit", None) is not None else {}),
+         # --draft: the drafter, k, acceptance rate and tokens/s since start.
+         **({"draft": state.engine.drafting} if getattr(state.engine, "drafting", None) else {}),
          # The page budget in force, so an operator can check that --image-max-tokens took effect.
          **({"image_max_tokens": state.engine.image_max_tokens, "image_max_pixels": image.max_pixels}
             if image is not None else {})}

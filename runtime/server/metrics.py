@@ -35,6 +35,16 @@ class ServerMetrics:
         Gauge("exaone_edge_vision_encoder_runs", "Vision-encoder runs since start", registry=r).set_function(
             lambda: getattr(worker.engine, "vision_runs", 0)
         )
+        if getattr(worker.engine, "drafting", None) is not None:  # --draft
+            draft = lambda key: lambda: worker.engine.drafting[key] or 0  # noqa: E731
+            for key, name, text in (
+                ("drafted", "draft_tokens", "Draft tokens compared with the model's own choice"),
+                ("accepted", "draft_accepted_tokens", "Draft tokens the model chose too"),
+                ("acceptance_rate", "draft_acceptance_rate", "Accepted ÷ drafted since start"),
+                ("tokens_per_step", "draft_tokens_per_step", "Tokens each speculative step produced (all sequences)"),
+                ("tokens_per_s", "draft_decode_tokens_per_second", "Tokens per second of the speculative steps"),
+            ):
+                Gauge(f"exaone_edge_{name}", text, registry=r).set_function(draft(key))
         placement = getattr(worker.engine, "placement", None)
         if placement is not None:  # constant 1 per part; the labels say where it runs
             where = Gauge("exaone_edge_placement", "Where each part runs (1); decoder gpu_layers -1 = all",
