@@ -46,8 +46,10 @@ def bundle(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(bundle, intranet, proxy):
-    # A preparation deadline far beyond any wait here, so that only the deadline test's own server ever hits one.
-    args = (*SERVER_ARGS, "--prepare-timeout", "120", "--allow-host", "docs.example", "--allow-origin", "http://app.example")
+    # A preparation deadline and fetch timeout far beyond any wait here, so that a held upstream holds its request
+    # until the test releases it, and only the deadline test's own server ever hits a deadline.
+    args = (*SERVER_ARGS, "--prepare-timeout", "120", "--remote-timeout", "120", "--allow-host", "docs.example",
+            "--allow-origin", "http://app.example")
     env = {**LIMITS, "HTTP_PROXY": proxy.url, "HTTPS_PROXY": proxy.url, "ALL_PROXY": proxy.url, "NO_PROXY": ""}
     with serve_process(bundle, *args, env=env) as (url, _):
         yield url
