@@ -18,7 +18,7 @@ from exaone_edge.engine_settings import EngineSettings
 from exaone_edge.errors import InputError
 from exaone_edge.progress import log
 
-SECTIONS = ("decode", "vision", "first_token", "server", "conversion")
+SECTIONS = ("decode", "draft", "vision", "first_token", "server", "conversion")
 MB = 1 << 20
 
 
@@ -94,21 +94,28 @@ class BenchReport:
     machine: dict[str, Any]  # exaone_edge.machine.describe_machine()
     placement: dict[str, Any]  # where each part ran
     results: list[Result]
+    drafting: Any = None  # benchmarks.drafting.DraftTimings: --draft mtp's costs and speed-up curve
 
     def summary(self) -> str:
-        return render_table(self)
+        if self.drafting is None:
+            return render_table(self)
+        from exaone_edge.benchmarks.drafting import render
+
+        return render_table(self) + "\n\n" + render(self.drafting)
 
     def to_dict(self) -> dict[str, Any]:
         """bench.json."""
         return {"bundle": str(self.bundle), "decoder_level": self.decoder_level,
                 "model_dir": str(self.options.model_dir) if self.options.model_dir else None,
                 "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.options).items()},
-                "machine": self.machine, "placement": self.placement, "results": [asdict(r) for r in self.results]}
+                "machine": self.machine, "placement": self.placement, "results": [asdict(r) for r in self.results],
+                "drafting": self.drafting.to_dict() if self.drafting is not None else None}
 
 
 def run_bench(bundle_dir: Path, options: BenchOptions) -> BenchReport:
     from exaone_edge.benchmarks.machine import read_bandwidth
     from exaone_edge.machine import describe_machine
+    from exaone_edge.benchmarks.drafting import has_mtp_head
     from exaone_edge.bundle import load_bundle
     from exaone_edge.runtime.engine import Engine
 
@@ -122,6 +129,7 @@ def run_bench(bundle_dir: Path, options: BenchOptions) -> BenchReport:
     bundle = load_bundle(bundle_dir)
     level = bundle.details.decoder.level
     results: list[Result] = []
+    drafting = None
     engine = Engine(bundle, replace(options.engine, n_threads=options.threads, flash_attn=False, verify=False))
     n_ctx, placement = engine.n_ctx, engine.placement.as_dict()
     model = _transformers_model(options) if options.model_dir and {"decode", "vision", "first_token"} & set(options.sections) else None
@@ -129,6 +137,9 @@ def run_bench(bundle_dir: Path, options: BenchOptions) -> BenchReport:
         if "decode" in options.sections:
             log("bench: decode and prefill (ours vs llama-cpp-python, transformers), read bandwidth")
             results += _decode(engine, bundle, model, options, read_bandwidth(options.threads), level)
+        if "draft" in options.sections and has_mtp_head(bundle.decoder_path):
+            log("bench: MTP drafting: one-token step, (k+1)-token verify, k-token draft")
+            drafting = _draft(engine, bundle, options)
         if "vision" in options.sections and bundle.has_vision:
             log("bench: vision encoder (ONNX Runtime vs PyTorch SDPA)")
             results += _vision(engine, model, bundle, options)
@@ -144,7 +155,7 @@ def run_bench(bundle_dir: Path, options: BenchOptions) -> BenchReport:
     if "conversion" in options.sections:
         log("bench: checkpoint → GGUF conversion vs a plain copy")
         results += _conversion(options)
-    return BenchReport(Path(bundle_dir), level, options, describe_machine(), placement, results)
+    return BenchReport(Path(bundle_dir), level, options, describe_machine(), placement, results, drafting)
 
 
 def _transformers_model(options: BenchOptions):
@@ -183,6 +194,15 @@ def _decode(engine, bundle, model, options: BenchOptions, bandwidth: float, leve
                    "tok/s", ours.prefill_tokens_per_s / hf.prefill_tokens_per_s),
         ]
     return out
+
+
+def _draft(engine, bundle, options: BenchOptions):
+    from exaone_edge.benchmarks.decode import document_messages
+    from exaone_edge.benchmarks.drafting import measure
+
+    ids = engine.encode_prompt(document_messages(engine, options.prompt_tokens)).ids
+    return measure(bundle.decoder_path, ids, k_max=options.engine.draft_max, threads=options.threads,
+                   repeats=options.repeats, image_token=bundle.spec.image_token_id)
 
 
 def _vision(engine, model, bundle, options: BenchOptions) -> list[Result]:

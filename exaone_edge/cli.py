@@ -296,13 +296,13 @@ def validate(
 
 
 @app.command()
-@engine_flags(*PLACEMENT)
+@engine_flags(*PLACEMENT, "draft_max")
 def bench(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory made by `exaone-edge quantize`.")],
     model_dir: Annotated[Path | None, typer.Option(help="The checkpoint the bundle was made from "
                                                    "(transformers baselines, conversion).")] = None,
-    only: Annotated[str | None, typer.Option(help="Comma-separated sections: decode, vision, first_token, server, "
-                                             "conversion (default: all).")] = None,
+    only: Annotated[str | None, typer.Option(help="Comma-separated sections: decode, draft, vision, first_token, "
+                                             "server, conversion (default: all).")] = None,
     repeats: Annotated[int, typer.Option(help="Timed repeats per comparison (medians), after a warm-up.")] = 3,
     threads: Annotated[int | None, typer.Option(help="CPU threads for every runtime (default: all usable cores).")] = None,
     prompt_tokens: Annotated[int, typer.Option(help="Prompt length for prefill.")] = 256,

@@ -244,15 +244,15 @@ class LlamaContext(Owned):
         return rows
 
     def keep(self, seq: int, count: int) -> None:
-        """Of sequence `seq`'s tokens in the last `verify`, the first `count` (at least one) stay; the rest leave the
-        KV cache (llama_memory_seq_rm)."""
+        """Of sequence `seq`'s tokens in the last `verify`, the first `count` stay; the rest leave the KV cache
+        (llama_memory_seq_rm)."""
         row, tokens = self._verified.pop(seq)
         first = len(self._keys[seq])
         if count < len(tokens) and not self._lib.llama_memory_seq_rm(self._memory, seq, first + count, -1):
             self.reset(seq)
             raise InputError("llama.cpp could not remove rejected draft tokens from the KV cache")
         self._keys[seq].extend(tokens[:count])
-        if self.mtp is not None:
+        if self.mtp is not None and count:
             self.mtp.follow(seq, first, tokens[:count], self._states(row, count))
 
     def length(self, seq: int = 0) -> int:

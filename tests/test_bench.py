@@ -83,3 +83,30 @@ def test_bad_options_are_refused_before_any_work(bundle, tmp_path, args, message
 def test_a_folder_that_is_not_a_bundle(tmp_path):
     result = run_cli("bench", str(tmp_path), "--only", "decode", "--save", str(tmp_path / "x.json"))
     assert result.returncode == 2 and "manifest.json" in result.stderr, result.stderr[-2000:]
+
+
+def test_draft_section_times_the_mtp_head_and_prints_the_curve(bundle, tmp_path):
+    saved = tmp_path / "draft.json"
+    result = run_cli("bench", str(bundle), "--only", "draft", "--repeats", "1", "--prompt-tokens", "16",
+                     "--draft-max", "2", "--save", str(saved))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "speed-up here, by acceptance rate" in result.stdout and "projected to the 33B" in result.stdout
+    drafting = json.loads(saved.read_text())["drafting"]
+    assert drafting["decode_s"] > 0 and sorted(drafting["verify_s"]) == sorted(drafting["draft_s"]) == ["1", "2"]
+    assert drafting["layers"] == 64 and drafting["head_bytes"] > 0 and drafting["vocab_rows"] > 0
+    assert len(drafting["speedup"]) == len(drafting["alphas"]) and all(len(row) == 2 for row in drafting["speedup"])
+    t1, tv, td = drafting["decode_s"], drafting["verify_s"]["2"], drafting["draft_s"]["2"]
+    assert drafting["speedup"][0][1] == round(t1 / (td + tv), 3)  # α = 0: one token per step
+
+
+def test_the_speed_up_curve_follows_the_expected_tokens_per_step():
+    from exaone_edge.benchmarks.drafting import DraftTimings
+
+    timings = DraftTimings(decode_s=0.1, verify_s={2: 0.12}, draft_s={2: 0.03}, layers=2, layer_bytes=100,
+                           head_bytes=120, output_bytes=10, vocab_rows=1000, prompt_tokens=8)
+    # α = 0.5, k = 2: (1 − 0.5³) / 0.5 = 1.75 tokens a step of 0.15 s, against 0.1 s a token
+    assert math.isclose(timings.speedup(2, 0.5), 1.75 * 0.1 / 0.15)
+    assert math.isclose(timings.speedup(2, 1.0), 3 * 0.1 / 0.15)
+    # 33B: the trunk reads 64 · 100 + 1536 bytes instead of 2 · 100 + 10, the draft 120 + 1536 instead of 120 + 10
+    trunk, draft = (6400 + 1536) / 210, (120 + 1536) / 130
+    assert math.isclose(timings.speedup(2, 0.5, released=True), 1.75 * 0.1 * trunk / (0.03 * draft + 0.12 * trunk))

@@ -171,3 +171,24 @@ def test_mtp_head_follows_prefix_reuse(bundle):
     finally:
         engine.close()
         plain.close()
+
+
+def test_a_decoder_without_the_head_is_refused_with_the_fix(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from exaone_edge.errors import ArtifactError
+    from exaone_edge.llama import Model
+    from exaone_edge.quantize.gguf_convert import convert_to_gguf
+
+    headless = tmp_path / "headless"
+    shutil.copytree(tiny_model_dir, headless)
+    config = json.loads((headless / "config.json").read_text())
+    config["text_config"]["num_nextn_predict_layers"] = 0
+    config.pop("num_nextn_predict_layers", None)
+    (headless / "config.json").write_text(json.dumps(config))
+    path = convert_to_gguf(headless, tmp_path / "headless.gguf", "F32").path
+    with pytest.raises(ArtifactError, match="no MTP head") as error:
+        Model(path, load_mtp=True)
+    assert "quantize" in str(error.value)
+    Model(path).close()  # without drafting it loads as before
