@@ -56,7 +56,7 @@ class BoundedInvoice(BaseModel):
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tiny_vision_dir, tmp_path_factory):
     bundle = build_tiny_bundle(tiny_model_dir, tmp_path_factory.mktemp("api") / MODEL, vision_dir=tiny_vision_dir)
-    with serve_process(bundle, "--ctx", "8192", "--threads", "2") as (url, _):
+    with serve_process(bundle, "--ctx", "8192", "--threads", "1") as (url, _):  # one: two contend on a busy box
         yield url
 
 
