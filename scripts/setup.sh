@@ -37,7 +37,9 @@ if ! ls "$PATCHED"/llama_cpp_python-$LLAMA_VERSION-*.whl >/dev/null 2>&1; then
   bash scripts/llama_patches.sh apply "$BUILD/llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp"
   mkdir -p "$PATCHED"
   CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$VENV/bin/python" -m pip wheel -q --no-deps -w "$BUILD/wheel" "$BUILD/llama_cpp_python-$LLAMA_VERSION"
-  mv "$BUILD"/wheel/llama_cpp_python-$LLAMA_VERSION-*.whl "$PATCHED/"  # whole wheels only: a cut-short build leaves none
+  for wheel in "$BUILD"/wheel/llama_cpp_python-$LLAMA_VERSION-*.whl; do  # renamed into place whole: never a partial wheel
+    cp "$wheel" "$PATCHED/$(basename "$wheel").partial" && mv "$PATCHED/$(basename "$wheel").partial" "$PATCHED/$(basename "$wheel")"
+  done
   rm -rf "$BUILD"
 fi
 # The same version number with or without patches: reinstall whenever the installed build is not this one.
