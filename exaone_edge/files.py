@@ -88,9 +88,15 @@ def read_json(path: Path, what: str, *, error: type | None = None, fix: str | No
     if not Path(path).is_file():
         raise error(f"{what} is missing", path=path, fix=fix)
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise error(f"{what} is not readable JSON ({exc})", path=path, fix=fix) from None
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{what} cannot be read ({exc.strerror})", path=path, fix=fix) from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} is not valid JSON (not UTF-8: {exc.reason} at byte {exc.start})", path=path, fix=fix) from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise error(f"{what} is not valid JSON ({exc})", path=path, fix=fix) from None
 
 
 def _read_json(path: Path) -> Any:
