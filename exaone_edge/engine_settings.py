@@ -87,7 +87,9 @@ class EngineSettings:
                                                                   "(--no-verify: sizes only).", kind=bool))
     draft: str | None = _setting(None, Flag(
         ("--draft",), "Speculative decoding: mtp drafts with the model's MTP head and the model verifies the drafts "
-        "in one pass (the output is what the model alone gives); off (default).", _draft))
+        "in one pass, keeping what its own sampler picks (identical to decoding alone with exact numerics; llama.cpp "
+        "rounds a multi-token batch differently, so quantized models can differ slightly, as in vLLM); off (default).",
+        _draft))
     draft_max: int = _setting(3, Flag(("--draft-max",), "Tokens drafted per step with --draft (llama-server's "
                                                         "--draft-max).", kind=int))
     # Library settings, no flags: the tests and benchmarks set them.
