@@ -50,6 +50,13 @@ def test_checkpoint_layout_for_vllm_and_transformers(gptq_models, tiny_model_dir
     assert set(quant["dynamic"]) == {"-:.*visual.*", "-:.*mtp.*"}
     for name in ("preprocessor_config.json", "chat_template.jinja", "tokenizer.json"):
         assert (path / name).is_file(), name
+    # vLLM: the MTP drafter reads these at config.json's top level; the degrees group 128 serves (o_proj's 256 inputs
+    # are 128 a GPU at TP 2, 64 at TP 4), in the manifest and the model card.
+    config = json.loads((path / "config.json").read_text())
+    assert config["vocab_size"] == config["text_config"]["vocab_size"] and config["num_nextn_predict_layers"] == 1
+    assert read_manifest(path, kind="gptq").details["tensor_parallel"] == [1, 2]
+    card = (path / "README.md").read_text()
+    assert "serves TP 1, 2" in card and "--no-mm-device-do-normalize" in card and str(path) in card
 
 
 def test_vision_tower_and_mtp_head_are_byte_identical(gptq_models, tiny_model_dir):
