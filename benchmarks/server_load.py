@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,24 +68,37 @@ def serving(bundle: Path, *, parallel: int, threads: int, ctx: int, max_queue: i
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
+
+    def exited() -> str:
+        log.seek(0)
+        return f"the server exited while starting: {log.read()[-2000:]}"
+
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"the server exited while starting: {log.read()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become healthy within 300 s")
-            time.sleep(0.5)
+        wait_healthy(url, server, 300, exited)
         yield url
     finally:
         stop(server)
         log.close()
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float, exited: Callable[[], str],
+                 poll_s: float = 0.5) -> float:
+    """Wait until `url`/health answers 200 (an OpenAI-compatible server starting: ours or vLLM's); RuntimeError with
+    `exited()` if the process ends first, or after `timeout_s`. Returns the seconds it took."""
+    import httpx
+
+    started = time.monotonic()
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(exited())
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - started > timeout_s:
+            raise RuntimeError(f"{url} was not healthy within {timeout_s:.0f} s")
+        time.sleep(poll_s)
 
 
 def stop(process: subprocess.Popen, timeout_s: float = 30) -> None:

@@ -63,7 +63,7 @@ def free_port() -> int:
 @contextmanager
 def vllm_server(python: Path, options: ServeOptions, log_path: Path) -> Iterator[tuple[str, float]]:
     """(base URL, seconds to healthy) of a CPU vLLM server on loopback; the server and its workers stop on exit."""
-    import httpx
+    from exaone_edge.benchmarks.server_load import wait_healthy
 
     port = free_port()
     command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(options.model), *options.args(),
@@ -76,17 +76,8 @@ def vllm_server(python: Path, options: ServeOptions, log_path: Path) -> Iterator
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **CPU_ENV},
                                    start_new_session=True)  # its own group: the engine core and worker stop with it
     try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {process.returncode} while starting; see {log_path}")
-            if time.perf_counter() - started > START_TIMEOUT_S:
-                raise RuntimeError(f"vLLM was not healthy after {START_TIMEOUT_S:.0f} s; see {log_path}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(2)
+        wait_healthy(url, process, START_TIMEOUT_S,
+                     lambda: f"vLLM exited with {process.returncode} while starting; see {log_path}", poll_s=2)
         yield url, time.perf_counter() - started
     finally:
         if process.poll() is None:
