@@ -181,18 +181,33 @@ def no_llama_gpu(backends: list[str], log: list[str]) -> DeviceUnavailable:
                              fix="Check the NVIDIA driver (nvidia-smi) and CUDA_VISIBLE_DEVICES, or use --device cpu.")
 
 
-def gpu_layer_split(gpu_layers: int, num_layers: int) -> tuple[int, bool]:
-    """(repeating layers on the GPU, whether the output layer is) for llama.cpp's n_gpu_layers = `gpu_layers`.
+def gpu_layer_split(gpu_layers: int, num_layers: int, head_blocks: int = 0) -> tuple[int, int, bool]:
+    """(repeating layers on the GPU, MTP blocks on the GPU, whether the output layer is) for llama.cpp's
+    n_gpu_layers = `gpu_layers`, when the GGUF file holds `head_blocks` MTP blocks after the `num_layers` layers.
 
-    llama.cpp 0c1e570, src/llama-model.cpp, `load_tensors`: layer indices 0..n_layer-1 are the repeating layers and
-    index n_layer the output layer; `i_gpu_start = max(n_layer + 1 - n_gpu_layers, 0)` and
-    `act_gpu_layers = min(n_gpu_layers, n_layer + 1)`, and index il goes to a GPU when il >= i_gpu_start (a negative
-    n_gpu_layers counts as n_layer + 1: `llama_model::n_gpu_layers`). So N > 0 puts the output layer first and then
-    the last N - 1 repeating layers on the GPU; the input layer (token_embd) never goes there (`dev_input` is the CPU).
+    llama.cpp (llama-cpp-python 0.3.36's vendor tree), src/llama-model.cpp, `load_tensors`: block indices
+    0..n_layer_all-1 are the file's blocks (the MTP blocks last: block_count counts them) and index n_layer_all the
+    output layer; `i_gpu_start = max(n_layer_all + 1 - n_gpu_layers, 0)`, and index il goes to a GPU when
+    il >= i_gpu_start (a negative n_gpu_layers counts as n_layer_all + 1). So N > 0 puts the output layer first, then
+    the MTP blocks (placed whether or not they are loaded), then the last repeating layers; the input layer
+    (token_embd) never goes there (`dev_input` is the CPU).
     """
-    if gpu_layers < 0 or gpu_layers > num_layers:
-        return num_layers, True
-    return max(gpu_layers - 1, 0), gpu_layers > 0
+    if gpu_layers < 0 or gpu_layers > num_layers + head_blocks:
+        return num_layers, head_blocks, True
+    behind_output = max(gpu_layers - 1, 0)
+    head = min(behind_output, head_blocks)
+    return behind_output - head, head, gpu_layers > 0
+
+
+def describe_gpu_layers(gpu_layers: int, head_blocks: int = 0) -> str:
+    """What llama.cpp's n_gpu_layers = `gpu_layers` puts on the GPU, in words (gpu_layer_split's order)."""
+    if gpu_layers < 0:
+        return "every layer"
+    if gpu_layers == 0:
+        return "no layer"
+    head = min(gpu_layers - 1, head_blocks)
+    blocks = f", the MTP block{'s' if head > 1 else ''}" if head else ""
+    return f"the output layer{blocks} and {gpu_layers - 1 - head} repeating layers"
 
 
 def predicted_placement(device: str = "auto", gpu_layers: int | None = None, vision_provider: str = "auto", *,

@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from exaone_edge.device import describe_gpu_layers
 from exaone_edge.errors import InputError
 from exaone_edge.llama import ALL_LAYERS
-from exaone_edge.memory import (GIB, QUALITY_ORDER, Gpu, Source, gpu_bytes, largest_context, load_source,
+from exaone_edge.memory import (GIB, QUALITY_ORDER, Gpu, Source, gpu_bytes, head_blocks, largest_context, load_source,
                               with_draft, with_page_budget)
 
 AUTO = "auto"
@@ -34,17 +35,17 @@ class Fit:
     """What `--ctx auto` / `--gpu-layers auto` chose (Engine.fit; /health reports it)."""
 
     n_ctx: int
-    gpu_layers: int  # llama.cpp's n_gpu_layers: -1 every layer, N the output layer and N - 1 repeating layers
+    gpu_layers: int  # llama.cpp's n_gpu_layers: -1 every layer, N the output layer and N - 1 blocks from the last
     asked: dict[str, int | str | None]  # the ctx and gpu_layers asked for
     free_bytes: int | None  # the GPU's free memory it was fitted to (None: the decoder has no GPU here)
     planned_bytes: int  # plan's GPU total for the choice, headroom included
+    head_blocks: int = 0  # MTP blocks in the decoder file, placed right after the output layer
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def describe(self) -> str:
-        layers = {ALL_LAYERS: "every layer", 0: "no layer"}.get(
-            self.gpu_layers, f"the output layer and {self.gpu_layers - 1} repeating layers")
+        layers = describe_gpu_layers(self.gpu_layers, self.head_blocks)
         room = (f"{self.planned_bytes / GIB:.2f} GiB planned of {self.free_bytes / GIB:.2f} GiB free"
                 if self.free_bytes is not None else "no GPU for the decoder")
         return f"context {self.n_ctx:,}, {layers} on the GPU ({room}; asked ctx={self.asked['ctx']}, " \
@@ -55,7 +56,8 @@ def fit(source: Source, card: Gpu, placement, *, ctx: int | str, gpu_layers: int
         parallel: int = 1, vision_precision: str = "fp16", level: str | None = None) -> Fit:
     """The largest context and layer split of `source` that fit `card.memory_bytes` (the free memory) with
     `placement`'s vision encoder, as plan counts them; `ctx` / `gpu_layers` are a number or AUTO."""
-    layers_total = source.spec.decoder.num_layers
+    blocks = head_blocks(source)
+    layers_total = source.spec.decoder.num_layers + blocks
     limit = source.spec.decoder.max_position_embeddings
     level = level or source.measured_level or "Q4_K_M"
 
@@ -68,7 +70,7 @@ def fit(source: Source, card: Gpu, placement, *, ctx: int | str, gpu_layers: int
     if ctx == AUTO:
         best = largest_context(lambda n: total(n, candidates[0]) <= card.memory_bytes, limit)
         if best >= min(MIN_CONTEXT, limit) or (best and len(candidates) == 1):
-            return Fit(best, candidates[0], asked, card.memory_bytes, total(best, candidates[0]))
+            return Fit(best, candidates[0], asked, card.memory_bytes, total(best, candidates[0]), blocks)
         n_ctx = min(MIN_CONTEXT, limit)
     else:
         n_ctx = int(ctx)
@@ -79,7 +81,7 @@ def fit(source: Source, card: Gpu, placement, *, ctx: int | str, gpu_layers: int
                          f"context {n_ctx if ctx != AUTO else 256} with {candidates[-1]} GPU layers",
                          fix="Free GPU memory, lower --image-max-tokens, use --vision-provider cpu, or a smaller "
                              "--ctx or --gpu-layers.")
-    return Fit(n_ctx, layers, asked, card.memory_bytes, total(n_ctx, layers))
+    return Fit(n_ctx, layers, asked, card.memory_bytes, total(n_ctx, layers), blocks)
 
 
 def fit_engine(bundle_dir: Path, *, ctx: int | str | None, gpu_layers: int | str | None, device: str,

@@ -90,6 +90,7 @@ class Plan:
     # The best level, KV type, vision precision and page budget that fit `context` (exaone_edge.fit.recommend);
     # None when nothing does.
     recommended: dict | None = None
+    head_blocks: int = 0  # MTP blocks in the decoder file: n_gpu_layers places them right after the output layer
 
 
 def parse_gpu(value: str) -> Gpu:
@@ -159,6 +160,14 @@ def mtp_head_bytes(source: Source, level: str) -> int:
     return estimated_bytes(source.spec.decoder.mtp_params, level)
 
 
+def head_blocks(source: Source) -> int:
+    """MTP blocks in the decoder's GGUF file, which llama.cpp's n_gpu_layers counts: a bundle's as read, a
+    checkpoint's as `quantize` writes them (it keeps the head)."""
+    if source.measured_mtp_bytes is not None:
+        return source.spec.decoder.nextn_layers if source.measured_mtp_bytes else 0
+    return source.spec.decoder.nextn_layers
+
+
 def mtp_kv_bytes(decoder: DecoderSpec, context: int, kv_type: str) -> int:
     """The MTP context's KV cache: one layer of layer 0's kind (the head runs as layer_types[0])."""
     first = replace(decoder, layer_types=decoder.layer_types[:1])
@@ -169,8 +178,8 @@ def _components(
     source: Source, level: str, context: int, kv_type: str, vision_on_gpu: bool, parallel: int = 1,
     gpu_layers: int = ALL_LAYERS, vision_precision: str = "fp16",
 ) -> tuple[dict[str, int], bool]:
-    """GPU bytes per part, with llama.cpp's `gpu_layers` (n_gpu_layers) placing the output layer and the last
-    gpu_layers − 1 repeating layers (their weights and KV) on the GPU (exaone_edge.device.gpu_layer_split)."""
+    """GPU bytes per part, with llama.cpp's `gpu_layers` (n_gpu_layers) placing the output layer, then the file's MTP
+    blocks, then the last repeating layers (their weights and KV) on the GPU (exaone_edge.device.gpu_layer_split)."""
     from exaone_edge.device import gpu_layer_split
 
     decoder = source.spec.decoder
@@ -183,7 +192,7 @@ def _components(
     # A tied table is loaded a second time as the output layer, on the GPU.
     output = output_layer_bytes(source, level)
     body = weights - _token_embedding(source, level)[0] - (0 if decoder.tie_word_embeddings else output)
-    repeating, output_on_gpu = gpu_layer_split(gpu_layers, decoder.num_layers)
+    repeating, head_on_gpu, output_on_gpu = gpu_layer_split(gpu_layers, decoder.num_layers, head_blocks(source))
     share = repeating / decoder.num_layers
     on_gpu = gpu_layers != 0
     # Host layers' matmuls over ≥ 32 rows still run on the GPU (op offload), each host weight copied into the compute
@@ -199,8 +208,9 @@ def _components(
         "vision_activations": vision_activation_bytes(source.spec, source.max_pixels, source.fused) if vision_on_gpu else 0,
         "runtime_overhead": RUNTIME_OVERHEAD // 2 * (int(vision_on_gpu) + int(on_gpu)),
     }
-    if source.drafting:  # the head beside the output layer, its own KV cache per sequence, a second compute buffer
-        components["mtp_head"] = int(head * output_on_gpu + parallel * mtp_kv_bytes(decoder, context, kv_type) * share
+    if source.drafting:  # the head's block, its own KV cache per sequence (on the block's device), a compute buffer
+        head_share = head_on_gpu / max(decoder.nextn_layers, 1)
+        components["mtp_head"] = int(head_share * (head + parallel * mtp_kv_bytes(decoder, context, kv_type))
                                      + (compute_buffer_bytes(decoder) if on_gpu else 0))
     return components, measured
 
@@ -311,5 +321,5 @@ def plan_source(source: Source, card: Gpu, context: int | None, kv_type: str, le
         max_pixels=source.max_pixels, pixels_from=source.pixels_from, image_max_tokens=image_max_tokens,
         vision_attention_fused=source.fused,
         vision_precision="measured" if source.measured_vision_bytes else vision_precision,
-        recommended=asdict(recommended) if recommended else None,
+        recommended=asdict(recommended) if recommended else None, head_blocks=head_blocks(source),
     )

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from exaone_edge.budgets import GIB
+from exaone_edge.device import describe_gpu_layers
 from exaone_edge.memory import HEADROOM, Plan, plan
 from exaone_edge.plan.stages import Stage, render_stages, stage_plan, stages_dict
 
@@ -50,7 +51,7 @@ def render_plan(result: Plan) -> str:
              f"KV {result.kv_type}, vision on {'GPU' if result.vision_on_gpu else 'CPU'}" + ("" if result.weights_measured else " — weights estimated from bits per weight")]
     layers = result.placement["decoder"]["gpu_layers"]
     lines.append("decoder layers on the GPU: " + {-1: "all", 0: "none (decoder on the CPU)"}.get(
-        layers, f"n_gpu_layers {layers}: the output layer and {max(layers - 1, 0)} repeating layers"))
+        layers, f"n_gpu_layers {layers}: {describe_gpu_layers(layers, result.head_blocks)}"))
     for name, size in result.components.items():
         lines.append(f"  {name:<24}{gib(size)}")
     lines.append(f"  {'headroom (5%)':<24}{gib(int(HEADROOM * result.gpu_bytes))}")

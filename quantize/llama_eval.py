@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from exaone_edge.budgets import LLAMA_GPU_RESERVE
+from exaone_edge.device import describe_gpu_layers
 from exaone_edge.errors import ArtifactError
 from exaone_edge.llama import ALL_LAYERS, gpu_memory
 from exaone_edge.llama_context import LlamaContext, reference_options
@@ -33,8 +34,9 @@ SCRATCH_BYTES = 16 * 2**30
 def layers_that_fit(gguf_path: Path, free_bytes: int, n_ctx: int) -> int:
     """llama.cpp's `n_gpu_layers` for the model to fit `free_bytes` of GPU memory beside LLAMA_GPU_RESERVE, with its f32 KV
     cache of `n_ctx` positions. llama.cpp's rule (exaone_edge.device.gpu_layer_split, from src/llama-model.cpp
-    `load_tensors`): N puts the output layer and the last N - 1 repeating layers on the GPU. So the output layer is
-    counted first (0 when it does not fit: then nothing goes to the GPU), then layers from the last one down. While
+    `load_tensors`): N puts the output layer and the last N - 1 blocks on the GPU, an MTP block kept in the file being
+    the last. So the output layer is counted first (0 when it does not fit: then nothing goes to the GPU), then
+    blocks from the last one down. While
     any repeating layer stays in host memory, its matmuls over ≥ 32 rows still run on the GPU on a copy of one
     weight at a time (op offload), so room for the largest repeating weight is kept too. ALL_LAYERS when everything
     fits (the F16 33B is 65 GB: on a 24 GB card about a third of it)."""
@@ -73,13 +75,23 @@ def layers_that_fit(gguf_path: Path, free_bytes: int, n_ctx: int) -> int:
     return count
 
 
+def _head_blocks(gguf_path: Path) -> int:
+    """The MTP blocks the file holds (`<arch>.nextn_predict_layers`; block_count counts them)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf_path)).fields
+    arch = bytes(fields["general.architecture"].parts[-1]).decode()
+    field = fields.get(f"{arch}.nextn_predict_layers")
+    return int(field.parts[-1][0]) if field is not None else 0
+
+
 def default_gpu_layers(gguf_path: Path, n_ctx: int) -> int:
     """`--gpu-layers` default for imatrix and KL: as many layers as fit the GPU's free memory; none without a GPU."""
     memory = gpu_memory()
     if memory is None:
         return 0
     layers = layers_that_fit(gguf_path, memory[0], n_ctx)
-    what = {ALL_LAYERS: "every layer", 0: "no layer"}.get(layers, f"the output layer and {layers - 1} repeating layers")
+    what = describe_gpu_layers(layers, _head_blocks(gguf_path))
     log(f"llama.cpp: {what} of {gguf_path.name} on the GPU, n_gpu_layers {layers} "
         f"({memory[0] / 2**30:.1f} GiB free; --gpu-layers to choose)")
     return layers

@@ -88,18 +88,25 @@ def test_the_queries_are_what_is_simulated(gpu_box):
     assert choose_placement() == Placement("cuda", -1)
 
 
-@pytest.mark.parametrize("n_gpu_layers, expected", [
-    (0, (0, False)), (1, (0, True)), (2, (1, True)), (20, (19, True)), (64, (63, True)), (65, (64, True)),
-    (100, (64, True)), (-1, (64, True)),
+@pytest.mark.parametrize("n_gpu_layers, head_blocks, expected", [
+    (0, 0, (0, 0, False)), (1, 0, (0, 0, True)), (2, 0, (1, 0, True)), (20, 0, (19, 0, True)),
+    (64, 0, (63, 0, True)), (65, 0, (64, 0, True)), (100, 0, (64, 0, True)), (-1, 0, (64, 0, True)),
+    (1, 1, (0, 0, True)), (2, 1, (0, 1, True)), (3, 1, (1, 1, True)), (65, 1, (63, 1, True)), (66, 1, (64, 1, True)),
+    (-1, 1, (64, 1, True)),
 ])
-def test_llama_cpp_layer_rule(n_gpu_layers, expected):
-    """src/llama-model.cpp load_tensors at 0c1e570: i_gpu_start = max(n_layer + 1 - N, 0), index n_layer is the output
-    layer, so N puts the output layer and the last N - 1 of the 64 repeating layers on the GPU."""
-    from exaone_edge.device import gpu_layer_split
+def test_llama_cpp_layer_rule(n_gpu_layers, head_blocks, expected):
+    """src/llama-model.cpp load_tensors (llama-cpp-python 0.3.36): i_gpu_start = max(n_layer_all + 1 - N, 0), where
+    n_layer_all counts the file's MTP blocks (the last indices) and index n_layer_all is the output layer: N puts the
+    output layer, then the MTP block, then the last repeating layers on the GPU."""
+    from exaone_edge.device import describe_gpu_layers, gpu_layer_split
 
-    n_layer = 64
-    on_gpu = [i for i in range(n_layer + 1) if i >= max(n_layer + 1 - (n_layer + 1 if n_gpu_layers < 0 else n_gpu_layers), 0)]
-    assert (len([i for i in on_gpu if i < n_layer]), n_layer in on_gpu) == expected == gpu_layer_split(n_gpu_layers, n_layer)
+    n_layer, n_all = 64, 64 + head_blocks
+    start = max(n_all + 1 - (n_all + 1 if n_gpu_layers < 0 else n_gpu_layers), 0)
+    on_gpu = [i for i in range(n_all + 1) if i >= start]
+    rule = (len([i for i in on_gpu if i < n_layer]), len([i for i in on_gpu if n_layer <= i < n_all]), n_all in on_gpu)
+    assert rule == expected == gpu_layer_split(n_gpu_layers, n_layer, head_blocks)
+    words = describe_gpu_layers(n_gpu_layers, head_blocks)
+    assert ("MTP" in words) == (0 < expected[1] and n_gpu_layers > 0)
 
 
 def test_imatrix_and_kl_offload_count_the_output_layer_first(tiny_model_dir, tmp_path, monkeypatch):
@@ -119,21 +126,24 @@ def test_imatrix_and_kl_offload_count_the_output_layer_first(tiny_model_dir, tmp
             largest = max(largest, int(tensor.n_bytes))
         elif tensor.name.startswith("output"):
             output += int(tensor.n_bytes)
+    mtp = sizes.pop(64)  # the MTP block, kept as block n_layer: llama.cpp counts it among the layers (n_layer_all)
     layer = max(sizes.values())
-    assert len(set(sizes.values())) == 1 and len(sizes) == 64  # the tiny model's layers are alike
+    assert len(set(sizes.values())) == 1 and len(sizes) == 64  # the tiny model's repeating layers are alike
+    assert mtp > layer  # and the MTP block is larger (it adds eh_proj and two norms)
     config = json.loads((tiny_model_dir / "config.json").read_text())["text_config"]
     kv = 256 * 2 * config["num_key_value_heads"] * config["head_dim"] * 4  # f32 KV of one layer at 256 positions
     fit = llama_eval.layers_that_fit
     base = llama_eval.LLAMA_GPU_RESERVE + output + largest  # the output layer and one host weight's copy
-    assert fit(f16, base + 5 * (layer + kv), 256) == 6  # the output layer + 5 repeating layers
-    assert fit(f16, base + 5 * (layer + kv) - 1, 256) == 5
-    assert fit(f16, base, 256) == 1  # the output layer only
+    # llama.cpp's i_gpu_start = n_layer_all + 1 - N: after the output layer, the MTP block goes first (the last index)
+    assert fit(f16, base + mtp + kv + 5 * (layer + kv), 256) == 7  # the output layer, the MTP block, 5 layers
+    assert fit(f16, base + mtp + kv + 5 * (layer + kv) - 1, 256) == 6
+    assert fit(f16, base + mtp + kv - 1, 256) == 1  # the output layer only
     assert fit(f16, base - 1, 256) == 0  # not even the output layer: nothing on the GPU
-    everything = llama_eval.LLAMA_GPU_RESERVE + output + 64 * (layer + kv)  # no layer left on the host: no copy needed
+    everything = llama_eval.LLAMA_GPU_RESERVE + output + mtp + kv + 64 * (layer + kv)  # nothing on the host: no copy
     assert fit(f16, everything, 256) == -1
-    assert fit(f16, everything - 1, 256) == 1 + (everything - 1 - base) // (layer + kv) < 65
-    monkeypatch.setattr(llama_eval, "gpu_memory", lambda: (base + 7 * (layer + kv), 10**12))
-    assert llama_eval.default_gpu_layers(f16, 256) == 8
+    assert fit(f16, everything - 1, 256) == 2 + (everything - 1 - base - mtp - kv) // (layer + kv) < 66
+    monkeypatch.setattr(llama_eval, "gpu_memory", lambda: (base + mtp + kv + 7 * (layer + kv), 10**12))
+    assert llama_eval.default_gpu_layers(f16, 256) == 9
     monkeypatch.setattr(llama_eval, "gpu_memory", lambda: None)
     assert llama_eval.default_gpu_layers(f16, 256) == 0
 
@@ -164,12 +174,15 @@ def test_plan_predicts_the_runtime_default():
 
 def test_plan_follows_the_placement(tiny_model_dir):
     from exaone_edge.memory import plan
+    from exaone_edge.plan.command import render_plan
 
     on_gpu = plan(tiny_model_dir, gpu="24GiB", context=4096)
     assert on_gpu.vision_on_gpu and on_gpu.placement == predicted_placement().as_dict()
     vision_cpu = plan(tiny_model_dir, gpu="24GiB", context=4096, vision_provider="cpu")
     assert not vision_cpu.vision_on_gpu and vision_cpu.components["vision_weights"] == 0
-    half = plan(tiny_model_dir, gpu="24GiB", context=4096, gpu_layers=33)  # the output layer and 32 of 64 layers
+    assert on_gpu.head_blocks == 1  # the tiny model has an MTP head, and quantize keeps it as the last block
+    half = plan(tiny_model_dir, gpu="24GiB", context=4096, gpu_layers=34)  # output, the MTP block, 32 of 64 layers
+    assert "the output layer, the MTP block and 32 repeating layers" in render_plan(half)
     assert half.components["decoder_weights"] < on_gpu.components["decoder_weights"]
     assert half.components["kv_cache"] == on_gpu.components["kv_cache"] // 2
     assert half.host_components["decoder_weights_not_offloaded"] == (on_gpu.components["decoder_weights"]
@@ -248,7 +261,8 @@ def test_one_module_calls_llama_batch_init():
     sources = [p for folder in ("exaone_edge", "runtime", "quantize", "validate", "export", "benchmarks")
                for p in (ROOT / folder).rglob("*.py")]
     callers = sorted(str(p.relative_to(ROOT)) for p in sources if _calls(p, "llama_batch_init"))
-    assert callers == ["exaone_edge/llama_context.py"]
+    assert callers == ["exaone_edge/llama_context.py", "exaone_edge/llama_mtp.py"]  # the target's and the head's
+    assert all(_calls(ROOT / caller, "llama_batch_free") for caller in callers)  # each frees what it allocates
     backend = sorted(str(p.relative_to(ROOT)) for p in sources if _calls(p, "llama_backend_init"))
     assert backend == ["exaone_edge/llama.py"]
 

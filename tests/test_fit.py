@@ -44,7 +44,7 @@ def test_when_every_layer_does_not_fit_the_minimum_context_layers_leave_the_gpu(
     card = Gpu("free", GPUS["a10g"].memory_bytes, None)
     chosen = fit(_source(), card, predicted_placement(), ctx="auto", gpu_layers="auto", kv_type="q8_0",
                  vision_precision="int8w")
-    assert chosen.n_ctx == MIN_CONTEXT and 0 < chosen.gpu_layers <= 64
+    assert chosen.n_ctx == MIN_CONTEXT and 0 < chosen.gpu_layers <= 65  # 65 blocks: 64 layers and the MTP block
     assert _fits(_source(), card, MIN_CONTEXT, chosen.gpu_layers)
     assert not _fits(_source(), card, MIN_CONTEXT, chosen.gpu_layers + 1)  # one layer more does not fit
     assert plan(RELEASED, gpu="a10g", context=MIN_CONTEXT, gpu_layers="auto", **WALKTHROUGH).placement["decoder"][
