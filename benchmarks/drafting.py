@@ -56,12 +56,15 @@ class DraftTimings:
                 "speedup": self.table(), "speedup_33b_projected": self.table(released=True)}
 
 
-def measure(gguf: Path, prompt: list[int], *, k_max: int, threads: int, repeats: int, image_token: int) -> DraftTimings:
+def measure(gguf: Path, prompt: list[int], *, k_max: int, threads: int | None, repeats: int, image_token: int,
+            flash_attn: bool = False, kv_type: str = "f16") -> DraftTimings:
+    """Every layer where llama.cpp can put it (the GPU on a GPU build: the GPU check times it there)."""
     from exaone_edge.llama_context import LlamaContext, LlamaOptions, TextSegment
 
     steps = repeats + 1  # the first round warms up
     n_ctx = len(prompt) + 2 * steps * (1 + sum(k + 1 for k in range(1, k_max + 1))) + 16
-    options = LlamaOptions(n_ctx=n_ctx, n_threads=threads, flash_attn=False, mtp=True, image_token=image_token)
+    options = LlamaOptions(n_ctx=n_ctx, n_threads=threads, flash_attn=flash_attn, kv_type=kv_type, mtp=True,
+                           image_token=image_token)
     times: dict[str, list[float]] = {}
     with LlamaContext(gguf, options) as llama:
         llama.prefill([TextSegment(prompt)])

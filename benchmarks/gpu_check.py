@@ -25,13 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from exaone_edge.benchmarks.gpu_verdicts import (
-    Verdict, compare_imatrix, compare_logits, decode_verdict, encode_verdict, logits_verdict, memory_case, memory_verdict, not_checked,
-    offload_verdict, quantized_kv_verdict, vision_verdict,
+    Verdict, compare_imatrix, compare_logits, decode_verdict, encode_verdict, logits_verdict, memory_case, memory_verdict,
+    mtp_verdict, not_checked, offload_verdict, quantized_kv_verdict, vision_verdict,
 )
 
 PATHS = ("decoder on CUDA", "partial offload", "imatrix", "flash attention + q8_0 KV", "vision on CUDA",
-         "memory vs plan", "decode tokens/s", "page encode (warm)")
-PARTIAL_LAYERS = 32  # of the tiny model's 64 (llama.cpp counts 65 with the output layer)
+         "memory vs plan", "decode tokens/s", "page encode (warm)", "MTP drafting on CUDA")
+# llama.cpp's n_gpu_layers: the output layer, the tiny model's MTP block (kept in the file, not loaded), then 30 of its
+# 64 layers; llama.cpp logs 32/66 (the output layer counted, the MTP block too)
+PARTIAL_LAYERS = 32
 WORKER = "exaone_edge.benchmarks.gpu_worker"
 CUDA_LIBRARIES = ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13")
 
@@ -172,12 +174,15 @@ def run_check(args: argparse.Namespace, run: Run) -> list[Verdict]:
         _setup(run.worker, "imatrix", False, gguf=gguf, prompt=prompt, out=str(run.work / "imatrix-cpu.npz"), gpu_layers=0)
         cpu_vision = _setup(run.worker, "vision", False, directory=fp32_vision, provider="cpu",
                             out=str(run.work / "rows-cpu-fp32.npy"))
+        cpu_drafts = _setup(run.worker, "drafts", False, bundle=tiny, prompt=prompt, out=str(run.work / "drafts-cpu.npy"),
+                            gpu_layers=0, n_ctx=ctx)
     cpu_encode = f"CPU warm {cpu_vision['warm_s'] * 1000:.0f} ms (cold {cpu_vision['cold_s'] * 1000:.0f} ms)"
     if not run.gpu:  # the dry run: say what the CPU half measured, for the paths it has a reference for
         cpu = compare_logits(cpu_f32, cpu_q8)
         ready = {"decoder on CUDA": f"CPU reference ready ({len(cpu_f32)} positions)",
                  "flash attention + q8_0 KV": f"the CPU's FA + q8_0 moves {cpu['max_rel_spread']:.2e} of the spread",
-                 "imatrix": "CPU sums ready", "page encode (warm)": cpu_encode}
+                 "imatrix": "CPU sums ready", "page encode (warm)": cpu_encode,
+                 "MTP drafting on CUDA": _drafts_ready(cpu_drafts)}
         return [not_checked(path, no_gpu + (f"; {ready[path]}" if path in ready else "")) for path in PATHS]
     assert probe is not None
     total = probe["total_bytes"] or gpu["memory_bytes"]  # llama.cpp's figure, else nvidia-smi's
@@ -192,6 +197,9 @@ def run_check(args: argparse.Namespace, run: Run) -> list[Verdict]:
         verdicts.update(_guard(("vision on CUDA", "page encode (warm)"), lambda: _vision(run, args.kit, cpu_encode)))
     with run.phase("gpu: bench decode"):
         verdicts.update(_guard(("decode tokens/s",), lambda: _bench(run, made["bench_bundle"], total, args.tokens, memory)))
+    with run.phase("gpu: MTP drafting"):
+        verdicts.update(_guard(("MTP drafting on CUDA",), lambda: _mtp(run, probe, tiny, prompt, ctx, cpu_drafts,
+                                                                       made["bench_bundle"])))
     verdicts["memory vs plan"] = memory_verdict(memory)
     return [verdicts.get(path) or not_checked(path, "not reached") for path in PATHS]
 
@@ -254,6 +262,24 @@ def _bench(run: Run, bundle: str | None, total: int, tokens: int, memory: dict) 
                       kv_type="q8_0", n_ctx=ctx, tokens=tokens)
     memory["bench (FA, q8_0 KV)"] = memory_case(info, _plan(bundle, total, ctx, "q8_0", -1))
     return [decode_verdict(info, bandwidth.get("bytes_per_s"))]
+
+
+def _drafts_ready(cpu_drafts: dict) -> str:
+    if not cpu_drafts["mtp_graph"]:
+        return "this llama.cpp has no EXAONE-4 MTP graph (compiled without patches/llama.cpp)"
+    return f"CPU head logits ready ({cpu_drafts['cuts']} cuts × {cpu_drafts['k']} draft steps)"
+
+
+def _mtp(run: Run, probe: dict, tiny: str, prompt: str, ctx: int, cpu_drafts: dict, bench: str | None) -> list[Verdict]:
+    path = "MTP drafting on CUDA"
+    if not probe.get("mtp_graph") or not cpu_drafts["mtp_graph"]:
+        patched = run.notes.get("kit", {}).get("cuda_wheel_patches")
+        return [not_checked(path, f"the kit's CUDA llama.cpp has no EXAONE-4 MTP graph (kit.json cuda_wheel_patches: "
+                                  f"{patched}): rebuild it with scripts/gpu_kit_wheel.sh, then the kit")]
+    info = run.worker("drafts", True, bundle=tiny, prompt=prompt, out=str(run.work / "drafts-gpu.npy"), gpu_layers=-1,
+                      n_ctx=ctx)
+    timing = run.worker("draft_timing", True, bundle=bench) if bench is not None else None
+    return [mtp_verdict(np.load(run.work / "drafts-cpu.npy"), np.load(run.work / "drafts-gpu.npy"), info["llama"], timing)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -183,6 +183,38 @@ def vision_verdict(results: dict[str, tuple]) -> Verdict:
         parts.append(f"{precision}: max |Δrow| {rel:.2e} of the largest (tolerance {VISION_TOLERANCE:g}), "
                      f"ran on {', '.join(info['providers'])}")
     return Verdict("vision on CUDA", "PASS" if ok else "FAIL", "; ".join(parts), numbers)
+
+
+def draft_timing_text(timing: dict | None) -> str:
+    """The bench bundle's draft/verify timings on the GPU and the speed-up at α 0.7 they give (benchmarks.drafting)."""
+    if not timing or not timing.get("head"):
+        return "no draft timings: the kit's bench skeleton has no MTP head (rebuild the kit)"
+    from exaone_edge.benchmarks.drafting import DraftTimings
+
+    measured = {f.name: timing["timings"][f.name] for f in fields(DraftTimings)}
+    for name in ("verify_s", "draft_s"):  # JSON made the k keys strings
+        measured[name] = {int(k): seconds for k, seconds in measured[name].items()}
+    timings = DraftTimings(**measured)
+    ks = sorted(timings.verify_s)
+    ms = lambda values: "/".join(f"{values[k] * 1e3:.2f}" for k in ks)  # noqa: E731
+    here = "/".join(f"{timings.speedup(k, 0.7):.2f}" for k in ks)
+    released = "/".join(f"{timings.speedup(k, 0.7, released=True):.2f}" for k in ks)
+    return (f"bench bundle (FA, q8_0 KV): one-token step {timings.decode_s * 1e3:.2f} ms, verify k={ks[0]}..{ks[-1]} "
+            f"{ms(timings.verify_s)} ms, draft {ms(timings.draft_s)} ms; speed-up at acceptance 0.7, k={ks[0]}..{ks[-1]}: "
+            f"{here} here, {released} projected to the 33B")
+
+
+def mtp_verdict(cpu: np.ndarray, gpu: np.ndarray, llama: dict, timing: dict | None) -> Verdict:
+    """The MTP head's draft logits on CUDA against a CPU-only process (teacher-forced drafts on the tiny F32 bundle,
+    every layer and the head on the GPU); the bench bundle's timings beside, measured, not judged (the speed-up
+    depends on the real head's acceptance rate, which random weights cannot show)."""
+    stats = compare_logits(cpu, gpu)
+    split = llama.get("offloaded")
+    all_on_gpu = bool(split) and split[0] == split[1]
+    where = f"llama.cpp offloaded {split[0]}/{split[1]} layers" if split else "llama.cpp logged no layer split"
+    return Verdict("MTP drafting on CUDA", "PASS" if _logits_ok(stats) and all_on_gpu else "FAIL",
+                   f"head logits at {stats['positions']} draft steps: {_logits_text(stats)} vs a CPU-only process; "
+                   f"{where}; {draft_timing_text(timing)}", dict(stats, offloaded=split, timing=timing))
 
 
 def encode_verdict(info: dict, cpu_encode: str) -> Verdict:

@@ -26,6 +26,8 @@ MIB = 2**20
 _WARN, _ERROR, _CONT = 3, 4, 5  # enum ggml_log_level (ggml.h)
 _BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size =\s*([\d.]+) MiB")
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+# An assertion message patches/llama.cpp/0001-exaone4-mtp-graph.patch adds to libllama: the build has the MTP graph.
+MTP_MARKER = b"EXAONE4 MTP supports a single MTP block"
 
 
 def parse_llama_log(text: str) -> dict:
@@ -105,6 +107,14 @@ def _memory() -> int | None:
     return found[0] if found else None
 
 
+def has_mtp_graph() -> bool:
+    """Whether the llama.cpp this process loads was compiled with patches/llama.cpp (the EXAONE-4 MTP graph)."""
+    import llama_cpp
+
+    libraries = Path(llama_cpp.__file__).parent.glob("lib/libllama.so*")
+    return any(MTP_MARKER in path.read_bytes() for path in libraries if path.is_file() and not path.is_symlink())
+
+
 def probe() -> dict:
     import llama_cpp
 
@@ -112,7 +122,8 @@ def probe() -> dict:
 
     memory = gpu_memory()
     return {"llama_cpp": llama_cpp.__file__, "backends": gpu_backends(), "offload": supports_gpu_offload(),
-            "free_bytes": memory[0] if memory else None, "total_bytes": memory[1] if memory else None}
+            "free_bytes": memory[0] if memory else None, "total_bytes": memory[1] if memory else None,
+            "mtp_graph": has_mtp_graph()}
 
 
 def _fresh(directory: Path) -> Path:
@@ -218,6 +229,49 @@ def decode(gguf: str, gpu_layers: int, flash_attn: bool, kv_type: str, n_ctx: in
             "free_before": free_before, "free_after": free_after, "process_bytes": process}
 
 
+def drafts(bundle: str, prompt: str, out: str, gpu_layers: int, n_ctx: int, cuts: int = 48, k: int = 3) -> dict:
+    """Teacher-forced MTP drafts on the tiny bundle: at `cuts` points in the prompt's question the head drafts k tokens
+    after the true next one; its logits at every draft step go to `out` (F32 KV, no flash attention, as the logits
+    paths). Nothing runs without the MTP graph in this llama.cpp."""
+    from exaone_edge.bundle import load_bundle
+    from exaone_edge.llama_context import EmbeddingSegment, LlamaContext, LlamaOptions, TextSegment
+
+    if not has_mtp_graph():
+        return {"mtp_graph": False}
+    log = LlamaLog()
+    loaded = load_bundle(Path(bundle), verify=False)
+    ids_a, rows, ids_b = _segments(Path(prompt))
+    points = sorted(set(np.linspace(1, len(ids_b) - 1, cuts).astype(int).tolist()))
+    options = LlamaOptions(n_ctx=n_ctx, n_gpu_layers=gpu_layers, flash_attn=False, kv_type="f32", mtp=True,
+                           image_token=loaded.spec.image_token_id)
+    head_logits: list[np.ndarray] = []
+    tokens: list[list[int]] = []
+    with LlamaContext(loaded.decoder_path, options) as llama:
+        for cut in points:
+            llama.prefill([TextSegment(ids_a), EmbeddingSegment("page", rows), TextSegment(ids_b[:cut])])
+            drafted = llama.mtp.draft([(0, ids_b[cut])], k, logits=head_logits)[0]
+            if drafted is None:
+                raise RuntimeError(f"the MTP head lost track of the sequence at position {len(ids_a) + len(rows) + cut}")
+            tokens.append(drafted)
+    np.save(out, np.stack(head_logits))
+    return {"mtp_graph": True, "cuts": len(points), "k": k, "tokens": tokens, "llama": parse_llama_log(log.text)}
+
+
+def draft_timing(bundle: str, k_max: int = 4, repeats: int = 20, prompt_tokens: int = 256) -> dict:
+    """`bench --only draft`'s timings on the bench bundle, every layer and the head where llama.cpp puts them (the
+    GPU), flash attention and a q8_0 KV cache as the 24 GB plan runs them."""
+    from exaone_edge.benchmarks.drafting import has_mtp_head, measure
+    from exaone_edge.bundle import load_bundle
+
+    loaded = load_bundle(Path(bundle), verify=False)
+    if not has_mtp_head(loaded.decoder_path):
+        return {"head": False}
+    log = LlamaLog()
+    timings = measure(loaded.decoder_path, list(range(100, 100 + prompt_tokens)), k_max=k_max, threads=None,
+                      repeats=repeats, image_token=loaded.spec.image_token_id, flash_attn=True, kv_type="q8_0")
+    return {"head": True, "timings": timings.to_dict(), "llama": parse_llama_log(log.text)}
+
+
 def vision(directory: str, provider: str, out: str, repeat: int = 6) -> dict:
     """The page through ONNX Runtime on `provider` ("cpu" or "cuda"): the rows, the first (cold) and the median of
     the later (warm) encode times, and what ONNX Runtime offers and ran."""
@@ -264,7 +318,7 @@ def bandwidth(gib: int = 1, repeat: int = 10) -> dict:
 
 
 TASKS = {"probe": probe, "inputs": inputs, "logits": logits, "imatrix": imatrix, "decode": decode, "vision": vision,
-         "bandwidth": bandwidth}
+         "bandwidth": bandwidth, "drafts": drafts, "draft_timing": draft_timing}
 
 
 def main(argv: list[str]) -> int:

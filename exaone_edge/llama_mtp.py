@@ -83,10 +83,12 @@ class MtpContext(Owned):
             self._held[seq] += len(self._owed[seq])
             self._owed[seq] = []
 
-    def draft(self, starts: Sequence[tuple[int, int]], k: int) -> list[list[int] | None]:
+    def draft(self, starts: Sequence[tuple[int, int]], k: int, *,
+              logits: list[np.ndarray] | None = None) -> list[list[int] | None]:
         """k greedy draft tokens after each (sequence, pending token), None for a sequence the head has lost track of
         (after a failed decode): the queued rows and the pending token's row in one decode, then one row per sequence
-        per step. The draft rows are removed afterwards."""
+        per step. The draft rows are removed afterwards. `logits`, when given, receives a copy of every draft's logits
+        row, step by step (the GPU check compares the head across devices)."""
         if sum(len(self._owed[seq]) + 1 for seq, _ in starts) > self.n_batch:
             self.flush([seq for seq, _ in starts])
         active = []  # (index in starts, sequence, position of the pending token)
@@ -110,8 +112,10 @@ class MtpContext(Owned):
             self._decode(rows, wanted)
             states = []
             for (index, _, _), row in zip(active, sorted(wanted)):
-                logits = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self._ctx, row), shape=(self.n_vocab,))
-                drafts[index] = [*(drafts[index] or []), int(np.argmax(logits))]
+                row_logits = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self._ctx, row), shape=(self.n_vocab,))
+                drafts[index] = [*(drafts[index] or []), int(np.argmax(row_logits))]
+                if logits is not None:
+                    logits.append(row_logits.copy())
                 pointer = self._ext.llama_get_embeddings_nextn_ith(self._ctx, row)
                 states.append(np.ctypeslib.as_array(pointer, shape=(self.n_embd,)).copy())
         for _, seq, at in active:  # keep the pending token's row (the target decodes that token next); drop the drafts

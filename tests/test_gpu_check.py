@@ -15,7 +15,8 @@ import pytest
 
 from exaone_edge.benchmarks import gpu_kit
 from exaone_edge.benchmarks.gpu_verdicts import (
-    MIB, compare_imatrix, decode_verdict, logits_verdict, memory_case, memory_verdict, offload_verdict, vision_verdict,
+    MIB, compare_imatrix, decode_verdict, logits_verdict, memory_case, memory_verdict, mtp_verdict, offload_verdict,
+    vision_verdict,
 )
 from exaone_edge.benchmarks.gpu_worker import parse_llama_log, parse_mib
 from exaone_edge.benchmarks.synthetic import LAYOUT_FILE, skeleton, synthesize
@@ -108,6 +109,22 @@ def test_memory_decode_imatrix_and_vision_verdicts() -> None:
     assert verdict.status == "NOT CHECKED" and "no GPU" not in verdict.detail
 
 
+def test_mtp_verdict_judges_the_head_and_shows_the_timings() -> None:
+    rng = np.random.default_rng(0)
+    cpu = rng.standard_normal((144, 300)).astype(np.float32)
+    everything = {"offloaded": [66, 66]}
+    timing = {"head": True, "timings": {  # as JSON brings them back: k keys are strings
+        "decode_s": 0.010, "verify_s": {"1": 0.011, "2": 0.012}, "draft_s": {"1": 0.002, "2": 0.004}, "layers": 2,
+        "layer_bytes": 300 * MIB, "head_bytes": 320 * MIB, "output_bytes": 400 * MIB, "vocab_rows": 153_600,
+        "prompt_tokens": 256}}
+    verdict = mtp_verdict(cpu, cpu + 1e-5, everything, timing)
+    # α 0.7, k 1: (1 + 0.7) × 10 ms / (2 + 11 ms) = 1.31
+    assert verdict.status == "PASS" and "1.31/" in verdict.detail and "verify k=1..2 11.00/12.00 ms" in verdict.detail
+    assert mtp_verdict(cpu, cpu + rng.standard_normal(cpu.shape) * 0.5, everything, timing).status == "FAIL"
+    assert mtp_verdict(cpu, cpu, {"offloaded": [40, 66]}, None).status == "FAIL"  # the head not (all) on the GPU
+    assert "no MTP head" in mtp_verdict(cpu, cpu, everything, {"head": False}).detail
+
+
 CPU_WHEELS = sorted(gpu_kit.WHEEL_CACHE.glob("llama-*/llama_cpp_python-0.3.36-*.whl"))  # setup.sh's cache
 
 
@@ -166,6 +183,7 @@ def test_dry_run_installs_offline_and_says_not_checked_for_every_path(kit: Path,
     assert len(verdicts) == len(PATHS) and all(line.startswith("NOT CHECKED") for line in verdicts)
     assert all("no GPU: nvidia-smi not found" in line for line in verdicts)
     assert "CPU warm" in verdicts[PATHS.index("page encode (warm)")]
+    assert "CPU head logits ready (48 cuts × 3 draft steps)" in verdicts[PATHS.index("MTP drafting on CUDA")]
     result = json.loads((out / "result.json").read_text())
     assert result["exit_code"] == 2 and [p["phase"] for p in result["phases"]] == ["setup", "inputs", "cpu half"]
     assert all(p["start"].endswith("Z") and p["seconds"] >= 0 for p in result["phases"])
