@@ -36,6 +36,7 @@ class DraftTimings:
     output_bytes: int  # output.weight
     vocab_rows: int  # output.weight's rows (the vocabulary)
     prompt_tokens: int
+    n_ctx: int = 0  # the context it ran with (the GPU check plans its memory at it)
 
     def speedup(self, k: int, alpha: float, *, released: bool = False) -> float:
         expected = k + 1 if alpha >= 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
@@ -87,7 +88,7 @@ def measure(gguf: Path, prompt: list[int], *, k_max: int, threads: int | None, r
     median = statistics.median
     return DraftTimings(median(times["verify0"]), {k: median(times[f"verify{k}"]) for k in range(1, k_max + 1)},
                         {k: median(times[f"draft{k}"]) for k in range(1, k_max + 1)}, vocab_rows=vocab,
-                        prompt_tokens=len(prompt), **sizes)
+                        prompt_tokens=len(prompt), n_ctx=n_ctx, **sizes)
 
 
 def has_mtp_head(gguf: Path) -> bool:

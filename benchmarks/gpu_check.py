@@ -26,7 +26,7 @@ import numpy as np
 
 from exaone_edge.benchmarks.gpu_verdicts import (
     Verdict, compare_imatrix, compare_logits, decode_verdict, encode_verdict, logits_verdict, memory_case, memory_verdict,
-    mtp_verdict, not_checked, offload_verdict, quantized_kv_verdict, vision_verdict,
+    memory_total_case, mtp_verdict, not_checked, offload_verdict, quantized_kv_verdict, vision_verdict,
 )
 
 PATHS = ("decoder on CUDA", "partial offload", "imatrix", "flash attention + q8_0 KV", "vision on CUDA",
@@ -129,12 +129,13 @@ def cuda_library_dirs() -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _plan(bundle: str, total_bytes: int, context: int, kv_type: str, gpu_layers: int) -> dict[str, int]:
+def _plan(bundle: str, total_bytes: int, context: int, kv_type: str, gpu_layers: int,
+          draft: str | None = None) -> dict[str, int]:
     """plan's GPU components at the measured settings (vision on the CPU, as measured), headroom left out."""
     from exaone_edge.memory import plan
 
     predicted = plan(Path(bundle), gpu=f"{total_bytes / 2**30:.3f}GiB", context=context, kv_type=kv_type,
-                     gpu_layers=gpu_layers, vision_provider="cpu")
+                     gpu_layers=gpu_layers, vision_provider="cpu", draft=draft)
     return dict(predicted.components)
 
 
@@ -199,7 +200,7 @@ def run_check(args: argparse.Namespace, run: Run) -> list[Verdict]:
         verdicts.update(_guard(("decode tokens/s",), lambda: _bench(run, made["bench_bundle"], total, args.tokens, memory)))
     with run.phase("gpu: MTP drafting"):
         verdicts.update(_guard(("MTP drafting on CUDA",), lambda: _mtp(run, probe, tiny, prompt, ctx, cpu_drafts,
-                                                                       made["bench_bundle"])))
+                                                                       made["bench_bundle"], total, memory)))
     verdicts["memory vs plan"] = memory_verdict(memory)
     return [verdicts.get(path) or not_checked(path, "not reached") for path in PATHS]
 
@@ -270,7 +271,8 @@ def _drafts_ready(cpu_drafts: dict) -> str:
     return f"CPU head logits ready ({cpu_drafts['cuts']} cuts × {cpu_drafts['k']} draft steps)"
 
 
-def _mtp(run: Run, probe: dict, tiny: str, prompt: str, ctx: int, cpu_drafts: dict, bench: str | None) -> list[Verdict]:
+def _mtp(run: Run, probe: dict, tiny: str, prompt: str, ctx: int, cpu_drafts: dict, bench: str | None, total: int,
+         memory: dict) -> list[Verdict]:
     path = "MTP drafting on CUDA"
     if not probe.get("mtp_graph") or not cpu_drafts["mtp_graph"]:
         patched = run.notes.get("kit", {}).get("cuda_wheel_patches")
@@ -279,6 +281,10 @@ def _mtp(run: Run, probe: dict, tiny: str, prompt: str, ctx: int, cpu_drafts: di
     info = run.worker("drafts", True, bundle=tiny, prompt=prompt, out=str(run.work / "drafts-gpu.npy"), gpu_layers=-1,
                       n_ctx=ctx)
     timing = run.worker("draft_timing", True, bundle=bench) if bench is not None else None
+    if timing and timing["head"]:
+        n_ctx = -(-timing["timings"]["n_ctx"] // 256) * 256  # llama.cpp rounds the context up to 256
+        planned = _plan(bench, total, n_ctx, "q8_0", -1, draft="mtp")
+        memory["bench with --draft mtp (FA, q8_0 KV)"] = memory_total_case(timing, planned)
     return [mtp_verdict(np.load(run.work / "drafts-cpu.npy"), np.load(run.work / "drafts-gpu.npy"), info["llama"], timing)]
 
 

@@ -128,6 +128,17 @@ def memory_case(info: dict, components: dict[str, int]) -> dict:
     return {"components": rows, "llama_cpp_allocated": taken, "process_bytes": info.get("process_bytes")}
 
 
+def memory_total_case(info: dict, components: dict[str, int]) -> dict:
+    """`memory_case` for a run with an MTP context beside the target's: llama.cpp logs both contexts' KV and compute
+    buffers under the same names, while plan counts the head's KV and compute buffer in `mtp_head`, so the decoder's
+    CUDA buffers are compared as one total."""
+    buffers = info["llama"]["buffers"]
+    measured = sum(_cuda(buffers, kind) for kind in ("model", "KV", "compute", "output"))
+    predicted = sum(components.get(name, 0) for name in ("decoder_weights", "kv_cache", "decoder_compute_buffer", "mtp_head"))
+    row = {"measured": measured, "predicted": predicted, "ok": measured <= predicted * (1 + MEMORY_SLACK) + 16 * MIB}
+    return {"components": {"decoder_with_mtp_head": row}, "llama_cpp_allocated": None, "process_bytes": None}
+
+
 def memory_verdict(cases: dict[str, dict]) -> Verdict:
     """One line for every measured case (`memory_case`); FAIL where plan predicts less than a component takes."""
     if not cases:
@@ -191,7 +202,7 @@ def draft_timing_text(timing: dict | None) -> str:
         return "no draft timings: the kit's bench skeleton has no MTP head (rebuild the kit)"
     from exaone_edge.benchmarks.drafting import DraftTimings
 
-    measured = {f.name: timing["timings"][f.name] for f in fields(DraftTimings)}
+    measured = {f.name: timing["timings"][f.name] for f in fields(DraftTimings) if f.name in timing["timings"]}
     for name in ("verify_s", "draft_s"):  # JSON made the k keys strings
         measured[name] = {int(k): seconds for k, seconds in measured[name].items()}
     timings = DraftTimings(**measured)

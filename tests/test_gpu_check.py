@@ -15,7 +15,7 @@ import pytest
 
 from exaone_edge.benchmarks import gpu_kit
 from exaone_edge.benchmarks.gpu_verdicts import (
-    MIB, compare_imatrix, decode_verdict, logits_verdict, memory_case, memory_verdict, mtp_verdict, offload_verdict,
+    MIB, compare_imatrix, decode_verdict, logits_verdict, memory_case, memory_total_case, memory_verdict, mtp_verdict, offload_verdict,
     vision_verdict,
 )
 from exaone_edge.benchmarks.gpu_worker import parse_llama_log, parse_mib
@@ -123,6 +123,11 @@ def test_mtp_verdict_judges_the_head_and_shows_the_timings() -> None:
     assert mtp_verdict(cpu, cpu + rng.standard_normal(cpu.shape) * 0.5, everything, timing).status == "FAIL"
     assert mtp_verdict(cpu, cpu, {"offloaded": [40, 66]}, None).status == "FAIL"  # the head not (all) on the GPU
     assert "no MTP head" in mtp_verdict(cpu, cpu, everything, {"head": False}).detail
+    both = {"llama": parse_llama_log(LOG + "llama_kv_cache:      CUDA0 KV buffer size =     2.00 MiB\n")}  # + the head's
+    planned = {"decoder_weights": 45 * MIB, "kv_cache": 16 * MIB, "decoder_compute_buffer": 60 * MIB, "mtp_head": 9 * MIB}
+    assert memory_verdict({"draft": memory_total_case(both, planned)}).status == "PASS"  # 44.5 + 18 + 66.5 ≤ 130 MiB
+    short = dict(planned, mtp_head=0, decoder_compute_buffer=40 * MIB)  # 101 MiB planned: 129 is over the slack
+    assert memory_verdict({"draft": memory_total_case(both, short)}).status == "FAIL"
 
 
 CPU_WHEELS = sorted(gpu_kit.WHEEL_CACHE.glob("llama-*/llama_cpp_python-0.3.36-*.whl"))  # setup.sh's cache
