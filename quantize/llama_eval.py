@@ -33,16 +33,18 @@ SCRATCH_BYTES = 16 * 2**30
 
 def layers_that_fit(gguf_path: Path, free_bytes: int, n_ctx: int) -> int:
     """llama.cpp's `n_gpu_layers` for the model to fit `free_bytes` of GPU memory beside LLAMA_GPU_RESERVE, with its f32 KV
-    cache of `n_ctx` positions. llama.cpp's rule (exaone_edge.device.gpu_layer_split, from src/llama-model.cpp
-    `load_tensors`): N puts the output layer and the last N - 1 blocks on the GPU, an MTP block kept in the file being
-    the last. So the output layer is counted first (0 when it does not fit: then nothing goes to the GPU), then
-    blocks from the last one down. While
-    any repeating layer stays in host memory, its matmuls over ≥ 32 rows still run on the GPU on a copy of one
-    weight at a time (op offload), so room for the largest repeating weight is kept too. ALL_LAYERS when everything
-    fits (the F16 33B is 65 GB: on a 24 GB card about a third of it)."""
+    cache of `n_ctx` positions, the MTP head not loaded (imatrix and KL never load it). llama.cpp's rule
+    (exaone_edge.device.gpu_layer_split, from src/llama-model.cpp `load_tensors`): N puts the output layer and the
+    last N - 1 blocks on the GPU, the MTP blocks a file keeps being the last; unloaded, they take no memory and no KV
+    (the target context's cache filters them out). So the output layer is counted first (0 when it does not fit:
+    then nothing goes to the GPU), then the MTP blocks for free, then layers from the last one down. While any
+    repeating layer stays in host memory, its matmuls over ≥ 32 rows still run on the GPU on a copy of one weight at
+    a time (op offload), so room for the largest repeating weight is kept too. ALL_LAYERS when everything fits (the
+    F16 33B is 65 GB: on a 24 GB card about a third of it)."""
     from gguf import GGUFReader
 
     reader = GGUFReader(str(gguf_path))
+    head = _head_blocks(reader.fields)
     arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
 
     def number(key: str) -> int:
@@ -52,11 +54,14 @@ def layers_that_fit(gguf_path: Path, free_bytes: int, n_ctx: int) -> int:
     head_dim = number("attention.key_length") if f"{arch}.attention.key_length" in reader.fields else \
         number("embedding_length") // heads
     kv_per_layer = n_ctx * 2 * kv_heads * head_dim * 4
+    trunk = number("block_count") - head
     layers: dict[int, int] = {}
     output, largest = 0, 0
     for tensor in reader.tensors:
         if tensor.name.startswith("blk."):
             index = int(tensor.name.split(".")[1])
+            if index >= trunk:  # an MTP block: not loaded
+                continue
             layers[index] = layers.get(index, 0) + int(tensor.n_bytes)
             largest = max(largest, int(tensor.n_bytes))
         elif tensor.name.startswith("output"):  # output.weight and output_norm
@@ -66,7 +71,7 @@ def layers_that_fit(gguf_path: Path, free_bytes: int, n_ctx: int) -> int:
     room = free_bytes - LLAMA_GPU_RESERVE - largest - output
     if room < 0:
         return 0
-    count = 1  # the output layer
+    count = 1 + head  # the output layer, then the MTP blocks
     for index in sorted(layers, reverse=True):
         room -= layers[index] + kv_per_layer
         if room < 0:
@@ -75,11 +80,8 @@ def layers_that_fit(gguf_path: Path, free_bytes: int, n_ctx: int) -> int:
     return count
 
 
-def _head_blocks(gguf_path: Path) -> int:
-    """The MTP blocks the file holds (`<arch>.nextn_predict_layers`; block_count counts them)."""
-    from gguf import GGUFReader
-
-    fields = GGUFReader(str(gguf_path)).fields
+def _head_blocks(fields) -> int:
+    """The MTP blocks a GGUF file holds (`<arch>.nextn_predict_layers`; block_count counts them), from its fields."""
     arch = bytes(fields["general.architecture"].parts[-1]).decode()
     field = fields.get(f"{arch}.nextn_predict_layers")
     return int(field.parts[-1][0]) if field is not None else 0
@@ -91,7 +93,9 @@ def default_gpu_layers(gguf_path: Path, n_ctx: int) -> int:
     if memory is None:
         return 0
     layers = layers_that_fit(gguf_path, memory[0], n_ctx)
-    what = describe_gpu_layers(layers, _head_blocks(gguf_path))
+    from gguf import GGUFReader
+
+    what = describe_gpu_layers(layers, _head_blocks(GGUFReader(str(gguf_path)).fields))
     log(f"llama.cpp: {what} of {gguf_path.name} on the GPU, n_gpu_layers {layers} "
         f"({memory[0] / 2**30:.1f} GiB free; --gpu-layers to choose)")
     return layers

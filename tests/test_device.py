@@ -130,19 +130,22 @@ def test_imatrix_and_kl_offload_count_the_output_layer_first(tiny_model_dir, tmp
     layer = max(sizes.values())
     assert len(set(sizes.values())) == 1 and len(sizes) == 64  # the tiny model's repeating layers are alike
     assert mtp > layer  # and the MTP block is larger (it adds eh_proj and two norms)
+    largest = max(int(t.n_bytes) for t in GGUFReader(str(f16)).tensors if t.name.startswith("blk.") and
+                  not t.name.startswith("blk.64."))  # the head's tensors are not loaded: no GPU copy of them either
     config = json.loads((tiny_model_dir / "config.json").read_text())["text_config"]
     kv = 256 * 2 * config["num_key_value_heads"] * config["head_dim"] * 4  # f32 KV of one layer at 256 positions
     fit = llama_eval.layers_that_fit
     base = llama_eval.LLAMA_GPU_RESERVE + output + largest  # the output layer and one host weight's copy
-    # llama.cpp's i_gpu_start = n_layer_all + 1 - N: after the output layer, the MTP block goes first (the last index)
-    assert fit(f16, base + mtp + kv + 5 * (layer + kv), 256) == 7  # the output layer, the MTP block, 5 layers
-    assert fit(f16, base + mtp + kv + 5 * (layer + kv) - 1, 256) == 6
-    assert fit(f16, base + mtp + kv - 1, 256) == 1  # the output layer only
+    # llama.cpp's i_gpu_start = n_layer_all + 1 - N: after the output layer comes the MTP block (the last index),
+    # which imatrix and KL do not load: it costs a count, no memory and no KV (the target's cache filters it out)
+    assert fit(f16, base + 5 * (layer + kv), 256) == 7  # the output layer, the MTP block, 5 layers
+    assert fit(f16, base + 5 * (layer + kv) - 1, 256) == 6
+    assert fit(f16, base, 256) == 2  # the output layer (and the unloaded MTP block) only
     assert fit(f16, base - 1, 256) == 0  # not even the output layer: nothing on the GPU
-    everything = llama_eval.LLAMA_GPU_RESERVE + output + mtp + kv + 64 * (layer + kv)  # nothing on the host: no copy
+    everything = llama_eval.LLAMA_GPU_RESERVE + output + 64 * (layer + kv)  # no layer left on the host: no copy needed
     assert fit(f16, everything, 256) == -1
-    assert fit(f16, everything - 1, 256) == 2 + (everything - 1 - base - mtp - kv) // (layer + kv) < 66
-    monkeypatch.setattr(llama_eval, "gpu_memory", lambda: (base + mtp + kv + 7 * (layer + kv), 10**12))
+    assert fit(f16, everything - 1, 256) == 2 + (everything - 1 - base) // (layer + kv) < 66
+    monkeypatch.setattr(llama_eval, "gpu_memory", lambda: (base + 7 * (layer + kv), 10**12))
     assert llama_eval.default_gpu_layers(f16, 256) == 9
     monkeypatch.setattr(llama_eval, "gpu_memory", lambda: None)
     assert llama_eval.default_gpu_layers(f16, 256) == 0
