@@ -235,25 +235,38 @@ def build_kit(out: Path, *, tiny_checkpoint: Path, vision_dirs: dict[str, Path],
     return summary
 
 
+def _fixture_stamp() -> str:
+    """What the cached checkpoints were built from: the fixture's source (a preset that gained a tensor, the MTP head,
+    must not be served from a cache built before it)."""
+    return hashlib.sha256((REPO / "fixtures/tiny_model.py").read_bytes()).hexdigest()[:16]
+
+
+def _cached(target: Path, stamp: str, build) -> Path:
+    """`target`, built by `build(target)` unless a build from the same `stamp` is there (the stamp sits beside it)."""
+    mark = target.with_name(target.name + ".stamp")
+    if not (target.is_dir() and mark.is_file() and mark.read_text() == stamp):
+        build(target)
+        mark.write_text(stamp)
+    return target
+
+
 def _checkpoint(path: Path | None, work: Path, preset: str) -> Path:
-    """The given checkpoint, or the preset built once under `work` (needs transformers with EXAONE 4.5)."""
+    """The given checkpoint, or the preset built under `work` once per fixture version (needs transformers with
+    EXAONE 4.5)."""
     if path is not None:
         return path
     from exaone_edge.fixtures.tiny_model import build_tiny_model
 
-    target = work / preset
-    if not (target / "config.json").is_file():
-        build_tiny_model(target, seed=0, overwrite=True, preset=preset)
-    return target
+    return _cached(work / preset, _fixture_stamp(),
+                   lambda target: build_tiny_model(target, seed=0, overwrite=True, preset=preset))
 
 
 def _vision(model: Path, work: Path, precision: str) -> Path:
     from exaone_edge.export.vision import export_vision
 
-    target = work / f"vision-{precision}"
-    if not (target / "manifest.json").is_file():
-        export_vision(model, target, precision=precision, overwrite=True)
-    return target
+    stamp = model.with_name(model.name + ".stamp")  # rebuilt with the checkpoint it exports
+    return _cached(work / f"vision-{precision}", stamp.read_text() if stamp.is_file() else str(model),
+                   lambda target: export_vision(model, target, precision=precision, overwrite=True))
 
 
 def main(argv: list[str] | None = None) -> int:

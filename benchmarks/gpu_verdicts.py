@@ -136,7 +136,7 @@ def memory_total_case(info: dict, components: dict[str, int]) -> dict:
     measured = sum(_cuda(buffers, kind) for kind in ("model", "KV", "compute", "output"))
     predicted = sum(components.get(name, 0) for name in ("decoder_weights", "kv_cache", "decoder_compute_buffer", "mtp_head"))
     row = {"measured": measured, "predicted": predicted, "ok": measured <= predicted * (1 + MEMORY_SLACK) + 16 * MIB}
-    return {"components": {"decoder_with_mtp_head": row}, "llama_cpp_allocated": None, "process_bytes": None}
+    return {"components": {"target_and_head": row}, "llama_cpp_allocated": None, "process_bytes": None}
 
 
 def memory_verdict(cases: dict[str, dict]) -> Verdict:
