@@ -13,6 +13,8 @@ the Python twin of llama.cpp's json-schema-to-grammar), never a second one writt
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,13 @@ ENFORCED_KEYWORDS = frozenset({
 ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated",
                          "readOnly", "writeOnly"})
 ENFORCED_FORMATS = frozenset({"date", "time", "date-time", "uuid"})
+# The converter writes a repetition out in full: `minItems: n` becomes n copies of the item's rule name (a path of
+# the schema's own keys, so at most twice the schema's text), a pattern's `{n}` n copies of what it repeats (nested
+# quantifiers multiply). Such a count is checked before any of it is built; a result this long could never pass
+# MAX_GRAMMAR_CHARS anyway, and building it would take a request-chosen amount of memory in the server.
+MAX_EXPANSION_CHARS = 2**24
+REPETITION_KEYWORDS = ("minItems", "maxItems", "minLength", "maxLength")
+_QUANTIFIER = re.compile(r"\{(\d+)(?:,(\d*))?\}")
 
 
 def unenforced_keywords(schema: Any, path: str = "") -> list[str]:
@@ -136,11 +145,39 @@ def _converter():
     return SchemaConverter(prop_order={"name": 0, "arguments": 1}, allow_fetch=False, dotall=False, raw_pattern=False)
 
 
+def check_expansion(schema: Any, text_chars: int, param: str) -> None:
+    """InputError when a repetition in `schema` (serialized in `text_chars` characters) would be written out beyond
+    MAX_EXPANSION_CHARS: a walk without recursion, before the converter builds anything."""
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            pending.extend(node)
+            continue
+        if not isinstance(node, Mapping):
+            continue
+        pending.extend(node.values())
+        for key in REPETITION_KEYWORDS:
+            count = node.get(key)
+            if isinstance(count, int) and count * 2 * text_chars > MAX_EXPANSION_CHARS:
+                raise InputError(f"{param}: {key} {count:,} is too large to turn into a grammar "
+                                 f"(the schema would be repeated past {MAX_EXPANSION_CHARS:,} characters)",
+                                 fix="Lower the count, or drop it (the reply's length is bounded by max_tokens).")
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            counts = [int(high or low) for low, high in _QUANTIFIER.findall(pattern)]
+            if counts and math.prod(counts) * len(pattern) > MAX_EXPANSION_CHARS:
+                raise InputError(f"{param}: the pattern's {{n}} repetitions are too large to turn into a grammar",
+                                 fix="Use smaller counts, or + and * instead of {n,m}.")
+
+
 def _visit(converter, schema: Mapping[str, Any], name: str, param: str) -> str:
     if not isinstance(schema, Mapping):
         raise InputError(f"{param}: the schema must be a JSON object")
+    text = json.dumps(schema)
+    check_expansion(schema, len(text), param)
     try:
-        resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "input")
+        resolved = converter.resolve_refs(json.loads(text), "input")
         return converter.visit(resolved, name)
     except RecursionError:
         raise InputError(f"{param}: the schema nests too deeply to be turned into a grammar") from None

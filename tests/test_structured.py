@@ -131,6 +131,21 @@ def test_schemas_the_converter_cannot_take_are_input_errors():
         answer_grammar(Answer(), think_end=None)
 
 
+def test_repetitions_are_bounded_before_the_converter_writes_them_out(vocab):
+    """The converter writes `minItems: n` as n copies of the item's rule: 10^12 is refused before anything is built
+    (it would be terabytes in the server); a line-item list with maxItems 200 (200 nested optional groups) passes,
+    and llama.cpp's sampler takes it."""
+    for schema in ({"type": "array", "items": {"type": "integer"}, "minItems": 10**12},
+                   {"type": "string", "maxLength": 10**12},
+                   {"type": "string", "pattern": "^((a{1000}){1000}){1000}$"}):
+        with pytest.raises(InputError, match="too large to turn into a grammar"):
+            answer_grammar(Answer(schema=schema), think_end=None)
+    lines = {"type": "array", "items": SCHEMA, "maxItems": 200}
+    walk = GrammarWalk(vocab, answer_grammar(Answer(schema=lines), think_end=None))
+    walk.accept_text('[{"total": 1, "currency": "KRW"}, {"total": 2, "currency": "USD"}]')
+    walk.close()
+
+
 def test_every_generated_grammar_passes_the_shape_check():
     for answer in (Answer(schema=SCHEMA), Answer(schema=ANY_JSON_OBJECT), Answer(tools=TOOLS, calls_required=True),
                    Answer(schema=SCHEMA, tools=TOOLS)):

@@ -152,7 +152,8 @@ async def chat_completions(request: Request) -> Response:
     if body.model != state.model_id:
         raise ModelNotFound(f"model '{body.model[:256]}' is not served here", fix=f"This server serves '{state.model_id}'.")
     check_request(body, settings, engine.n_ctx)
-    params, shape = generation_params(body, settings, engine.chat)
+    async with state.parsing:  # so is turning a JSON schema into a grammar
+        params, shape = await asyncio.to_thread(generation_params, body, settings, engine.chat)
     failure = getattr(engine, "failure", None)
     if failure is not None:
         raise failure
