@@ -199,15 +199,15 @@ def gpu_layer_split(gpu_layers: int, num_layers: int, head_blocks: int = 0) -> t
     return behind_output - head, head, gpu_layers > 0
 
 
-def describe_gpu_layers(gpu_layers: int, head_blocks: int = 0) -> str:
+def describe_gpu_layers(gpu_layers: int, num_layers: int, head_blocks: int = 0) -> str:
     """What llama.cpp's n_gpu_layers = `gpu_layers` puts on the GPU, in words (gpu_layer_split's order)."""
-    if gpu_layers < 0:
-        return "every layer"
     if gpu_layers == 0:
         return "no layer"
-    head = min(gpu_layers - 1, head_blocks)
+    repeating, head, _ = gpu_layer_split(gpu_layers, num_layers, head_blocks)
+    if repeating == num_layers and head == head_blocks:
+        return "every layer"
     blocks = f", the MTP block{'s' if head > 1 else ''}" if head else ""
-    return f"the output layer{blocks} and {gpu_layers - 1 - head} repeating layers"
+    return f"the output layer{blocks} and {repeating} repeating layers"
 
 
 def predicted_placement(device: str = "auto", gpu_layers: int | None = None, vision_provider: str = "auto", *,

@@ -39,13 +39,13 @@ class Fit:
     asked: dict[str, int | str | None]  # the ctx and gpu_layers asked for
     free_bytes: int | None  # the GPU's free memory it was fitted to (None: the decoder has no GPU here)
     planned_bytes: int  # plan's GPU total for the choice, headroom included
-    head_blocks: int = 0  # MTP blocks in the decoder file, placed right after the output layer
+    decoder_blocks: tuple[int, int] = (0, 0)  # (repeating layers, MTP blocks) in the decoder file
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "decoder_blocks": list(self.decoder_blocks)}  # as JSON carries it (/health)
 
     def describe(self) -> str:
-        layers = describe_gpu_layers(self.gpu_layers, self.head_blocks)
+        layers = describe_gpu_layers(self.gpu_layers, *self.decoder_blocks)
         room = (f"{self.planned_bytes / GIB:.2f} GiB planned of {self.free_bytes / GIB:.2f} GiB free"
                 if self.free_bytes is not None else "no GPU for the decoder")
         return f"context {self.n_ctx:,}, {layers} on the GPU ({room}; asked ctx={self.asked['ctx']}, " \
@@ -56,8 +56,8 @@ def fit(source: Source, card: Gpu, placement, *, ctx: int | str, gpu_layers: int
         parallel: int = 1, vision_precision: str = "fp16", level: str | None = None) -> Fit:
     """The largest context and layer split of `source` that fit `card.memory_bytes` (the free memory) with
     `placement`'s vision encoder, as plan counts them; `ctx` / `gpu_layers` are a number or AUTO."""
-    blocks = head_blocks(source)
-    layers_total = source.spec.decoder.num_layers + blocks
+    blocks = (source.spec.decoder.num_layers, head_blocks(source))
+    layers_total = sum(blocks)
     limit = source.spec.decoder.max_position_embeddings
     level = level or source.measured_level or "Q4_K_M"
 

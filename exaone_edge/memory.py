@@ -90,7 +90,8 @@ class Plan:
     # The best level, KV type, vision precision and page budget that fit `context` (exaone_edge.fit.recommend);
     # None when nothing does.
     recommended: dict | None = None
-    head_blocks: int = 0  # MTP blocks in the decoder file: n_gpu_layers places them right after the output layer
+    # (repeating layers, MTP blocks) in the decoder file: n_gpu_layers places the MTP blocks right after the output layer
+    decoder_blocks: tuple[int, int] = (0, 0)
 
 
 def parse_gpu(value: str) -> Gpu:
@@ -321,5 +322,5 @@ def plan_source(source: Source, card: Gpu, context: int | None, kv_type: str, le
         max_pixels=source.max_pixels, pixels_from=source.pixels_from, image_max_tokens=image_max_tokens,
         vision_attention_fused=source.fused,
         vision_precision="measured" if source.measured_vision_bytes else vision_precision,
-        recommended=asdict(recommended) if recommended else None, head_blocks=head_blocks(source),
+        recommended=asdict(recommended) if recommended else None, decoder_blocks=(decoder.num_layers, head_blocks(source)),
     )

@@ -51,7 +51,7 @@ def render_plan(result: Plan) -> str:
              f"KV {result.kv_type}, vision on {'GPU' if result.vision_on_gpu else 'CPU'}" + ("" if result.weights_measured else " — weights estimated from bits per weight")]
     layers = result.placement["decoder"]["gpu_layers"]
     lines.append("decoder layers on the GPU: " + {-1: "all", 0: "none (decoder on the CPU)"}.get(
-        layers, f"n_gpu_layers {layers}: {describe_gpu_layers(layers, result.head_blocks)}"))
+        layers, f"n_gpu_layers {layers}: {describe_gpu_layers(layers, *result.decoder_blocks)}"))
     for name, size in result.components.items():
         lines.append(f"  {name:<24}{gib(size)}")
     lines.append(f"  {'headroom (5%)':<24}{gib(int(HEADROOM * result.gpu_bytes))}")

@@ -44,7 +44,7 @@ def layers_that_fit(gguf_path: Path, free_bytes: int, n_ctx: int) -> int:
     from gguf import GGUFReader
 
     reader = GGUFReader(str(gguf_path))
-    head = _head_blocks(reader.fields)
+    trunk, head = _blocks(reader.fields)
     arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
 
     def number(key: str) -> int:
@@ -54,7 +54,6 @@ def layers_that_fit(gguf_path: Path, free_bytes: int, n_ctx: int) -> int:
     head_dim = number("attention.key_length") if f"{arch}.attention.key_length" in reader.fields else \
         number("embedding_length") // heads
     kv_per_layer = n_ctx * 2 * kv_heads * head_dim * 4
-    trunk = number("block_count") - head
     layers: dict[int, int] = {}
     output, largest = 0, 0
     for tensor in reader.tensors:
@@ -80,11 +79,13 @@ def layers_that_fit(gguf_path: Path, free_bytes: int, n_ctx: int) -> int:
     return count
 
 
-def _head_blocks(fields) -> int:
-    """The MTP blocks a GGUF file holds (`<arch>.nextn_predict_layers`; block_count counts them), from its fields."""
+def _blocks(fields) -> tuple[int, int]:
+    """(repeating layers, MTP blocks) of a GGUF file, from its fields: `block_count` counts both,
+    `<arch>.nextn_predict_layers` the MTP blocks."""
     arch = bytes(fields["general.architecture"].parts[-1]).decode()
     field = fields.get(f"{arch}.nextn_predict_layers")
-    return int(field.parts[-1][0]) if field is not None else 0
+    head = int(field.parts[-1][0]) if field is not None else 0
+    return int(fields[f"{arch}.block_count"].parts[-1][0]) - head, head
 
 
 def default_gpu_layers(gguf_path: Path, n_ctx: int) -> int:
@@ -95,7 +96,7 @@ def default_gpu_layers(gguf_path: Path, n_ctx: int) -> int:
     layers = layers_that_fit(gguf_path, memory[0], n_ctx)
     from gguf import GGUFReader
 
-    what = describe_gpu_layers(layers, _head_blocks(GGUFReader(str(gguf_path)).fields))
+    what = describe_gpu_layers(layers, *_blocks(GGUFReader(str(gguf_path)).fields))
     log(f"llama.cpp: {what} of {gguf_path.name} on the GPU, n_gpu_layers {layers} "
         f"({memory[0] / 2**30:.1f} GiB free; --gpu-layers to choose)")
     return layers

@@ -105,8 +105,8 @@ def test_llama_cpp_layer_rule(n_gpu_layers, head_blocks, expected):
     on_gpu = [i for i in range(n_all + 1) if i >= start]
     rule = (len([i for i in on_gpu if i < n_layer]), len([i for i in on_gpu if n_layer <= i < n_all]), n_all in on_gpu)
     assert rule == expected == gpu_layer_split(n_gpu_layers, n_layer, head_blocks)
-    words = describe_gpu_layers(n_gpu_layers, head_blocks)
-    assert ("MTP" in words) == (0 < expected[1] and n_gpu_layers > 0)
+    words = describe_gpu_layers(n_gpu_layers, n_layer, head_blocks)
+    assert ("MTP" in words) == (0 < expected[1] and expected[0] < n_layer)  # else "every layer"
 
 
 def test_imatrix_and_kl_offload_count_the_output_layer_first(tiny_model_dir, tmp_path, monkeypatch):
@@ -183,9 +183,10 @@ def test_plan_follows_the_placement(tiny_model_dir):
     assert on_gpu.vision_on_gpu and on_gpu.placement == predicted_placement().as_dict()
     vision_cpu = plan(tiny_model_dir, gpu="24GiB", context=4096, vision_provider="cpu")
     assert not vision_cpu.vision_on_gpu and vision_cpu.components["vision_weights"] == 0
-    assert on_gpu.head_blocks == 1  # the tiny model has an MTP head, and quantize keeps it as the last block
+    assert on_gpu.decoder_blocks == (64, 1)  # the tiny model has an MTP head, and quantize keeps it as the last block
     half = plan(tiny_model_dir, gpu="24GiB", context=4096, gpu_layers=34)  # output, the MTP block, 32 of 64 layers
     assert "the output layer, the MTP block and 32 repeating layers" in render_plan(half)
+    assert "n_gpu_layers 100: every layer" in render_plan(plan(tiny_model_dir, gpu="24GiB", context=4096, gpu_layers=100))
     assert half.components["decoder_weights"] < on_gpu.components["decoder_weights"]
     assert half.components["kv_cache"] == on_gpu.components["kv_cache"] // 2
     assert half.host_components["decoder_weights_not_offloaded"] == (on_gpu.components["decoder_weights"]
